@@ -1,0 +1,86 @@
+"""Hand-derived figures on a tiny llama: every number below is worked out in a comment."""
+
+import pytest
+
+from tests.tiny import TINY_LLAMA, TINY_LLAMA_PARAMS, TINY_MISTRAL_SWA
+from vramplan import families
+from vramplan.core import kv_cache as kv
+from vramplan.core.limits import largest_fitting
+from vramplan.core.weights import quantized_bytes, resolve_format, weight_bytes
+from vramplan.spec import Quantization, Tensor
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return families.parse(TINY_LLAMA, model_id="tiny-llama")
+
+
+def test_tiny_params(tiny):
+    assert tiny.params == TINY_LLAMA_PARAMS
+
+
+def test_bf16_weights_are_two_bytes_per_param(tiny):
+    assert weight_bytes(tiny, resolve_format(tiny, "bf16")).total == 2 * TINY_LLAMA_PARAMS
+
+
+def test_nf4_double_quant_bytes(tiny):
+    # One tensor of N values: N/2 packed + N/64 uint8 absmax + 4 * ceil((N/64)/256) fp32 absmax2
+    #   q, o   (4096): 2048 + 64 + 4  = 2116
+    #   k, v   (2048): 1024 + 32 + 4  = 1060
+    #   g/u/d  (8192): 4096 + 128 + 4 = 4228
+    #   per layer 2*2116 + 2*1060 + 3*4228 = 19,036; two layers 38,072
+    # Kept in bf16: embed + lm_head 32,768 params + norms 2*128 + 64 = 320 params -> 66,176 B
+    assert weight_bytes(tiny, resolve_format(tiny, "nf4")).total == 38_072 + 66_176
+
+
+def test_gptq_tensor_layout():
+    # [64 out, 64 in], 4 bits, group 128 (one group since in < 128):
+    #   qweight ceil(64*4/32)=8 int32 rows x 64 cols x 4 B = 2048
+    #   qzeros  1 group x ceil(64*4/32)=8 int32 x 4 B      = 32
+    #   scales  1 group x 64 x fp16                        = 128
+    #   g_idx   64 x int32                                 = 256
+    t = Tensor("model.layers.0.self_attn.q_proj", (64, 64), "linear")
+    q = Quantization("gptq", bits=4, group_size=128)
+    assert quantized_bytes(t, q) == 2048 + 32 + 128 + 256
+    assert quantized_bytes(t, Quantization("awq", bits=4, group_size=128)) == 2048 + 32 + 128
+
+
+def test_fp8_and_mxfp4_layouts():
+    t = Tensor("x", (300, 260), "linear")
+    # block 128x128: ceil(300/128)=3 x ceil(260/128)=3 = 9 fp32 scales
+    assert quantized_bytes(t, Quantization("fp8", block_size=(128, 128))) == 78_000 + 36
+    assert quantized_bytes(t, Quantization("fp8")) == 78_000 + 4
+    # MXFP4: 78,000/2 packed + ceil(78,000/32)=2,438 scales
+    assert quantized_bytes(t, Quantization("mxfp4")) == 39_000 + 2_438
+    # LLM.int8: one byte each + fp32 row scale per output row
+    assert quantized_bytes(t, Quantization("int8")) == 78_000 + 4 * 300
+
+
+def test_kv_per_token(tiny):
+    # 2 layers x (K+V) 2 x 2 kv heads x 16 head_dim x 2 B = 256
+    assert kv.kv_bytes_per_token(tiny, 2) == 256
+    assert kv.kv_bytes_per_token(tiny, 1) == 128
+
+
+def test_paged_vs_contiguous(tiny):
+    # 100 tokens in blocks of 16 -> 7 blocks = 112 token slots; 128 elems/token over both layers
+    assert kv.paged_cache_bytes(tiny, 2, batch=3, ctx=100, block_size=16) == 3 * 112 * 128 * 2
+    assert kv.contiguous_cache_bytes(tiny, 2, batch=3, ctx=100) == 3 * 100 * 128 * 2
+
+
+def test_sliding_window_caps_the_cache():
+    m = families.parse(TINY_MISTRAL_SWA, model_id="tiny-mistral")
+    # window 32: transformers keeps 32 tokens; vLLM the blocks covering the last 32 tokens:
+    # ceil(min(32 - 1 + 0 in flight, 100) / 16) + 1 = 3 blocks = 48 slots (< 112 for 100 tokens)
+    assert kv.contiguous_cache_bytes(m, 2, batch=1, ctx=100) == 32 * 128 * 2
+    assert kv.paged_cache_bytes(m, 2, batch=1, ctx=100, block_size=16) == 48 * 128 * 2
+    # with 40 tokens in flight per step: ceil(min(31 + 40, 100) / 16) + 1 = 5 + 1 = 6 blocks
+    assert kv.paged_cache_bytes(m, 2, batch=1, ctx=100, block_size=16, in_flight=40) == 96 * 128 * 2
+    # vLLM keeps its "+1 block" even below the window: ceil(min(31, 20) / 16) + 1 = 3 blocks
+    assert kv.paged_cache_bytes(m, 2, batch=1, ctx=20, block_size=16) == 48 * 128 * 2
+
+
+def test_largest_fitting_is_exact():
+    assert largest_fitting(lambda n: n * 7 <= 1000, 10**6) == 142
+    assert largest_fitting(lambda n: False, 100) == 0
+    assert largest_fitting(lambda n: True, 100) == 100

@@ -1,0 +1,96 @@
+"""The Python API: resolve a model and a GPU, build the workload, call the pure core.
+
+This is the adapter layer between the user's words ("meta-llama/Llama-3.1-8B", "l40s:2",
+"32k") and the core's dataclasses. The CLI is a thin shell around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .core import plan as core_plan
+from .core.dtypes import KV_FORMATS, WEIGHT_FORMATS, normalize
+from .errors import BadInput
+from .spec import GpuTarget, ModelSpec, Plan, ServeOptions, Workload
+from .units import parse_bytes, parse_tokens
+
+MODES = ("serve", "infer")
+
+
+def load_model(model: str | ModelSpec) -> ModelSpec:
+    """A Hub id, a bundled id, a local directory or config.json path -> ModelSpec."""
+    if isinstance(model, ModelSpec):
+        return model
+    from . import families, sources
+
+    loaded = sources.load_config(str(model))
+    spec = families.parse(loaded.config, model_id=loaded.id, source=loaded.source)
+    return replace(spec, extra={**spec.extra, "location": loaded.location, "sha256": loaded.sha256})
+
+
+def resolve_target(gpu: str | GpuTarget | None = None, gpu_mem: str | int | None = None,
+                   default: str = "l40s") -> GpuTarget:
+    """--gpu ID[:COUNT] or --gpu-mem SIZE (not both); neither means the default card."""
+    if isinstance(gpu, GpuTarget):
+        return gpu
+    if gpu is not None and gpu_mem is not None:
+        raise BadInput("Give either --gpu or --gpu-mem, not both.")
+    if gpu_mem is not None:
+        return GpuTarget(gpu=None, count=1, memory_bytes=parse_bytes(gpu_mem))
+    from . import catalog
+
+    return catalog.parse_gpu_arg(gpu or default)
+
+
+def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 4096,
+                  dtype: str = "auto", kv_dtype: str = "auto", *, tp: int | None = None,
+                  pp: int = 1, gpu_memory_utilization: float = 0.9,
+                  max_num_batched_tokens: int | str | None = None,
+                  max_num_seqs: int | None = None, block_size: int = 16,
+                  enforce_eager: bool = False, kv_cache_memory: int | str | None = None,
+                  gpu_count: int = 1) -> Workload:
+    """Validate every knob and build the Workload; bad values raise BadInput."""
+    if mode not in MODES:
+        raise BadInput(f"--mode {mode!r} is not one of: {', '.join(MODES)}.")
+    if not 0.0 < gpu_memory_utilization <= 1.0:
+        raise BadInput(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization}.")
+    if block_size not in (1, 8, 16, 32, 64, 128, 256):
+        raise BadInput(f"--block-size must be a power of two from 1 to 256 (vLLM's choices), got {block_size}.")
+    tp = gpu_count if tp is None else tp
+    if tp < 1 or pp < 1:
+        raise BadInput("--tp and --pp must be at least 1.")
+    if mode == "serve" and tp * pp > gpu_count:
+        raise BadInput(f"--tp {tp} x --pp {pp} needs {tp * pp} GPUs but --gpu gives {gpu_count}; "
+                       f"ask for them with --gpu ID:{tp * pp}.")
+    serve = ServeOptions(
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_num_batched_tokens=(parse_tokens(max_num_batched_tokens, "--max-num-batched-tokens")
+                                if max_num_batched_tokens is not None else None),
+        max_num_seqs=parse_tokens(max_num_seqs, "--max-num-seqs") if max_num_seqs is not None else None,
+        block_size=block_size, tp=tp, pp=pp, enforce_eager=enforce_eager,
+        kv_cache_memory=parse_bytes(kv_cache_memory, "--kv-cache-memory") if kv_cache_memory is not None else None,
+    )
+    return Workload(
+        mode=mode, batch=parse_tokens(batch, "--batch"), ctx=parse_tokens(ctx, "--ctx"),
+        dtype=normalize(dtype, WEIGHT_FORMATS, "--dtype"),
+        kv_dtype=normalize(kv_dtype, KV_FORMATS, "--kv-dtype"), serve=serve,
+    )
+
+
+def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem: str | int | None = None,
+         mode: str = "serve", batch: int | str = 1, ctx: int | str = 4096, dtype: str = "auto",
+         kv_dtype: str = "auto", method: str = "analytic", **options) -> Plan:
+    """Plan one workload. Returns a `Plan` (see vramplan.spec); raises VramplanError subclasses.
+
+    >>> p = plan("meta-llama/Llama-3.1-8B", "l40s", ctx="32k", batch=8)
+    >>> p.fits, p.components["weights"]
+    (False, 16060522496)
+    """
+    if method != "analytic":
+        raise BadInput(f"--method {method!r} is not available; use analytic.")
+    from . import catalog
+
+    spec = load_model(model)
+    target = resolve_target(gpu, gpu_mem)
+    workload = make_workload(mode, batch, ctx, dtype, kv_dtype, gpu_count=target.count, **options)
+    return core_plan.build(spec, target, workload, catalog=catalog.load_gpus())

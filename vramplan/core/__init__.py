@@ -1,0 +1,1 @@
+"""Pure computation: dataclasses in, dataclasses and integers out. No I/O, no heavy imports."""

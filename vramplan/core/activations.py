@@ -1,0 +1,106 @@
+"""Transient memory of a forward pass without gradients (inference), per layer kind.
+
+Under `torch.no_grad()` a tensor dies as soon as the next op has consumed it, so the peak of a
+decoder layer is the few tensors alive together at its widest point; the layer's own output
+replaces its input. We model the two widest points of each layer and take the worst layer:
+
+attention (SDPA, causal, no padding mask, so no seq x seq scores are materialized):
+    residual + normed input          2 * T * hidden
+    q, k, v projections              T * (q_width + kv_width)
+    rotary outputs of q and k        T * (q_width + k_width)
+    K/V repeated to all heads (GQA)  T * 2 * q_width   (transformers' repeat_kv)
+    attention output                 T * q_width
+MLP (gated, SwiGLU/GeGLU):   residual + normed 2*T*hidden, act(gate), up, act*up: 3 * T * I
+MLP (plain, GELU/ReLU^2):    residual + normed 2*T*hidden, up, act(up):          2 * T * I
+MoE: the experts see T * top_k token slots: gathered inputs T*k*hidden plus the MLP above
+     with I = expert width, plus router logits T * experts in fp32.
+Mamba2: in_proj output T * (in_proj width) plus the conv/SSM outputs T * 2 * d_inner.
+
+T = tokens in the pass. All widths in elements; times the activation dtype's bytes. The trace
+tier (`--method trace`) measures the same program exactly and the tests compare the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spec import Attention, LayerSpec, Mlp, ModelSpec, Recurrent
+
+
+@dataclass(frozen=True)
+class Transient:
+    bytes: int
+    where: str      # e.g. "layer 3 mlp"
+
+
+def _attention_elems(a: Attention, hidden: int) -> int:
+    if a.kind == "mla":
+        q = a.num_heads * a.head_dim
+        # MLA decompresses the latent to per-head K (nope+rope) and V for the whole prompt.
+        k = a.num_heads * a.head_dim
+        v = a.num_heads * a.v_head_dim
+        return 2 * hidden + (a.kv_lora_rank + a.rope_dim) + q + k + v + q + k + a.num_heads * a.v_head_dim
+    q = a.num_heads * a.head_dim
+    k = a.num_kv_heads * a.head_dim
+    v = a.num_kv_heads * a.v_head_dim
+    repeat = 2 * q if a.num_kv_heads < a.num_heads else 0
+    return 2 * hidden + (q + k + v) + (q + k) + repeat + q
+
+
+def _mlp_elems(m: Mlp, hidden: int) -> int:
+    per_slot = (3 if m.gated else 2) * m.intermediate
+    if m.kind == "dense":
+        return 2 * hidden + per_slot
+    slots = max(m.top_k, 1)
+    shared = (3 if m.gated else 2) * m.shared_intermediate
+    # router logits are fp32: 2 elements of a 16-bit dtype each
+    return 2 * hidden + slots * (hidden + per_slot) + shared + 2 * m.num_experts
+
+
+def _recurrent_elems(r: Recurrent, hidden: int) -> int:
+    d_inner = r.num_heads * r.head_dim
+    in_proj = 2 * d_inner + r.conv_channels - d_inner + r.num_heads
+    return 2 * hidden + in_proj + 2 * d_inner
+
+
+def layer_peak_elems(layer: LayerSpec, hidden: int) -> tuple[int, str]:
+    """Widest point of one layer per token, in activation elements, and which part it is."""
+    best, where = 0, ""
+    m = layer.mixer
+    if isinstance(m, Attention):
+        best, where = _attention_elems(m, hidden), "attention"
+    elif isinstance(m, Recurrent):
+        best, where = _recurrent_elems(m, hidden), "mamba"
+    if layer.mlp is not None:
+        e = _mlp_elems(layer.mlp, hidden)
+        if e > best:
+            best, where = e, "mlp"
+    return best, where
+
+
+def widest_layer(model: ModelSpec) -> tuple[int, str]:
+    """(elements per token, where) at the widest point of the widest layer."""
+    best, where = 0, ""
+    seen: dict[tuple, tuple[int, str]] = {}
+    for layer in model.layers:
+        key = (layer.mixer, layer.mlp)
+        if key not in seen:
+            seen[key] = layer_peak_elems(layer, model.hidden_size)
+        e, part = seen[key]
+        if e > best:
+            best, where = e, f"layer {layer.index} {part}"
+    return best, where
+
+
+def forward_peak(model: ModelSpec, tokens: int, act_bytes: int,
+                 widest: tuple[int, str] | None = None) -> Transient:
+    """Peak transient of a no-grad forward over `tokens` tokens, excluding logits. Pass
+    `widest` (from widest_layer) when calling repeatedly for one model."""
+    elems, where = widest or widest_layer(model)
+    return Transient(elems * tokens * act_bytes, where)
+
+
+def last_logits_bytes(model: ModelSpec, batch: int, act_bytes: int) -> int:
+    """generate() computes logits for the last position only (logits_to_keep=1), copies them to
+    fp32 (`.float()`), and the sampler's softmax makes one more fp32 copy."""
+    return batch * model.vocab_size * (act_bytes + 4 + 4)
