@@ -22,6 +22,7 @@ _LABELS = {
     "cublas_workspace": "cuBLAS workspace",
     "nccl": "NCCL buffers",
     "non_torch": "non-torch (vLLM)",
+    "cuda_graphs": "CUDA graphs",
 }
 _BAR_GLYPHS = {"weights": "█", "kv_cache": "▓", "activations": "▒"}
 _BAR_OTHER, _BAR_FREE = "░", "·"
@@ -44,7 +45,7 @@ def _glyph(s: str) -> str:
 def model_json(m: ModelSpec) -> dict:
     kinds: dict[str, int] = {}
     for layer in m.layers:
-        k = getattr(layer.mixer, "kind", "none")
+        k = getattr(layer.mixer, "kind", "mlp-only")
         kinds[k] = kinds.get(k, 0) + 1
     q = m.quantization
     return {
@@ -143,6 +144,13 @@ def plan_table(p: Plan) -> str:
     lines.append(tabulate(rows, headers=["component", "bytes", "GiB", "share", "note"],
                           tablefmt="simple", colalign=("left", "right", "right", "right", "left"),
                           disable_numparse=True))
+    if p.serve is not None and p.serve.outside_budget:
+        outside = p.serve.outside_budget
+        room = t.per_gpu_bytes - p.capacity_bytes
+        items = ", ".join(f"{_LABELS.get(k, k)} {fmt_gib(v)}" for k, v in outside.items())
+        verdict = "fits" if p.serve.headroom_ok else "does NOT fit"
+        lines.append(f"outside vLLM's budget, in the other {fmt_gib(room)}: {items} "
+                     f"(total {fmt_gib(sum(outside.values()))}, {verdict})")
     lines.append("")
     lines.append(_bar(p))
     lines.append("")

@@ -147,6 +147,9 @@ def build(model: ModelSpec, target: GpuTarget, workload: Workload,
         peak_alloc = parts["weights"] + parts["kv_cache"] + parts["activations"] + parts["cublas_workspace"]
     max_batch, max_ctx = _limits(s, batch, ctx)
     warnings = list(model.warnings)
+    if s.fmt.base == "fp32" and model.extra.get("torch_dtype_assumed"):
+        warnings.append("config.json names no torch_dtype, so the weights are taken as fp32 "
+                        "(transformers' default); pass --dtype bf16 if the checkpoint is 16-bit.")
     mpe = model.max_position_embeddings
     if mpe and ctx > mpe:
         warnings.append(f"--ctx {ctx:,} exceeds the model's max_position_embeddings ({mpe:,}); "

@@ -31,7 +31,7 @@ class Cfg:
     one) so error messages point at the right place.
     """
 
-    __slots__ = ("d", "model", "model_type", "path", "root", "warnings")
+    __slots__ = ("d", "model", "model_type", "path", "root", "warnings", "dtype_assumed")
 
     def __init__(self, d: dict, model: str, model_type: str, path: str = "", root: "Cfg | None" = None):
         if not isinstance(d, dict):
@@ -43,6 +43,7 @@ class Cfg:
         self.path = path
         self.root = root if root is not None else self
         self.warnings: list[str] = [] if root is None else root.warnings
+        self.dtype_assumed = False
 
     # --- access -----------------------------------------------------------------------------
     def sub(self, key: str, defaults: dict | None = None) -> "Cfg":
@@ -164,8 +165,8 @@ def torch_dtype(cfg: Cfg, *nested: Cfg) -> str:
         if value is not None:
             break
     if value is None:
-        cfg.warn("config.json names no torch_dtype, so the checkpoint dtype is taken as fp32 "
-                 "(transformers' default when none is given); pass --dtype bf16 if the weights are 16-bit.")
+        # Not a warning here: it matters only when a plan really uses fp32 (core/plan.py says so then).
+        cfg.root.dtype_assumed = True
         return "fp32"
     key = str(value).strip().lower().removeprefix("torch.")
     if key not in _DTYPES:
@@ -273,6 +274,8 @@ def make_spec(cfg: Cfg, *, family: str, hidden: int, vocab: int, layers: list[La
     # per layer, what mixes tokens: full / sliding / chunked / mla / mamba2 / none
     extra.setdefault("layer_types", [l.mixer.kind if l.mixer is not None else "none" for l in layers])
     extra.setdefault("architectures", root.raw("architectures", default=[]))
+    if getattr(root, "dtype_assumed", False):
+        extra["torch_dtype_assumed"] = True
     return ModelSpec(
         id=root.model,
         model_type=root.model_type,
