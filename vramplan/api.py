@@ -29,17 +29,26 @@ def load_model(model: str | ModelSpec) -> ModelSpec:
 
 
 def resolve_target(gpu: str | GpuTarget | None = None, gpu_mem: str | int | None = None,
-                   default: str = "l40s") -> GpuTarget:
-    """--gpu ID[:COUNT] or --gpu-mem SIZE (not both); neither means the default card."""
+                   gpu_free: str | int | None = None, default: str = "l40s") -> GpuTarget:
+    """--gpu ID[:COUNT] or --gpu-mem SIZE (not both); neither means the default card.
+    --gpu-free says how much of each card is free now (other processes hold the rest)."""
     if isinstance(gpu, GpuTarget):
         return gpu
     if gpu is not None and gpu_mem is not None:
         raise BadInput("Give either --gpu or --gpu-mem, not both.")
     if gpu_mem is not None:
-        return GpuTarget(gpu=None, count=1, memory_bytes=parse_bytes(gpu_mem))
-    from . import catalog
+        target = GpuTarget(gpu=None, count=1, memory_bytes=parse_bytes(gpu_mem))
+    else:
+        from . import catalog
 
-    return catalog.parse_gpu_arg(gpu or default)
+        target = catalog.parse_gpu_arg(gpu or default)
+    if gpu_free is not None:
+        free = parse_bytes(gpu_free, "--gpu-free")
+        if free > target.per_gpu_bytes:
+            raise BadInput(f"--gpu-free {gpu_free} is more than the card's CUDA total "
+                           f"({target.per_gpu_bytes / 2**30:.2f} GiB).")
+        target = replace(target, free_bytes=free)
+    return target
 
 
 def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 4096,
@@ -78,6 +87,7 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
 
 
 def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem: str | int | None = None,
+         gpu_free: str | int | None = None,
          mode: str = "serve", batch: int | str = 1, ctx: int | str = 4096, dtype: str = "auto",
          kv_dtype: str = "auto", method: str = "analytic", **options) -> Plan:
     """Plan one workload. Returns a `Plan` (see vramplan.spec); raises VramplanError subclasses.
@@ -91,6 +101,6 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
     from . import catalog
 
     spec = load_model(model)
-    target = resolve_target(gpu, gpu_mem)
+    target = resolve_target(gpu, gpu_mem, gpu_free)
     workload = make_workload(mode, batch, ctx, dtype, kv_dtype, gpu_count=target.count, **options)
     return core_plan.build(spec, target, workload, catalog=catalog.load_gpus())

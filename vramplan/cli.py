@@ -65,16 +65,20 @@ def fit(
     tp: Optional[int] = typer.Option(None, "--tp", help="serve: tensor-parallel size (default: the GPU count)."),
     pp: int = typer.Option(1, "--pp", help="serve: pipeline-parallel size."),
     block_size: int = typer.Option(16, "--block-size", help="serve: tokens per KV block."),
+    enforce_eager: bool = typer.Option(False, "--enforce-eager", help="serve: no CUDA graphs."),
+    kv_cache_memory: Optional[str] = typer.Option(None, "--kv-cache-memory", help="serve: explicit KV cache size per GPU (e.g. 20GiB), bypassing the profile."),
+    gpu_free: Optional[str] = typer.Option(None, "--gpu-free", help="Memory free on each GPU now (other processes hold the rest), e.g. 40GiB."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
     from . import api, render
 
-    p = api.plan(model, gpu, gpu_mem=gpu_mem, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
+    p = api.plan(model, gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
                  kv_dtype=kv_dtype, method=method, tp=tp, pp=pp,
                  gpu_memory_utilization=gpu_memory_utilization,
                  max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-                 block_size=block_size)
+                 block_size=block_size, enforce_eager=enforce_eager,
+                 kv_cache_memory=kv_cache_memory)
     if as_json:
         _emit(render.plan_json(p))
     else:

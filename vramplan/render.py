@@ -157,6 +157,9 @@ def plan_table(p: Plan) -> str:
     if p.fits:
         lines.append(_glyph(f"✓ fits: {fmt_gib(p.total_bytes)} of {fmt_gib(p.capacity_bytes)}, "
                             f"headroom {fmt_gib(p.headroom_bytes)}"))
+    elif p.total_bytes <= p.capacity_bytes:
+        lines.append(_glyph(f"✗ does not fit: the workload needs {fmt_gib(p.total_bytes)} of "
+                            f"{fmt_gib(p.capacity_bytes)}, but the engine cannot start"))
     else:
         lines.append(_glyph(f"✗ does not fit: needs {fmt_gib(p.total_bytes)}, capacity "
                             f"{fmt_gib(p.capacity_bytes)} (short by {fmt_gib(-p.headroom_bytes)})"))
@@ -167,7 +170,9 @@ def plan_table(p: Plan) -> str:
         lines.append(f"vLLM      GPU KV cache size: {s.kv_cache_tokens:,} tokens ({s.num_gpu_blocks:,} blocks "
                      f"of {s.block_size}); maximum concurrency for {w.ctx:,} tokens per request: "
                      f"{s.max_concurrency:.2f}x")
-        if not s.starts:
+        if s.refusal:
+            lines.append(f"          vLLM would refuse to start: {s.refusal}")
+        elif not s.starts:
             lines.append(f"          vLLM would refuse to start with max_model_len {w.ctx:,}; "
                          f"the largest that starts is {s.max_model_len_that_starts:,}")
     if p.suggestions:

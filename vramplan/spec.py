@@ -272,6 +272,7 @@ class ServeReport:
     max_model_len_that_starts: int
     outside_budget: dict = field(default_factory=dict)   # context, graphs, NCCL: in total x (1 - util)
     headroom_ok: bool = True      # the outside-budget memory fits in total x (1 - util)
+    refusal: str = ""             # the error vLLM would raise at start-up ("" when it starts)
 
 
 @dataclass(frozen=True)

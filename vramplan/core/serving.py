@@ -17,12 +17,18 @@ Sources: docs/sources/vllm-accounting.md (A.2-A.7), docs/methodology.md ("Servin
 
 from __future__ import annotations
 
-from ..spec import GpuSpec, ModelSpec, ServeOptions, ServeReport
+from dataclasses import replace
+
+from ..spec import GpuSpec, GpuTarget, ModelSpec, ServeOptions, ServeReport, Workload
 from ..units import GiB, ceil_div
 from . import activations as act
 from . import kv_cache as kv
+from .dtypes import FLOAT_BYTES
 from .limits import largest_fitting
-from .overhead import NCCL_BYTES_PER_RANK
+from .overhead import CUDA_CONTEXT_BYTES, NCCL_BYTES_PER_RANK
+from .parallel import tp_divisor
+from .setup import Breakdown, Setup, resolve_kv_dtype
+from .weights import resolve_format, weight_bytes
 
 ENGINE = "vLLM V1 0.11-0.20 (era-2 memory profiling; CUDA graphs outside the budget)"
 
@@ -81,6 +87,50 @@ def outside_budget(world_size: int, enforce_eager: bool, context_bytes: int) -> 
     if world_size > 1:
         parts["nccl"] = NCCL_BYTES_PER_RANK
     return parts
+
+
+def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
+    fmt = resolve_format(model, workload.dtype)
+    if fmt.base == "fp32":
+        # vLLM's dtype=auto serves fp32 checkpoints in 16 bits (ModelConfig._get_and_verify_dtype).
+        plain = fmt.quant.method == "none"
+        fmt = replace(fmt, base="bf16", label="bf16" if plain else fmt.label,
+                      quant=replace(fmt.quant, bits=16) if plain else fmt.quant)
+    kv_dtype = resolve_kv_dtype(workload.kv_dtype, fmt)
+    o = workload.serve
+    weights = weight_bytes(model, fmt, tp_divisor(model, o.tp) if o.tp > 1 else None).total
+    per_gpu = target.per_gpu_bytes
+    tokens, seqs = engine_limits(o, target.gpu, per_gpu)
+    data = {"batched_tokens": tokens, "max_seqs": seqs,
+            "outside": outside_budget(o.tp * o.pp, o.enforce_eager, CUDA_CONTEXT_BYTES)}
+    return Setup(model, target, workload, fmt, kv_dtype, FLOAT_BYTES[kv_dtype],
+                 FLOAT_BYTES[fmt.base], weights, {"non_torch": NON_TORCH_INCREASE},
+                 int(per_gpu * o.gpu_memory_utilization), o.tp, act.widest_layer(model), data)
+
+
+def components(s: Setup, batch: int, ctx: int) -> Breakdown:
+    m, o, d = s.model, s.workload.serve, s.mode_data
+    cache = kv.paged_cache_bytes(m, s.kv_elem, batch, ctx, o.block_size, s.tp, s.act_elem,
+                                 in_flight=d["batched_tokens"])
+    profile = profile_peak(m, d["batched_tokens"], d["max_seqs"], s.act_elem, s.tp, s.widest)
+    parts = {"weights": s.weights, "kv_cache": cache, "activations": profile.bytes, **s.overhead}
+    notes = {"weights": s.fmt.label,
+             "kv_cache": f"{batch} x {ctx:,} tokens, paged in blocks of {o.block_size}, {s.kv_dtype}",
+             "activations": profile.where,
+             "non_torch": "non-torch growth after vLLM's start-up snapshot"}
+    return Breakdown(parts, notes, "profile run", s.weights + cache + profile.bytes)
+
+
+def startup(s: Setup, b: Breakdown, ctx: int) -> ServeReport:
+    """What vLLM would log and decide at start-up, given the components of this workload."""
+    o, d = s.workload.serve, s.mode_data
+    non_kv = b.total - b.parts["kv_cache"]
+    available = o.kv_cache_memory if o.kv_cache_memory is not None else s.capacity - non_kv
+    headroom_ok = sum(d["outside"].values()) <= s.target.per_gpu_bytes - s.capacity
+    if s.target.free_bytes is not None:       # vLLM: free memory at start must cover total x util
+        headroom_ok = headroom_ok and s.target.free_bytes >= s.capacity
+    return report(s.model, o, s.kv_elem, s.act_elem, s.tp, available, ctx,
+                  d["batched_tokens"], d["max_seqs"], headroom_ok, d["outside"])
 
 
 def report(model: ModelSpec, opts: ServeOptions, kv_elem: int, state_elem: int, tp: int,

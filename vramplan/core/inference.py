@@ -1,0 +1,53 @@
+"""Mode `infer`: transformers `generate()` on one GPU or layer-split over several.
+
+Contiguous cache for batch x ctx, the whole prompt prefilled at once, last-position logits;
+the runtime overhead (context, cuBLAS workspace, allocator slack) on top. Formulas:
+docs/methodology.md sections 2, 3 and 5.
+"""
+
+from __future__ import annotations
+
+from ..spec import GpuTarget, ModelSpec, Workload
+from ..units import ceil_div
+from . import activations as act
+from . import kv_cache as kv
+from . import overhead
+from .dtypes import FLOAT_BYTES
+from .setup import Breakdown, Setup, resolve_kv_dtype
+from .weights import resolve_format, weight_bytes
+
+
+def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
+    fmt = resolve_format(model, workload.dtype)
+    kv_dtype = resolve_kv_dtype(workload.kv_dtype, fmt)
+    # accelerate's device_map="auto" splits the layers evenly over the cards
+    weights = ceil_div(weight_bytes(model, fmt).total, target.count)
+    capacity = target.per_gpu_bytes
+    if target.free_bytes is not None:
+        capacity = min(capacity, target.free_bytes)
+    return Setup(model, target, workload, fmt, kv_dtype, FLOAT_BYTES[kv_dtype],
+                 FLOAT_BYTES[fmt.base], weights,
+                 overhead.runtime_overhead(target.gpu, target.count), capacity,
+                 widest=act.widest_layer(model))
+
+
+def components(s: Setup, batch: int, ctx: int) -> Breakdown:
+    m, count = s.model, s.target.count
+    cache = ceil_div(kv.contiguous_cache_bytes(m, s.kv_elem, batch, ctx, s.act_elem), count)
+    prefill = act.forward_peak(m, batch * ctx, s.act_elem, s.widest)
+    # a decode step appends with torch.cat: one layer's old and new cache coexist
+    decode = max((a.kv_elems_per_token * kv.kept_tokens(a, ctx + 1) * s.kv_elem * batch
+                  for a in kv.attention_layers(m)), default=0)
+    logits = act.last_logits_bytes(m, batch, s.act_elem)
+    if prefill.bytes >= decode:
+        transient, phase = prefill.bytes, f"prefill ({prefill.where})"
+    else:
+        transient, phase = decode, "decode (cache growth copies one layer)"
+    activations = ceil_div(transient, count) + logits
+    parts = {"weights": s.weights, "kv_cache": cache, "activations": activations,
+             "allocator_slack": overhead.allocator_slack(activations), **s.overhead}
+    notes = {"weights": s.fmt.label,
+             "kv_cache": f"{batch} x {ctx:,} tokens, contiguous, {s.kv_dtype}",
+             "activations": phase + " + last-position logits"}
+    peak = s.weights + cache + activations + s.overhead["cublas_workspace"]
+    return Breakdown(parts, notes, phase, peak)
