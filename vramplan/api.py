@@ -14,7 +14,8 @@ from .errors import BadInput
 from .spec import GpuTarget, ModelSpec, Plan, ServeOptions, Workload
 from .units import parse_bytes, parse_tokens
 
-MODES = ("serve", "infer")
+MODES = ("serve", "infer", "full", "lora", "qlora")
+TRAINING_MODES = ("full", "lora", "qlora")
 
 
 def load_model(model: str | ModelSpec) -> ModelSpec:
@@ -57,15 +58,26 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
                   max_num_batched_tokens: int | str | None = None,
                   max_num_seqs: int | None = None, block_size: int = 16,
                   enforce_eager: bool = False, kv_cache_memory: int | str | None = None,
-                  gpu_count: int = 1) -> Workload:
-    """Validate every knob and build the Workload; bad values raise BadInput."""
+                  gpu_count: int = 1, **train_options) -> Workload:
+    """Validate every knob and build the Workload; bad values raise BadInput.
+
+    Training modes take TrainingArguments / LoraConfig names: optim, grad_ckpt, lora_r,
+    lora_alpha, lora_targets, lora_dropout, precision, zero, attn (core.training)."""
     if mode not in MODES:
         raise BadInput(f"--mode {mode!r} is not one of: {', '.join(MODES)}.")
+    train = None
+    if mode in TRAINING_MODES:
+        from .core.training import normalize_train_options
+
+        train = normalize_train_options(world=gpu_count, **train_options)
+    elif train_options:
+        flags = ", ".join("--" + k.replace("_", "-") for k in train_options)
+        raise BadInput(f"{flags} only apply to the training modes (--mode full, lora or qlora).")
     if not 0.0 < gpu_memory_utilization <= 1.0:
         raise BadInput(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization}.")
     if block_size not in (1, 8, 16, 32, 64, 128, 256):
         raise BadInput(f"--block-size must be a power of two from 1 to 256 (vLLM's choices), got {block_size}.")
-    tp = gpu_count if tp is None else tp
+    tp = (gpu_count if mode == "serve" else 1) if tp is None else tp
     if tp < 1 or pp < 1:
         raise BadInput("--tp and --pp must be at least 1.")
     if mode == "serve" and tp * pp > gpu_count:
@@ -82,7 +94,7 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
     return Workload(
         mode=mode, batch=parse_tokens(batch, "--batch"), ctx=parse_tokens(ctx, "--ctx"),
         dtype=normalize(dtype, WEIGHT_FORMATS, "--dtype"),
-        kv_dtype=normalize(kv_dtype, KV_FORMATS, "--kv-dtype"), serve=serve,
+        kv_dtype=normalize(kv_dtype, KV_FORMATS, "--kv-dtype"), serve=serve, train=train,
     )
 
 

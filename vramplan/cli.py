@@ -54,7 +54,7 @@ def fit(
     gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="Any other card by its memory: 48GB, 44.5GiB."),
     ctx: str = typer.Option("4k", "--ctx", help="Tokens per sequence (max model length): 4096, 32k."),
     batch: str = typer.Option("1", "--batch", help="Concurrent sequences."),
-    mode: str = typer.Option("serve", "--mode", help="serve (vLLM engine) or infer (transformers generate)."),
+    mode: str = typer.Option("serve", "--mode", help="serve (vLLM engine), infer (transformers generate), or one training step: full, lora, qlora."),
     dtype: str = typer.Option("auto", "--dtype", help="Weights: auto|bf16|fp16|fp32|fp8|int8|int4|gptq|awq|nf4|fp4|mxfp4."),
     kv_dtype: str = typer.Option("auto", "--kv-dtype", help="KV cache: auto|bf16|fp16|fp32|fp8|int8."),
     method: str = typer.Option("analytic", "--method", help="analytic (closed form)."),
@@ -68,17 +68,30 @@ def fit(
     enforce_eager: bool = typer.Option(False, "--enforce-eager", help="serve: no CUDA graphs."),
     kv_cache_memory: Optional[str] = typer.Option(None, "--kv-cache-memory", help="serve: explicit KV cache size per GPU (e.g. 20GiB), bypassing the profile."),
     gpu_free: Optional[str] = typer.Option(None, "--gpu-free", help="Memory free on each GPU now (other processes hold the rest), e.g. 40GiB."),
+    optim: Optional[str] = typer.Option(None, "--optim", help="train: adamw_torch|adamw_torch_fused|adamw_8bit|paged_adamw_8bit|adafactor|sgd (HF names)."),
+    grad_ckpt: bool = typer.Option(False, "--grad-ckpt", help="train: gradient checkpointing."),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="lora/qlora: rank (default 16)."),
+    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="lora/qlora: alpha (no memory effect)."),
+    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="lora/qlora: all-linear or q_proj,v_proj,..."),
+    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="lora/qlora: dropout (> 0 keeps a copy of each adapted input)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="train: bf16 (pure) or mixed (fp32 master weights + autocast)."),
+    zero: Optional[int] = typer.Option(None, "--zero", help="train: ZeRO stage 0-3 over the --gpu count (3 = FSDP full shard)."),
+    attn: Optional[str] = typer.Option(None, "--attn", help="train: sdpa or eager attention."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
     from . import api, render
 
+    train = {k: v for k, v in dict(optim=optim, grad_ckpt=grad_ckpt or None, lora_r=lora_r,
+                                   lora_alpha=lora_alpha, lora_targets=lora_targets,
+                                   lora_dropout=lora_dropout, precision=precision, zero=zero,
+                                   attn=attn).items() if v is not None}
     p = api.plan(model, gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
                  kv_dtype=kv_dtype, method=method, tp=tp, pp=pp,
                  gpu_memory_utilization=gpu_memory_utilization,
                  max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
                  block_size=block_size, enforce_eager=enforce_eager,
-                 kv_cache_memory=kv_cache_memory)
+                 kv_cache_memory=kv_cache_memory, **train)
     if as_json:
         _emit(render.plan_json(p))
     else:

@@ -241,11 +241,12 @@ class ServeOptions:
 @dataclass(frozen=True)
 class Workload:
     mode: Mode
-    batch: int
-    ctx: int
+    batch: int                   # serve/infer: sequences; training: per-device micro-batch
+    ctx: int                     # serve/infer: max model length; training: sequence length
     dtype: str = "auto"          # weight precision as asked ("auto" = the checkpoint's)
     kv_dtype: str = "auto"
     serve: ServeOptions = field(default_factory=ServeOptions)
+    train: object = None         # training modes: core.training.TrainOptions
 
 
 @dataclass(frozen=True)

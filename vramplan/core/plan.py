@@ -6,27 +6,35 @@ Pure: takes dataclasses (and the GPU catalog as data, for suggestions), returns 
 from __future__ import annotations
 
 from dataclasses import replace
+from importlib import import_module
 
 from ..errors import BadInput
 from ..spec import GpuSpec, GpuTarget, ModelSpec, Plan, Suggestion, Workload
 from ..units import MAX_BATCH, MAX_TOKENS
-from . import inference, kv_cache as kv, serving
+from . import kv_cache as kv
+from . import serving
 from .dtypes import FLOAT_BYTES
 from .limits import largest_fitting
 from .setup import Breakdown, Setup
 
-MODES = {"serve": serving, "infer": inference}
+# Each mode is a module with prepare(model, target, workload) -> Setup and
+# components(setup, batch, ctx) -> Breakdown; imported on first use.
+MODES = {"serve": "serving", "infer": "inference", "full": "finetune", "lora": "finetune",
+         "qlora": "finetune"}
+
+
+def _mode(name: str):
+    if name not in MODES:
+        raise BadInput(f"--mode {name!r} is not one of: {', '.join(MODES)}.")
+    return import_module(f".{MODES[name]}", __package__)
 
 
 def setup(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
-    mode = MODES.get(workload.mode)
-    if mode is None:
-        raise BadInput(f"--mode {workload.mode!r} is not one of: {', '.join(MODES)}.")
-    return mode.prepare(model, target, workload)
+    return _mode(workload.mode).prepare(model, target, workload)
 
 
 def components(s: Setup, batch: int, ctx: int) -> Breakdown:
-    return MODES[s.workload.mode].components(s, batch, ctx)
+    return _mode(s.workload.mode).components(s, batch, ctx)
 
 
 def total_bytes(s: Setup, batch: int, ctx: int) -> int:
