@@ -12,7 +12,7 @@ from .errors import (BadConfig, BadInput, DoesNotFit, EnvironmentProblem, Missin
 __version__ = "0.1.0"
 
 __all__ = [
-    "plan", "load_model", "__version__",
+    "plan", "preflight", "load_model", "__version__",
     "VramplanError", "BadInput", "BadConfig", "ModelNotFound", "UnknownGpu",
     "EnvironmentProblem", "MissingExtra", "DoesNotFit",
 ]
@@ -23,6 +23,13 @@ def plan(model, gpu=None, **kwargs):
     from .api import plan as _plan
 
     return _plan(model, gpu, **kwargs)
+
+
+def preflight(model, mode="lora", batch=4, ctx=2048, gpu="auto", **options):
+    """Raise `DoesNotFit` unless the training step fits; see `vramplan.api.preflight`."""
+    from .api import preflight as _preflight
+
+    return _preflight(model, mode=mode, batch=batch, ctx=ctx, gpu=gpu, **options)
 
 
 def load_model(model):

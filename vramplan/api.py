@@ -116,3 +116,46 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
     target = resolve_target(gpu, gpu_mem, gpu_free)
     workload = make_workload(mode, batch, ctx, dtype, kv_dtype, gpu_count=target.count, **options)
     return core_plan.build(spec, target, workload, catalog=catalog.load_gpus())
+
+
+def preflight(model: str | ModelSpec | dict, mode: str = "lora", batch: int | str = 4,
+              ctx: int | str = 2048, gpu: str | int | GpuTarget = "auto", **options) -> Plan:
+    """One-line check for a training script: the plan when it fits, else `DoesNotFit`.
+
+    `gpu` is "auto" (the attached GPU, read through NVML: its real capacity and free memory),
+    a catalog id such as "l40s" or "h100:8", a GpuTarget, or a memory size in bytes. The message
+    of `DoesNotFit` names the largest batch and context that fit and the cheapest change that
+    would. Bad arguments raise `BadInput`, a ValueError.
+    """
+    from .errors import DoesNotFit
+
+    if isinstance(model, dict):
+        from . import families
+
+        model = families.parse(model, model_id=str(model.get("_name_or_path", "config")), source="dict")
+    if isinstance(gpu, bool) or not isinstance(gpu, (str, int, GpuTarget)):
+        raise BadInput(f"gpu={gpu!r}: give 'auto', a catalog id such as 'l40s', or a size in bytes.")
+    if isinstance(gpu, int):
+        target = resolve_target(gpu_mem=gpu)
+    elif gpu == "auto":
+        target = auto_target()
+    else:
+        target = resolve_target(gpu)
+    p = plan(model, target, mode=mode, batch=batch, ctx=ctx, **options)
+    if p.fits:
+        return p
+    w = p.workload
+    need, cap = p.total_bytes / 2**30, p.capacity_bytes / 2**30
+    fixes = [s.change for s in p.suggestions if s.fits]
+    limits = (f"The largest micro-batch that fits at {w.ctx:,} tokens is {p.max_batch}; the longest "
+              f"sequence at batch {w.batch} is {p.max_ctx:,} tokens.")
+    change = f" Cheapest change that fits: {fixes[0]}." if fixes else ""
+    raise DoesNotFit(f"{w.mode} of {p.model.id} at batch {w.batch} x {w.ctx:,} tokens needs "
+                     f"{need:.2f} GiB per GPU but {cap:.2f} GiB is available. {limits}{change}", p)
+
+
+def auto_target() -> GpuTarget:
+    """The attached GPU through NVML (vramplan.probe); an EnvironmentProblem when there is none."""
+    from .probe import auto_target as probe_auto
+
+    return probe_auto()
