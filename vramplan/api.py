@@ -39,6 +39,8 @@ def resolve_target(gpu: str | GpuTarget | None = None, gpu_mem: str | int | None
         raise BadInput("Give either --gpu or --gpu-mem, not both.")
     if gpu_mem is not None:
         target = GpuTarget(gpu=None, count=1, memory_bytes=parse_bytes(gpu_mem))
+    elif isinstance(gpu, str) and gpu.strip().lower() == "auto":
+        target = auto_target()
     else:
         from . import catalog
 
@@ -58,7 +60,7 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
                   max_num_batched_tokens: int | str | None = None,
                   max_num_seqs: int | None = None, block_size: int = 16,
                   enforce_eager: bool = False, kv_cache_memory: int | str | None = None,
-                  gpu_count: int = 1, **train_options) -> Workload:
+                  vllm_version: str | None = None, gpu_count: int = 1, **train_options) -> Workload:
     """Validate every knob and build the Workload; bad values raise BadInput.
 
     Training modes take TrainingArguments / LoraConfig names: optim, grad_ckpt, lora_r,
@@ -89,6 +91,7 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
                                 if max_num_batched_tokens is not None else None),
         max_num_seqs=parse_tokens(max_num_seqs, "--max-num-seqs") if max_num_seqs is not None else None,
         block_size=block_size, tp=tp, pp=pp, enforce_eager=enforce_eager,
+        vllm_version=vllm_version or "",
         kv_cache_memory=parse_bytes(kv_cache_memory, "--kv-cache-memory") if kv_cache_memory is not None else None,
     )
     return Workload(
@@ -135,18 +138,14 @@ def preflight(model: str | ModelSpec | dict, mode: str = "lora", batch: int | st
         model = families.parse(model, model_id=str(model.get("_name_or_path", "config")), source="dict")
     if isinstance(gpu, bool) or not isinstance(gpu, (str, int, GpuTarget)):
         raise BadInput(f"gpu={gpu!r}: give 'auto', a catalog id such as 'l40s', or a size in bytes.")
-    if isinstance(gpu, int):
-        target = resolve_target(gpu_mem=gpu)
-    elif gpu == "auto":
-        target = auto_target()
-    else:
-        target = resolve_target(gpu)
+    target = resolve_target(gpu_mem=gpu) if isinstance(gpu, int) else resolve_target(gpu)
     p = plan(model, target, mode=mode, batch=batch, ctx=ctx, **options)
     if p.fits:
         return p
     w = p.workload
     need, cap = p.total_bytes / 2**30, p.capacity_bytes / 2**30
-    fixes = [s.change for s in p.suggestions if s.fits]
+    fixes = [f"{s.change} ({', '.join(f'{k}={v!r}' for k, v in s.flags.items())})"
+             for s in p.suggestions if s.fits]
     limits = (f"The largest micro-batch that fits at {w.ctx:,} tokens is {p.max_batch}; the longest "
               f"sequence at batch {w.batch} is {p.max_ctx:,} tokens.")
     change = f" Cheapest change that fits: {fixes[0]}." if fixes else ""
@@ -155,7 +154,8 @@ def preflight(model: str | ModelSpec | dict, mode: str = "lora", batch: int | st
 
 
 def auto_target() -> GpuTarget:
-    """The attached GPU through NVML (vramplan.probe); an EnvironmentProblem when there is none."""
+    """`--gpu auto`: the first CUDA-visible GPU through NVML (vramplan.probe), with its real
+    capacity and current free memory; an EnvironmentProblem (exit 3) when there is none."""
     from .probe import auto_target as probe_auto
 
-    return probe_auto()
+    return probe_auto(0)

@@ -66,6 +66,7 @@ def fit(
     pp: int = typer.Option(1, "--pp", help="serve: pipeline-parallel size."),
     block_size: int = typer.Option(16, "--block-size", help="serve: tokens per KV block."),
     enforce_eager: bool = typer.Option(False, "--enforce-eager", help="serve: no CUDA graphs."),
+    vllm_version: Optional[str] = typer.Option(None, "--vllm-version", help="serve: whose accounting: 0.10, 0.11-0.20 (default), 0.21 (CUDA graphs inside the budget)."),
     kv_cache_memory: Optional[str] = typer.Option(None, "--kv-cache-memory", help="serve: explicit KV cache size per GPU (e.g. 20GiB), bypassing the profile."),
     gpu_free: Optional[str] = typer.Option(None, "--gpu-free", help="Memory free on each GPU now (other processes hold the rest), e.g. 40GiB."),
     optim: Optional[str] = typer.Option(None, "--optim", help="train: adamw_torch|adamw_torch_fused|adamw_8bit|paged_adamw_8bit|adafactor|sgd (HF names)."),
@@ -76,7 +77,9 @@ def fit(
     lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="lora/qlora: dropout (> 0 keeps a copy of each adapted input)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="train: bf16 (pure) or mixed (fp32 master weights + autocast)."),
     zero: Optional[int] = typer.Option(None, "--zero", help="train: ZeRO stage 0-3 over the --gpu count (3 = FSDP full shard)."),
-    attn: Optional[str] = typer.Option(None, "--attn", help="train: sdpa or eager attention."),
+    attn: Optional[str] = typer.Option(None, "--attn", help="train: sdpa, eager or flash_attention_2."),
+    lora_dtype: Optional[str] = typer.Option(None, "--lora-dtype", help="lora/qlora: adapter dtype, fp32 (peft's default) or bf16."),
+    kbit_prepare: Optional[str] = typer.Option(None, "--kbit-prepare", help="qlora: peft (prepare_model_for_kbit_training: fp32 embeddings/norms), trl, or none."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
@@ -85,13 +88,14 @@ def fit(
     train = {k: v for k, v in dict(optim=optim, grad_ckpt=grad_ckpt or None, lora_r=lora_r,
                                    lora_alpha=lora_alpha, lora_targets=lora_targets,
                                    lora_dropout=lora_dropout, precision=precision, zero=zero,
-                                   attn=attn).items() if v is not None}
+                                   attn=attn, lora_dtype=lora_dtype,
+                                   kbit_prepare=kbit_prepare).items() if v is not None}
     p = api.plan(model, gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
                  kv_dtype=kv_dtype, method=method, tp=tp, pp=pp,
                  gpu_memory_utilization=gpu_memory_utilization,
                  max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
                  block_size=block_size, enforce_eager=enforce_eager,
-                 kv_cache_memory=kv_cache_memory, **train)
+                 kv_cache_memory=kv_cache_memory, vllm_version=vllm_version, **train)
     if as_json:
         _emit(render.plan_json(p))
     else:
@@ -156,6 +160,13 @@ def gpus(
         _emit([render.gpu_json(g) for g in gs])
     else:
         print(render.gpus_table(gs))
+
+
+from .probe.commands import probe as _probe  # noqa: E402  (typer-only imports, ~2 ms)
+from .verify.commands import verify as _verify  # noqa: E402
+
+command(_probe)
+command(_verify)
 
 
 def main() -> None:

@@ -23,8 +23,20 @@ _LABELS = {
     "nccl": "NCCL buffers",
     "non_torch": "non-torch (vLLM)",
     "cuda_graphs": "CUDA graphs",
+    "logits_and_loss": "logits + loss",
+    "optimizer": "optimizer state",
+    "optimizer_paged": "optimizer state (paged)",
+    "optimizer_step": "optimizer step temporaries",
+    "master_weights": "fp32 master weights",
+    "trainable": "trainable (LoRA)",
+    "autocast_copies": "autocast weight copies",
+    "zero3_gather": "ZeRO-3 gather buffer",
+    "ddp_buckets": "DDP gradient buckets",
 }
-_BAR_GLYPHS = {"weights": "█", "kv_cache": "▓", "activations": "▒"}
+_STATE = ("kv_cache", "trainable", "gradients", "optimizer", "optimizer_paged", "master_weights")
+_TRANSIENT = ("activations", "logits_and_loss", "autocast_copies", "optimizer_step", "zero3_gather",
+              "ddp_buckets")
+_BAR_GLYPHS = {"weights": "█", **{k: "▓" for k in _STATE}, **{k: "▒" for k in _TRANSIENT}}
 _BAR_OTHER, _BAR_FREE = "░", "·"
 _ASCII = {"█": "W", "▓": "K", "▒": "A", "░": "o", "·": ".", "│": "|", "✓": "OK", "✗": "NO"}
 
@@ -110,7 +122,8 @@ def _bar(p: Plan, width: int = 60) -> str:
     cells += [_BAR_FREE] * (width - len(cells))
     cap = min(round(p.capacity_bytes / scale), width)
     line = "".join(cells[:cap]) + "│" + "".join(cells[cap:])
-    legend = "█ weights ▓ KV cache ▒ activations ░ overhead · free │ capacity"
+    state = "training state" if p.workload.train is not None else "KV cache"
+    legend = f"█ weights ▓ {state} ▒ activations ░ overhead · free │ capacity"
     return _glyph(f"[{line}]\n {legend}")
 
 
@@ -129,10 +142,20 @@ def plan_table(p: Plan) -> str:
     else:
         gpu, total = "custom", f"{fmt_gib(t.per_gpu_bytes)} given by --gpu-mem"
     cap_note = (f" x {w.serve.gpu_memory_utilization:g} gpu_memory_utilization" if w.mode == "serve" else "")
+    if w.mode == "serve" and w.serve.kv_cache_memory is not None:
+        cap_note = " = weights + profile peak + --kv-cache-memory"
     lines.append(f"gpu       {gpu}, {total}; capacity {fmt_gib(p.capacity_bytes)}{cap_note}")
     par = f", tp {w.serve.tp}" + (f" pp {w.serve.pp}" if w.serve.pp > 1 else "") if w.mode == "serve" and w.serve.tp * w.serve.pp > 1 else ""
-    lines.append(f"workload  {w.mode}: batch {w.batch} x ctx {fmt_tokens(w.ctx)}{par}; weights {p.weight_dtype}; "
-                 f"KV {p.kv_dtype}, {fmt_bytes(p.kv_bytes_per_token)} B/token")
+    if w.train is not None:
+        o = w.train
+        extras = [o.optim] + (["grad ckpt"] if o.grad_ckpt else []) + ([f"ZeRO-{o.zero}"] if o.zero else [])
+        if w.mode != "full":
+            extras.append(f"LoRA r={o.lora_r}")
+        lines.append(f"workload  {w.mode}: micro-batch {w.batch} x seq {fmt_tokens(w.ctx)}; weights "
+                     f"{p.weight_dtype}; {', '.join(extras)}")
+    else:
+        lines.append(f"workload  {w.mode}: batch {w.batch} x ctx {fmt_tokens(w.ctx)}{par}; weights {p.weight_dtype}; "
+                     f"KV {p.kv_dtype}, {fmt_bytes(p.kv_bytes_per_token)} B/token")
     lines.append("")
     rows = []
     for name, b in p.components.items():
@@ -165,22 +188,30 @@ def plan_table(p: Plan) -> str:
                             f"{fmt_gib(p.capacity_bytes)} (short by {fmt_gib(-p.headroom_bytes)})"))
     lines.append(f"limits    max batch at ctx {w.ctx:,}: {p.max_batch:,}   "
                  f"max ctx at batch {w.batch}: {p.max_ctx:,}")
+    if p.phase:
+        lines.append(f"peak      {p.phase}; torch.cuda.max_memory_allocated() would read "
+                     f"{fmt_gib(p.peak_allocated_bytes)}")
     if p.serve is not None:
         s = p.serve
+        groups = f" x {s.kv_groups} groups" if s.kv_groups > 1 else ""
         lines.append(f"vLLM      GPU KV cache size: {s.kv_cache_tokens:,} tokens ({s.num_gpu_blocks:,} blocks "
-                     f"of {s.block_size}); maximum concurrency for {w.ctx:,} tokens per request: "
+                     f"of {s.block_size}{groups}); maximum concurrency for {w.ctx:,} tokens per request: "
                      f"{s.max_concurrency:.2f}x")
+        if s.ranks:
+            lines.append(f"          components are rank {s.rank}'s, the GPU with the fewest KV blocks")
+        for note in s.kv_notes:
+            lines.append(f"          vLLM logs: {note}")
         if s.refusal:
             lines.append(f"          vLLM would refuse to start: {s.refusal}")
-        elif not s.starts:
-            lines.append(f"          vLLM would refuse to start with max_model_len {w.ctx:,}; "
-                         f"the largest that starts is {s.max_model_len_that_starts:,}")
+        elif not s.headroom_ok:
+            lines.append("          vLLM would run out of memory after sizing its cache: the CUDA context, "
+                         "graphs and NCCL buffers do not fit outside its budget")
     if p.suggestions:
         lines.append("")
         lines.append("to make it fit:")
         for sug in p.suggestions:
             mark = _glyph("✓" if sug.fits else "✗")
-            lines.append(f"  {mark} {sug.change:<28} total {fmt_gib(sug.total_bytes)}")
+            lines.append(f"  {mark} {sug.change:<40} total {fmt_gib(sug.total_bytes)}")
     for warning in p.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)

@@ -236,6 +236,8 @@ class ServeOptions:
     pp: int = 1
     enforce_eager: bool = False
     kv_cache_memory: int | None = None          # explicit KV bytes, bypassing the profile
+    vllm_version: str = ""                      # whose accounting: "" = 0.11-0.20; "0.10" (NCCL inside
+                                                # the budget) or "0.21" (CUDA graphs inside it)
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,11 @@ class ServeReport:
     outside_budget: dict = field(default_factory=dict)   # context, graphs, NCCL: in total x (1 - util)
     headroom_ok: bool = True      # the outside-budget memory fits in total x (1 - util)
     refusal: str = ""             # the error vLLM would raise at start-up ("" when it starts)
+    available_bytes: int = 0      # "Available KV cache memory" on the limiting rank (< 0: none)
+    rank: int = 0                 # the limiting rank (fewest KV blocks): the plan's components are its
+    kv_groups: int = 1            # vLLM's KV cache groups (hybrid models: several, padded to one size)
+    kv_notes: tuple = ()          # what vLLM logs about block sizes and padding layers
+    ranks: tuple = ()             # per pipeline stage: {rank, layers, weights, activations, available, num_blocks}
 
 
 @dataclass(frozen=True)

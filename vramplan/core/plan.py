@@ -75,7 +75,7 @@ def build(model: ModelSpec, target: GpuTarget, workload: Workload,
     serve_report = None
     if workload.mode == "serve":
         serve_report = serving.startup(s, b, ctx)
-        if not serve_report.headroom_ok:
+        if not serve_report.headroom_ok and not serve_report.refusal:
             warnings.append("The CUDA context, CUDA graphs and NCCL buffers do not fit in the "
                             f"{1 - workload.serve.gpu_memory_utilization:.0%} vLLM leaves outside its budget; "
                             "lower --gpu-memory-utilization.")
@@ -93,37 +93,46 @@ def build(model: ModelSpec, target: GpuTarget, workload: Workload,
 
 
 def suggestions(plan: Plan, catalog: tuple[GpuSpec, ...]) -> list[Suggestion]:
-    """Concrete changes, each re-planned. Tried from the least disruptive (a cache dtype) to
-    the most (other hardware); the ones that fit are listed first, in that order."""
+    """Concrete changes, each re-planned. Tried from the least disruptive (a cache dtype or a
+    training switch) to the most (other hardware); the ones that fit are listed first."""
     m, t, w = plan.model, plan.target, plan.workload
     out: list[Suggestion] = []
 
-    def attempt(text: str, flags: dict, target: GpuTarget = t, **changes) -> None:
+    def attempt(text: str, flags: dict, target: GpuTarget = t, **changes) -> bool | None:
+        """Re-plan with one change: fits or not, or None when the change is not possible."""
         try:
             total, fits = evaluate(m, target, replace(w, **changes))
-        except BadInput:
-            return
+        except BadInput:            # e.g. heads that do not split N ways, no LoRA targets
+            return None
         out.append(Suggestion(text, flags, total, fits))
+        return fits
 
-    if FLOAT_BYTES.get(plan.kv_dtype, 2) > 1:
-        attempt("--kv-dtype fp8", {"kv_dtype": "fp8"}, kv_dtype="fp8")
-    for dtype in ("fp8", "int4") if w.mode == "serve" else ("int8", "nf4"):
-        if not plan.weight_dtype.startswith(dtype):
-            attempt(f"--dtype {dtype}", {"dtype": dtype}, dtype=dtype)
+    training = w.train is not None
+    if training:
+        _training_switches(plan, attempt)
+    else:
+        if FLOAT_BYTES.get(plan.kv_dtype, 2) > 1:
+            attempt("--kv-dtype fp8", {"kv_dtype": "fp8"}, kv_dtype="fp8")
+        for dtype in ("fp8", "int4") if w.mode == "serve" else ("int8", "nf4"):
+            if not plan.weight_dtype.startswith(dtype):
+                attempt(f"--dtype {dtype}", {"dtype": dtype}, dtype=dtype)
     if 0 < plan.max_batch < w.batch:
         attempt(f"--batch {plan.max_batch}", {"batch": plan.max_batch}, batch=plan.max_batch)
     if 0 < plan.max_ctx < w.ctx:
         attempt(f"--ctx {plan.max_ctx}", {"ctx": plan.max_ctx}, ctx=plan.max_ctx)
-    if t.gpu is not None and w.mode == "serve":
+    if t.gpu is not None and w.mode in ("serve", "full", "lora", "qlora"):
         for n in (2, 4, 8):
-            if n > t.count and _tp_ok(m, n):
-                more = replace(t, count=n)
-                opts = replace(w.serve, tp=n)
-                before = len(out)
-                attempt(f"--gpu {t.gpu.id}:{n} --tp {n}", {"gpu": f"{t.gpu.id}:{n}", "tp": n},
-                        more, serve=opts)
-                if len(out) > before and out[-1].fits:
-                    break
+            if n <= t.count:
+                continue
+            more = replace(t, count=n)
+            if training:
+                text, flags = f"--gpu {t.gpu.id}:{n} --zero 3", {"gpu": f"{t.gpu.id}:{n}", "zero": 3}
+                fits = attempt(text, flags, more, train=replace(w.train, world=n, zero=3))
+            else:
+                text, flags = f"--gpu {t.gpu.id}:{n} --tp {n}", {"gpu": f"{t.gpu.id}:{n}", "tp": n}
+                fits = attempt(text, flags, more, serve=replace(w.serve, tp=n))
+            if fits:
+                break
     if catalog and t.memory_bytes is None:
         bigger = sorted((g for g in catalog if t.gpu is None or g.cuda_total_bytes > t.gpu.cuda_total_bytes),
                         key=lambda g: g.cuda_total_bytes)
@@ -137,8 +146,16 @@ def suggestions(plan: Plan, catalog: tuple[GpuSpec, ...]) -> list[Suggestion]:
     return out
 
 
-def _tp_ok(model: ModelSpec, tp: int) -> bool:
-    """vLLM requires the attention heads to divide evenly across tensor-parallel ranks."""
-    heads = [l.mixer.num_heads for l in model.attention_layers]
-    return all(h % tp == 0 for h in heads)
-
+def _training_switches(plan: Plan, attempt) -> None:
+    """The usual levers of a fine-tuning run, in the order people reach for them."""
+    w, o = plan.workload, plan.workload.train
+    if not o.grad_ckpt:
+        attempt("--grad-ckpt", {"grad_ckpt": True}, train=replace(o, grad_ckpt=True))
+    if w.mode != "qlora" and "8bit" not in o.optim:
+        attempt("--optim adamw_8bit", {"optim": "adamw_8bit"}, train=replace(o, optim="adamw_8bit"))
+    if w.mode == "full":
+        if attempt("--mode lora", {"mode": "lora"}, mode="lora") is None:   # no default targets
+            attempt("--mode lora --lora-targets all-linear", {"mode": "lora", "lora_targets": "all-linear"},
+                    mode="lora", train=replace(o, lora_targets=("all-linear",)))
+    if w.mode in ("full", "lora"):
+        attempt("--mode qlora", {"mode": "qlora"}, mode="qlora", dtype="auto")

@@ -1,0 +1,295 @@
+"""`vramplan verify` on device cpu with a tiny llama (no GPU here), plus GPU-only tests that are
+marked `gpu` and skip cleanly without CUDA (never faked).
+
+On the CPU the measurement is the trace tier's own storage tracker on real tensors, and the
+trace's prediction is the same program on fake tensors: the two must agree to the byte.
+"""
+
+import json
+import time
+import weakref
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tests.tiny import TINY_LLAMA
+from vramplan import BadInput, DoesNotFit, EnvironmentProblem
+from vramplan.verify import alloc, record as rec
+from vramplan.verify.render import result_text
+from vramplan.verify.session import verify
+
+MiB = 2**20
+HUGE = dict(mode="infer", batch="1m", ctx="16m")     # 2^44 tokens: 4 PiB of KV cache
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY_LLAMA))
+    return str(path)
+
+
+def comp(result, name):
+    (row,) = [r for r in result.rows if r.name == name]
+    return row
+
+
+# ------------------------------------------------------------------ --level alloc on cpu
+
+def test_alloc_cpu_exact(tiny):
+    r = verify(tiny, level="alloc", device="cpu", mode="infer", batch=2, ctx=64)
+    assert r.completed and r.level == "alloc" and r.device == "cpu"
+    # weights: 106,816 params x 2 B = 213,632 B in 21 tensors (9 per layer, embed, lm_head, final
+    # norm); the 5 RMSNorm weights (128 B each) are rounded up to 512-B blocks as the caching
+    # allocator rounds them: + 5 x 384 = 215,552
+    w = comp(r, "weights")
+    assert (w.planned, w.measured, w.pieces) == (213_632, 215_552, 21)
+    # KV: 2 x 64 tokens x 256 B (2 layers x K,V x 2 heads x 16 x 2 B), K and V per layer
+    kv = comp(r, "kv_cache")
+    assert (kv.planned, kv.measured, kv.pieces) == (32_768, 32_768, 4)
+    # activations: widest layer (attention, 544 elements/token) x 128 tokens x 2 B = 139,264
+    # + last-position logits 2 x 256 x (2 + 4 + 4) = 5,120
+    a = comp(r, "activations")
+    assert (a.planned, a.measured, a.pieces) == (144_384, 144_384, 1)
+    assert r.predicted["peak_allocated_bytes"] == 213_632 + 32_768 + 144_384
+    assert r.measured["max_allocated_bytes"] == 215_552 + 32_768 + 144_384 == 392_704
+    assert comp(r, "cuda_context").measured is None        # not allocated: GPU only
+    assert "allocated" in result_text(r)
+
+
+def test_alloc_cpu_training_components(tiny):
+    r = verify(tiny, level="alloc", device="cpu", mode="lora", batch=2, ctx=64, lora_r=8)
+    assert r.completed
+    names = [row.name for row in r.rows]
+    assert {"weights", "optimizer", "activations", "logits_and_loss"} <= set(names)
+    for row in r.rows:
+        if row.name not in alloc.NOT_ALLOCATED:      # each tensor rounded up to a 512-B block
+            assert row.planned <= row.measured < row.planned + 512 * max(row.pieces, 1), row.name
+
+
+# ------------------------------------------------------------------ --level run on cpu
+
+@pytest.mark.trace
+@pytest.mark.parametrize("mode, extra", [("infer", {}), ("lora", {"lora_r": 8})])
+def test_run_cpu_equals_trace_to_the_byte(tiny, mode, extra):
+    pytest.importorskip("transformers")
+    if mode == "lora":
+        pytest.importorskip("peft")
+    r = verify(tiny, level="run", device="cpu", mode=mode, batch=2, ctx=64, **extra)
+    assert r.completed
+    assert r.measured["max_allocated_bytes"] == r.predicted["trace_peak_bytes"]
+    for row in r.rows:
+        if row.trace is not None:
+            assert row.measured == row.trace, row.name
+    assert comp(r, "weights").measured == 215_552
+    if mode == "infer":
+        assert comp(r, "kv_cache").measured == 32_768
+    else:
+        assert comp(r, "optimizer").measured > 0
+    assert "= measured, to the byte" in result_text(r)
+
+
+@pytest.mark.trace
+def test_run_oom_says_where(tiny):
+    pytest.importorskip("transformers")
+    r = verify(tiny, level="run", device="cpu", force=True, **HUGE)
+    assert not r.completed
+    # the input ids alone (2^44 int64) cannot be allocated: the run stops in the inputs phase
+    assert r.oom.startswith("out of memory during the run, in inputs with 216,576 B of tensors live")
+    assert r.measured["max_allocated_bytes"] is None and "(not reached)" in result_text(r)
+
+
+# ------------------------------------------------------------------ safety
+
+def test_refuses_what_would_not_fit(tiny):
+    with pytest.raises(DoesNotFit) as e:
+        verify(tiny, level="alloc", device="cpu", **HUGE)
+    assert str(e.value).startswith("would not fit: needs ")
+    assert "GiB free on this host; pass --force" in str(e.value) and e.value.exit_code == 1
+
+
+def spy_holder(monkeypatch, behaviour=None):
+    """Wrap alloc.allocate to keep the list verify hands it (and weakrefs to what goes in)."""
+    seen = {}
+    real = alloc.allocate
+
+    def wrapped(plan, device, meter, holder):
+        seen["holder"] = holder
+        if behaviour is None:
+            out = real(plan, device, meter, holder)
+            seen["refs"] = [weakref.ref(t) for t in holder]
+            return out
+        t = torch.empty(4096, dtype=torch.uint8)
+        holder.append(t)
+        seen["refs"] = [weakref.ref(t)]
+        del t
+        behaviour()
+
+    monkeypatch.setattr(alloc, "allocate", wrapped)
+    return seen
+
+
+def test_forced_oom_stops_reports_and_frees(tiny, monkeypatch):
+    seen = spy_holder(monkeypatch)
+    r = verify(tiny, level="alloc", device="cpu", force=True, **HUGE)
+    assert not r.completed
+    assert r.oom.startswith("out of memory allocating kv_cache: tensor 1 of 4 (")
+    assert comp(r, "weights").measured == 215_552            # what got through is reported
+    assert any("--force" in n for n in r.notes)
+    assert seen["holder"] == [] and all(ref() is None for ref in seen["refs"])
+    assert "OOM" in result_text(r)
+
+
+def test_timeout_frees_and_says_so(tiny, monkeypatch):
+    seen = spy_holder(monkeypatch, lambda: time.sleep(5))
+    start = time.monotonic()
+    with pytest.raises(EnvironmentProblem, match=r"timed out after 0\.3 s"):
+        verify(tiny, level="alloc", device="cpu", mode="infer", timeout=0.3)
+    assert time.monotonic() - start < 3
+    assert seen["holder"] == [] and seen["refs"][0]() is None
+
+
+def test_ctrl_c_frees_and_propagates(tiny, monkeypatch):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    seen = spy_holder(monkeypatch, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        verify(tiny, level="alloc", device="cpu", mode="infer")
+    assert seen["holder"] == [] and seen["refs"][0]() is None
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"level": "fast"}, "--level 'fast'"),
+    ({"device": "tpu"}, "--device 'tpu'"),
+    ({"timeout": 0}, "--timeout"),
+])
+def test_bad_flags(tiny, kwargs, words):
+    with pytest.raises(BadInput, match=words):
+        verify(tiny, **{"device": "cpu", **kwargs})
+
+
+def test_cuda_without_a_gpu_is_exit_3(tiny):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    with pytest.raises(EnvironmentProblem) as e:
+        verify(tiny, device="cuda:0", mode="infer")
+    assert "torch sees no CUDA GPU" in str(e.value) and e.value.exit_code == 3
+
+
+def test_no_caching_allocator_is_refused(tiny, monkeypatch):
+    monkeypatch.setenv("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
+    with pytest.raises(EnvironmentProblem, match="PYTORCH_NO_CUDA_MEMORY_CACHING"):
+        verify(tiny, device="cuda:0", mode="infer")
+
+
+# ------------------------------------------------------------------ --record
+
+def test_record_appends_self_describing_lines(tiny, tmp_path):
+    out = tmp_path / "results" / "verify.jsonl"
+    for batch in (1, 2):
+        verify(tiny, level="alloc", device="cpu", mode="infer", batch=batch, ctx=64, record=str(out))
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(x) for x in lines)
+    assert rec.read(out) == [first, second]
+    assert first["schema"] == "vramplan.verify/1"
+    assert set(first["versions"]) >= {"vramplan", "torch", "torch_cuda", "transformers", "python"}
+    assert first["flags"]["batch"] == 1 and second["flags"]["batch"] == 2
+    assert first["plan"]["workload"]["batch"] == 1
+    # weights + KV 64 x 256 B + activations 544 x 64 x 2 B + logits 1 x 256 x 10 B
+    assert first["predicted"]["peak_allocated_bytes"] == 213_632 + 16_384 + 69_632 + 2_560
+    assert first["measured"]["max_allocated_bytes"] > 0
+    assert {c["name"] for c in first["components"]} >= {"weights", "kv_cache", "activations"}
+
+
+# ------------------------------------------------------------------ the command
+
+def cli(args):
+    import typer
+    from typer.testing import CliRunner
+
+    from vramplan import cli as main_cli
+    from vramplan.verify import commands
+
+    names = [c.name or c.callback.__name__ for c in main_cli.app.registered_commands]
+    if "verify" in names:
+        app = main_cli.app
+    else:      # not wired into cli.py yet: wrap it the way cli.py does
+        app = typer.Typer()
+        app.command()(main_cli._errors_to_exit_codes(commands.verify))
+        app.command("unused")(lambda: None)
+    result = CliRunner().invoke(app, ["verify", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_alloc_json(tiny):
+    code, out, _ = cli([tiny, "--device", "cpu", "--mode", "infer", "--batch", "2", "--ctx", "64", "--json"])
+    assert code == 0
+    j = json.loads(out)
+    assert j["completed"] and j["level"] == "alloc"
+    assert j["measured"]["max_allocated_bytes"] == 392_704
+
+
+def test_cli_refusal_is_exit_1(tiny):
+    code, out, err = cli([tiny, "--device", "cpu", "--mode", "infer", "--batch", "1m", "--ctx", "16m"])
+    assert code == 1 and "vramplan: would not fit: needs" in err
+
+
+def test_cli_no_gpu_is_exit_3(tiny):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    code, _, err = cli([tiny, "--mode", "infer"])
+    assert code == 3 and "torch sees no CUDA GPU" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ real GPU (skipped here)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_alloc_level(tiny):
+    r = verify(tiny, level="alloc", device="cuda:0", mode="infer", batch=2, ctx=64)
+    assert r.completed and r.gpu["cuda_total_bytes"] > 0
+    for row in r.rows:
+        if row.name not in alloc.NOT_ALLOCATED and row.planned:
+            assert row.measured >= row.planned and row.reserved >= 0
+    assert r.measured["max_reserved_bytes"] >= r.measured["max_allocated_bytes"] > 0
+    assert r.context["source"] in ("nvml process", "nvml device delta", "unavailable",
+                                   "context existed before verify started")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("mode, extra", [("infer", {}), ("lora", {"lora_r": 8})])
+def test_gpu_run_level(tiny, mode, extra):
+    r = verify(tiny, level="run", device="cuda:0", mode=mode, batch=2, ctx=64, **extra)
+    assert r.completed
+    m = r.measured
+    # the allocator holds at least every tensor the tracker saw (plus the cuBLAS workspace)
+    assert m["max_allocated_bytes"] >= m["tracker_peak_bytes"] > 0
+    assert abs(m["tracker_peak_bytes"] - r.predicted["trace_peak_bytes"]) <= 0.1 * r.predicted["trace_peak_bytes"]
+
+
+# ------------------------------------------------------------------ NVML side of the GPU meter
+
+def test_nvml_view_prefers_this_process_then_device_delta():
+    """What verify reads from NVML during a GPU run, against the fake NVML backend."""
+    import os
+
+    from vramplan.probe import fake
+    from vramplan.verify.meter import NvmlView
+
+    n = fake.busy_h100()
+    n.init()
+    view = NvmlView(n, n.handle(0))
+    assert view.baseline == 28672 * MiB
+    assert view.used() == (0, "nvml device delta")          # our PID is not on the card yet
+    n.gpus[0].processes.append((os.getpid(), 600 * MiB))
+    n.gpus[0].used += 600 * MiB
+    assert view.used() == (600 * MiB, "nvml process")
+    n.gpus[0].processes.pop()                                 # e.g. a container hides PIDs
+    assert view.used() == (600 * MiB, "nvml device delta")

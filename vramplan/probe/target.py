@@ -1,0 +1,65 @@
+"""`--gpu auto`: turn the probed CUDA device into the GpuTarget the planner uses.
+
+Capacity is what CUDA will actually offer: the NVML total minus the driver reserve the catalog
+documents (catalog.driver_reserve_mib, docs/gpus.md), not the catalog's typical figure, because
+ECC settings, MIG slices and driver versions change it card by card. Free memory is what NVML
+says is free now (other processes hold the rest), capped at that capacity: with the v1 call
+and on idle cards NVML's free can exceed what CUDA will hand out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..errors import EnvironmentProblem
+from ..spec import GpuSpec, GpuTarget
+from .model import GpuInfo, MigInstance, ProbeReport
+
+
+def target_from(report: ProbeReport, index: int = 0) -> GpuTarget:
+    """The GpuTarget of CUDA device `index` in a probe report."""
+    devices = report.cuda_devices()
+    if not 0 <= index < len(devices):
+        raise EnvironmentProblem(f"There is no CUDA device {index}: {len(devices)} visible "
+                                 f"(run `vramplan probe` to list them).")
+    gpu, mig = devices[index]
+    if gpu.error is not None:
+        raise EnvironmentProblem(f"GPU {gpu.index} (cuda:{index}) could not be read: {gpu.error}.")
+    mem, capacity = (mig.memory, mig.capacity_bytes) if mig else (gpu.memory, gpu.capacity_bytes)
+    if mem is None or capacity is None:
+        where = f"MIG instance {mig.profile}" if mig else f"GPU {gpu.index}"
+        raise EnvironmentProblem(f"NVML gave no memory figures for {where} (cuda:{index}).")
+    spec = _spec(gpu, mig, capacity, mem.total, report.driver_reserve_bytes)
+    return GpuTarget(gpu=spec, count=1, free_bytes=min(mem.free, capacity))
+
+
+def _spec(gpu: GpuInfo, mig: MigInstance | None, capacity: int, nvml_total: int,
+          reserve: int) -> GpuSpec:
+    how = (f"probed: NVML total {nvml_total:,} B ({nvml_total / 2**20:,.0f} MiB) minus the "
+           f"{reserve // 2**20} MiB driver reserve (docs/gpus.md)")
+    base = None
+    if gpu.catalog_id:
+        from .. import catalog
+
+        base = catalog.find_gpu(gpu.catalog_id)
+    if base is None:
+        base = GpuSpec(id="probed", name=gpu.name or "unknown GPU", nvml_name=gpu.name or "",
+                       marketing="", cuda_total_bytes=capacity, cuda_total_measured=False)
+    kept = tuple(s for s in base.sources if not s.startswith("cuda_total_bytes "))
+    changes = dict(cuda_total_bytes=capacity, cuda_total_measured=False,
+                   nvml_total_bytes=nvml_total, sources=kept + (how,))
+    if mig is not None:   # a slice: its own name and memory; no prices, it is not rented alone
+        changes.update(id=f"{base.id}-mig-{mig.profile}", name=mig.name or base.name, mig=0, prices=())
+    return replace(base, **changes)
+
+
+def auto_target(index: int = 0, backend=None, environ=None) -> GpuTarget:
+    """`--gpu auto`: the GpuTarget of CUDA device `index` (cuda:0 by default), probed now.
+
+    Catalog entry matched by NVML name (prices, bandwidth, architecture kept) with the probed
+    CUDA-visible capacity and free memory; an unknown card gets id "probed" and its measured
+    totals. Raises MissingExtra / EnvironmentProblem (exit 3) when nothing can be probed.
+    """
+    from .read import probe
+
+    return target_from(probe(backend, environ), index)

@@ -1,0 +1,84 @@
+"""CUDA_VISIBLE_DEVICES, interpreted the way the CUDA runtime does, against NVML's devices.
+
+Why here and not in torch: a probe must not create a CUDA context (it costs ~0.3-0.6 GiB and
+changes the very figures we read), so we re-implement the documented rules (CUDA C Programming
+Guide, "CUDA Environment Variables"):
+
+* a comma-separated list of integer indices, GPU UUIDs ("GPU-8932f937-..." or any unique
+  prefix of one), or MIG UUIDs ("MIG-<uuid>", or the R450/R460 form "MIG-GPU-<uuid>/<gi>/<ci>");
+* devices are enumerated in the order listed; the first entry that names nothing (or a device
+  already listed) ends the list: "0,2,-1,1" makes 0 and 2 visible;
+* unset: every device; set but empty: none.
+
+A GPU in MIG mode is not itself a CUDA device: its MIG instances are. Integer indices are
+NVML's (PCI bus) order, which CUDA uses only under CUDA_DEVICE_ORDER=PCI_BUS_ID.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A GPU as the selection needs it: its NVML index, UUID and MIG instances."""
+
+    index: int
+    uuid: str | None
+    mig_enabled: bool
+    migs: tuple[tuple[int, str | None, int | None, int | None], ...] = ()  # (slot, uuid, gi, ci)
+
+
+Selected = tuple[int, "int | None"]    # (GPU index, MIG slot or None)
+
+
+def _expand(c: Candidate) -> list[Selected]:
+    return [(c.index, slot) for slot, *_ in c.migs] if c.mig_enabled else [(c.index, None)]
+
+
+def _by_prefix(items: list[tuple[str | None, object]], text: str):
+    hits = [obj for uuid, obj in items if uuid and uuid.lower().startswith(text.lower())]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _one(entry: str, gpus: list[Candidate]) -> list[Selected] | None:
+    if entry.lstrip("-").isdigit():
+        i = int(entry)
+        return _expand(gpus[i]) if 0 <= i < len(gpus) else None
+    low = entry.lower()
+    if low.startswith("gpu-"):
+        c = _by_prefix([(g.uuid, g) for g in gpus], entry)
+        return _expand(c) if c else None
+    if low.startswith("mig-gpu-"):              # MIG-GPU-<uuid>/<gi>/<ci>
+        parts = entry[4:].split("/")
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            return None
+        c = _by_prefix([(g.uuid, g) for g in gpus], parts[0])
+        if c is None:
+            return None
+        hits = [(c.index, slot) for slot, _, gi, ci in c.migs
+                if (gi, ci) == (int(parts[1]), int(parts[2]))]
+        return hits or None
+    if low.startswith("mig-"):
+        items = [(uuid, (g.index, slot)) for g in gpus for slot, uuid, _, _ in g.migs]
+        hit = _by_prefix(items, entry)
+        return [hit] if hit else None
+    return None
+
+
+def select(value: str | None, gpus: list[Candidate]) -> tuple[list[Selected], str | None]:
+    """CUDA device order as (GPU index, MIG slot) pairs, and a warning if an entry ended the list."""
+    if value is None:
+        return [s for g in gpus for s in _expand(g)], None
+    chosen: list[Selected] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry and value.strip() == "":
+            break
+        picked = _one(entry, gpus)
+        if picked is None or any(p in chosen for p in picked):
+            why = "names no device" if picked is None else "repeats a device"
+            return chosen, (f"CUDA_VISIBLE_DEVICES entry '{entry}' {why}; CUDA ignores it and "
+                            "every entry after it.")
+        chosen += picked
+    return chosen, None

@@ -1,0 +1,150 @@
+"""Tier 2, `--method trace`: run the real transformers model on fake tensors and count bytes.
+
+    from vramplan import trace
+    p = trace.plan("meta-llama/Llama-3.1-8B", target, workload)   # a Plan (trace.TracedPlan)
+    p.trace.where, p.trace.top                                      # peak location, top tensors
+
+The model is built from config.json on the meta device, its parameters become FakeTensors on
+device `cpu`, and the exact eager program runs (prefill + decode, vLLM's profiling forward, or
+two training steps) under a TorchDispatchMode that counts live storage bytes as the CUDA caching
+allocator would (docs/trace.md). No weights, no GPU, a few hundred MiB of RAM, seconds.
+
+Importing this package imports neither torch nor transformers: `plan` answers from the disk
+cache when it can, and imports them (with progress on stderr) only to run a trace. Without the
+`trace` extra it raises MissingExtra, which the CLI turns into exit 3 with the pip command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+import time
+from dataclasses import replace
+
+from ..errors import BadInput, MissingExtra
+from ..spec import GpuTarget, ModelSpec, Plan, Workload
+
+__all__ = ["plan", "require", "TRAIN_MODES"]
+
+TRAIN_MODES = ("full", "lora", "qlora")
+TRACEABLE_WEIGHTS = ("none", "nf4", "fp4")
+
+
+def require(mode: str = "infer") -> None:
+    """MissingExtra("trace", module) unless the trace's libraries are importable."""
+    needed = ("torch", "transformers") + (("peft",) if mode in ("lora", "qlora") else ())
+    for module in needed:
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtra("trace", module)
+
+
+class Progress:
+    """One line on stderr per stage, with the time since the start."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.start = time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        if self.enabled:
+            print(f"vramplan trace [{time.perf_counter() - self.start:5.1f}s] {text}",
+                  file=sys.stderr, flush=True)
+
+
+def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
+         train_options=None, *, no_cache: bool = False, progress: bool = True) -> Plan:
+    """Plan `workload` on `target` with the trace's measured tensors (a `TracedPlan`).
+
+    `model` is what `vramplan fit` takes (Hub id, bundled id, path) or a config.json dict.
+    `train_options` (core.training.TrainOptions) overrides `workload.train`. Raises BadInput for
+    a workload the trace cannot run (naming why), MissingExtra without torch/transformers."""
+    from .. import catalog
+    from ..core import plan as core_plan
+    from ..core.training import TrainOptions
+    from . import assemble, cache
+
+    raw, sha, spec = _load(model)
+    if workload.mode in TRAIN_MODES:
+        opts = train_options or workload.train or TrainOptions()
+        workload = replace(workload, train=opts)
+    analytic = core_plan.build(spec, target, workload, catalog=catalog.load_gpus(), suggest=False)
+    setup = core_plan.setup(spec, target, workload)
+    scenario_fields = _scenario(spec, target, workload, setup)
+
+    key = cache.key(sha, _jsonable(scenario_fields))
+    result = None if no_cache else cache.load(key)
+    if result is None:
+        require(workload.mode)
+        say = Progress(progress)
+        say("importing torch and transformers")
+        from . import run
+
+        result = run.execute(raw, run.Scenario(**scenario_fields), model_id=spec.id, progress=say)
+        say(f"done: peak {result.peak_bytes / 2**30:.2f} GiB in {result.where}")
+        cache.store(key, result)
+
+    if workload.mode == "infer":
+        return assemble.inference(setup, result, analytic)
+    if workload.mode == "serve":
+        from ..core import serving
+
+        return assemble.serve(setup, result, analytic, serving.startup)
+    from ..core.finetune import ALLOCATOR_SLACK_TRAIN
+
+    return assemble.training(setup, result, analytic, ALLOCATOR_SLACK_TRAIN)
+
+
+def _load(model) -> tuple[dict, str, ModelSpec]:
+    """(config dict, sha256 of the config, ModelSpec)."""
+    from .. import families
+
+    if isinstance(model, dict):
+        blob = json.dumps(model, sort_keys=True).encode()
+        spec = families.parse(model, model_id=str(model.get("_name_or_path", "config")), source="dict")
+        return model, hashlib.sha256(blob).hexdigest(), spec
+    from .. import sources
+
+    name = model.id if isinstance(model, ModelSpec) else str(model)
+    if isinstance(model, ModelSpec) and model.extra.get("location"):
+        loc = model.extra["location"]
+        name = loc if not loc.startswith("http") else name
+    loaded = sources.load_config(name)
+    spec = families.parse(loaded.config, model_id=loaded.id, source=loaded.source)
+    spec = replace(spec, extra={**spec.extra, "location": loaded.location, "sha256": loaded.sha256})
+    return loaded.config, loaded.sha256, spec
+
+
+def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
+    """The traced program for this workload, or BadInput saying why the trace cannot run it."""
+    if target.count > 1:
+        raise BadInput("The trace measures one GPU; for several use --method analytic "
+                       "(or trace one card with --gpu ID).")
+    q = s.fmt.quant
+    if q.method not in TRACEABLE_WEIGHTS:
+        raise BadInput(f"The trace lays out 16-bit and bitsandbytes 4-bit (nf4, fp4) weights; "
+                       f"{s.fmt.label} is planned by the analytic tier only. Use --method analytic, "
+                       f"or --dtype bf16 to trace the 16-bit model.")
+    fields = dict(mode=w.mode, batch=w.batch, ctx=w.ctx, dtype=s.fmt.base, quant=q.method,
+                  double_quant=q.double_quant, skip=tuple(q.skip))
+    if w.mode == "serve":
+        if w.serve.tp > 1 or w.serve.pp > 1:
+            raise BadInput("The trace runs one process: --tp/--pp > 1 is analytic only.")
+        fields.update(batch=0, ctx=0, serve_tokens=s.mode_data["batched_tokens"])
+    elif w.mode == "infer":
+        if s.kv_dtype != s.fmt.base:
+            raise BadInput(f"transformers' cache holds the compute dtype ({s.fmt.base}); the trace "
+                           f"cannot run --kv-dtype {s.kv_dtype}. Use --method analytic.")
+    else:
+        from . import recipe
+
+        recipe.check(w.train)
+        fields.update(train=w.train, dtype=recipe.build_dtype(w.mode, w.train, s.fmt.base))
+    return fields
+
+
+def _jsonable(fields: dict) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    return {k: (asdict(v) if is_dataclass(v) else v) for k, v in fields.items()}

@@ -1,0 +1,161 @@
+"""bitsandbytes 4-bit linears (NF4/FP4), laid out and run as bitsandbytes does, without it.
+
+transformers' `replace_with_bnb_linear` turns every `nn.Linear` (and GPT-2's Conv1D), except the
+output head and the skip list, into `bnb.nn.Linear4bit`; fused 3-D MoE expert tensors are not
+linears and stay in 16 bits. A `Linear4bit` holds (bitsandbytes 0.45+, blocksize 64):
+
+    weight   uint8 [ceil(n/2), 1]         two 4-bit codes per byte
+    absmax   fp32 [ceil(n/64)]            or, with double quantization:
+             uint8 [ceil(n/64)] + nested absmax fp32 [ceil(n/64/256)] + nested code fp32 [256]
+             + offset fp32 []
+    code     fp32 [16]                    the NF4/FP4 lookup table
+
+Its forward (`bnb.matmul_4bit` -> `MatMul4Bit`) dequantizes the whole weight for every call with
+more than one token or with autograd on: the nested absmax to fp32 [ceil(n/64)], then the weight
+to the compute dtype [out, in], then `F.linear`; backward dequantizes again for grad_input and
+saves no activation. A single token without grad takes `gemv_4bit`, which dequantizes nothing.
+`_Matmul4bit` reproduces exactly these allocations (values are irrelevant to memory).
+peft wraps such a layer in `lora.bnb.Linear4bit`, whose forward clones the base output before
+adding the adapter (peft/tuners/lora/bnb.py); `_lora4bit_forward` does the same.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+from torch import nn
+
+from ..core.weights import NF4_BLOCK, NF4_DQ_BLOCK, is_skipped
+
+_STATE = ("absmax", "nested_absmax", "nested_code", "offset", "code")
+
+
+class Linear4bit(nn.Module):
+    """The storage and the forward allocations of `bnb.nn.Linear4bit`."""
+
+    def __init__(self, linear: nn.Module, double_quant: bool, compute_dtype: torch.dtype):
+        super().__init__()
+        out_f, in_f = _features(linear)
+        self.in_features, self.out_features = in_f, out_f
+        self.compute_dtype = compute_dtype
+        n = out_f * in_f
+        self.blocks = -(-n // NF4_BLOCK)
+        self.double_quant = double_quant
+        meta = dict(device="meta")
+        self.weight = nn.Parameter(torch.empty((-(-n // 2), 1), dtype=torch.uint8, **meta),
+                                   requires_grad=False)
+        if double_quant:
+            self.register_buffer("absmax", torch.empty(self.blocks, dtype=torch.uint8, **meta))
+            self.register_buffer("nested_absmax", torch.empty(-(-self.blocks // NF4_DQ_BLOCK),
+                                                              dtype=torch.float32, **meta))
+            self.register_buffer("nested_code", torch.empty(256, dtype=torch.float32, **meta))
+            self.register_buffer("offset", torch.empty((), dtype=torch.float32, **meta))
+        else:
+            self.register_buffer("absmax", torch.empty(self.blocks, dtype=torch.float32, **meta))
+        self.register_buffer("code", torch.empty(16, dtype=torch.float32, **meta))
+        bias = getattr(linear, "bias", None)
+        self.bias = nn.Parameter(bias.data, requires_grad=False) if bias is not None else None
+
+    def dequantize(self, like: torch.Tensor) -> torch.Tensor:
+        """`F.dequantize_4bit`: nested absmax to fp32 (freed on return), then the weight."""
+        absmax = None
+        if self.double_quant:
+            absmax = torch.empty(self.blocks, dtype=torch.float32, device=like.device)
+        w = torch.empty((self.out_features, self.in_features), dtype=self.compute_dtype,
+                        device=like.device)
+        del absmax
+        return w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inp_dtype = x.dtype
+        x = x.to(self.compute_dtype)
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        if x.numel() == x.shape[-1] and not x.requires_grad:
+            # gemv_4bit: one token, no autograd; reads the packed weight directly
+            out = torch.empty((*x.shape[:-1], self.out_features), dtype=x.dtype, device=x.device)
+            if bias is not None:
+                out += bias
+        else:
+            out = _Matmul4bit.apply(x, self, bias)
+        return out.to(inp_dtype)
+
+
+class _Matmul4bit(torch.autograd.Function):
+    """bitsandbytes' MatMul4Bit: dequantize, F.linear; backward dequantizes again."""
+
+    @staticmethod
+    def forward(ctx, x, layer, bias):
+        ctx.layer = layer
+        return nn.functional.linear(x, layer.dequantize(x), bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_in = None
+        if ctx.needs_input_grad[0]:
+            grad_in = torch.matmul(grad_out, ctx.layer.dequantize(grad_out))
+        return grad_in, None, None
+
+
+def _features(m: nn.Module) -> tuple[int, int]:
+    if isinstance(m, nn.Linear):
+        return m.out_features, m.in_features
+    w = m.weight                     # transformers' Conv1D stores [in, out]
+    return w.shape[1], w.shape[0]
+
+
+def _lora4bit_forward(self, x, *args, **kwargs):
+    """peft's lora.bnb.Linear4bit.forward (vanilla LoRA path): the base output is cloned, the
+    input cast to the adapter dtype, the adapter output cast back and added."""
+    result = self.base_layer(x, *args, **kwargs).clone()
+    for name in self.active_adapters:
+        if name not in self.lora_A.keys():
+            continue
+        lora_A, lora_B = self.lora_A[name], self.lora_B[name]
+        expected = result.dtype
+        xa = self._cast_input_dtype(x, lora_A.weight.dtype) if not torch.is_autocast_enabled() else x
+        output = lora_B(lora_A(self.lora_dropout[name](xa))) * self.scaling[name]
+        if not torch.is_autocast_enabled():
+            output = output.to(expected)
+        result = result + output
+    return result
+
+
+def quantize_linears(model: nn.Module, method: str, double_quant: bool,
+                     compute_dtype: torch.dtype, skip: tuple[str, ...] = ()) -> int:
+    """Replace the model's linears (on meta) by `Linear4bit`, as transformers'
+    `replace_with_bnb_linear` does; the output head (get_keys_to_not_convert) and the skip list
+    stay. Returns how many were replaced."""
+    if method not in ("nf4", "fp4"):
+        raise ValueError(method)
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    count = 0
+    for name, module in list(model.named_modules()):
+        base = getattr(module, "base_layer", None)       # a peft LoRA wrapper
+        for child_name, child in list(module.named_children()):
+            full = _strip_peft(f"{name}.{child_name}" if name else child_name)
+            if type(child) is not nn.Linear and not isinstance(child, Conv1D):
+                continue
+            if child is head or ".lora_" in f".{full}" or is_skipped(full, skip):
+                continue
+            setattr(module, child_name, Linear4bit(child, double_quant, compute_dtype))
+            count += 1
+            if child is base:
+                module.forward = types.MethodType(_lora4bit_forward, module)
+    return count
+
+
+def _strip_peft(name: str) -> str:
+    """peft adds "base_model.model." and ".base_layer" around the original module path."""
+    return name.removeprefix("base_model.model.").replace(".base_layer", "")
+
+
+def state_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The quantization state of every 4-bit layer: part of the weights' bytes."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, Linear4bit):
+            out.extend(getattr(m, k) for k in _STATE if getattr(m, k, None) is not None)
+    return out

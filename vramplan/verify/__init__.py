@@ -1,0 +1,31 @@
+"""Tier 3: check a plan against reality by allocating (--level alloc) or running (--level run)
+it on a device and measuring, per component and in total.
+
+On `cuda:N` the measurements are torch's caching-allocator statistics and NVML (the `gpu`
+extra); on `cpu` (tiny models, how the tests exercise this code) they come from the trace
+tier's storage tracker, so a CPU run equals the trace to the byte. Importing this package
+imports neither torch nor pynvml.
+
+    from vramplan.verify import verify
+    r = verify("meta-llama/Llama-3.1-8B", level="alloc", device="cuda:0", mode="infer", ctx="8k")
+    r.rows, r.measured, r.errors()
+"""
+
+from __future__ import annotations
+
+__all__ = ["verify", "VerifyResult", "Row"]
+
+
+def __getattr__(name: str):      # PEP 562: keep `import vramplan.verify.commands` cheap
+    if name in ("VerifyResult", "Row"):
+        from . import result
+
+        return getattr(result, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def verify(model, **kwargs):
+    """See vramplan.verify.session.verify for the arguments."""
+    from .session import verify as _verify
+
+    return _verify(model, **kwargs)

@@ -1,0 +1,62 @@
+"""--record results.jsonl: one self-describing JSON line per verify run, appended.
+
+Why JSON lines: records from many machines, GPUs and versions are concatenated and filtered
+with ordinary tools; each line carries everything needed to interpret it (GPU, driver, CUDA,
+torch, transformers and vramplan versions, the flags, predicted and measured figures), so a
+record is meaningful years later. docs/verify.md shows how they calibrate core/overhead.py.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from pathlib import Path
+
+SCHEMA = "vramplan.verify/1"
+
+
+def versions() -> dict:
+    """Library versions as installed now (None for what is missing); torch.version.cuda is the
+    CUDA runtime torch was built with, which the driver must support."""
+    from .. import __version__
+
+    out = {"vramplan": __version__, "python": platform.python_version(), "torch": None,
+           "torch_cuda": None, "transformers": None, "peft": None}
+    try:
+        import torch
+
+        out["torch"], out["torch_cuda"] = torch.__version__, torch.version.cuda
+    except ImportError:
+        pass
+    for name in ("transformers", "peft"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return out
+
+
+def make_record(result_json: dict) -> dict:
+    return {"schema": SCHEMA,
+            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions(), **result_json}
+
+
+def append(path: str | Path, record: dict) -> None:
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read(path: str | Path) -> list[dict]:
+    """Every record in a results file (lines of other schemas skipped)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if rec.get("schema") == SCHEMA:
+                out.append(rec)
+    return out

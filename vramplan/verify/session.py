@@ -1,0 +1,379 @@
+"""`vramplan verify`: plan the workload, check it is safe to try, allocate or run it on the
+device, measure, and compare. The order is the point of this module:
+
+1. resolve the device and, on CUDA, probe it through NVML (capacity and free memory now);
+2. plan the workload against that GPU (the analytic tier);
+3. refuse unless the plan fits in what is free (exit 1), unless --force;
+4. measure the CUDA context on its own, before any tensor exists;
+5. allocate (--level alloc) or run (--level run) under a timeout, stopping at the first OOM;
+6. free everything, whatever happened (OOM, timeout, Ctrl-C), then report and --record.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from ..errors import BadInput, EnvironmentProblem, MissingExtra
+from . import alloc, guard
+from .meter import CpuMeter, CudaMeter, NvmlView
+from .result import Row, VerifyResult
+
+LEVELS = ("alloc", "run")
+GPU_ONLY = ("cuda_context", "cublas_workspace", "nccl", "cuda_graphs", "non_torch", "allocator_slack",
+            "optimizer_paged")
+
+
+def parse_device(device: str) -> str:
+    d = str(device).strip().lower()
+    if d == "cpu":
+        return d
+    if d == "cuda":
+        return "cuda:0"
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return d
+    raise BadInput(f"--device {device!r} is not cpu or cuda:N (e.g. cuda:0).")
+
+
+def _torch(extra: str):
+    try:
+        import torch
+    except ImportError:
+        raise MissingExtra(extra, "torch") from None
+    return torch
+
+
+def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool = False,
+           timeout: float | None = None, record: str | None = None, gpu: str | None = None,
+           gpu_mem: str | None = None, backend=None, environ=None, **plan_options) -> VerifyResult:
+    """Plan MODEL with `plan_options` (the `fit` flags), then allocate or run it on `device`
+    and measure. Raises DoesNotFit (exit 1) when it would not fit in free memory (unless
+    `force`), EnvironmentProblem (exit 3) without a usable device, BadInput on bad flags."""
+    from .. import api
+
+    if level not in LEVELS:
+        raise BadInput(f"--level {level!r} is not one of: {', '.join(LEVELS)}.")
+    device = parse_device(device)
+    if timeout is not None and timeout <= 0:
+        raise BadInput("--timeout must be a positive number of seconds.")
+    torch = _torch("gpu" if device != "cpu" else "trace")
+    notes: list[str] = []
+    flags = {"level": level, "device": device, "force": force, "timeout": timeout,
+             "gpu": gpu, "gpu_mem": gpu_mem, **plan_options}
+
+    cuda = None
+    try:
+        if device == "cpu":
+            target = api.resolve_target(gpu, gpu_mem)
+            free, where = guard.host_available_bytes(), "this host"
+        else:
+            if level == "run":
+                _check_gpu_run()
+            cuda = _CudaDevice(torch, device, backend, environ)
+            target = api.resolve_target(gpu, gpu_mem) if (gpu or gpu_mem) else cuda.target
+            free, where = cuda.target.free_bytes, f"{device} ({cuda.gpu['name']})"
+        spec = api.load_model(model)
+        plan = api.plan(spec, target, **plan_options)
+        note = guard.check_free(_needed(plan, level, device), free, force, where)
+        if note:
+            notes.append(note)
+        if level == "run" and device != "cpu":
+            _refuse_managed(plan)
+        result = _measure(plan, level, device, cuda, model, spec, timeout)
+    finally:
+        if cuda is not None:
+            cuda.close()
+    rows, predicted, measured, oom, more = result
+    out = VerifyResult(level, device, plan, tuple(rows), predicted, measured,
+                       context=cuda.context_json() if cuda else None,
+                       gpu=cuda.gpu if cuda else None, oom=oom, notes=tuple(notes + more),
+                       flags=flags)
+    if record:
+        from . import record as rec
+
+        rec.append(record, rec.make_record(out.to_json()))
+    return out
+
+
+def _measure(plan, level, device, cuda, model, spec, timeout):
+    """Allocate or run under the time limit; whatever happens, free every tensor we made."""
+    holder: list = []
+    try:
+        with guard.time_limit(timeout):
+            if cuda is not None:
+                result = cuda.measure(plan, level, holder, model, spec)
+            elif level == "alloc":
+                result = _alloc_cpu(plan, holder)
+            else:
+                result = _run(plan, model, spec, device, None)
+    except guard.VerifyTimeout as e:
+        guard.release(holder, e)
+        raise EnvironmentProblem(f"verify {e} and stopped; everything it allocated was freed. "
+                                 "Raise --timeout or verify a smaller workload.") from None
+    except BaseException as e:          # Ctrl-C included: free first, then let it go on
+        guard.release(holder, e)
+        raise
+    guard.release(holder)
+    return result
+
+
+def _needed(plan, level: str, device: str) -> int:
+    """Bytes the attempt will take: alloc = the components it allocates (+ the context on a
+    GPU); run = the plan's total (tensor peak only on the CPU)."""
+    parts = plan.components
+    if level == "alloc":
+        n = sum(v for k, v in parts.items() if k not in alloc.NOT_ALLOCATED)
+        return n + (parts.get("cuda_context", 0) if device != "cpu" else 0)
+    if device == "cpu":
+        return sum(v for k, v in parts.items() if k not in GPU_ONLY)
+    return plan.total_bytes
+
+
+def _check_gpu_run() -> None:
+    """--level run on a GPU needs the trace programs to take a device; say so before touching
+    the GPU rather than after building anything."""
+    from ..trace import run as trace_run
+
+    if "device" not in inspect.signature(trace_run.execute).parameters:
+        raise EnvironmentProblem("This vramplan's trace programs run on the CPU only, so "
+                                 "--level run cannot use a GPU yet; use --level alloc.")
+
+
+def _refuse_managed(plan) -> None:
+    optim = getattr(getattr(plan.workload, "train", None), "optim", "") or ""
+    if optim.startswith("paged_"):
+        raise BadInput(f"--optim {optim} keeps its state in CUDA managed memory, which verify never "
+                       "uses; verify with the unpaged variant (e.g. adamw_8bit).")
+
+
+# ---------------------------------------------------------------------------------------------
+# --device cpu
+
+def _alloc_cpu(plan, holder: list):
+    from ..trace.tracker import MemoryTracker
+
+    tr = MemoryTracker()
+    with tr:
+        tr.reset_peak()
+        rows, oom = alloc.allocate(plan, "cpu", CpuMeter(tr), holder)
+    peak = tr.peak.bytes
+    predicted = {"peak_allocated_bytes": _alloc_planned(rows), "total_bytes": plan.total_bytes}
+    measured = {"max_allocated_bytes": peak, "max_reserved_bytes": peak, "nvml_peak_bytes": None}
+    return ([_alloc_row(r) for r in rows], predicted, measured, oom,
+            ["cpu: measured with the trace tier's storage tracker (512-B blocks); no caching "
+             "allocator, so reserved = allocated, and no NVML"])
+
+
+def _alloc_planned(rows) -> int:
+    """What --level alloc should end up holding: every component it allocates."""
+    return sum(r.planned for r in rows if r.name not in alloc.NOT_ALLOCATED)
+
+
+def _alloc_row(r: alloc.Row) -> Row:
+    return Row(r.name, r.planned, r.allocated, r.reserved, r.nvml, pieces=r.pieces, note=r.note)
+
+
+def _tensor_peak(plan, device: str) -> int:
+    """The plan's peak_allocated_bytes; on the CPU without the cuBLAS workspace (GPU only)."""
+    if device == "cpu":
+        return plan.peak_allocated_bytes - plan.components.get("cublas_workspace", 0)
+    return plan.peak_allocated_bytes
+
+
+# ---------------------------------------------------------------------------------------------
+# --level run: the trace tier's own programs, on real tensors
+
+def _run(plan, model, spec, device: str, meter):
+    """Run the planned workload with the trace tier's programs on real tensors. On the CPU the
+    trace tier's tracker is the measurement; the same programs on fake tensors are its
+    prediction, and the two must agree to the byte."""
+    from ..trace import run as trace_run
+
+    raw, model_id = _raw_config(model, spec)
+    scenario = _scenario(plan)
+    kwargs = {"device": device} if device != "cpu" else {}
+    predicted_trace = trace_run.execute(raw, scenario, model_id, fake=True)
+    try:
+        real = trace_run.execute(raw, scenario, model_id, fake=False, **kwargs)
+    except Exception as e:
+        if not guard.is_oom(e):
+            raise
+        where = f"out of memory during the run, {_where(e)}: {str(e).splitlines()[0][:200]}"
+        guard.release([], e)
+        measured = {"max_allocated_bytes": None}
+        if meter is not None:
+            p = meter.peaks()
+            measured = {"max_allocated_bytes": p.allocated, "max_reserved_bytes": p.reserved,
+                        "nvml_peak_bytes": p.nvml}
+        return (_run_rows(plan, predicted_trace, None), _run_predicted(plan, device, predicted_trace),
+                measured, where, [])
+    measured = {"max_allocated_bytes": real.peak_bytes, "peak_phase": real.phase,
+                "peak_op": real.op, "peak_module": real.module, "phase_peaks": real.phase_peaks}
+    if meter is None:
+        measured.update(max_reserved_bytes=real.peak_bytes, nvml_peak_bytes=None)
+        more = ["cpu: measured with the trace tier's storage tracker on real tensors; the "
+                "trace column is the same program on fake tensors"]
+    else:
+        p = meter.peaks()
+        measured.update(tracker_peak_bytes=real.peak_bytes, max_allocated_bytes=p.allocated,
+                        max_reserved_bytes=p.reserved, nvml_peak_bytes=p.nvml,
+                        outside_tracker_bytes=p.allocated - real.peak_bytes,
+                        memory_stats=meter.stats())
+        more = ["max_allocated - tracker peak (outside_tracker_bytes) is what the allocator "
+                "held beyond the program's tensors: the cuBLAS workspace, mostly"]
+    return (_run_rows(plan, predicted_trace, real), _run_predicted(plan, device, predicted_trace),
+            measured, None, more)
+
+
+def _where(e: BaseException) -> str:
+    """The phase and module the trace tracker was in when `e` was raised (read from the
+    traceback's frames, before they are cleared)."""
+    from ..trace.tracker import MemoryTracker
+
+    tb = e.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, MemoryTracker):
+                module = value._module()
+                return (f"in {value.phase}" + (f" ({module})" if module else "")
+                        + f" with {value.live:,} B of tensors live")
+        tb = tb.tb_next
+    return "at an unknown point"
+
+
+def _run_predicted(plan, device, trace) -> dict:
+    return {"peak_allocated_bytes": _tensor_peak(plan, device), "total_bytes": plan.total_bytes,
+            "trace_peak_bytes": trace.peak_bytes, "trace_peak_phase": trace.phase}
+
+
+def _run_rows(plan, trace, real) -> list[Row]:
+    """One row per component the run can separate (trace categories), beside the plan's."""
+    names = list(plan.components)
+    for name in list(trace.components) + (list(real.components) if real else []):
+        if name not in names:
+            names.append(name)
+    rows = []
+    for name in names:
+        planned = plan.components.get(name)
+        if name in GPU_ONLY:      # not tensors of the program: the trace cannot see them either
+            rows.append(Row(name, planned, note="not a tensor of the program: GPU-level figures below"))
+            continue
+        got = real.components.get(name, 0) if real else None
+        note = "host memory on a GPU (AdamW step counters)" if name == "host" else ""
+        rows.append(Row(name, planned, got, trace=trace.components.get(name, 0), note=note))
+    return rows
+
+
+def _raw_config(model, spec) -> tuple[dict, str]:
+    from .. import sources
+
+    if isinstance(model, str):
+        loaded = sources.load_config(model)
+        return loaded.config, loaded.id
+    raw = spec.extra.get("raw_config")
+    if raw is None:
+        raise BadInput("--level run needs MODEL as a config path or id, not a parsed ModelSpec.")
+    return raw, spec.id
+
+
+def _scenario(plan):
+    """The trace scenario of this plan, from the trace tier's own mapping (the one
+    `--method trace` uses), so both tiers run one program with one set of options."""
+    from .. import trace
+    from ..core import plan as core_plan
+    from ..trace import run as trace_run
+
+    trace.require(plan.workload.mode)
+    public = getattr(trace, "scenario_for", None)
+    if public is not None:
+        return public(plan.model, plan.target, plan.workload)
+    setup = core_plan.setup(plan.model, plan.target, plan.workload)
+    return trace_run.Scenario(**trace._scenario(plan.model, plan.target, plan.workload, setup))
+
+
+# ---------------------------------------------------------------------------------------------
+# --device cuda:N
+
+class _CudaDevice:
+    """The GPU under test: probed through NVML, its context measured before anything else."""
+
+    def __init__(self, torch, device: str, backend, environ):
+        from ..probe import nvml as N
+        from ..probe.read import probe
+        from ..probe.target import target_from
+
+        guard.check_allocator()
+        self.torch, self.device = torch, device
+        self.fresh = not torch.cuda.is_initialized()
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem(
+                f"torch sees no CUDA GPU (torch {torch.__version__}, CUDA build "
+                f"{torch.version.cuda or 'none: a CPU-only wheel'}); run verify on a GPU "
+                "machine, or use --device cpu.")
+        index = int(device.split(":")[1])
+        report = probe(backend, environ)
+        self.target = target_from(report, index)
+        g, mig = report.cuda_devices()[index]
+        mem = (mig or g).memory
+        self.gpu = {"name": (mig.name if mig else g.name), "uuid": (mig.uuid if mig else g.uuid),
+                    "catalog_id": g.catalog_id, "nvml_index": g.index,
+                    "driver_version": report.driver_version,
+                    "cuda_driver_version": report.cuda_driver_version,
+                    "memory_api": mem.api, "nvml_total_bytes": mem.total,
+                    "nvml_free_bytes_before": mem.free,
+                    "cuda_capacity_bytes": self.target.per_gpu_bytes}
+        self.meter: CudaMeter | None = None
+        self.planned_context = None
+        self.n = backend if backend is not None else N.default_backend()
+        self.n.init()
+        try:
+            h = self.n.handle(g.index)
+            if mig is not None:
+                h = self.n.mig_devices(h)[mig.slot]
+            self.view = NvmlView(self.n, h)          # baseline before our context exists
+            _same_device(torch, index, self.gpu["uuid"], mig is not None)
+        except BaseException:
+            self.close()
+            raise
+
+    def measure(self, plan, level: str, holder: list, model, spec):
+        """Context first (nothing allocated yet), then the level's allocations."""
+        self.meter = CudaMeter(self.device, self.view, self.fresh)
+        self.planned_context = plan.components.get("cuda_context")
+        self.gpu["cuda_total_bytes"] = self.meter.context.cuda_total
+        self.meter.reset_peaks()
+        if level == "alloc":
+            rows, oom = alloc.allocate(plan, self.device, self.meter, holder)
+            p = self.meter.peaks()
+            measured = {"max_allocated_bytes": p.allocated, "max_reserved_bytes": p.reserved,
+                        "nvml_peak_bytes": p.nvml, "memory_stats": self.meter.stats()}
+            predicted = {"peak_allocated_bytes": _alloc_planned(rows), "total_bytes": plan.total_bytes}
+            return [_alloc_row(r) for r in rows], predicted, measured, oom, []
+        return _run(plan, model, spec, self.device, self.meter)
+
+    def context_json(self) -> dict | None:
+        if self.meter is None:
+            return None
+        c = self.meter.context
+        return {"measured_bytes": c.bytes, "source": c.source,
+                "planned_bytes": self.planned_context, "cuda_total_bytes": c.cuda_total, "cuda_free_bytes": c.cuda_free}
+
+    def close(self) -> None:
+        if self.meter is not None:
+            self.meter.close()
+        try:
+            self.n.shutdown()
+        except Exception:
+            pass
+
+
+def _same_device(torch, index: int, nvml_uuid: str | None, is_mig: bool) -> None:
+    """torch numbers GPUs fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, NVML by PCI bus:
+    make sure the card we probed is the one torch will use, by UUID."""
+    got = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "").lower()
+    want = (nvml_uuid or "").lower()
+    for prefix in ("gpu-", "mig-"):
+        got, want = got.removeprefix(prefix), want.removeprefix(prefix)
+    if got and want and got != want and not is_mig:
+        raise EnvironmentProblem(
+            f"torch's cuda:{index} is not the GPU NVML lists at that position (UUIDs differ); "
+            "set CUDA_DEVICE_ORDER=PCI_BUS_ID so both number the GPUs the same way.")
