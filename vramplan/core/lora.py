@@ -57,6 +57,7 @@ def normalize_targets(targets) -> tuple[str, ...] | None:
 
 
 def default_targets(model: ModelSpec) -> tuple[str, ...]:
+    """peft's target_modules for this model_type when the user names none."""
     t = PEFT_DEFAULT_TARGETS.get(model.model_type)
     if t is None:
         raise BadInput(f"peft has no default LoRA targets for model_type '{model.model_type}' "
@@ -95,14 +96,12 @@ def adapted_modules(model: ModelSpec, targets: tuple[str, ...] | None) -> tuple[
     """The modules a LoraConfig(target_modules=targets) wraps, in model order."""
     names = default_targets(model) if targets is None else targets
     every = names == (ALL_LINEAR,)
-    out: list[Adapted] = []
-    for t in model.tensors:
-        if t.role == "linear" and len(t.shape) >= 2 and (every or _matches(t.name, names)):
-            out.append(_adapted(t, None))
-    for layer in model.layers:
-        for t in layer.tensors:
-            if t.role == "linear" and len(t.shape) >= 2 and (every or _matches(t.name, names)):
-                out.append(_adapted(t, layer.index))
+
+    def wrapped(t: Tensor) -> bool:
+        return t.role == "linear" and len(t.shape) >= 2 and (every or _matches(t.name, names))
+
+    out = [_adapted(t, None) for t in model.tensors if wrapped(t)]
+    out += [_adapted(t, layer.index) for layer in model.layers for t in layer.tensors if wrapped(t)]
     if not out:
         leaves = sorted({t.leaf for t in model.all_tensors() if t.role == "linear"})
         raise BadInput(f"--lora-targets {','.join(names)} matches no linear module of "

@@ -56,6 +56,7 @@ _ALIASES = {
     "paged_adamw": "paged_adamw_32bit", "paged_adamw32bit": "paged_adamw_32bit",
 }
 OPTIM_NAMES = tuple(_OPTIMS)
+_DTYPE_NAMES = {4: "fp32", 2: "bf16"}      # bytes of a torch optimizer's state value
 
 
 def resolve_optim(name: str) -> Optim:
@@ -146,3 +147,21 @@ def step_temp_bytes(o: Optim, params: tuple[Param, ...], param_bytes: int) -> in
     decay = sum(p.numel for p in params if p.decay)
     no_decay = sum(p.numel for p in params if not p.decay)
     return param_bytes * max(decay, no_decay)
+
+
+def describe_state(o: Optim, param_bytes: int) -> str:
+    """The optimizer state in words, for the breakdown's notes."""
+    if o.impl == "bnb":
+        return f"bitsandbytes AdamW {o.bits}-bit" + (", paged" if o.paged else "")
+    if o.family == "adamw":
+        return f"AdamW 2 moments in {_DTYPE_NAMES[param_bytes]} ({o.name})"
+    return {"adafactor": "Adafactor factored fp32 moments", "sgd": "SGD, momentum 0: no state"}[o.family]
+
+
+def describe_step_temporaries(o: Optim) -> str:
+    """What `step_temp_bytes` counts, in words, for the breakdown's notes."""
+    if o.family == "sgd":
+        return "in-place update"
+    return {"foreach": "foreach AdamW: one tensor list the size of the parameters (sqrt of exp_avg_sq)",
+            "fused": "fused kernel: no parameter-sized temporaries", "forloop": "per-tensor loop: the largest tensor",
+            "bnb": "in-place bitsandbytes kernels", "hf": "fp32 copies of the largest parameter"}[o.impl]
