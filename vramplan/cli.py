@@ -164,9 +164,12 @@ def gpus(
 
 from .probe.commands import probe as _probe  # noqa: E402  (typer-only imports, ~2 ms)
 from .verify.commands import verify as _verify  # noqa: E402
+from .compare.commands import compare as _compare, sweep as _sweep  # noqa: E402
 
 command(_probe)
 command(_verify)
+command(_compare)
+command(_sweep)
 
 
 def main() -> None:

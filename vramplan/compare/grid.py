@@ -1,0 +1,88 @@
+"""`vramplan sweep`: where a workload fits on one card (or one fixed set of cards), over a grid of
+context lengths and batch sizes, with the largest batch that fits at each context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .. import api
+from ..core import plan as core_plan
+from ..errors import BadInput
+from ..spec import GpuTarget, ModelSpec, Workload
+from ..units import parse_tokens
+
+MAX_POINTS = 24       # per axis: a longer list is a typo, and the table would not fit a screen
+
+
+def parse_range(text: str | int, what: str) -> tuple[int, ...]:
+    """"4k..128k" doubles from 4,096 up to 131,072 (the end is always included); "1,8,32" is a
+    list; a single value is a one-point axis."""
+    if isinstance(text, int):
+        return (parse_tokens(text, what),)
+    s = str(text).strip()
+    if ".." in s:
+        lo_text, _, hi_text = s.partition("..")
+        lo, hi = parse_tokens(lo_text, what), parse_tokens(hi_text, what)
+        if lo > hi:
+            raise BadInput(f"{what} {text!r}: the range must go up, e.g. {hi_text.strip()}..{lo_text.strip()}.")
+        points = []
+        n = lo
+        while n < hi:
+            points.append(n)
+            n *= 2
+        points.append(hi)
+    else:
+        points = sorted({parse_tokens(p, what) for p in s.split(",") if p.strip()})
+        if not points:
+            raise BadInput(f"{what} {text!r} names no value; write e.g. 4k..128k or 1,8,32.")
+    if len(points) > MAX_POINTS:
+        raise BadInput(f"{what} {text!r} has {len(points)} points; at most {MAX_POINTS} (a range doubles).")
+    return tuple(points)
+
+
+@dataclass(frozen=True)
+class Cell:
+    total_bytes: int
+    fits: bool
+
+
+@dataclass(frozen=True)
+class Sweep:
+    model: ModelSpec
+    target: GpuTarget
+    workload: Workload              # the first grid point; batch and ctx vary
+    capacity_bytes: int
+    ctxs: tuple[int, ...]
+    batches: tuple[int, ...]
+    cells: tuple[tuple[Cell, ...], ...]     # [ctx index][batch index]
+    max_batch: tuple[int, ...]              # largest batch that fits at each ctx (0: none)
+    weight_dtype: str = ""                  # resolved, as in Plan
+    kv_dtype: str = ""
+
+    @property
+    def any_fits(self) -> bool:
+        return any(c.fits for row in self.cells for c in row)
+
+
+def sweep(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, ctx: str = "4k..128k",
+          batch: str = "1..64", gpu_mem: str | int | None = None, mode: str = "serve",
+          dtype: str = "auto", kv_dtype: str = "auto", **options) -> Sweep:
+    """Plan every (ctx, batch) of the grid on `gpu` ("l40s", "h100:2"; default l40s) or a card of
+    `gpu_mem` bytes. Other
+    keywords are those of `vramplan.api.plan`."""
+    ctxs, batches = parse_range(ctx, "--ctx"), parse_range(batch, "--batch")
+    spec = api.load_model(model)
+    target = api.resolve_target(gpu, gpu_mem)
+    base = api.make_workload(mode, batches[0], ctxs[0], dtype, kv_dtype, gpu_count=target.count, **options)
+    cells, limits, plan = [], [], None
+    for c in ctxs:
+        at_ctx = replace(base, ctx=c)
+        plan = core_plan.build(spec, target, at_ctx, suggest=False)
+        limits.append(plan.max_batch)
+        row = []
+        for b in batches:
+            total, fits = core_plan.evaluate(spec, target, replace(at_ctx, batch=b))
+            row.append(Cell(total, fits))
+        cells.append(tuple(row))
+    return Sweep(spec, target, base, plan.capacity_bytes, ctxs, batches, tuple(cells), tuple(limits),
+                 plan.weight_dtype, plan.kv_dtype)

@@ -1,0 +1,126 @@
+"""Which $/GPU-hour to charge for a card: one of the catalog's dated quotes, or the user's.
+
+The catalog keeps several quotes per GPU (provider, kind, date, source: configs/gpus.toml).
+Spot quotes are left out unless a provider is asked for by name and has nothing else: spot
+capacity can be taken back, so it does not price a serving deployment. When one provider and
+kind was quoted on several dates, only the latest counts.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass
+
+from ..errors import BadInput
+from ..spec import GpuSpec, Price
+
+SOURCES = ("median", "min", "max", "latest")
+DEFAULT_SOURCE = "median"
+
+
+@dataclass(frozen=True)
+class PriceChoice:
+    usd_per_hour: float
+    basis: str                       # "median of 10 quotes", "Spheron on-demand 2026-05-26", "--price"
+    quotes: tuple[Price, ...] = ()   # the catalog quotes it came from (none for --price)
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def quotes(gpu: GpuSpec) -> list[Price]:
+    """Non-spot quotes, the latest per (provider, kind)."""
+    latest: dict[tuple[str, str], Price] = {}
+    for p in gpu.prices:
+        if p.kind == "spot":
+            continue
+        k = (p.provider, p.kind)
+        if k not in latest or p.date >= latest[k].date:
+            latest[k] = p
+    return list(latest.values())
+
+
+def _by_provider(gpu: GpuSpec, provider: str) -> Price | None:
+    """The provider's latest quote (cheapest on that date), spot only if it has nothing else."""
+    mine = [p for p in gpu.prices if _key(provider) in _key(p.provider)]
+    firm = [p for p in mine if p.kind != "spot"] or mine
+    if not firm:
+        return None
+    newest = max(p.date for p in firm)
+    return min((p for p in firm if p.date == newest), key=lambda p: p.usd_per_hour)
+
+
+def _describe(p: Price) -> str:
+    return f"{p.provider} {p.kind}" + (f" {p.date}" if p.date else " (undated)")
+
+
+def choose(gpu: GpuSpec, source: str = DEFAULT_SOURCE, overrides: dict[str, float] | None = None) -> PriceChoice | None:
+    """The price of one GPU-hour under `source` (median | min | max | latest | a provider name),
+    or None when the catalog has no such quote."""
+    if overrides and gpu.id in overrides:
+        return PriceChoice(overrides[gpu.id], "--price")
+    if source not in SOURCES:
+        p = _by_provider(gpu, source)
+        return PriceChoice(p.usd_per_hour, _describe(p), (p,)) if p else None
+    qs = quotes(gpu)
+    if not qs:
+        return None
+    if source == "latest":
+        newest = max(p.date for p in qs)
+        qs = [p for p in qs if p.date == newest]
+        if len(qs) == 1:
+            return PriceChoice(qs[0].usd_per_hour, _describe(qs[0]), (qs[0],))
+        source = "median"
+    if source in ("min", "max"):
+        p = (min if source == "min" else max)(qs, key=lambda q: q.usd_per_hour)
+        return PriceChoice(p.usd_per_hour, f"{source}: {_describe(p)}", (p,))
+    value = statistics.median(p.usd_per_hour for p in qs)
+    n = len(qs)
+    basis = _describe(qs[0]) if n == 1 else f"median of {n} quotes"
+    return PriceChoice(round(value, 4), basis, tuple(qs))
+
+
+def check_source(source: str, gpus: tuple[GpuSpec, ...]) -> str:
+    """Normalise --price-source; a provider no catalog quote names is an error listing them."""
+    s = source.strip()
+    if s.lower() in SOURCES:
+        return s.lower()
+    if not _key(s):
+        raise BadInput(f"--price-source {source!r} is empty; use {', '.join(SOURCES)} or a provider name.")
+    providers = sorted({p.provider for g in gpus for p in g.prices})
+    matches = [p for p in providers if _key(s) in _key(p)]
+    if not matches:
+        raise BadInput(f"--price-source {source!r} matches no provider in the catalog. Use "
+                       f"{', '.join(SOURCES)} or one of: {', '.join(providers)}.")
+    if len(matches) == 1:
+        return matches[0]
+    bases = {m.split(" (")[0] for m in matches}          # "AWS (g6e)", "AWS (p5.48xlarge)" -> "AWS"
+    return bases.pop() if len(bases) == 1 else s
+
+
+def parse_overrides(items) -> dict[str, float]:
+    """--price l40s=0.79 (repeatable, or comma-separated) -> {catalog id: USD per GPU-hour}."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        items = [f"{k}={v}" for k, v in items.items()]
+    elif isinstance(items, str):
+        items = [items]
+    from ..catalog import find_gpu
+
+    out: dict[str, float] = {}
+    for item in items:
+        for part in str(item).split(","):
+            if not part.strip():
+                continue
+            name, eq, value = part.partition("=")
+            try:
+                usd = float(value)
+            except ValueError:
+                usd = -1.0
+            if not eq or not name.strip() or not 0 < usd < float("inf"):
+                raise BadInput(f"--price {part.strip()!r} is not ID=USD_PER_HOUR, e.g. --price l40s=0.79.")
+            out[find_gpu(name).id] = usd
+    return out

@@ -1,0 +1,212 @@
+"""`vramplan compare`: one workload planned on every catalog GPU, one row per GPU.
+
+Each row answers: does it fit one card; if not, the fewest cards that do (tensor parallel for
+serving, ZeRO-3 for training, none for `infer`); the limits of that configuration; its price and,
+where vramplan can estimate a speed, tokens per second and dollars per million tokens. Rows are
+sorted by cost per unit of work, the cheapest configuration that fits first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .. import api, catalog
+from ..core import plan as core_plan
+from ..core.weights import weight_bytes
+from ..errors import BadInput
+from ..spec import GpuSpec, GpuTarget, ModelSpec, Plan, Workload
+from . import prices as price_mod
+from . import throughput as th
+
+# Serving: the tensor-parallel sizes deployments use inside one 8-GPU node (vLLM also needs the
+# heads to divide). Training: ZeRO-3 / FSDP worlds up to the catalog's 64-GPU limit.
+SERVE_COUNTS = (1, 2, 4, 8)
+TRAIN_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class Row:
+    gpu: GpuSpec
+    one_card: Plan                  # the workload on one card: the "fits" column and the bar
+    plan: Plan                      # on `gpus_needed` cards, else on the most cards tried
+    gpus_needed: int | None         # None: no configuration tried fits
+    parallelism: str                # "none", "tp" (serving), "zero3" (or the --zero stage), "ddp"
+    price: price_mod.PriceChoice | None
+    speed: th.Throughput | None     # of the configuration on `gpus_needed` cards
+    cheapest: bool = False
+
+    @property
+    def fits(self) -> bool:
+        return self.one_card.fits
+
+    @property
+    def needs_nvlink(self) -> bool:
+        """The cards' traffic per step (TP all-reduces, ZeRO gathers) would take longer over PCIe
+        than the step's own work (docs/compare.md); without an estimate, any multi-GPU layout."""
+        if self.gpus_needed is None or self.gpus_needed == 1:
+            return False
+        return self.speed.needs_nvlink if self.speed else True
+
+    @property
+    def price_per_hour(self) -> float | None:
+        return self.price.usd_per_hour if self.price else None
+
+    @property
+    def cost_per_hour(self) -> float | None:
+        if self.price is None or self.gpus_needed is None:
+            return None
+        return self.price.usd_per_hour * self.gpus_needed
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.speed.tokens_per_s if self.speed else None
+
+    @property
+    def usd_per_million_tokens(self) -> float | None:
+        """The seeds' formula: hourly x cards / tokens per second x 1e6 / 3600."""
+        cost, rate = self.cost_per_hour, self.tokens_per_s
+        if cost is None or not rate:
+            return None
+        return cost / rate * 1e6 / 3600
+
+
+@dataclass(frozen=True)
+class Comparison:
+    model: ModelSpec
+    workload: Workload              # as planned on one card
+    rows: tuple[Row, ...]
+    price_source: str
+    price_overrides: dict
+    efficiency: float               # serve: share of the roofline; training: MFU
+    step_overhead_s: float          # serve only
+    decode_context: int             # serve: KV tokens each sequence holds in the estimate
+
+    @property
+    def cheapest(self) -> Row | None:
+        return next((r for r in self.rows if r.cheapest), None)
+
+
+def _gpus(gpus) -> tuple[GpuSpec, ...]:
+    if gpus is None:
+        return catalog.load_gpus()
+    names = gpus.split(",") if isinstance(gpus, str) else list(gpus)
+    out: list[GpuSpec] = []
+    for name in (n.strip() for n in names):
+        if not name:
+            continue
+        if ":" in name:
+            raise BadInput(f"--gpus {name!r}: compare finds the number of cards itself; give ids only, "
+                           f"e.g. --gpus l40s,h100.")
+        g = catalog.find_gpu(name)
+        if g not in out:
+            out.append(g)
+    if not out:
+        raise BadInput("--gpus names no GPU; give catalog ids such as l40s,h100,a100-80gb.")
+    return tuple(out)
+
+
+def _parallelism(mode: str, n: int, zero: int) -> str:
+    if n == 1 or mode == "infer":
+        return "none"
+    if mode == "serve":
+        return "tp"
+    return f"zero{zero}" if zero else "ddp"
+
+
+class _Planner:
+    """Builds the workload for n cards of one kind and plans it (errors of the user's own
+    flags surface at n = 1; a split the model cannot take only skips that n)."""
+
+    def __init__(self, model: ModelSpec, mode: str, batch, ctx, dtype, kv_dtype, options: dict):
+        self.model, self.mode, self.options = model, mode, dict(options)
+        self.args = (mode, batch, ctx, dtype, kv_dtype)
+        self.zero = self.options.pop("zero", None)
+        self.counts = (1,) if mode == "infer" else SERVE_COUNTS if mode == "serve" else TRAIN_COUNTS
+
+    def workload(self, n: int) -> Workload:
+        extra = dict(self.options)
+        if self.mode in api.TRAINING_MODES:
+            extra["zero"] = self.zero if self.zero is not None else (3 if n > 1 else 0)
+        elif self.zero is not None:
+            extra["zero"] = self.zero          # make_workload says it is a training flag
+        return api.make_workload(*self.args, gpu_count=n, **extra)
+
+    @property
+    def zero_stage(self) -> int:
+        return 3 if self.zero is None else self.zero
+
+    def row(self, gpu: GpuSpec) -> tuple[Plan, Plan, int | None]:
+        one = core_plan.build(self.model, GpuTarget(gpu), self.workload(1), suggest=False)
+        if one.fits:
+            return one, one, 1
+        last = 1
+        for n in self.counts[1:]:
+            try:
+                w = self.workload(n)
+                _, fits = core_plan.evaluate(self.model, GpuTarget(gpu, count=n), w)
+            except BadInput:        # e.g. heads that do not split n ways
+                continue
+            last = n
+            if fits:
+                break
+        plan = one if last == 1 else core_plan.build(self.model, GpuTarget(gpu, count=last),
+                                                    self.workload(last), suggest=False)
+        return one, plan, last if plan.fits else None
+
+
+def compare(model: str | ModelSpec, gpus=None, *, mode: str = "serve", batch: int | str = 1,
+            ctx: int | str = 4096, dtype: str = "auto", kv_dtype: str = "auto", prices=None,
+            price_source: str = price_mod.DEFAULT_SOURCE, efficiency: float | None = None,
+            step_overhead_s: float = th.STEP_OVERHEAD_S, **options) -> Comparison:
+    """Plan one workload on every catalog GPU (or `gpus`: ids or "l40s,h100") and rank them.
+
+    `prices` overrides catalog prices ({"l40s": 0.79} or "l40s=0.79,h100=2.5"); `price_source`
+    picks among the catalog's quotes (median, min, max, latest, or a provider name);
+    `efficiency` replaces the calibrated decode efficiency (serve) or the training MFU. Other
+    keywords are those of `vramplan.api.plan` (serve engine flags, training options), except
+    the layout (`tp`, `pp`), which compare chooses itself.
+    """
+    layout = {k: options.pop(k) for k in ("tp", "pp", "gpu", "gpu_mem", "gpu_free", "gpu_count") if k in options}
+    if any(v is not None and not (k == "pp" and v == 1) for k, v in layout.items()):
+        raise BadInput("--tp, --pp and --gpu fix the layout; compare chooses the cards and the "
+                       "parallelism itself (use `vramplan fit` for one layout).")
+    default_eff = th.EFFICIENCY if mode == "serve" else th.TRAIN_MFU
+    eff = default_eff if efficiency is None else float(efficiency)
+    if not 0 < eff <= 1:
+        raise BadInput(f"--efficiency must be in (0, 1] (a share of the hardware peak), got {efficiency}.")
+    spec = api.load_model(model)
+    cards = _gpus(gpus)
+    overrides = price_mod.parse_overrides(prices)
+    source = price_mod.check_source(price_source, catalog.load_gpus())
+    planner = _Planner(spec, mode, batch, ctx, dtype, kv_dtype, options)
+    base = planner.workload(1)                      # validates every flag once
+    decode_context = max(1, base.ctx // 2)
+
+    rows = []
+    for g in cards:
+        one, plan, needed = planner.row(g)
+        n = plan.target.count
+        speed = None
+        if needed is not None and mode == "serve":
+            s = core_plan.setup(spec, plan.target, plan.workload)
+            speed = th.decode(s, g, base.batch, decode_context, eff, step_overhead_s)
+        elif needed is not None and mode in api.TRAINING_MODES:
+            s = core_plan.setup(spec, plan.target, plan.workload)
+            o = plan.workload.train
+            speed = th.training(spec, g, n, mode, base.batch, base.ctx, o.grad_ckpt, o.zero if n > 1 else 0,
+                                weight_bytes(spec, s.fmt).total, eff)
+        rows.append(Row(g, one, plan, needed, _parallelism(mode, n, planner.zero_stage),
+                        price_mod.choose(g, source, overrides), speed))
+    rows.sort(key=_rank)
+    if rows and rows[0].gpus_needed is not None:
+        rows[0] = replace(rows[0], cheapest=True)
+    return Comparison(spec, base, tuple(rows), source, overrides, eff,
+                      step_overhead_s if mode == "serve" else 0.0, decode_context if mode == "serve" else 0)
+
+
+def _rank(r: Row) -> tuple:
+    """Fitting configurations first, by $/M tokens, then by $/hour (no speed estimate), then
+    unpriced; within ties the card with more memory to spare."""
+    per_m, per_h = r.usd_per_million_tokens, r.cost_per_hour
+    return (r.gpus_needed is None, per_m is None, per_m or 0.0, per_h is None, per_h or 0.0,
+            r.gpus_needed or 0, -r.plan.headroom_bytes, r.gpu.id)
