@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from . import cli_options as O
 from .errors import VramplanError
 
 app = typer.Typer(
@@ -40,62 +41,39 @@ def command(fn):
     return app.command()(_errors_to_exit_codes(fn))
 
 
-ModelArg = typer.Argument(..., help="Hub id (meta-llama/Llama-3.1-8B), bundled id, local directory or config.json.")
-
-
 def _emit(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
 @command
 def fit(
-    model: str = ModelArg,
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Catalog GPU id, optionally with a count: l40s, h100:8. Default l40s."),
-    gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="Any other card by its memory: 48GB, 44.5GiB."),
-    ctx: str = typer.Option("4k", "--ctx", help="Tokens per sequence (max model length): 4096, 32k."),
-    batch: str = typer.Option("1", "--batch", help="Concurrent sequences."),
-    mode: str = typer.Option("serve", "--mode", help="serve (vLLM engine), infer (transformers generate), or one training step: full, lora, qlora."),
-    dtype: str = typer.Option("auto", "--dtype", help="Weights: auto|bf16|fp16|fp32|fp8|int8|int4|gptq|awq|nf4|fp4|mxfp4."),
-    kv_dtype: str = typer.Option("auto", "--kv-dtype", help="KV cache: auto|bf16|fp16|fp32|fp8|int8."),
+    model: str = O.MODEL, gpu: Optional[str] = O.GPU, gpu_mem: Optional[str] = O.GPU_MEM,
+    ctx: str = O.CTX, batch: str = O.BATCH, mode: str = O.MODE, dtype: str = O.DTYPE,
+    kv_dtype: str = O.KV,
     method: str = typer.Option("analytic", "--method", help="analytic (closed form)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (docs/json-schema.md)."),
-    gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization", help="serve: share of the GPU vLLM may use."),
-    max_num_batched_tokens: Optional[str] = typer.Option(None, "--max-num-batched-tokens", help="serve: token budget per step (default: vLLM's)."),
-    max_num_seqs: Optional[str] = typer.Option(None, "--max-num-seqs", help="serve: max concurrent requests (default: vLLM's)."),
-    tp: Optional[int] = typer.Option(None, "--tp", help="serve: tensor-parallel size (default: the GPU count)."),
-    pp: int = typer.Option(1, "--pp", help="serve: pipeline-parallel size."),
-    block_size: int = typer.Option(16, "--block-size", help="serve: tokens per KV block."),
-    enforce_eager: bool = typer.Option(False, "--enforce-eager", help="serve: no CUDA graphs."),
-    vllm_version: Optional[str] = typer.Option(None, "--vllm-version", help="serve: whose accounting: 0.10, 0.11-0.20 (default), 0.21 (CUDA graphs inside the budget)."),
-    kv_cache_memory: Optional[str] = typer.Option(None, "--kv-cache-memory", help="serve: explicit KV cache size per GPU (e.g. 20GiB), bypassing the profile."),
-    gpu_free: Optional[str] = typer.Option(None, "--gpu-free", help="Memory free on each GPU now (other processes hold the rest), e.g. 40GiB."),
-    optim: Optional[str] = typer.Option(None, "--optim", help="train: adamw_torch|adamw_torch_fused|adamw_8bit|paged_adamw_8bit|adafactor|sgd (HF names)."),
-    grad_ckpt: bool = typer.Option(False, "--grad-ckpt", help="train: gradient checkpointing."),
-    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="lora/qlora: rank (default 16)."),
-    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="lora/qlora: alpha (no memory effect)."),
-    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="lora/qlora: all-linear or q_proj,v_proj,..."),
-    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="lora/qlora: dropout (> 0 keeps a copy of each adapted input)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="train: bf16 (pure) or mixed (fp32 master weights + autocast)."),
-    zero: Optional[int] = typer.Option(None, "--zero", help="train: ZeRO stage 0-3 over the --gpu count (3 = FSDP full shard)."),
-    attn: Optional[str] = typer.Option(None, "--attn", help="train: sdpa, eager or flash_attention_2."),
-    lora_dtype: Optional[str] = typer.Option(None, "--lora-dtype", help="lora/qlora: adapter dtype, fp32 (peft's default) or bf16."),
-    kbit_prepare: Optional[str] = typer.Option(None, "--kbit-prepare", help="qlora: peft (prepare_model_for_kbit_training: fp32 embeddings/norms), trl, or none."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    as_json: bool = O.JSON, gpu_free: Optional[str] = O.GPU_FREE,
+    gpu_memory_utilization: float = O.UTIL, max_num_batched_tokens: Optional[str] = O.MNBT,
+    max_num_seqs: Optional[str] = O.MNS, tp: Optional[int] = O.TP, pp: int = O.PP,
+    block_size: int = O.BLOCK, enforce_eager: bool = O.EAGER, vllm_version: Optional[str] = O.VLLM,
+    kv_cache_memory: Optional[str] = O.KVMEM,
+    optim: Optional[str] = O.OPTIM, grad_ckpt: bool = O.CKPT, lora_r: Optional[int] = O.LORA_R,
+    lora_alpha: Optional[int] = O.LORA_ALPHA, lora_targets: Optional[str] = O.LORA_TARGETS,
+    lora_dropout: Optional[float] = O.LORA_DROPOUT, precision: Optional[str] = O.PRECISION,
+    zero: Optional[int] = O.ZERO, attn: Optional[str] = O.ATTN,
+    lora_dtype: Optional[str] = O.LORA_DTYPE, kbit_prepare: Optional[str] = O.KBIT,
+    debug: bool = O.DEBUG,
 ) -> None:
     """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
     from . import api, render
 
-    train = {k: v for k, v in dict(optim=optim, grad_ckpt=grad_ckpt or None, lora_r=lora_r,
-                                   lora_alpha=lora_alpha, lora_targets=lora_targets,
-                                   lora_dropout=lora_dropout, precision=precision, zero=zero,
-                                   attn=attn, lora_dtype=lora_dtype,
-                                   kbit_prepare=kbit_prepare).items() if v is not None}
-    p = api.plan(model, gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
-                 kv_dtype=kv_dtype, method=method, tp=tp, pp=pp,
-                 gpu_memory_utilization=gpu_memory_utilization,
-                 max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-                 block_size=block_size, enforce_eager=enforce_eager,
-                 kv_cache_memory=kv_cache_memory, vllm_version=vllm_version, **train)
+    opts = O.plan_options(
+        gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs, block_size=block_size, enforce_eager=enforce_eager,
+        vllm_version=vllm_version, kv_cache_memory=kv_cache_memory, optim=optim, grad_ckpt=grad_ckpt,
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, lora_dropout=lora_dropout,
+        precision=precision, zero=zero, attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare)
+    p = api.plan(model, gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx,
+                 dtype=dtype, kv_dtype=kv_dtype, method=method, tp=tp, pp=pp, **opts)
     if as_json:
         _emit(render.plan_json(p))
     else:
@@ -105,7 +83,7 @@ def fit(
 
 @command
 def kv(
-    model: str = ModelArg,
+    model: str = O.MODEL,
     as_json: bool = typer.Option(False, "--json"),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
