@@ -188,7 +188,7 @@ def plan_table(p: Plan) -> str:
                             f"{fmt_gib(p.capacity_bytes)} (short by {fmt_gib(-p.headroom_bytes)})"))
     lines.append(f"limits    max batch at ctx {w.ctx:,}: {p.max_batch:,}   "
                  f"max ctx at batch {w.batch}: {p.max_ctx:,}")
-    if p.phase:
+    if p.phase and w.mode != "serve":      # vLLM pre-allocates its whole budget: no such peak
         lines.append(f"peak      {p.phase}; torch.cuda.max_memory_allocated() would read "
                      f"{fmt_gib(p.peak_allocated_bytes)}")
     if p.serve is not None:
