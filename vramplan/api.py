@@ -104,20 +104,25 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
 def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem: str | int | None = None,
          gpu_free: str | int | None = None,
          mode: str = "serve", batch: int | str = 1, ctx: int | str = 4096, dtype: str = "auto",
-         kv_dtype: str = "auto", method: str = "analytic", **options) -> Plan:
+         kv_dtype: str = "auto", method: str = "analytic", no_cache: bool = False,
+         **options) -> Plan:
     """Plan one workload. Returns a `Plan` (see vramplan.spec); raises VramplanError subclasses.
 
     >>> p = plan("meta-llama/Llama-3.1-8B", "l40s", ctx="32k", batch=8)
     >>> p.fits, p.components["weights"]
     (False, 16060522496)
     """
-    if method != "analytic":
-        raise BadInput(f"--method {method!r} is not available; use analytic.")
+    if method not in ("analytic", "trace"):
+        raise BadInput(f"--method {method!r} is not one of: analytic, trace.")
     from . import catalog
 
-    spec = load_model(model)
     target = resolve_target(gpu, gpu_mem, gpu_free)
     workload = make_workload(mode, batch, ctx, dtype, kv_dtype, gpu_count=target.count, **options)
+    if method == "trace":           # tier 2: the real transformers model on fake tensors
+        from . import trace
+
+        return trace.plan(model, target, workload, no_cache=no_cache)
+    spec = load_model(model)
     return core_plan.build(spec, target, workload, catalog=catalog.load_gpus())
 
 

@@ -50,7 +50,8 @@ def fit(
     model: str = O.MODEL, gpu: Optional[str] = O.GPU, gpu_mem: Optional[str] = O.GPU_MEM,
     ctx: str = O.CTX, batch: str = O.BATCH, mode: str = O.MODE, dtype: str = O.DTYPE,
     kv_dtype: str = O.KV,
-    method: str = typer.Option("analytic", "--method", help="analytic (closed form)."),
+    method: str = typer.Option("analytic", "--method", help="analytic (closed form, ~0.1 s) or trace (the real transformers model on fake tensors; needs the 'trace' extra)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="trace: ignore the on-disk cache of earlier traces."),
     as_json: bool = O.JSON, gpu_free: Optional[str] = O.GPU_FREE,
     gpu_memory_utilization: float = O.UTIL, max_num_batched_tokens: Optional[str] = O.MNBT,
     max_num_seqs: Optional[str] = O.MNS, tp: Optional[int] = O.TP, pp: int = O.PP,
@@ -73,7 +74,8 @@ def fit(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, lora_dropout=lora_dropout,
         precision=precision, zero=zero, attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare)
     p = api.plan(model, gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx,
-                 dtype=dtype, kv_dtype=kv_dtype, method=method, tp=tp, pp=pp, **opts)
+                 dtype=dtype, kv_dtype=kv_dtype, method=method, no_cache=no_cache, tp=tp, pp=pp,
+                 **opts)
     if as_json:
         _emit(render.plan_json(p))
     else:

@@ -101,12 +101,16 @@ def plan_json(p: Plan) -> dict:
         "capacity_bytes": p.capacity_bytes, "fits": p.fits, "headroom_bytes": p.headroom_bytes,
         "max_batch": p.max_batch, "max_ctx": p.max_ctx, "peak_phase": p.phase,
         "serve": None,
+        "trace": None,
         "suggestions": [{"change": s.change, "flags": s.flags, "total_bytes": s.total_bytes,
                          "fits": s.fits} for s in p.suggestions],
         "warnings": list(p.warnings),
     }
     if p.serve is not None:
         out["serve"] = dict(p.serve.__dict__)
+    if getattr(p, "trace", None) is not None:
+        out["workload"]["method"] = "trace"
+        out["trace"] = p.trace.to_json()
     return out
 
 
@@ -212,9 +216,24 @@ def plan_table(p: Plan) -> str:
         for sug in p.suggestions:
             mark = _glyph("✓" if sug.fits else "✗")
             lines.append(f"  {mark} {sug.change:<40} total {fmt_gib(sug.total_bytes)}")
+    lines += _trace_lines(p)
     for warning in p.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def _trace_lines(p: Plan, top: int = 6) -> list[str]:
+    """Where a traced peak happened and the largest tensors alive then (--method trace)."""
+    t = getattr(p, "trace", None)
+    if t is None:
+        return []
+    out = ["", f"traced    peak {fmt_gib(t.peak_bytes)} of live tensors in {t.where} "
+                f"({t.seconds:.1f} s)", "          largest tensors alive at the peak:"]
+    for r in t.top[:top]:
+        shape = "x".join(str(d) for d in r.shape)
+        out.append(f"          {r.bytes / 2**20:>12,.1f} MiB  {r.category:<14} {r.dtype:<9} [{shape}]  "
+                   f"{r.op} in {r.module or r.phase}")
+    return out
 
 
 def kv_table(m: ModelSpec, rows: list[KvKind], per_token: dict[str, int]) -> str:
