@@ -48,12 +48,14 @@ def test_alloc_cpu_exact(tiny):
     # KV: 2 x 64 tokens x 256 B (2 layers x K,V x 2 heads x 16 x 2 B), K and V per layer
     kv = comp(r, "kv_cache")
     assert (kv.planned, kv.measured, kv.pieces) == (32_768, 32_768, 4)
-    # activations: widest layer (attention, 544 elements/token) x 128 tokens x 2 B = 139,264
-    # + last-position logits 2 x 256 x (2 + 4 + 4) = 5,120
+    # activations: widest layer = MLP, residual stream 4 x 64 + act(gate), up, product 3 x 128
+    # = 640 elements/token, x 128 tokens x 2 B = 163,840 (attention: 4 x 64 + q,k,v 128 +
+    # rotary 96 + output 64 = 544, no K/V repeat without a mask)
+    # + last-position logits 2 x 256 x (2 + 4 + 4) = 5,120  -> 168,960
     a = comp(r, "activations")
-    assert (a.planned, a.measured, a.pieces) == (144_384, 144_384, 1)
-    assert r.predicted["peak_allocated_bytes"] == 213_632 + 32_768 + 144_384
-    assert r.measured["max_allocated_bytes"] == 215_552 + 32_768 + 144_384 == 392_704
+    assert (a.planned, a.measured, a.pieces) == (168_960, 168_960, 1)
+    assert r.predicted["peak_allocated_bytes"] == 213_632 + 32_768 + 168_960
+    assert r.measured["max_allocated_bytes"] == 215_552 + 32_768 + 168_960 == 417_280
     assert comp(r, "cuda_context").measured is None        # not allocated: GPU only
     assert "allocated" in result_text(r)
 
@@ -198,8 +200,8 @@ def test_record_appends_self_describing_lines(tiny, tmp_path):
     assert set(first["versions"]) >= {"vramplan", "torch", "torch_cuda", "transformers", "python"}
     assert first["flags"]["batch"] == 1 and second["flags"]["batch"] == 2
     assert first["plan"]["workload"]["batch"] == 1
-    # weights + KV 64 x 256 B + activations 544 x 64 x 2 B + logits 1 x 256 x 10 B
-    assert first["predicted"]["peak_allocated_bytes"] == 213_632 + 16_384 + 69_632 + 2_560
+    # weights + KV 64 x 256 B + activations (MLP, 640 elements) 640 x 64 x 2 B + logits 1 x 256 x 10 B
+    assert first["predicted"]["peak_allocated_bytes"] == 213_632 + 16_384 + 81_920 + 2_560
     assert first["measured"]["max_allocated_bytes"] > 0
     assert {c["name"] for c in first["components"]} >= {"weights", "kv_cache", "activations"}
 
@@ -229,7 +231,7 @@ def test_cli_alloc_json(tiny):
     assert code == 0
     j = json.loads(out)
     assert j["completed"] and j["level"] == "alloc"
-    assert j["measured"]["max_allocated_bytes"] == 392_704
+    assert j["measured"]["max_allocated_bytes"] == 417_280   # see test_alloc_cpu_exact
 
 
 def test_cli_refusal_is_exit_1(tiny):

@@ -4,14 +4,19 @@ Under `torch.no_grad()` a tensor dies as soon as the next op has consumed it, so
 decoder layer is the few tensors alive together at its widest point; the layer's own output
 replaces its input. We model the two widest points of each layer and take the worst layer:
 
+The residual stream costs 4 * T * hidden everywhere: the embedding output (held by the model's
+forward for the whole pass), the layer input (held by the layer loop), the residual and the
+normed input (measured by the trace tier, docs/trace.md gap 1).
+
 attention (SDPA, causal, no padding mask, so no seq x seq scores are materialized):
-    residual + normed input          2 * T * hidden
+    residual stream                  4 * T * hidden
     q, k, v projections              T * (q_width + kv_width)
     rotary outputs of q and k        T * (q_width + k_width)
-    K/V repeated to all heads (GQA)  T * 2 * q_width   (transformers' repeat_kv)
+    K/V repeated to all heads (GQA)  T * 2 * q_width, only where a mask is built (sliding
+                                     layers): without one transformers passes enable_gqa
     attention output                 T * q_width
-MLP (gated, SwiGLU/GeGLU):   residual + normed 2*T*hidden, act(gate), up, act*up: 3 * T * I
-MLP (plain, GELU/ReLU^2):    residual + normed 2*T*hidden, up, act(up):          2 * T * I
+MLP (gated, SwiGLU/GeGLU):   residual stream 4*T*hidden, act(gate), up, act*up: 3 * T * I
+MLP (plain, GELU/ReLU^2):    residual stream 4*T*hidden, up, act(up):          2 * T * I
 MoE: the experts see T * top_k token slots: gathered inputs T*k*hidden plus the MLP above
      with I = expert width, plus router logits T * experts in fp32.
 Mamba2: in_proj output T * (in_proj width) plus the conv/SSM outputs T * 2 * d_inner.
@@ -33,34 +38,38 @@ class Transient:
     where: str      # e.g. "layer 3 mlp"
 
 
+RESIDUAL = 4     # hidden-size tensors alive through a layer (see the module docstring)
+
+
 def _attention_elems(a: Attention, hidden: int) -> int:
     if a.kind == "mla":
         q = a.num_heads * a.head_dim
         # MLA decompresses the latent to per-head K (nope+rope) and V for the whole prompt.
         k = a.num_heads * a.head_dim
         v = a.num_heads * a.v_head_dim
-        return 2 * hidden + (a.kv_lora_rank + a.rope_dim) + q + k + v + q + k + a.num_heads * a.v_head_dim
+        return RESIDUAL * hidden + (a.kv_lora_rank + a.rope_dim) + q + k + v + q + k + a.num_heads * a.v_head_dim
     q = a.num_heads * a.head_dim
     k = a.num_kv_heads * a.head_dim
     v = a.num_kv_heads * a.v_head_dim
-    repeat = 2 * q if a.num_kv_heads < a.num_heads else 0
-    return 2 * hidden + (q + k + v) + (q + k) + repeat + q
+    masked = a.kind in ("sliding", "chunked")
+    repeat = 2 * q if masked and a.num_kv_heads < a.num_heads else 0
+    return RESIDUAL * hidden + (q + k + v) + (q + k) + repeat + q
 
 
 def _mlp_elems(m: Mlp, hidden: int) -> int:
     per_slot = (3 if m.gated else 2) * m.intermediate
     if m.kind == "dense":
-        return 2 * hidden + per_slot
+        return RESIDUAL * hidden + per_slot
     slots = max(m.top_k, 1)
     shared = (3 if m.gated else 2) * m.shared_intermediate
     # router logits are fp32: 2 elements of a 16-bit dtype each
-    return 2 * hidden + slots * (hidden + per_slot) + shared + 2 * m.num_experts
+    return RESIDUAL * hidden + slots * (hidden + per_slot) + shared + 2 * m.num_experts
 
 
 def _recurrent_elems(r: Recurrent, hidden: int) -> int:
     d_inner = r.num_heads * r.head_dim
     in_proj = 2 * d_inner + r.conv_channels - d_inner + r.num_heads
-    return 2 * hidden + in_proj + 2 * d_inner
+    return RESIDUAL * hidden + in_proj + 2 * d_inner
 
 
 def layer_peak_elems(layer: LayerSpec, hidden: int) -> tuple[int, str]:

@@ -32,22 +32,28 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
 
 
 def components(s: Setup, batch: int, ctx: int) -> Breakdown:
+    """The larger of two moments: the end of the prefill (every layer's cache holds the whole
+    prompt, the widest layer's transients are alive) and a decode step (sliding layers trimmed
+    to their window, one layer's cache copied by torch.cat)."""
     m, count = s.model, s.target.count
-    cache = ceil_div(kv.contiguous_cache_bytes(m, s.kv_elem, batch, ctx, s.act_elem), count)
     prefill = act.forward_peak(m, batch * ctx, s.act_elem, s.widest)
-    # a decode step appends with torch.cat: one layer's old and new cache coexist
+    prefill_cache = kv.contiguous_cache_bytes(m, s.kv_elem, batch, ctx, s.act_elem, windowed=False)
+    decode_cache = kv.contiguous_cache_bytes(m, s.kv_elem, batch, ctx, s.act_elem)
     decode = max((a.kv_elems_per_token * kv.kept_tokens(a, ctx + 1) * s.kv_elem * batch
                   for a in kv.attention_layers(m)), default=0)
-    logits = act.last_logits_bytes(m, batch, s.act_elem)
-    if prefill.bytes >= decode:
-        transient, phase = prefill.bytes, f"prefill ({prefill.where})"
+    if prefill_cache + prefill.bytes >= decode_cache + decode:
+        cache, transient, phase = prefill_cache, prefill.bytes, f"prefill ({prefill.where})"
     else:
-        transient, phase = decode, "decode (cache growth copies one layer)"
+        cache, transient, phase = decode_cache, decode, "decode (cache growth copies one layer)"
+    cache = ceil_div(cache, count)
+    logits = act.last_logits_bytes(m, batch, s.act_elem)
     activations = ceil_div(transient, count) + logits
     parts = {"weights": s.weights, "kv_cache": cache, "activations": activations,
              "allocator_slack": overhead.allocator_slack(activations), **s.overhead}
     notes = {"weights": s.fmt.label,
-             "kv_cache": f"{batch} x {ctx:,} tokens, contiguous, {s.kv_dtype}",
+             "kv_cache": f"{batch} x {ctx:,} tokens, contiguous, {s.kv_dtype}"
+                         + (" (whole prompt: sliding layers trim only at the first decode step)"
+                            if cache != ceil_div(decode_cache, count) else ""),
              "activations": phase + " + last-position logits"}
     peak = s.weights + cache + activations + s.overhead["cublas_workspace"]
     return Breakdown(parts, notes, phase, peak)

@@ -66,9 +66,14 @@ def kept_tokens(a: Attention, ctx: int) -> int:
 
 
 def contiguous_cache_bytes(model: ModelSpec, elem_bytes: int, batch: int, ctx: int,
-                           state_bytes: int | None = None) -> int:
-    """transformers' cache after `ctx` tokens for `batch` sequences."""
-    per_seq = sum(a.kv_elems_per_token * kept_tokens(a, ctx) for a in attention_layers(model))
+                           state_bytes: int | None = None, windowed: bool = True) -> int:
+    """transformers' cache after `ctx` tokens for `batch` sequences.
+
+    windowed=False is the cache right after a prefill: a sliding layer keeps a view of the last
+    `window` tokens of the whole prompt's K/V, so the whole prompt stays allocated until the
+    first decode step replaces it (DynamicSlidingWindowLayer.update; docs/trace.md gap 2)."""
+    per_seq = sum(a.kv_elems_per_token * (kept_tokens(a, ctx) if windowed else ctx)
+                  for a in attention_layers(model))
     state = recurrent_bytes_per_sequence(model, state_bytes or elem_bytes)
     return batch * (per_seq * elem_bytes + state)
 

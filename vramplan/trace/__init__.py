@@ -26,7 +26,7 @@ from dataclasses import replace
 from ..errors import BadInput, MissingExtra
 from ..spec import GpuTarget, ModelSpec, Plan, Workload
 
-__all__ = ["plan", "require", "TRAIN_MODES"]
+__all__ = ["plan", "require", "scenario_for", "TRAIN_MODES"]
 
 TRAIN_MODES = ("full", "lora", "qlora")
 TRACEABLE_WEIGHTS = ("none", "nf4", "fp4")
@@ -88,12 +88,24 @@ def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
     if workload.mode == "infer":
         return assemble.inference(setup, result, analytic)
     if workload.mode == "serve":
-        from ..core import serving
-
-        return assemble.serve(setup, result, analytic, serving.startup)
+        return assemble.serve(setup, result, analytic)
     from ..core.finetune import ALLOCATOR_SLACK_TRAIN
 
     return assemble.training(setup, result, analytic, ALLOCATOR_SLACK_TRAIN)
+
+
+def scenario_for(spec: ModelSpec, target: GpuTarget, workload: Workload):
+    """The `run.Scenario` `--method trace` runs for this workload (imports torch): what
+    `vramplan verify --level run` executes on real tensors, so both run one program."""
+    from ..core import plan as core_plan
+    from . import run
+
+    if workload.mode in TRAIN_MODES and workload.train is None:
+        from ..core.training import TrainOptions
+
+        workload = replace(workload, train=TrainOptions())
+    setup = core_plan.setup(spec, target, workload)
+    return run.Scenario(**_scenario(spec, target, workload, setup))
 
 
 def _load(model) -> tuple[dict, str, ModelSpec]:
@@ -140,7 +152,7 @@ def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
         from . import recipe
 
         recipe.check(w.train)
-        fields.update(train=w.train, dtype=recipe.build_dtype(w.mode, w.train, s.fmt.base))
+        fields.update(train=w.train, dtype=recipe.build_dtype(w.mode, w.train, w.dtype))
     return fields
 
 

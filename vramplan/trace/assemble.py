@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..core import kv_cache as kv
 from ..core import overhead
-from ..core.setup import Breakdown, Setup
+from ..core.setup import Setup
 from ..spec import Plan
 from ..units import GiB
 from .result import TraceResult
@@ -48,47 +47,58 @@ def inference(s: Setup, t: TraceResult, analytic: Plan) -> TracedPlan:
     return _plan(analytic, parts, notes, peak, t)
 
 
-def serve(s: Setup, t: TraceResult, analytic: Plan, startup) -> TracedPlan:
-    """Weights and the profiling forward traced; vLLM's sampler and paged KV from the analytic
-    model (vLLM's own code, not transformers')."""
-    from ..core import serving
+def serve(s: Setup, t: TraceResult, analytic: Plan) -> TracedPlan:
+    """Weights and the profiling forward traced; vLLM's sampler peak, paged KV cache and start-up
+    figures from the analytic model (vLLM's own code, not transformers')."""
+    from ..core import activations as act
 
     c = t.components
     weights = c.get("weights", 0)
     forward = sum(v for k, v in c.items() if k not in ("weights", _HOST))
-    d = s.mode_data
-    sampler = int(serving.SAMPLER_BYTES_PER_LOGIT * d["max_seqs"] * s.model.vocab_size)
-    w = s.workload
-    cache = kv.paged_cache_bytes(s.model, s.kv_elem, w.batch, w.ctx, w.serve.block_size, s.tp,
-                                 s.act_elem, in_flight=d["batched_tokens"])
-    if forward >= sampler:
-        act, where = forward, f"profile forward of {d['batched_tokens']:,} tokens, traced ({t.where})"
+    tokens = s.mode_data["batched_tokens"]
+    modelled_forward = act.forward_peak(s.model, tokens, s.act_elem, s.widest).bytes
+    modelled = analytic.components["activations"]
+    sampler = modelled if modelled > modelled_forward else 0     # the engine's sampler dominated
+    eager = t.measured.get("attn", "sdpa") == "eager"
+    if eager:
+        # transformers has no SDPA path for this model; vLLM's fused attention never builds the
+        # seq x seq scores the eager forward does, so the traced forward does not stand for it
+        forward, sampler = 0, modelled
+    parts = dict(analytic.components)
+    parts["weights"] = weights
+    parts["activations"] = max(forward, sampler)
+    notes = dict(analytic.component_notes)
+    notes["weights"] = f"{s.fmt.label}, traced"
+    notes["kv_cache"] = notes.get("kv_cache", "") + " (vLLM's paged cache, analytic)"
+    if eager:
+        notes["activations"] = notes.get("activations", "") + (
+            " (analytic: transformers runs this model with eager attention, vLLM does not)")
+    elif forward >= sampler:
+        notes["activations"] = f"profile forward of {tokens:,} tokens, traced ({t.where})"
     else:
-        act, where = sampler, (f"profile sampler, {d['max_seqs']:,} requests x {s.model.vocab_size:,} vocab "
-                               f"(analytic; the traced forward needs {forward / GiB:.2f} GiB)")
-    parts = {"weights": weights, "kv_cache": cache, "activations": act, **s.overhead}
-    notes = {"weights": f"{s.fmt.label}, traced",
-             "kv_cache": f"{w.batch} x {w.ctx:,} tokens, paged in blocks of {w.serve.block_size} (vLLM, analytic)",
-             "activations": where, "non_torch": "non-torch growth after vLLM's start-up snapshot"}
-    b = Breakdown(parts, notes, "profile run", weights + cache + act)
-    plan = _plan(analytic, parts, notes, b.peak_allocated, t)
-    return replace(plan, serve=startup(s, b, w.ctx))
+        notes["activations"] = notes.get("activations", "") + (
+            f" (analytic; the traced forward needs {forward / GiB:.2f} GiB)")
+    peak = analytic.peak_allocated_bytes + weights - analytic.components["weights"] \
+        + parts["activations"] - modelled
+    plan = _plan(analytic, parts, notes, peak, t)
+    return replace(plan, warnings=plan.warnings + (
+        "The vLLM start-up figures (serve report) come from the analytic model.",))
 
 
 def training(s: Setup, t: TraceResult, analytic: Plan, slack_fraction: float) -> TracedPlan:
+    """The allocator slack follows core/finetune.py: a fraction of the allocated peak."""
     c = {k: v for k, v in t.components.items() if k != _HOST}
     order = ("weights", "trainable", "gradients", "optimizer", _PAGED, "optimizer_step_temporaries",
              "activations", "logits_and_loss")
-    parts = {k: c.get(k, 0) for k in order if k in c or k in ("weights", "gradients", "optimizer")}
+    parts = {k: c[k] for k in order if c.get(k)}
     parts["activations"] = c.get("activations", 0) + c.get("buffers", 0)
-    transient = parts["activations"] + parts.get("logits_and_loss", 0)
-    parts["allocator_slack"] = overhead.allocator_slack(transient, slack_fraction)
+    allocated = sum(v for k, v in c.items() if k != _PAGED)
+    parts["allocator_slack"] = overhead.allocator_slack(allocated, slack_fraction)
     parts.update(s.overhead)
     notes = {"weights": "traced", "activations": _note_where(t)}
     if _PAGED in parts:
         notes[_PAGED] = "bitsandbytes paged state (CUDA managed memory, outside torch's allocator)"
-    allocated = sum(v for k, v in c.items() if k != _PAGED) + s.overhead["cublas_workspace"]
-    return _plan(analytic, parts, notes, allocated, t)
+    return _plan(analytic, parts, notes, allocated + s.overhead["cublas_workspace"], t)
 
 
 def _plan(analytic: Plan, parts: dict, notes: dict, peak: int, t: TraceResult) -> TracedPlan:

@@ -9,9 +9,11 @@ SDPA gets a mask, and GQA repeats K/V to every head. On a GPU the same call sees
 batch, returns None, and SDPA runs causal with `enable_gqa` and no mask. At 8B training the
 difference is over 1 GiB. The trace only runs unpadded, unpacked batches, for which None is the
 right answer, so we give it; real-tensor runs take the same patch and get the same answer.
-2. `cuda_sdpa_backends`: SDPA picks its kernel by device; the CPU kernel accepts inputs for which
-CUDA falls back to the math backend (fp32 with grouped K/V heads), so the trace forces that
-fallback where CUDA would take it.
+2. `cuda_sdpa_backends`: SDPA picks its kernel by device. The CPU kernel accepts inputs for which
+CUDA falls back to the math backend (fp32 with grouped K/V heads): the trace forces that
+fallback. It refuses some that CUDA's memory-efficient kernel takes (MLA's unequal q/k and v
+head dims): the trace allocates what that kernel allocates instead of running math.
+3. `cuda_dropout`: training dropout keeps a bool mask on CUDA, an input-dtype mask on `cpu`.
 """
 
 from __future__ import annotations
@@ -40,15 +42,53 @@ def _cuda_picks_math(q, k, v, attn_mask=None, enable_gqa=False) -> bool:
     import torch
 
     hd, hdv = q.shape[-1], v.shape[-1]
-    flash = (q.dtype in (torch.float16, torch.bfloat16) and attn_mask is None
+    dtype = q.dtype
+    if dtype == torch.float32 and torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")     # SDPA is on CUDA autocast's 16-bit list too
+    flash = (dtype in (torch.float16, torch.bfloat16) and attn_mask is None
              and hd == k.shape[-1] == hdv and hd <= 256)
     grouped = enable_gqa and q.shape[-3] != k.shape[-3]
     return not flash and grouped
 
 
+def _cpu_lacks_fused(q, k, v, dropout_p: float) -> bool:
+    """torch's CPU flash kernel needs equal q/k/v head dims and no dropout; CUDA's kernels take
+    unequal dims (memory-efficient: MLA's q/k 192, v 128) and dropout (flash and efficient:
+    GPT-2's attn_pdrop in training). There CPU runs the math backend and CUDA a fused kernel."""
+    return not (q.shape[-1] == k.shape[-1] == v.shape[-1]) or dropout_p > 0.0
+
+
+class _FusedAttention:
+    """The memory of CUDA's memory-efficient SDPA kernel, for the shapes the CPU kernel cannot
+    take: the output and an fp32 logsumexp per head and query (rows padded to 32), q/k/v/out/lse
+    saved for the backward (an explicit mask is the caller's tensor, alive anyway; dropout is
+    regenerated from a seed, not stored), which allocates one gradient per input. Values are
+    not computed (zeros, so real-tensor runs stay finite): the trace counts bytes."""
+
+    @staticmethod
+    def apply(q, k, v):
+        import torch
+
+        class Fn(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, q, k, v):
+                out = q.new_zeros((*q.shape[:-1], v.shape[-1]))
+                rows = -(-q.shape[-2] // 32) * 32
+                lse = torch.zeros((*q.shape[:-2], rows), dtype=torch.float32, device=q.device)
+                ctx.save_for_backward(q, k, v, out, lse)
+                return out
+
+            @staticmethod
+            def backward(ctx, grad):
+                q, k, v, _, _ = ctx.saved_tensors
+                return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+
+        return Fn.apply(q, k, v)
+
+
 @contextlib.contextmanager
 def cuda_sdpa_backends():
-    """Make every `F.scaled_dot_product_attention` call take the backend CUDA would take."""
+    """Make every `F.scaled_dot_product_attention` call take the memory path CUDA would take."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -58,6 +98,9 @@ def cuda_sdpa_backends():
         if _cuda_picks_math(query, key, value, attn_mask, enable_gqa):
             with sdpa_kernel([SDPBackend.MATH]):
                 return original(query, key, value, attn_mask, *args, enable_gqa=enable_gqa, **kwargs)
+        dropout_p = kwargs.get("dropout_p", args[0] if args else 0.0)
+        if _cpu_lacks_fused(query, key, value, dropout_p) and not enable_gqa:
+            return _FusedAttention.apply(query, key, value)
         return original(query, key, value, attn_mask, *args, enable_gqa=enable_gqa, **kwargs)
 
     torch.nn.functional.scaled_dot_product_attention = sdpa
@@ -65,3 +108,25 @@ def cuda_sdpa_backends():
         yield
     finally:
         torch.nn.functional.scaled_dot_product_attention = original
+
+
+@contextlib.contextmanager
+def cuda_dropout():
+    """Training-mode dropout as CUDA runs it. `F.dropout` takes torch's fused `native_dropout`
+    (a 1-byte bool mask saved for the backward) only on CUDA-like devices; on `cpu` it falls
+    back to `empty_like(x).bernoulli_()`, a mask in the input's dtype (4 bytes for peft's fp32
+    adapter inputs). The trace calls `native_dropout` for 0 < p < 1, as CUDA would."""
+    import torch
+
+    original = torch.nn.functional.dropout
+
+    def dropout(input, p=0.5, training=True, inplace=False):
+        if training and 0.0 < p < 1.0 and not inplace and input.numel() > 0:
+            return torch.ops.aten.native_dropout(input, p, True)[0]
+        return original(input, p, training, inplace)
+
+    torch.nn.functional.dropout = dropout
+    try:
+        yield
+    finally:
+        torch.nn.functional.dropout = original

@@ -14,7 +14,7 @@ Its forward (`bnb.matmul_4bit` -> `MatMul4Bit`) dequantizes the whole weight for
 more than one token or with autograd on: the nested absmax to fp32 [ceil(n/64)], then the weight
 to the compute dtype [out, in], then `F.linear`; backward dequantizes again for grad_input and
 saves no activation. A single token without grad takes `gemv_4bit`, which dequantizes nothing.
-`_Matmul4bit` reproduces exactly these allocations (values are irrelevant to memory).
+`_Matmul4bit` reproduces exactly these allocations (zeros: values are irrelevant to memory).
 peft wraps such a layer in `lora.bnb.Linear4bit`, whose forward clones the base output before
 adding the adapter (peft/tuners/lora/bnb.py); `_lora4bit_forward` does the same.
 """
@@ -61,8 +61,8 @@ class Linear4bit(nn.Module):
         """`F.dequantize_4bit`: nested absmax to fp32 (freed on return), then the weight."""
         absmax = None
         if self.double_quant:
-            absmax = torch.empty(self.blocks, dtype=torch.float32, device=like.device)
-        w = torch.empty((self.out_features, self.in_features), dtype=self.compute_dtype,
+            absmax = torch.zeros(self.blocks, dtype=torch.float32, device=like.device)
+        w = torch.zeros((self.out_features, self.in_features), dtype=self.compute_dtype,
                         device=like.device)
         del absmax
         return w
@@ -73,7 +73,7 @@ class Linear4bit(nn.Module):
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
         if x.numel() == x.shape[-1] and not x.requires_grad:
             # gemv_4bit: one token, no autograd; reads the packed weight directly
-            out = torch.empty((*x.shape[:-1], self.out_features), dtype=x.dtype, device=x.device)
+            out = torch.zeros((*x.shape[:-1], self.out_features), dtype=x.dtype, device=x.device)
             if bias is not None:
                 out += bias
         else:

@@ -17,13 +17,17 @@ def check(opts) -> None:
 
 
 def autocast_on(mode: str, opts) -> bool:
-    """bf16 autocast: mixed precision, and TRL's QLoRA recipe."""
-    return opts.precision == "mixed" or (mode == "qlora" and opts.kbit_prepare == "trl")
+    """bf16 autocast: mixed precision, and QLoRA always (the Trainer's bf16=True runs autocast,
+    and bitsandbytes computes in the autocast dtype; core/train_dtypes.py models the same)."""
+    return opts.precision == "mixed" or mode == "qlora"
 
 
-def build_dtype(mode: str, opts, base: str) -> str:
+def build_dtype(mode: str, opts, dtype: str) -> str:
     """The dtype the model is built in: fp32 master weights for full mixed precision, bf16
-    compute for QLoRA (kbit_prepare then upcasts what it upcasts), else the weights' dtype."""
+    compute for QLoRA (kbit_prepare then upcasts what it upcasts), else --dtype, where "auto"
+    means 16 bits (an fp32 checkpoint is trained in bf16: core/train_dtypes.float_bytes)."""
     if mode == "full" and opts.precision == "mixed":
         return "fp32"
-    return "bf16" if mode == "qlora" else base
+    if mode == "qlora" or dtype not in ("fp32", "fp16"):
+        return "bf16"
+    return dtype

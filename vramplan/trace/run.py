@@ -7,14 +7,15 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 
+from ..core.training import TrainOptions
 from . import build, patches, quant, recipe, scenarios, training
 from .result import TensorRow, TraceResult
 from .tracker import MemoryTracker
-from ..core.training import TrainOptions
 
 TOP_ROWS = 12
 
@@ -40,7 +41,27 @@ class Scenario:
 
 def execute(raw_config: dict, scenario: Scenario, model_id: str = "", fake: bool = True,
             progress=None) -> TraceResult:
-    """Trace `scenario` for this config.json. `progress(text)` is told about slow stages."""
+    """Trace `scenario` for this config.json. `progress(text)` is told about slow stages.
+    Library deprecation chatter is silenced; what matters for the numbers is in the result's
+    `measured["warnings"]`."""
+    with warnings.catch_warnings(), _quiet_transformers():
+        warnings.simplefilter("ignore")
+        return _execute(raw_config, scenario, model_id, fake, progress)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _execute(raw_config: dict, scenario: Scenario, model_id: str, fake: bool, progress) -> TraceResult:
     say = progress or (lambda text: None)
     start = time.perf_counter()
     s = scenario
@@ -54,7 +75,8 @@ def execute(raw_config: dict, scenario: Scenario, model_id: str = "", fake: bool
     if s.mode == "qlora":
         training.cast_for_kbit(model, s.train)
     vocab = config.get_text_config().vocab_size
-    warnings = build.notes(model, s.attn)
+    notes = build.notes(model, s.attn)
+    attn_used = getattr(model.config, "_attn_implementation", s.attn)
 
     tr = MemoryTracker()
     tr.name_modules(model)
@@ -63,7 +85,8 @@ def execute(raw_config: dict, scenario: Scenario, model_id: str = "", fake: bool
     gc.collect()
     gc.disable()      # frees happen when refcounts drop, as on a GPU, never at a collector's whim
     try:
-        with patches.unpacked_batches(), patches.cuda_sdpa_backends(), fake_mode, tr:
+        with patches.unpacked_batches(), patches.cuda_sdpa_backends(), patches.cuda_dropout(), \
+                fake_mode, tr:
             say("materializing the weights as fake tensors" if fake else "allocating real weights")
             build.materialize(model, fake)
             weights = list(build.parameters_and_buffers(model))
@@ -75,12 +98,11 @@ def execute(raw_config: dict, scenario: Scenario, model_id: str = "", fake: bool
             weights_bytes = sum(r.nbytes for r in tr.records if r.category == "weights" and r.died is None)
             del weights
             tr.reset_peak()
-            measured = _run(model, s, tr, say)
-            measured["warnings"] = warnings
+            _run(model, s, tr, say, fake)
     finally:
         if gc_was:
             gc.enable()
-    return _result(tr, s, weights_bytes, measured, vocab, time.perf_counter() - start)
+    return _result(tr, s, weights_bytes, {"warnings": notes, "attn": attn_used}, vocab, time.perf_counter() - start)
 
 
 def _fake_mode():
@@ -89,7 +111,22 @@ def _fake_mode():
     return FakeTensorMode(allow_non_fake_inputs=False)
 
 
-def _run(model, s: Scenario, tr: MemoryTracker, say) -> dict:
+def _run(model, s: Scenario, tr: MemoryTracker, say, fake: bool) -> None:
+    """On fake tensors a library error means the settings cannot run at all: say so plainly.
+    On real tensors errors (an out-of-memory above all) pass through for the caller."""
+    try:
+        _program(model, s, tr, say)
+    except (RuntimeError, NotImplementedError) as e:
+        if not fake:
+            raise
+        from ..errors import BadInput
+
+        raise BadInput(f"transformers cannot run this workload as configured: {str(e).splitlines()[0]} "
+                       f"(a training or inference script with the same settings fails the same way). "
+                       f"Use --method analytic, or change the settings.") from e
+
+
+def _program(model, s: Scenario, tr: MemoryTracker, say) -> None:
     if s.mode == "infer":
         say(f"prefill of {s.batch} x {s.ctx:,} tokens, then one decode step")
         return scenarios.infer(model, s.batch, s.ctx, tr)

@@ -31,6 +31,8 @@ def cache_tensors(cache) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
     for layer in getattr(cache, "layers", None) or []:
         for v in vars(layer).values():
+            if isinstance(v, dict):          # linear-attention layers: {index: conv / ssm state}
+                v = list(v.values())
             if isinstance(v, torch.Tensor):
                 out.append(v)
             elif isinstance(v, (list, tuple)):
@@ -46,8 +48,8 @@ def _sample(logits: torch.Tensor) -> torch.Tensor:
     return torch.multinomial(probs, num_samples=1)
 
 
-def infer(model, batch: int, ctx: int, tr: MemoryTracker) -> dict:
-    """Prefill + one decode step. Returns the cache bytes after the prefill."""
+def infer(model, batch: int, ctx: int, tr: MemoryTracker) -> None:
+    """Prefill + one decode step."""
     with torch.no_grad():
         tr.phase = "inputs"
         ids = torch.zeros(batch, ctx, dtype=torch.long, device="cpu")
@@ -60,12 +62,11 @@ def infer(model, batch: int, ctx: int, tr: MemoryTracker) -> dict:
         tr.phase = "decode"
         out = model(input_ids=nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
         nxt = _sample(out.logits)
-        del out
+        del out, nxt
         tr.mark("kv_cache", cache_tensors(cache))
-        return {}
 
 
-def serve_profile(model, tokens: int, tr: MemoryTracker) -> dict:
+def serve_profile(model, tokens: int, tr: MemoryTracker) -> None:
     """vLLM's profiling forward: `tokens` tokens in one flat batch, no KV cache yet."""
     with torch.no_grad():
         tr.phase = "inputs"
@@ -73,11 +74,10 @@ def serve_profile(model, tokens: int, tr: MemoryTracker) -> dict:
         tr.phase = "profile forward"
         out = model(input_ids=ids, use_cache=False, logits_to_keep=1)
         del out
-    return {}
 
 
 def train(model, optimizer, batch: int, ctx: int, tr: MemoryTracker, autocast_dtype=None,
-          steps: int = 2) -> dict:
+          steps: int = 2) -> None:
     """`steps` optimizer steps; the peak is measured over the last one."""
     params = [p for p in model.parameters() if p.requires_grad]
     for step in range(steps):
@@ -103,4 +103,3 @@ def train(model, optimizer, batch: int, ctx: int, tr: MemoryTracker, autocast_dt
         tr.phase = "zero_grad"
         optimizer.zero_grad(set_to_none=True)
         del ids, labels
-    return {}

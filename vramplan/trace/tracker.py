@@ -20,9 +20,9 @@ import weakref
 from dataclasses import dataclass
 
 import torch
+from torch.nn.modules import module as _nn_module
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.nn.modules import module as _nn_module
 
 BLOCK = 512     # CUDACachingAllocator rounds every allocation up to a multiple of 512 bytes
 

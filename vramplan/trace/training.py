@@ -30,7 +30,11 @@ LR = 1e-5
 def prepare_model(model: nn.Module, opts, mode: str) -> nn.Module:
     """On meta, before any quantization: checkpointing, trainable parameters, adapters."""
     if opts.grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)   # transformers >= 5.x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if mode == "qlora" and opts.kbit_prepare == "peft":
             model.enable_input_require_grads()
     model.config.use_cache = False
@@ -56,22 +60,25 @@ def prepare_model(model: nn.Module, opts, mode: str) -> nn.Module:
 
 
 def cast_for_kbit(model: nn.Module, opts) -> None:
-    """After the 4-bit swap: the dtypes `kbit_prepare` leaves the non-quantized parameters in."""
+    """After the 4-bit swap: the dtypes `kbit_prepare` leaves the other parameters in.
+    peft's prepare_model_for_kbit_training upcasts every 16-bit parameter that is not 4-bit
+    (embeddings, norms, lm_head, and fused MoE experts too); TRL's peft_module_casting_to_bf16
+    upcasts the norms only and puts the adapters in bf16."""
     kp = opts.kbit_prepare
     if kp == "none":
         return
-    keep16 = set()
     if kp == "trl":
-        for m in model.modules():
-            if isinstance(m, nn.Embedding):
-                keep16.add(id(m.weight))
-        head = model.get_output_embeddings()
-        if head is not None:
-            keep16.add(id(head.weight))
-    for name, p in model.named_parameters():
-        if "lora_" in name or p.dtype not in (torch.bfloat16, torch.float16) or id(p) in keep16:
+        for name, p in model.named_parameters():
+            if "lora_" in name and p.dtype == torch.float32:
+                p.data = p.data.to(torch.bfloat16)
+    for mname, module in model.named_modules():
+        norm = "norm" in type(module).__name__.lower() or "norm" in mname.rsplit(".", 1)[-1]
+        if kp == "trl" and not norm:
             continue
-        p.data = p.data.to(torch.float32)
+        for pname, p in module.named_parameters(recurse=False):
+            if "lora_" in f"{mname}.{pname}" or p.dtype not in (torch.bfloat16, torch.float16):
+                continue
+            p.data = p.data.to(torch.float32)
 
 
 def param_groups(model: nn.Module) -> list[dict]:
