@@ -15,6 +15,8 @@ embeddings once), exactly as a checkpoint loads them.
 from __future__ import annotations
 
 import torch
+
+from . import device
 from torch import nn
 
 from ..errors import BadInput
@@ -87,13 +89,14 @@ def notes(model: nn.Module, attn: str) -> list[str]:
 
 
 def materialize(model: nn.Module, fake: bool) -> None:
-    """Give every meta parameter and buffer a storage on `cpu`: a FakeTensor when `fake` (call
+    """Give every meta parameter and buffer a storage on the trace device (`cpu` unless
+    verify runs on a GPU): a FakeTensor when `fake` (call
     this inside the FakeTensorMode), else a real tensor filled with small random values so real
     runs stay finite. Shared tensors (tied embeddings) stay shared."""
     made: dict[int, torch.Tensor] = {}
 
     def new(t: torch.Tensor) -> torch.Tensor:
-        x = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu")
+        x = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device.current())
         if not fake:
             with torch.no_grad():
                 x.normal_(0, 0.02) if x.is_floating_point() else x.zero_()

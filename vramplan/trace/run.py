@@ -14,6 +14,7 @@ import torch
 
 from ..core.training import TrainOptions
 from . import build, patches, quant, recipe, scenarios, training
+from . import device as trace_device
 from .result import TensorRow, TraceResult
 from .tracker import MemoryTracker
 
@@ -40,11 +41,13 @@ class Scenario:
 
 
 def execute(raw_config: dict, scenario: Scenario, model_id: str = "", fake: bool = True,
-            progress=None) -> TraceResult:
+            progress=None, device: str = "cpu") -> TraceResult:
     """Trace `scenario` for this config.json. `progress(text)` is told about slow stages.
     Library deprecation chatter is silenced; what matters for the numbers is in the result's
     `measured["warnings"]`."""
-    with warnings.catch_warnings(), _quiet_transformers():
+    if fake and device != "cpu":
+        raise ValueError("the trace runs fake tensors on cpu only; a real device needs fake=False")
+    with warnings.catch_warnings(), _quiet_transformers(), trace_device.use(device):
         warnings.simplefilter("ignore")
         return _execute(raw_config, scenario, model_id, fake, progress)
 
@@ -85,8 +88,10 @@ def _execute(raw_config: dict, scenario: Scenario, model_id: str, fake: bool, pr
     gc.collect()
     gc.disable()      # frees happen when refcounts drop, as on a GPU, never at a collector's whim
     try:
-        with patches.unpacked_batches(), patches.cuda_sdpa_backends(), patches.cuda_dropout(), \
-                fake_mode, tr:
+        on_cpu = trace_device.kind() == "cpu"    # on a real GPU its own kernels decide
+        with patches.unpacked_batches(), \
+                (patches.cuda_sdpa_backends() if on_cpu else contextlib.nullcontext()), \
+                (patches.cuda_dropout() if on_cpu else contextlib.nullcontext()), fake_mode, tr:
             say("materializing the weights as fake tensors" if fake else "allocating real weights")
             build.materialize(model, fake)
             weights = list(build.parameters_and_buffers(model))

@@ -22,6 +22,8 @@ import contextlib
 
 import torch
 
+from . import device
+
 from .tracker import MemoryTracker
 from .training import state_categories
 
@@ -52,7 +54,7 @@ def infer(model, batch: int, ctx: int, tr: MemoryTracker) -> None:
     """Prefill + one decode step."""
     with torch.no_grad():
         tr.phase = "inputs"
-        ids = torch.zeros(batch, ctx, dtype=torch.long, device="cpu")
+        ids = torch.zeros(batch, ctx, dtype=torch.long, device=device.current())
         tr.phase = "prefill"
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
@@ -70,7 +72,7 @@ def serve_profile(model, tokens: int, tr: MemoryTracker) -> None:
     """vLLM's profiling forward: `tokens` tokens in one flat batch, no KV cache yet."""
     with torch.no_grad():
         tr.phase = "inputs"
-        ids = torch.zeros(1, tokens, dtype=torch.long, device="cpu")
+        ids = torch.zeros(1, tokens, dtype=torch.long, device=device.current())
         tr.phase = "profile forward"
         out = model(input_ids=ids, use_cache=False, logits_to_keep=1)
         del out
@@ -82,12 +84,12 @@ def train(model, optimizer, batch: int, ctx: int, tr: MemoryTracker, autocast_dt
     params = [p for p in model.parameters() if p.requires_grad]
     for step in range(steps):
         tr.phase = "inputs"
-        ids = torch.zeros(batch, ctx, dtype=torch.long, device="cpu")
-        labels = torch.zeros(batch, ctx, dtype=torch.long, device="cpu")
+        ids = torch.zeros(batch, ctx, dtype=torch.long, device=device.current())
+        labels = torch.zeros(batch, ctx, dtype=torch.long, device=device.current())
         if step == steps - 1:
             tr.reset_peak()
         tr.phase = "forward"
-        with (torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype is not None
+        with (torch.autocast(device.kind(), dtype=autocast_dtype) if autocast_dtype is not None
               else contextlib.nullcontext()):
             out = model(input_ids=ids, labels=labels, use_cache=False)
         loss = out.loss
