@@ -74,7 +74,8 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
         train = normalize_train_options(world=gpu_count, **train_options)
     elif train_options:
         flags = ", ".join("--" + k.replace("_", "-") for k in train_options)
-        raise BadInput(f"{flags} only apply to the training modes (--mode full, lora or qlora).")
+        verb = "applies" if len(train_options) == 1 else "apply"
+        raise BadInput(f"{flags} only {verb} to the training modes (--mode full, lora or qlora).")
     if not 0.0 < gpu_memory_utilization <= 1.0:
         raise BadInput(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization}.")
     if block_size not in (1, 8, 16, 32, 64, 128, 256):
