@@ -549,3 +549,19 @@ def test_qlora_paper_7b_base():
     # figure likely includes more than the tensors (see docs/training.md).
     r = training_peak(_llama1(4096, 11008, 32, 32), "qlora", 1, 512, opts(grad_ckpt=True))
     _within(r.components["weights"], 5_048_000_000)
+
+
+def test_peft_default_targets_for_nemotron_h_and_old_falcon_configs():
+    """peft's defaults apply to these too (docs/trace.md gap 7): by hand, r = 16,
+    Nemotron-H: 10 attention layers x [q 16(8192+8192) + k 16(8192+1024) + v same + o 16(8192+8192)]
+               = 10 x 819,200 = 8,192,000
+    falcon-40b (model_type RefinedWeb -> transformers' falcon): 60 x 16 (8192 + (128+2*8)*64)
+               = 60 x 278,528 = 16,711,680"""
+    from vramplan import load_model
+    from vramplan.core.lora import default_targets, lora_params
+
+    nemotron = load_model("nvidia/Nemotron-H-56B-Base-8K")
+    assert lora_params(nemotron, default_targets(nemotron), 16) == 8_192_000
+    falcon = load_model("tiiuae/falcon-40b")
+    assert default_targets(falcon) == ("query_key_value",)
+    assert lora_params(falcon, default_targets(falcon), 16) == 16_711_680

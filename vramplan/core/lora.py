@@ -32,6 +32,7 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "gpt2": ("c_attn",), "falcon": ("query_key_value",), "phi": ("q_proj", "v_proj", "fc1", "fc2"),
     "opt": ("q_proj", "v_proj"), "gptj": ("q_proj", "v_proj"), "gpt_neox": ("query_key_value",),
     "stablelm": ("q_proj", "v_proj"), "bloom": ("query_key_value",),
+    "nemotron_h": ("q_proj", "k_proj", "v_proj", "o_proj"),
 }
 
 
@@ -57,8 +58,10 @@ def normalize_targets(targets) -> tuple[str, ...] | None:
 
 
 def default_targets(model: ModelSpec) -> tuple[str, ...]:
-    """peft's target_modules for this model_type when the user names none."""
-    t = PEFT_DEFAULT_TARGETS.get(model.model_type)
+    """peft's target_modules for this model_type when the user names none. Old config spellings
+    (RefinedWeb) are looked up under the family transformers maps them to (falcon), as peft sees
+    the transformers config."""
+    t = PEFT_DEFAULT_TARGETS.get(model.model_type) or PEFT_DEFAULT_TARGETS.get(model.family)
     if t is None:
         raise BadInput(f"peft has no default LoRA targets for model_type '{model.model_type}' "
                        f"({model.id or 'this model'}); pass --lora-targets, e.g. all-linear.")
