@@ -67,12 +67,7 @@ def fit(
     """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
     from . import api, render
 
-    opts = O.plan_options(
-        gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
-        max_num_seqs=max_num_seqs, block_size=block_size, enforce_eager=enforce_eager,
-        vllm_version=vllm_version, kv_cache_memory=kv_cache_memory, optim=optim, grad_ckpt=grad_ckpt,
-        lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, lora_dropout=lora_dropout,
-        precision=precision, zero=zero, attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare)
+    opts = O.plan_options_from(locals())
     p = api.plan(model, gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx,
                  dtype=dtype, kv_dtype=kv_dtype, method=method, no_cache=no_cache, tp=tp, pp=pp,
                  **opts)

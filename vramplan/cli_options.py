@@ -41,6 +41,13 @@ DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 
 SERVE_FLAGS = ("gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs", "block_size",
                "enforce_eager", "vllm_version", "kv_cache_memory")
+TRAIN_FLAGS = ("optim", "grad_ckpt", "lora_r", "lora_alpha", "lora_targets", "lora_dropout",
+               "precision", "zero", "attn", "lora_dtype", "kbit_prepare")
+
+
+def plan_options_from(args: dict) -> dict:
+    """plan_options() of the serve and training flags among a command's arguments (its locals())."""
+    return plan_options(**{k: args[k] for k in SERVE_FLAGS + TRAIN_FLAGS if k in args})
 
 
 def plan_options(**kw) -> dict:

@@ -54,12 +54,7 @@ def compare(
         from .plot import check_target
 
         check_target(plot)
-    opts = O.plan_options(gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
-                    max_num_seqs=max_num_seqs, block_size=block_size, enforce_eager=enforce_eager,
-                    vllm_version=vllm_version, kv_cache_memory=kv_cache_memory, optim=optim,
-                    grad_ckpt=grad_ckpt, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
-                    lora_dropout=lora_dropout, precision=precision, zero=zero, attn=attn,
-                    lora_dtype=lora_dtype, kbit_prepare=kbit_prepare)
+    opts = O.plan_options_from(locals())
     c = run(model, gpus, mode=mode, batch=batch, ctx=ctx, dtype=dtype, kv_dtype=kv_dtype, prices=price,
             price_source=price_source, efficiency=efficiency, **opts)
     _print(out, lambda: render.comparison_json(c), lambda: render.comparison_table(c),
@@ -101,12 +96,7 @@ def sweep(
         from .plot import check_target
 
         check_target(plot)
-    opts = O.plan_options(gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
-                    max_num_seqs=max_num_seqs, block_size=block_size, enforce_eager=enforce_eager,
-                    vllm_version=vllm_version, kv_cache_memory=kv_cache_memory, optim=optim,
-                    grad_ckpt=grad_ckpt, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
-                    lora_dropout=lora_dropout, precision=precision, zero=zero, attn=attn,
-                    lora_dtype=lora_dtype, kbit_prepare=kbit_prepare)
+    opts = O.plan_options_from(locals())
     s = run(model, gpu, ctx=ctx, batch=batch, gpu_mem=gpu_mem, mode=mode,
             dtype=dtype, kv_dtype=kv_dtype, tp=tp, pp=pp, **opts)
     _print(out, lambda: render.sweep_json(s), lambda: render.sweep_table(s), lambda: render.sweep_csv(s),
