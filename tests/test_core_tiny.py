@@ -19,18 +19,23 @@ def test_tiny_params(tiny):
     assert tiny.params == TINY_LLAMA_PARAMS
 
 
-def test_bf16_weights_are_two_bytes_per_param(tiny):
-    assert weight_bytes(tiny, resolve_format(tiny, "bf16")).total == 2 * TINY_LLAMA_PARAMS
+def test_bf16_weights_are_two_bytes_per_param_in_512_byte_blocks(tiny):
+    # 2 B per param, except that each tensor is its own allocation, rounded up to 512 B: the five
+    # RMSNorm weights (64 values, 128 B) take 512 each, 5 x 384 = 1,920 B more.
+    assert weight_bytes(tiny, resolve_format(tiny, "bf16")).total == 2 * TINY_LLAMA_PARAMS + 1_920
 
 
 def test_nf4_double_quant_bytes(tiny):
-    # One tensor of N values: N/2 packed + N/64 uint8 absmax + 4 * ceil((N/64)/256) fp32 absmax2
-    #   q, o   (4096): 2048 + 64 + 4  = 2116
-    #   k, v   (2048): 1024 + 32 + 4  = 1060
-    #   g/u/d  (8192): 4096 + 128 + 4 = 4228
-    #   per layer 2*2116 + 2*1060 + 3*4228 = 19,036; two layers 38,072
-    # Kept in bf16: embed + lm_head 32,768 params + norms 2*128 + 64 = 320 params -> 66,176 B
-    assert weight_bytes(tiny, resolve_format(tiny, "nf4")).total == 38_072 + 66_176
+    # One matrix of N values is five allocations, each rounded up to 512 B: N/2 packed codes,
+    # N/64 uint8 absmax, 4 * ceil((N/64)/256) fp32 nested absmax, the fp32 code table [16] and the
+    # fp32 offset []:
+    #   q, o   (4096): 2048 + 512 + 512 + 512 + 512 = 4096
+    #   k, v   (2048): 1024 + 512 + 512 + 512 + 512 = 3072
+    #   g/u/d  (8192): 4096 + 512 + 512 + 512 + 512 = 6144
+    #   per layer 2*4096 + 2*3072 + 3*6144 = 32,768; two layers 65,536
+    # Kept in bf16: embed + lm_head 2 x 32,768 B, five norms of 128 B in 512-B blocks: 68,096 B
+    # Shared once: the nested absmax's 256-entry fp32 dynamic map, 1,024 B
+    assert weight_bytes(tiny, resolve_format(tiny, "nf4")).total == 65_536 + 68_096 + 1_024
 
 
 def test_gptq_tensor_layout():

@@ -60,8 +60,12 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
                   max_num_batched_tokens: int | str | None = None,
                   max_num_seqs: int | None = None, block_size: int = 16,
                   enforce_eager: bool = False, kv_cache_memory: int | str | None = None,
-                  vllm_version: str | None = None, gpu_count: int = 1, **train_options) -> Workload:
+                  vllm_version: str | None = None, gpu_count: int = 1,
+                  transformers: int | str | None = None, **train_options) -> Workload:
     """Validate every knob and build the Workload; bad values raise BadInput.
+
+    `transformers` is the major version whose module layout infer and training assume (4 or 5);
+    None means the installed transformers, else 5 (the current major).
 
     Training modes take TrainingArguments / LoraConfig names: optim, grad_ckpt, lora_r,
     lora_alpha, lora_targets, lora_dropout, precision, zero, attn (core.training)."""
@@ -99,7 +103,29 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
         mode=mode, batch=parse_tokens(batch, "--batch"), ctx=parse_tokens(ctx, "--ctx"),
         dtype=normalize(dtype, WEIGHT_FORMATS, "--dtype"),
         kv_dtype=normalize(kv_dtype, KV_FORMATS, "--kv-dtype"), serve=serve, train=train,
+        transformers=transformers_major(transformers) if mode != "serve" else TRANSFORMERS_MAJORS[-1],
     )
+
+
+TRANSFORMERS_MAJORS = (4, 5)
+
+
+def transformers_major(value: int | str | None = None) -> int:
+    """--transformers 4|5; None: the installed transformers' major version (read from package
+    metadata, no import), else the newest we model. Infer and training plans depend on it."""
+    if value is None:
+        from importlib import metadata
+
+        try:
+            value = metadata.version("transformers").split(".")[0]
+        except metadata.PackageNotFoundError:
+            return TRANSFORMERS_MAJORS[-1]
+        return min(max(int(value), TRANSFORMERS_MAJORS[0]), TRANSFORMERS_MAJORS[-1]) if value.isdigit() \
+            else TRANSFORMERS_MAJORS[-1]
+    major = str(value).strip().split(".")[0]
+    if not major.isdigit() or int(major) not in TRANSFORMERS_MAJORS:
+        raise BadInput(f"--transformers {value!r}: give the major version to plan for, 4 or 5.")
+    return int(major)
 
 
 def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem: str | int | None = None,

@@ -62,7 +62,7 @@ def fit(
     lora_dropout: Optional[float] = O.LORA_DROPOUT, precision: Optional[str] = O.PRECISION,
     zero: Optional[int] = O.ZERO, attn: Optional[str] = O.ATTN,
     lora_dtype: Optional[str] = O.LORA_DTYPE, kbit_prepare: Optional[str] = O.KBIT,
-    debug: bool = O.DEBUG,
+    transformers: Optional[int] = O.HF, debug: bool = O.DEBUG,
 ) -> None:
     """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
     from . import api, render

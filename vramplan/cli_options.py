@@ -37,6 +37,7 @@ ZERO = typer.Option(None, "--zero", help="train: ZeRO stage 0-3 over the GPU cou
 ATTN = typer.Option(None, "--attn", help="train: sdpa, eager or flash_attention_2.")
 LORA_DTYPE = typer.Option(None, "--lora-dtype", help="lora/qlora: adapter dtype, fp32 (peft's default) or bf16.")
 KBIT = typer.Option(None, "--kbit-prepare", help="qlora: peft (prepare_model_for_kbit_training: fp32 embeddings/norms), trl, or none.")
+HF = typer.Option(None, "--transformers", help="infer/train: the transformers major version planned, 4 or 5 (default: the installed one, else 5). Under 5, bitsandbytes leaves fused MoE experts and FalconLinear in 16 bits.")
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 
 SERVE_FLAGS = ("gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs", "block_size",
@@ -47,7 +48,7 @@ TRAIN_FLAGS = ("optim", "grad_ckpt", "lora_r", "lora_alpha", "lora_targets", "lo
 
 def plan_options_from(args: dict) -> dict:
     """plan_options() of the serve and training flags among a command's arguments (its locals())."""
-    return plan_options(**{k: args[k] for k in SERVE_FLAGS + TRAIN_FLAGS if k in args})
+    return plan_options(**{k: args[k] for k in SERVE_FLAGS + TRAIN_FLAGS + ("transformers",) if k in args})
 
 
 def plan_options(**kw) -> dict:

@@ -92,6 +92,8 @@ def plan_json(p: Plan) -> dict:
                 "kv_dtype_requested": w.kv_dtype, "method": "analytic"}
     if w.mode == "serve":
         workload.update({k: v for k, v in w.serve.__dict__.items()})
+    else:
+        workload["transformers"] = w.transformers
     out = {
         "vramplan_version": __version__,
         "model": model_json(p.model), "gpu": gpu, "workload": workload,

@@ -123,6 +123,8 @@ class Quantization:
     block_size: tuple[int, int] | None = None  # FP8 block scales, e.g. (128, 128)
     double_quant: bool = False                 # bitsandbytes nested absmax quantization
     skip: tuple[str, ...] = ()
+    keep_roles: tuple[str, ...] = ()           # tensor roles the quantizer cannot reach (e.g. the
+                                               # fused 3-D experts under transformers 5 + bitsandbytes)
     pre_quantized: bool = False                # read from the checkpoint's quantization_config
     desc_act: bool = False                     # GPTQ act-order (adds g_idx, always stored)
 
@@ -249,6 +251,8 @@ class Workload:
     kv_dtype: str = "auto"
     serve: ServeOptions = field(default_factory=ServeOptions)
     train: object = None         # training modes: core.training.TrainOptions
+    transformers: int = 5        # infer/training: the transformers major version whose module
+                                 # layout is planned (what bitsandbytes converts differs, 4 vs 5)
 
 
 @dataclass(frozen=True)

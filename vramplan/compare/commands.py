@@ -42,7 +42,7 @@ def compare(
     lora_alpha: Optional[int] = O.LORA_ALPHA, lora_targets: Optional[str] = O.LORA_TARGETS,
     lora_dropout: Optional[float] = O.LORA_DROPOUT, precision: Optional[str] = O.PRECISION,
     zero: Optional[int] = O.ZERO, attn: Optional[str] = O.ATTN, lora_dtype: Optional[str] = O.LORA_DTYPE,
-    kbit_prepare: Optional[str] = O.KBIT, debug: bool = O.DEBUG,
+    kbit_prepare: Optional[str] = O.KBIT, transformers: Optional[int] = O.HF, debug: bool = O.DEBUG,
 ) -> None:
     """The same workload on every catalog GPU: fits on one card, GPUs needed, max batch and ctx,
     $/h, estimated tok/s and $/M tokens, cheapest first. Exit 0 when some GPU fits, 1 when none."""
@@ -84,7 +84,7 @@ def sweep(
     lora_alpha: Optional[int] = O.LORA_ALPHA, lora_targets: Optional[str] = O.LORA_TARGETS,
     lora_dropout: Optional[float] = O.LORA_DROPOUT, precision: Optional[str] = O.PRECISION,
     zero: Optional[int] = O.ZERO, attn: Optional[str] = O.ATTN, lora_dtype: Optional[str] = O.LORA_DTYPE,
-    kbit_prepare: Optional[str] = O.KBIT, debug: bool = O.DEBUG,
+    kbit_prepare: Optional[str] = O.KBIT, transformers: Optional[int] = O.HF, debug: bool = O.DEBUG,
 ) -> None:
     """Where a workload fits on a card: every context x batch of a grid, fit or not, and the
     largest batch at each context. Exit 0 when some point fits, 1 when none does."""

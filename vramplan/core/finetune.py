@@ -12,7 +12,7 @@ from . import activations as act
 from . import overhead, training
 from .dtypes import FLOAT_BYTES
 from .setup import Breakdown, Setup
-from .weights import resolve_format
+from .weights import resolve_format, transformers_bnb
 
 # The caching allocator's reserve in training: blocks freed by the backward pass are cached in
 # segments that later, differently sized requests cannot reuse. reference/gpus.md: "reserved
@@ -26,18 +26,19 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     dtype = workload.dtype
     if workload.mode == "qlora" and dtype == "auto":
         dtype = "nf4"
-    fmt = resolve_format(model, dtype)
+    fmt, warnings = transformers_bnb(model, resolve_format(model, dtype), workload.transformers)
     capacity = target.per_gpu_bytes
     if target.free_bytes is not None:
         capacity = min(capacity, target.free_bytes)
     return Setup(model, target, workload, fmt, fmt.base, FLOAT_BYTES[fmt.base],
                  FLOAT_BYTES[fmt.base], 0, overhead.runtime_overhead(target.gpu, opts.world),
-                 capacity, widest=act.widest_layer(model), mode_data={"dtype": dtype})
+                 capacity, widest=act.widest_layer(model), mode_data={"dtype": dtype},
+                 warnings=warnings)
 
 
 def components(s: Setup, batch: int, ctx: int) -> Breakdown:
     w = s.workload
-    peak = training.training_peak(s.model, w.mode, batch, ctx, w.train, s.mode_data["dtype"])
+    peak = training.training_peak(s.model, w.mode, batch, ctx, w.train, s.mode_data["dtype"], w.transformers)
     parts = {k: v for k, v in peak.components.items() if v}
     parts["allocator_slack"] = overhead.allocator_slack(peak.peak_allocated_bytes, ALLOCATOR_SLACK_TRAIN)
     parts.update(s.overhead)

@@ -14,11 +14,11 @@ from . import kv_cache as kv
 from . import overhead
 from .dtypes import FLOAT_BYTES
 from .setup import Breakdown, Setup, resolve_kv_dtype
-from .weights import resolve_format, weight_bytes
+from .weights import resolve_format, transformers_bnb, weight_bytes
 
 
 def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
-    fmt = resolve_format(model, workload.dtype)
+    fmt, warnings = transformers_bnb(model, resolve_format(model, workload.dtype), workload.transformers)
     kv_dtype = resolve_kv_dtype(workload.kv_dtype, fmt)
     # accelerate's device_map="auto" splits the layers evenly over the cards
     weights = ceil_div(weight_bytes(model, fmt).total, target.count)
@@ -28,7 +28,7 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     return Setup(model, target, workload, fmt, kv_dtype, FLOAT_BYTES[kv_dtype],
                  FLOAT_BYTES[fmt.base], weights,
                  overhead.runtime_overhead(target.gpu, target.count), capacity,
-                 widest=act.widest_layer(model))
+                 widest=act.widest_layer(model), warnings=warnings)
 
 
 def components(s: Setup, batch: int, ctx: int) -> Breakdown:

@@ -59,6 +59,23 @@ def recurrent_bytes_per_sequence(model: ModelSpec, elem_bytes: int) -> int:
     return sum(r.state_elems for r in recurrent_layers(model)) * elem_bytes
 
 
+# transformers keeps a Mamba layer's SSM state in fp32 (the scan's final state, zeros_like'd into
+# LinearAttentionLayer.recurrent_states) whatever the model dtype: measured by the trace tier,
+# docs/trace.md gap 4.
+HF_SSM_STATE_BYTES = 4
+
+
+def transformers_state_bytes(model: ModelSpec, act_bytes: int) -> int:
+    """One sequence's recurrent state in transformers' cache (cache_utils.LinearAttentionLayer):
+    the conv state keeps all `conv_kernel` columns (update_conv_state is told the kernel size),
+    not vLLM's kernel - 1, in the model dtype; the SSM state is fp32."""
+    total = 0
+    for r in recurrent_layers(model):
+        conv = r.conv_channels * r.conv_kernel if r.conv_channels else r.conv_state_elems
+        total += conv * act_bytes + r.ssm_state_elems * HF_SSM_STATE_BYTES
+    return total
+
+
 def kept_tokens(a: Attention, ctx: int) -> int:
     if a.kind in ("sliding", "chunked") and a.window:
         return min(ctx, a.window)
@@ -66,15 +83,16 @@ def kept_tokens(a: Attention, ctx: int) -> int:
 
 
 def contiguous_cache_bytes(model: ModelSpec, elem_bytes: int, batch: int, ctx: int,
-                           state_bytes: int | None = None, windowed: bool = True) -> int:
-    """transformers' cache after `ctx` tokens for `batch` sequences.
+                           act_bytes: int | None = None, windowed: bool = True) -> int:
+    """transformers' cache after `ctx` tokens for `batch` sequences (recurrent states in its
+    layout: transformers_state_bytes, with the model's activation dtype `act_bytes`).
 
     windowed=False is the cache right after a prefill: a sliding layer keeps a view of the last
     `window` tokens of the whole prompt's K/V, so the whole prompt stays allocated until the
     first decode step replaces it (DynamicSlidingWindowLayer.update; docs/trace.md gap 2)."""
     per_seq = sum(a.kv_elems_per_token * (kept_tokens(a, ctx) if windowed else ctx)
                   for a in attention_layers(model))
-    state = recurrent_bytes_per_sequence(model, state_bytes or elem_bytes)
+    state = transformers_state_bytes(model, act_bytes or elem_bytes)
     return batch * (per_seq * elem_bytes + state)
 
 

@@ -20,6 +20,11 @@ CUDA_CONTEXT_BYTES = 426 * MiB
 CUBLAS_WORKSPACE_HOPPER_BYTES = 32 * MiB
 CUBLAS_WORKSPACE_BYTES = 8 * MiB + 128 * 1024
 
+# The caching allocator rounds every allocation up to a multiple of 512 B (kMinBlockSize in
+# c10/cuda/CUDACachingAllocator.cpp) and memory_allocated() counts the rounded size, so each
+# tensor costs block_rounded(its bytes): a Qwen3 q_norm of 256 B takes 512.
+ALLOC_BLOCK = 512
+
 # The caching allocator rounds every block to 512 B, serves requests <= 1 MiB from 2 MiB
 # segments and rounds larger ones up to 2 MiB; in inference the churn of prefill transients
 # leaves cached-but-free blocks of a few percent of the transient working set
@@ -48,6 +53,11 @@ def runtime_overhead(gpu: GpuSpec | None, world_size: int) -> dict[str, int]:
     if world_size > 1:
         parts["nccl"] = NCCL_BYTES_PER_RANK
     return parts
+
+
+def block_rounded(nbytes: int) -> int:
+    """Bytes the caching allocator hands out for a tensor of `nbytes` (0 stays 0)."""
+    return -(-nbytes // ALLOC_BLOCK) * ALLOC_BLOCK
 
 
 def allocator_slack(transient_bytes: int, fraction: float = ALLOCATOR_SLACK_INFER) -> int:

@@ -64,7 +64,7 @@ def build(model: ModelSpec, target: GpuTarget, workload: Workload,
     batch, ctx = workload.batch, workload.ctx
     b = components(s, batch, ctx)
     max_batch, max_ctx = _limits(s, batch, ctx)
-    warnings = list(model.warnings)
+    warnings = list(model.warnings) + list(s.warnings)
     if s.fmt.base == "fp32" and model.extra.get("torch_dtype_assumed"):
         warnings.append("config.json names no torch_dtype, so the weights are taken as fp32 "
                         "(transformers' default); pass --dtype bf16 if the checkpoint is 16-bit.")

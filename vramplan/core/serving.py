@@ -33,7 +33,7 @@ from .limits import largest_fitting
 from .overhead import CUDA_CONTEXT_BYTES, NCCL_BYTES_PER_RANK
 from .parallel import check_parallel, pp_stages, stage_tensors, tp_divisor
 from .setup import Breakdown, Setup, resolve_kv_dtype
-from .weights import WeightFormat, quantized_bytes, quantizes, resolve_format, weight_bytes
+from .weights import WeightFormat, allocated_bytes, quantizes, resolve_format, weight_bytes
 
 # Whose accounting is modelled (--vllm-version picks one; vllm-accounting.md A.2, A.4, A.8):
 #   0.9-0.10   NCCL is set up after the start-up snapshot, so on NVLink machines its buffers count as
@@ -185,7 +185,7 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: Gp
             continue
         held = 0
         for t in experts:
-            b = quantized_bytes(t, q) if quantizes(t, q) else t.numel * FLOAT_BYTES[fmt.base]
+            b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base])
             held += ceil_div(b, divisor(t)) if divisor else b
         i = ceil_div(m.intermediate // tp, align_i) * align_i
         w13, w2 = 2 * i * h, h * i                    # [E, 2I, H] and [E, H, I] values

@@ -25,6 +25,7 @@ class Setup:
     tp: int = 1
     widest: tuple[int, str] = (0, "")     # activation elements per token of the widest layer
     mode_data: dict = field(default_factory=dict, hash=False, compare=False)
+    warnings: tuple[str, ...] = ()        # what the plan should say about this mode's assumptions
 
 
 @dataclass(frozen=True)

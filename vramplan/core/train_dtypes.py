@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from ..errors import BadInput
 from ..spec import ModelSpec, Tensor
 from .train_options import TrainOptions
-from .weights import WeightFormat, quantized_bytes, quantizes, resolve_format
+from .overhead import block_rounded
+from .weights import WeightFormat, allocated_bytes, resolve_format, transformers_bnb
 
 QLORA_BASES = ("nf4", "fp4", "int8")
 
@@ -49,12 +50,13 @@ def float_bytes(weight_dtype: str, mode: str) -> int:
                    f"it trains 16- or 32-bit weights (bf16, fp16, fp32); for a 4-bit base use --mode qlora.")
 
 
-def qlora_base(model: ModelSpec, weight_dtype: str | None) -> WeightFormat:
-    """The quantized format of a QLoRA base: nf4 unless --dtype names fp4 or int8."""
+def qlora_base(model: ModelSpec, weight_dtype: str | None, transformers: int = 5) -> WeightFormat:
+    """The quantized format of a QLoRA base: nf4 unless --dtype names fp4 or int8, with what
+    that transformers version's bitsandbytes conversion leaves in 16 bits (weights.transformers_bnb)."""
     wd = "nf4" if weight_dtype in ("auto", None) else weight_dtype.strip().lower()
     if wd not in QLORA_BASES:
         raise BadInput(f"--dtype {weight_dtype!r} does not apply to --mode qlora; use nf4 (default), fp4 or int8.")
-    return resolve_format(model, wd)
+    return transformers_bnb(model, resolve_format(model, wd), transformers)[0]
 
 
 def numerics(mode: str, o: TrainOptions, weight_dtype: str) -> Numerics:
@@ -86,13 +88,13 @@ def numerics(mode: str, o: TrainOptions, weight_dtype: str) -> Numerics:
     return Numerics(2, 2, 2, 2, 2, True, False, lw, False, lw, lw, False, False, int8)
 
 
-def stored_weights(mode: str, o: TrainOptions, model: ModelSpec, weight_dtype: str):
+def stored_weights(mode: str, o: TrainOptions, model: ModelSpec, weight_dtype: str, transformers: int = 5):
     """(bytes of one tensor as stored, label) for the frozen/working copy of the weights."""
     if mode in ("full", "lora"):
         e = 2 if (mode == "full" and o.precision == "mixed") else float_bytes(weight_dtype, mode)
         name = {2: "bf16" if model.torch_dtype != "fp16" else "fp16", 4: "fp32"}[e]
-        return (lambda t: t.numel * e), name
-    fmt = qlora_base(model, weight_dtype)
+        return (lambda t: block_rounded(t.numel * e)), name
+    fmt = qlora_base(model, weight_dtype, transformers)
     q = fmt.quant
     kp = o.kbit_prepare
 
@@ -104,7 +106,7 @@ def stored_weights(mode: str, o: TrainOptions, model: ModelSpec, weight_dtype: s
         return 2
 
     def fn(t: Tensor) -> int:
-        return quantized_bytes(t, q) if quantizes(t, q) else t.numel * kept(t)
+        return allocated_bytes(t, q, kept(t))
 
     kept_label = {"peft": "rest fp32 (peft prepare_model_for_kbit_training)",
                   "trl": "norms fp32, embeddings/lm_head 16-bit (TRL/qlora.py)", "none": "rest 16-bit"}[kp]

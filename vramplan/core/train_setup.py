@@ -20,7 +20,7 @@ from .optimizers import (Param, describe_state, describe_step_temporaries, param
 from .train_activations import LayerCost, head_saved, layer_cost
 from .train_dtypes import numerics, qlora_base, stored_weights
 from .train_options import TRAIN_MODES, TrainOptions
-from .weights import quantizes
+from .weights import quantizes, shared_state_bytes
 
 # Tensor names of vision/audio towers: a text-only step runs none of them.
 _TOWER_WORDS = ("vision", "visual", "multi_modal", "audio")
@@ -61,15 +61,17 @@ def _param(t: Tensor) -> Param:
 
 
 @lru_cache(maxsize=128)
-def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str) -> StepSetup:
-    """Everything of a training step that batch and context do not change."""
+def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
+               transformers: int = 5) -> StepSetup:
+    """Everything of a training step that batch and context do not change, for the module
+    layout of that transformers major version."""
     if mode not in TRAIN_MODES:
         raise BadInput(f"--mode {mode!r} is not a training mode; use one of: {', '.join(TRAIN_MODES)}.")
     n = numerics(mode, o, weight_dtype)
     opt = resolve_optim(o.optim)
     N = o.world
     z = o.zero if N > 1 else 0
-    wfn, wlabel = stored_weights(mode, o, model, weight_dtype)
+    wfn, wlabel = stored_weights(mode, o, model, weight_dtype, transformers)
     adapted_all = () if mode == "full" else adapted_modules(model, o.lora_targets)
     by_layer: dict[int | None, dict[str, Adapted]] = {}
     for a in adapted_all:
@@ -120,6 +122,8 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str) 
     w_shard = N if z == 3 else 1
     static: dict[str, int] = {}
     all_weights = sum(wbytes(t) for t in model.all_tensors())
+    if mode == "qlora":
+        all_weights += shared_state_bytes(model, qlora_base(model, weight_dtype, transformers).quant)
     copies_are_weights = mode == "full" and n.layer_copies
     static["weights"] = 0 if copies_are_weights else ceil_div(all_weights, w_shard)
     if mode != "full":
@@ -162,7 +166,7 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str) 
     # and backward (bitsandbytes MatMul4Bit); one matrix at a time.
     dequant = 0
     if mode == "qlora":
-        q = qlora_base(model, weight_dtype).quant
+        q = qlora_base(model, weight_dtype, transformers).quant
         dequant = 2 * max((t.shape[-1] * t.shape[-2] for t in model.all_tensors()
                            if quantizes(t, q) and len(t.shape) >= 2), default=0)
 

@@ -64,11 +64,12 @@ def _mask_bytes(window: int, batch: int, ctx: int, attn_bytes: int) -> int:
 
 
 def training_peak(model: ModelSpec, mode: str, batch: int, ctx: int, opts: TrainOptions,
-                  weight_dtype: str = "auto") -> TrainingPeak:
-    """Peak bytes per GPU of one training step and the phase where it falls."""
+                  weight_dtype: str = "auto", transformers: int = 5) -> TrainingPeak:
+    """Peak bytes per GPU of one training step and the phase where it falls, with the module
+    layout of that transformers major version."""
     _check_count(batch, "--batch")
     _check_count(ctx, "--ctx")
-    s = _setup(model, mode, opts, weight_dtype or "auto")
+    s = _setup(model, mode, opts, weight_dtype or "auto", transformers)
     T = batch * ctx
     gc = opts.grad_ckpt
     static = s.static

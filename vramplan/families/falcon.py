@@ -80,5 +80,9 @@ def parse(cfg: Cfg):
         cfg, family="falcon", hidden=H, vocab=vocab, layers=layers, tensors=outside, tied=tied,
         dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None if cfg.bool("alibi") else 2048),
-        extra={"head_dim": hd, "new_decoder_architecture": new_arch, "alibi": cfg.bool("alibi")},
+        extra={"head_dim": hd, "new_decoder_architecture": new_arch, "alibi": cfg.bool("alibi"),
+               # transformers builds these as FalconLinear, an nn.Linear subclass (core/weights.py
+               # transformers_bnb: bitsandbytes in transformers 5 leaves them 16-bit)
+               "hf_linear_subclass": ("FalconLinear", ("query_key_value", "dense", "dense_h_to_4h",
+                                                       "dense_4h_to_h"))},
     )

@@ -138,6 +138,13 @@ def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
         raise BadInput(f"The trace lays out 16-bit and bitsandbytes 4-bit (nf4, fp4) weights; "
                        f"{s.fmt.label} is planned by the analytic tier only. Use --method analytic, "
                        f"or --dtype bf16 to trace the 16-bit model.")
+    if w.mode != "serve":
+        from ..api import transformers_major
+
+        installed = transformers_major()
+        if w.transformers != installed:
+            raise BadInput(f"--transformers {w.transformers}: the trace runs the installed transformers "
+                           f"(major version {installed}); plan another version with --method analytic.")
     fields = dict(mode=w.mode, batch=w.batch, ctx=w.ctx, dtype=s.fmt.base, quant=q.method,
                   double_quant=q.double_quant, skip=tuple(q.skip))
     if w.mode == "serve":

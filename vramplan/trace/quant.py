@@ -6,9 +6,10 @@ linears and stay in 16 bits. A `Linear4bit` holds (bitsandbytes 0.45+, blocksize
 
     weight   uint8 [ceil(n/2), 1]         two 4-bit codes per byte
     absmax   fp32 [ceil(n/64)]            or, with double quantization:
-             uint8 [ceil(n/64)] + nested absmax fp32 [ceil(n/64/256)] + nested code fp32 [256]
-             + offset fp32 []
-    code     fp32 [16]                    the NF4/FP4 lookup table
+             uint8 [ceil(n/64)] + nested absmax fp32 [ceil(n/64/256)] + offset fp32 [], and the
+             nested code fp32 [256], one tensor the whole model shares (bitsandbytes caches
+             that dynamic map on the device of its first use: `name2qmap`)
+    code     fp32 [16]                    the NF4/FP4 lookup table, one per layer
 
 Its forward (`bnb.matmul_4bit` -> `MatMul4Bit`) dequantizes the whole weight for every call with
 more than one token or with autograd on: the nested absmax to fp32 [ceil(n/64)], then the weight
@@ -26,7 +27,7 @@ import types
 import torch
 from torch import nn
 
-from ..core.weights import NF4_BLOCK, NF4_DQ_BLOCK, is_skipped
+from ..core.weights import NF4_BLOCK, NF4_CODE_VALUES, NF4_DQ_BLOCK, NF4_DQ_CODE_VALUES, is_skipped
 
 _STATE = ("absmax", "nested_absmax", "nested_code", "offset", "code")
 
@@ -34,7 +35,8 @@ _STATE = ("absmax", "nested_absmax", "nested_code", "offset", "code")
 class Linear4bit(nn.Module):
     """The storage and the forward allocations of `bnb.nn.Linear4bit`."""
 
-    def __init__(self, linear: nn.Module, double_quant: bool, compute_dtype: torch.dtype):
+    def __init__(self, linear: nn.Module, double_quant: bool, compute_dtype: torch.dtype,
+                 nested_code: torch.Tensor | None = None):
         super().__init__()
         out_f, in_f = _features(linear)
         self.in_features, self.out_features = in_f, out_f
@@ -49,11 +51,12 @@ class Linear4bit(nn.Module):
             self.register_buffer("absmax", torch.empty(self.blocks, dtype=torch.uint8, **meta))
             self.register_buffer("nested_absmax", torch.empty(-(-self.blocks // NF4_DQ_BLOCK),
                                                               dtype=torch.float32, **meta))
-            self.register_buffer("nested_code", torch.empty(256, dtype=torch.float32, **meta))
+            self.register_buffer("nested_code", nested_code if nested_code is not None else
+                                 torch.empty(NF4_DQ_CODE_VALUES, dtype=torch.float32, **meta))
             self.register_buffer("offset", torch.empty((), dtype=torch.float32, **meta))
         else:
             self.register_buffer("absmax", torch.empty(self.blocks, dtype=torch.float32, **meta))
-        self.register_buffer("code", torch.empty(16, dtype=torch.float32, **meta))
+        self.register_buffer("code", torch.empty(NF4_CODE_VALUES, dtype=torch.float32, **meta))
         bias = getattr(linear, "bias", None)
         self.bias = nn.Parameter(bias.data, requires_grad=False) if bias is not None else None
 
@@ -128,19 +131,25 @@ def quantize_linears(model: nn.Module, method: str, double_quant: bool,
     stay. Returns how many were replaced."""
     if method not in ("nf4", "fp4"):
         raise ValueError(method)
+    import transformers
     from transformers.pytorch_utils import Conv1D
 
+    # transformers 5 converts exact nn.Linear only (FalconLinear, a subclass, stays 16-bit); 4.x
+    # converted every isinstance (core/weights.py transformers_bnb plans the same rule)
+    exact = int(transformers.__version__.split(".")[0]) >= 5
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    shared = torch.empty(NF4_DQ_CODE_VALUES, dtype=torch.float32, device="meta")   # name2qmap["dynamic"]
     count = 0
     for name, module in list(model.named_modules()):
         base = getattr(module, "base_layer", None)       # a peft LoRA wrapper
         for child_name, child in list(module.named_children()):
             full = _strip_peft(f"{name}.{child_name}" if name else child_name)
-            if type(child) is not nn.Linear and not isinstance(child, Conv1D):
+            linear = type(child) is nn.Linear if exact else isinstance(child, nn.Linear)
+            if not linear and not isinstance(child, Conv1D):
                 continue
             if child is head or ".lora_" in f".{full}" or is_skipped(full, skip):
                 continue
-            setattr(module, child_name, Linear4bit(child, double_quant, compute_dtype))
+            setattr(module, child_name, Linear4bit(child, double_quant, compute_dtype, shared))
             count += 1
             if child is base:
                 module.forward = types.MethodType(_lora4bit_forward, module)

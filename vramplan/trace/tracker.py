@@ -24,11 +24,7 @@ from torch.nn.modules import module as _nn_module
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-BLOCK = 512     # CUDACachingAllocator rounds every allocation up to a multiple of 512 bytes
-
-
-def rounded(nbytes: int) -> int:
-    return -(-nbytes // BLOCK) * BLOCK
+from ..core.overhead import block_rounded as rounded   # the allocator's 512-B blocks, shared with the analytic tier
 
 
 @dataclass

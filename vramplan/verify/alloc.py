@@ -40,16 +40,19 @@ class Row:
 
 
 def pieces(name: str, planned: int, plan) -> list[int]:
-    """Tensor sizes summing exactly to `planned`, split the way a real run splits them."""
+    """Tensor sizes that the allocator turns into exactly `planned` bytes (weights: one per
+    checkpoint tensor, each rounded to its 512-B block as the plan counts it), split the way a
+    real run splits them."""
     if planned <= 0:
         return []
     if name == "weights":
         from ..core.dtypes import FLOAT_BYTES
+        from ..core.overhead import block_rounded
 
         per = FLOAT_BYTES.get(plan.weight_dtype)
         if per and plan.target.count == 1:
             sizes = [t.numel * per for t in plan.model.all_tensors()]
-            if sum(sizes) == planned:
+            if sum(block_rounded(s) for s in sizes) == planned:
                 return [s for s in sizes if s]
     if name == "kv_cache":
         n = 2 * len(plan.model.attention_layers)
