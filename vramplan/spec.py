@@ -94,6 +94,8 @@ class Mlp:
     num_experts: int = 0
     top_k: int = 0
     shared_intermediate: int = 0     # total width of always-on shared experts (0: none)
+    act: str = ""                    # the activation, where its memory differs from a fused
+                                     # kernel's: "gelu_new" (transformers' Python tanh GELU)
 
 
 @dataclass(frozen=True)

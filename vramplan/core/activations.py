@@ -6,7 +6,8 @@ replaces its input. We model the two widest points of each layer and take the wo
 
 The residual stream costs 4 * T * hidden everywhere: the embedding output (held by the model's
 forward for the whole pass), the layer input (held by the layer loop), the residual and the
-normed input (measured by the trace tier, docs/trace.md gap 1).
+normed input (measured by the trace tier, docs/trace.md gap 1). GPT-2 keeps 6 (its family says
+why: ModelSpec.extra["residual_tensors"]).
 
 attention (SDPA, causal, no padding mask, so no seq x seq scores are materialized):
     residual stream                  4 * T * hidden
@@ -17,6 +18,7 @@ attention (SDPA, causal, no padding mask, so no seq x seq scores are materialize
     attention output                 T * q_width
 MLP (gated, SwiGLU/GeGLU):   residual stream 4*T*hidden, act(gate), up, act*up: 3 * T * I
 MLP (plain, GELU/ReLU^2):    residual stream 4*T*hidden, up, act(up):          2 * T * I
+                             (4 * T * I for transformers' Python gelu_new: PYTHON_ACTS)
 MoE: the experts see T * top_k token slots: gathered inputs T*k*hidden plus the MLP above
      with I = expert width, plus router logits T * experts in fp32.
 Mamba2: in_proj output T * (in_proj width) plus the conv/SSM outputs T * 2 * d_inner.
@@ -38,50 +40,62 @@ class Transient:
     where: str      # e.g. "layer 3 mlp"
 
 
-RESIDUAL = 4     # hidden-size tensors alive through a layer (see the module docstring)
+RESIDUAL = 4     # hidden-size tensors alive through a layer (see the module docstring); a family
+                 # whose implementation keeps more says so in ModelSpec.extra["residual_tensors"]
+
+# transformers' activations written in Python (activations.py) run as separate elementwise ops.
+# NewGELU ("gelu_new", GPT-2) is 0.5*x*(1+tanh(c*(x+0.044715*x**3))): in a no-grad forward its
+# input, 0.5*x and two tensors of the chain are alive at once, 4 intermediate-size tensors where
+# a fused GELU has 2 (input, output); autograd saves x, 0.5*x, tanh and 1+tanh, 3 more than a
+# fused GELU's input. Both measured by the trace tier (docs/trace.md gap 8).
+PYTHON_ACTS = {"gelu_new": (4, 3)}   # name -> (alive in a no-grad forward, extra saved), x I
 
 
-def _attention_elems(a: Attention, hidden: int) -> int:
+def _attention_elems(a: Attention, hidden: int, resid: int = RESIDUAL) -> int:
     if a.kind == "mla":
         q = a.num_heads * a.head_dim
         # MLA decompresses the latent to per-head K (nope+rope) and V for the whole prompt.
         k = a.num_heads * a.head_dim
         v = a.num_heads * a.v_head_dim
-        return RESIDUAL * hidden + (a.kv_lora_rank + a.rope_dim) + q + k + v + q + k + a.num_heads * a.v_head_dim
+        return resid * hidden + (a.kv_lora_rank + a.rope_dim) + q + k + v + q + k + a.num_heads * a.v_head_dim
     q = a.num_heads * a.head_dim
     k = a.num_kv_heads * a.head_dim
     v = a.num_kv_heads * a.v_head_dim
     masked = a.kind in ("sliding", "chunked")
     repeat = 2 * q if masked and a.num_kv_heads < a.num_heads else 0
-    return RESIDUAL * hidden + (q + k + v) + (q + k) + repeat + q
+    return resid * hidden + (q + k + v) + (q + k) + repeat + q
 
 
-def _mlp_elems(m: Mlp, hidden: int) -> int:
-    per_slot = (3 if m.gated else 2) * m.intermediate
+def _mlp_elems(m: Mlp, hidden: int, resid: int = RESIDUAL) -> int:
+    per_slot = (3 if m.gated else PYTHON_ACTS.get(m.act, (2, 0))[0]) * m.intermediate
     if m.kind == "dense":
-        return RESIDUAL * hidden + per_slot
+        return resid * hidden + per_slot
     slots = max(m.top_k, 1)
     shared = (3 if m.gated else 2) * m.shared_intermediate
     # router logits are fp32: 2 elements of a 16-bit dtype each
-    return RESIDUAL * hidden + slots * (hidden + per_slot) + shared + 2 * m.num_experts
+    return resid * hidden + slots * (hidden + per_slot) + shared + 2 * m.num_experts
 
 
-def _recurrent_elems(r: Recurrent, hidden: int) -> int:
+def _recurrent_elems(r: Recurrent, hidden: int, resid: int = RESIDUAL) -> int:
     d_inner = r.num_heads * r.head_dim
     in_proj = 2 * d_inner + r.conv_channels - d_inner + r.num_heads
-    return RESIDUAL * hidden + in_proj + 2 * d_inner
+    return resid * hidden + in_proj + 2 * d_inner
 
 
-def layer_peak_elems(layer: LayerSpec, hidden: int) -> tuple[int, str]:
+def residual_tensors(model: ModelSpec) -> int:
+    return model.extra.get("residual_tensors", RESIDUAL)
+
+
+def layer_peak_elems(layer: LayerSpec, hidden: int, resid: int = RESIDUAL) -> tuple[int, str]:
     """Widest point of one layer per token, in activation elements, and which part it is."""
     best, where = 0, ""
     m = layer.mixer
     if isinstance(m, Attention):
-        best, where = _attention_elems(m, hidden), "attention"
+        best, where = _attention_elems(m, hidden, resid), "attention"
     elif isinstance(m, Recurrent):
-        best, where = _recurrent_elems(m, hidden), "mamba"
+        best, where = _recurrent_elems(m, hidden, resid), "mamba"
     if layer.mlp is not None:
-        e = _mlp_elems(layer.mlp, hidden)
+        e = _mlp_elems(layer.mlp, hidden, resid)
         if e > best:
             best, where = e, "mlp"
     return best, where
@@ -94,7 +108,7 @@ def widest_layer(model: ModelSpec) -> tuple[int, str]:
     for layer in model.layers:
         key = (layer.mixer, layer.mlp)
         if key not in seen:
-            seen[key] = layer_peak_elems(layer, model.hidden_size)
+            seen[key] = layer_peak_elems(layer, model.hidden_size, residual_tensors(model))
         e, part = seen[key]
         if e > best:
             best, where = e, f"layer {layer.index} {part}"

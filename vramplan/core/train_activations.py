@@ -108,7 +108,8 @@ def _mlp(m: Mlp, h: int, n: Numerics) -> tuple[int, int]:
     if m.kind == "dense":
         if m.gated:
             return 3 * I * e, 3 * I * e        # gate (act input), act(gate), up; 3 grads in backward
-        return I * e, 2 * I * e                # act input
+        extra = act.PYTHON_ACTS.get(m.act, (0, 0))[1]
+        return (1 + extra) * I * e, 2 * I * e  # act input (+ a Python activation's intermediates)
     k = max(m.top_k, 1)
     per_slot = (3 * I + h) * e                 # gate, act, up, expert output x routing weight
     if n.base_trainable:
@@ -161,6 +162,16 @@ def _linears(layer: LayerSpec, o: TrainOptions, n: Numerics, adapted: dict[str, 
     return per_module + sum(shared.values())
 
 
+def dropout_masks(model: ModelSpec) -> tuple[int, int]:
+    """Bytes per token of the masks training-mode dropout keeps for the backward (CUDA's fused
+    native_dropout: one bool per element): (per decoder layer, outside the layers). A config's
+    residual dropout acts on the attention and the MLP outputs (2 x hidden per layer), its
+    embedding dropout once on the embeddings (GPT-2's resid_pdrop, embd_pdrop)."""
+    p = model.extra.get("dropout", {})
+    h = model.hidden_size
+    return (2 * h if p.get("residual", 0) > 0 else 0), (h if p.get("embedding", 0) > 0 else 0)
+
+
 def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
                adapted: dict[str, Adapted], work_bytes) -> LayerCost:
     """Everything the step needs from one decoder layer; `adapted` are its LoRA-wrapped modules
@@ -170,7 +181,7 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     m = layer.mixer
     math = (isinstance(m, Attention) and o.attn == "sdpa" and n.attn == 4 and m.num_kv_heads < m.num_heads)
     sdpa_like = o.attn != "eager" and not math     # the kernel keeps its output (o_proj's input)
-    saved = _linears(layer, o, n, adapted, sdpa_like)
+    saved = _linears(layer, o, n, adapted, sdpa_like) + dropout_masks(model)[0]
     for t in layer.tensors:
         if t.role == "norm":
             saved += _norm_cost(t, layer, names, h, n)
@@ -189,7 +200,7 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
         saved += s
     lora_in = max((a.in_features for a in adapted.values()), default=0) * n.lora_w
     bwd = max(bwd_mix, bwd_mlp) + 2 * h * n.resid + lora_in
-    peak_elems, _ = act.layer_peak_elems(layer, h)
+    peak_elems, _ = act.layer_peak_elems(layer, h, act.residual_tensors(model))
     fwd = peak_elems * n.lin_out
     fwd_q = (m.num_heads * (n.attn + 4 + 2)) if (isinstance(m, Attention) and (saved_q or o.attn == "eager")) else 0
     matmul = sum(t.numel for t in layer.tensors if t.role in ("linear", "expert", "router"))

@@ -131,6 +131,16 @@ class Cfg:
             raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must be a string, got {v!r}.")
         return v
 
+    def prob(self, *names: str, default: float = 0.0) -> float:
+        """A probability in [0, 1) such as a dropout rate."""
+        v = self.raw(*names)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must be a probability "
+                            f"in [0, 1), got {v!r}.")
+        return float(v)
+
     def require_all(self, names: tuple[str, ...]) -> None:
         """BadConfig naming every missing key at once."""
         missing = [n for n in names if self.d.get(n) is None]

@@ -6,6 +6,12 @@ linear; the checkpoint stores Conv1D weights transposed, (in, out)):
     ln_1 (weight + bias), attn.c_attn [3H, H] + bias, attn.c_proj [H, H] + bias,
     ln_2 (weight + bias), mlp.c_fc [I, H] + bias, mlp.c_proj [H, I] + bias
 transformer.wte [V, H], transformer.wpe [n_positions, H], transformer.ln_f; lm_head tied to wte.
+
+Memory facts of transformers' implementation (measured by the trace tier, docs/trace.md):
+the token and position embeddings stay referenced through the forward and each block keeps its
+attention output until it returns, so 6 hidden-size tensors are alive across a layer, not 4
+(`residual_tensors`); `activation_function` gelu_new is Python (core/activations.py); in
+training, resid_pdrop and embd_pdrop dropouts keep a 1-byte mask per element (`dropout`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ def parse(cfg: Cfg):
     I = cfg.int("n_inner", default=None) or 4 * H
     hd = H // heads
     mixer = Attention("full", heads, heads, hd, hd)
-    mlp = Mlp("dense", I, gated=False)
+    mlp = Mlp("dense", I, gated=False, act=cfg.str("activation_function", default="gelu_new"))
     layers = []
     for i in range(L):
         t = Tensors(f"transformer.h.{i}")
@@ -46,5 +52,7 @@ def parse(cfg: Cfg):
     return make_spec(
         cfg, family="gpt2", hidden=H, vocab=vocab, layers=layers, tensors=out.items, tied=tied,
         dtype=torch_dtype(cfg), quant=parse_quantization(cfg), max_pos=n_pos,
-        extra={"head_dim": hd},
+        extra={"head_dim": hd, "residual_tensors": 6,
+               "dropout": {"residual": cfg.prob("resid_pdrop", default=0.1),
+                           "embedding": cfg.prob("embd_pdrop", default=0.1)}},
     )

@@ -60,19 +60,32 @@ def _cpu_lacks_fused(q, k, v, dropout_p: float) -> bool:
 
 class _FusedAttention:
     """The memory of CUDA's memory-efficient SDPA kernel, for the shapes the CPU kernel cannot
-    take: the output and an fp32 logsumexp per head and query (rows padded to 32), q/k/v/out/lse
+    take: the output, allocated (batch, seq, heads, dim) and returned as its (batch, heads, seq,
+    dim) transpose as the kernel does (so the caller's `transpose(1, 2).contiguous()` copies
+    nothing), and an fp32 logsumexp per head and query (rows padded to 32), q/k/v/out/lse
     saved for the backward (an explicit mask is the caller's tensor, alive anyway; dropout is
     regenerated from a seed, not stored), which allocates one gradient per input. Values are
-    not computed (zeros, so real-tensor runs stay finite): the trace counts bytes."""
+    not computed (zeros, so real-tensor runs stay finite): the trace counts bytes. Under autocast
+    SDPA is on CUDA's lower-precision list: q, k and v are cast first (the casts are what the
+    kernel saves), as autocast's dispatch would do for the real op."""
 
     @staticmethod
     def apply(q, k, v):
         import torch
 
+        kind = q.device.type
+        if torch.is_autocast_enabled(kind):
+            low = torch.get_autocast_dtype(kind)
+            q, k, v = (x.to(low) if x.is_floating_point() else x for x in (q, k, v))
+
         class Fn(torch.autograd.Function):
             @staticmethod
             def forward(ctx, q, k, v):
-                out = q.new_zeros((*q.shape[:-1], v.shape[-1]))
+                if q.dim() == 4:
+                    b, h, s = q.shape[:-1]
+                    out = q.new_zeros((b, s, h, v.shape[-1])).transpose(1, 2)
+                else:
+                    out = q.new_zeros((*q.shape[:-1], v.shape[-1]))
                 rows = -(-q.shape[-2] // 32) * 32
                 lse = torch.zeros((*q.shape[:-2], rows), dtype=torch.float32, device=q.device)
                 ctx.save_for_backward(q, k, v, out, lse)
