@@ -47,8 +47,34 @@ RESIDUAL = 4     # hidden-size tensors alive through a layer (see the module doc
 # NewGELU ("gelu_new", GPT-2) is 0.5*x*(1+tanh(c*(x+0.044715*x**3))): in a no-grad forward its
 # input, 0.5*x and two tensors of the chain are alive at once, 4 intermediate-size tensors where
 # a fused GELU has 2 (input, output); autograd saves x, 0.5*x, tanh and 1+tanh, 3 more than a
-# fused GELU's input. Both measured by the trace tier (docs/trace.md gap 8).
-PYTHON_ACTS = {"gelu_new": (4, 3)}   # name -> (alive in a no-grad forward, extra saved), x I
+# fused GELU's input. Both measured by the trace tier (docs/trace.md gap 8). gpt-oss's experts
+# ("gpt_oss_glu": gate and up clamped, gate * sigmoid(alpha * gate), (up + 1) * glu) save the
+# fused gate_up output (2 I), the clamped gate, the sigmoid, the glu and up + 1: 3 I per token
+# slot more than a SwiGLU's gate, act(gate) and up (trace tier, gpt-oss-20b; gap 5).
+PYTHON_ACTS = {"gelu_new": (4, 3), "gpt_oss_glu": (3, 3)}   # name -> (alive in a no-grad forward,
+                                                            # extra saved for the backward), x I
+
+
+# Eager attention materializes seq x seq scores. transformers' gpt-oss ("eager_sinks": scores *
+# scaling + mask, cat with the sink logit, minus the row max, softmax in the input dtype) has
+# three (b, heads, s, s) tensors alive at once at the subtraction and at the softmax, next to the
+# (b, 1, s, s) mask; K and V are repeated to every head (repeat_kv) and q stays referenced.
+# Measured by the trace tier on gpt-oss-20b (docs/trace.md gap 5).
+EAGER_SCORES = {"eager_sinks": 3}       # (b, heads, s, s) tensors alive at the widest point
+
+
+def attention_impl(model: ModelSpec, requested: str = "sdpa") -> str:
+    """The attention transformers really runs: a family without an SDPA path in transformers
+    (ModelSpec.extra["hf_attention"]) falls back to its eager code when SDPA is asked for."""
+    own = model.extra.get("hf_attention")
+    return own if own and requested == "sdpa" else requested
+
+
+def _eager_elems(a: Attention, hidden: int, impl: str, resid: int = RESIDUAL) -> tuple[int, int]:
+    """(elements per token, elements per token per context position) of an eager attention."""
+    q = a.num_heads * a.head_dim
+    repeat = a.num_heads * (a.head_dim + a.v_head_dim)
+    return resid * hidden + q + repeat, EAGER_SCORES[impl] * a.num_heads + 1
 
 
 def _attention_elems(a: Attention, hidden: int, resid: int = RESIDUAL) -> int:
@@ -115,12 +141,33 @@ def widest_layer(model: ModelSpec) -> tuple[int, str]:
     return best, where
 
 
+def eager_attention(model: ModelSpec, impl: str) -> tuple[int, int, str] | None:
+    """(elements per token, per token per context position, where) of the widest eager attention
+    layer, or None when `impl` materializes no scores (SDPA, flash)."""
+    if impl not in EAGER_SCORES:
+        return None
+    resid = residual_tensors(model)
+    best = None
+    for layer in model.attention_layers:
+        lin, quad = _eager_elems(layer.mixer, model.hidden_size, impl, resid)
+        if best is None or (quad, lin) > best[:2][::-1]:
+            best = (lin, quad, f"layer {layer.index} eager attention")
+    return best
+
+
 def forward_peak(model: ModelSpec, tokens: int, act_bytes: int,
-                 widest: tuple[int, str] | None = None) -> Transient:
-    """Peak transient of a no-grad forward over `tokens` tokens, excluding logits. Pass
-    `widest` (from widest_layer) when calling repeatedly for one model."""
+                 widest: tuple[int, str] | None = None, eager=None, ctx: int = 0) -> Transient:
+    """Peak transient of a no-grad forward over `tokens` tokens of `ctx`-token sequences,
+    excluding logits. Pass `widest` (from widest_layer) when calling repeatedly for one model,
+    and `eager` (from eager_attention) when the attention materializes its scores."""
     elems, where = widest or widest_layer(model)
-    return Transient(elems * tokens * act_bytes, where)
+    best = Transient(elems * tokens * act_bytes, where)
+    if eager is not None:
+        lin, quad, at = eager
+        scores = (lin + quad * ctx) * tokens * act_bytes
+        if scores > best.bytes:
+            best = Transient(scores, at)
+    return best
 
 
 def last_logits_bytes(model: ModelSpec, batch: int, act_bytes: int) -> int:

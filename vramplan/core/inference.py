@@ -28,7 +28,8 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     return Setup(model, target, workload, fmt, kv_dtype, FLOAT_BYTES[kv_dtype],
                  FLOAT_BYTES[fmt.base], weights,
                  overhead.runtime_overhead(target.gpu, target.count), capacity,
-                 widest=act.widest_layer(model), warnings=warnings)
+                 widest=act.widest_layer(model), warnings=warnings,
+                 mode_data={"eager": act.eager_attention(model, act.attention_impl(model))})
 
 
 def components(s: Setup, batch: int, ctx: int) -> Breakdown:
@@ -36,7 +37,7 @@ def components(s: Setup, batch: int, ctx: int) -> Breakdown:
     prompt, the widest layer's transients are alive) and a decode step (sliding layers trimmed
     to their window, one layer's cache copied by torch.cat)."""
     m, count = s.model, s.target.count
-    prefill = act.forward_peak(m, batch * ctx, s.act_elem, s.widest)
+    prefill = act.forward_peak(m, batch * ctx, s.act_elem, s.widest, s.mode_data["eager"], ctx)
     prefill_cache = kv.contiguous_cache_bytes(m, s.kv_elem, batch, ctx, s.act_elem, windowed=False)
     decode_cache = kv.contiguous_cache_bytes(m, s.kv_elem, batch, ctx, s.act_elem)
     decode = max((a.kv_elems_per_token * kv.kept_tokens(a, ctx + 1) * s.kv_elem * batch

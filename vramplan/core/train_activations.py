@@ -19,6 +19,9 @@ from .train_options import TrainOptions
 
 # The efficient/flash SDPA kernels keep a fp32 logsumexp per head and query.
 LSE_BYTES = 4
+# gpt-oss eager attention's backward: score-sized gradients alive at once (softmax, max and cat
+# backward), in the compute dtype; fitted to the trace tier on gpt-oss-20b (docs/trace.md gap 5).
+EAGER_SINKS_BWD = 3
 # Module names whose input is the output of the block before them (attention output, MLP
 # product), not the normalized residual stream.
 _OUT_NAMES = frozenset({"o_proj", "out_proj", "dense", "c_proj", "down_proj", "fc2",
@@ -72,8 +75,9 @@ def _norm_cost(t: Tensor, layer: LayerSpec, names: set[str], h: int, n: Numerics
     return _norm_saved(width, rows, x, t.name + ".bias" in names, n)
 
 
-def _attention(a: Attention, o: TrainOptions, n: Numerics) -> tuple[int, int, int, int, int]:
-    """(saved, saved_q, bwd, bwd_q, window) per token for the attention core."""
+def _attention(a: Attention, impl: str, n: Numerics) -> tuple[int, int, int, int, int]:
+    """(saved, saved_q, bwd, bwd_q, window) per token for the attention core run by `impl`
+    (activations.attention_impl: sdpa, eager, eager_sinks or flash_attention_2)."""
     H = a.num_heads
     q = H * a.head_dim
     out = H * a.v_head_dim
@@ -85,12 +89,20 @@ def _attention(a: Attention, o: TrainOptions, n: Numerics) -> tuple[int, int, in
         extra = 0
     # fp32 q/k/v with GQA: flash needs 16-bit and the efficient kernel rejects enable_gqa, so SDPA
     # falls back to its math backend, which materializes the probabilities like eager attention.
-    eager = o.attn == "eager" or (o.attn == "sdpa" and n.attn == 4 and a.num_kv_heads < H)
+    sinks = impl == "eager_sinks"
+    eager = impl in ("eager", "eager_sinks") or (impl == "sdpa" and n.attn == 4 and a.num_kv_heads < H)
     if eager and a.num_kv_heads < H:       # repeat_kv copies, saved by the two matmuls
         k, v = H * a.head_dim, H * a.v_head_dim
     saved = (q + k + v) * n.attn + extra
     saved_q = bwd_q = 0
-    if eager:
+    if sinks:
+        # gpt-oss: the softmax over [scores, sink] runs in the input dtype and its output is what
+        # the softmax and the PV matmul save; the row max keeps its int64 argmax per head
+        saved += 8 * H
+        saved_q = H * n.attn
+        bwd_q = EAGER_SINKS_BWD * H * n.attn
+        bwd = (q + k + v + out) * n.attn
+    elif eager:
         probs_copy = n.attn if (n.attn != 4 or n.autocast) else 0
         saved_q = H * (4 + probs_copy)     # fp32 softmax output + the copy the PV matmul saves
         bwd_q = H * (4 + n.attn)           # grad of probs and of scores
@@ -98,7 +110,7 @@ def _attention(a: Attention, o: TrainOptions, n: Numerics) -> tuple[int, int, in
     else:
         saved += out * n.attn + LSE_BYTES * H
         bwd = (q + k + v + out) * n.attn + 4 * q   # dq, dk, dv, dout + fp32 dq accumulator
-    window = (a.window or 0) if (o.attn == "sdpa" and not eager and a.kind in ("sliding", "chunked")) else 0
+    window = (a.window or 0) if (impl == "sdpa" and not eager and a.kind in ("sliding", "chunked")) else 0
     return saved, saved_q, bwd, bwd_q, window
 
 
@@ -111,7 +123,8 @@ def _mlp(m: Mlp, h: int, n: Numerics) -> tuple[int, int]:
         extra = act.PYTHON_ACTS.get(m.act, (0, 0))[1]
         return (1 + extra) * I * e, 2 * I * e  # act input (+ a Python activation's intermediates)
     k = max(m.top_k, 1)
-    per_slot = (3 * I + h) * e                 # gate, act, up, expert output x routing weight
+    extra = act.PYTHON_ACTS.get(m.act, (0, 0))[1]
+    per_slot = (3 * I + h + extra * I) * e     # gate, act, up, expert output x routing weight
     if n.base_trainable:
         per_slot += h * n.norm_out + I * e     # gathered input and product, saved for weight grads
     shared = 3 * m.shared_intermediate * e
@@ -179,8 +192,10 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     h = model.hidden_size
     names = {t.name for t in layer.tensors}
     m = layer.mixer
-    math = (isinstance(m, Attention) and o.attn == "sdpa" and n.attn == 4 and m.num_kv_heads < m.num_heads)
-    sdpa_like = o.attn != "eager" and not math     # the kernel keeps its output (o_proj's input)
+    impl = act.attention_impl(model, o.attn)
+    eager = impl in ("eager", "eager_sinks")
+    math = (isinstance(m, Attention) and impl == "sdpa" and n.attn == 4 and m.num_kv_heads < m.num_heads)
+    sdpa_like = not eager and not math     # the kernel keeps its output (o_proj's input)
     saved = _linears(layer, o, n, adapted, sdpa_like) + dropout_masks(model)[0]
     for t in layer.tensors:
         if t.role == "norm":
@@ -188,7 +203,7 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     saved_q = bwd_q = window = 0
     bwd_mix = bwd_mlp = 0
     if isinstance(m, Attention):
-        s, saved_q, bwd_mix, bwd_q, window = _attention(m, o, n)
+        s, saved_q, bwd_mix, bwd_q, window = _attention(m, impl, n)
         saved += s
     elif isinstance(m, Recurrent):
         proj = max((t.shape[0] for t in layer.tensors if t.leaf == "in_proj"), default=0)
@@ -202,7 +217,11 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     bwd = max(bwd_mix, bwd_mlp) + 2 * h * n.resid + lora_in
     peak_elems, _ = act.layer_peak_elems(layer, h, act.residual_tensors(model))
     fwd = peak_elems * n.lin_out
-    fwd_q = (m.num_heads * (n.attn + 4 + 2)) if (isinstance(m, Attention) and (saved_q or o.attn == "eager")) else 0
+    fwd_q = 0
+    if isinstance(m, Attention) and impl == "eager_sinks":
+        fwd_q = m.num_heads * act.EAGER_SCORES[impl] * n.attn
+    elif isinstance(m, Attention) and (saved_q or eager):
+        fwd_q = m.num_heads * (n.attn + 4 + 2)
     matmul = sum(t.numel for t in layer.tensors if t.role in ("linear", "expert", "router"))
     if n.base_trainable:
         copies = 2 * matmul if n.layer_copies else 0

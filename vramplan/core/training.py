@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ..errors import BadInput
 from ..spec import ModelSpec
 from ..units import ceil_div
+from .activations import attention_impl
 from .lora import lora_params
 from .train_options import TrainOptions, normalize_train_options
 from .train_setup import step_setup as _setup   # cached; tests clear it as training._setup
@@ -141,9 +142,11 @@ def training_peak(model: ModelSpec, mode: str, batch: int, ctx: int, opts: Train
     if "ddp_buckets" in static:
         comp["ddp_buckets"] = static["ddp_buckets"]
     notes = dict(s.notes)
+    impl = attention_impl(model, opts.attn)
     attn = {"eager": "eager attention (seq x seq probabilities)", "sdpa": "SDPA flash/efficient kernel",
-            "flash_attention_2": "flash-attention 2"}[opts.attn]
-    if opts.attn == "sdpa" and s.math_fallback:
+            "flash_attention_2": "flash-attention 2",
+            "eager_sinks": "eager attention with sinks (transformers has no SDPA path for this model)"}[impl]
+    if impl == "sdpa" and s.math_fallback:
         attn = "SDPA math backend for fp32 GQA (seq x seq probabilities)"
     notes["activations"] = ("checkpointed layer inputs + one layer recomputed" if gc else
                             "tensors saved for the backward, all layers") + "; " + attn

@@ -10,6 +10,9 @@ Per layer:
 layer_types alternates sliding (window sliding_window, 128) and full attention.
 The checkpoint keeps the experts in MXFP4 (quantization_config.quant_method "mxfp4"); its
 modules_to_not_convert (attention, router, embeddings, lm_head) stay in bf16.
+transformers has no SDPA path for it (`_supports_sdpa = False`: SDPA has no attention sinks), so
+transformers runs eager attention with the sink logit concatenated to the scores and a softmax in
+the input dtype (`hf_attention` "eager_sinks"; vLLM has its own kernel).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def parse(cfg: Cfg):
     if types is None:       # GptOssConfig default: sliding, full, sliding, full, ...
         types = [SLIDING if (i + 1) % 2 else FULL for i in range(L)]
 
-    mlp = Mlp("moe", I, gated=True, num_experts=E, top_k=top_k)
+    mlp = Mlp("moe", I, gated=True, num_experts=E, top_k=top_k, act="gpt_oss_glu")
     layers = []
     for i in range(L):
         t = Tensors(f"model.layers.{i}")
@@ -66,5 +69,5 @@ def parse(cfg: Cfg):
         cfg, family="gpt_oss", hidden=H, vocab=vocab, layers=layers, tensors=outside, tied=tied,
         dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
-        extra={"head_dim": hd},
+        extra={"head_dim": hd, "hf_attention": "eager_sinks"},
     )
