@@ -30,6 +30,8 @@ class Tensor:
     shape: tuple[int, ...]
     role: Role
     count: int = 1
+    dtype: str = ""     # the dtype transformers keeps it in whatever the model's (DeepSeek's fp32
+                        # router); "" = the model dtype. vLLM's own layers ignore it.
 
     @property
     def numel(self) -> int:

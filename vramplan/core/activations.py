@@ -20,7 +20,12 @@ MLP (gated, SwiGLU/GeGLU):   residual stream 4*T*hidden, act(gate), up, act*up: 
 MLP (plain, GELU/ReLU^2):    residual stream 4*T*hidden, up, act(up):          2 * T * I
                              (4 * T * I for transformers' Python gelu_new: PYTHON_ACTS)
 MoE: the experts see T * top_k token slots: gathered inputs T*k*hidden plus the MLP above
-     with I = expert width, plus router logits T * experts in fp32.
+     with I = expert width, plus router logits T * experts in fp32 (vLLM's fused_moe caches).
+     transformers' grouped_mm experts (integrations/moe.py, `hf=True`) differ: the fused
+     gate_up output (2I) stays alive through the gating (4I with act(gate) and act*up), and
+     after the down projection the fp32 routing weights promote the weighted and the unsorted
+     outputs to fp32: gathered input + down output + 2 x fp32 = 6 hidden per slot; the larger
+     of the two points counts (trace tier: Mixtral's gate point, DeepSeek-V3's output point).
 Mamba2: in_proj output T * (in_proj width) plus the conv/SSM outputs T * 2 * d_inner.
 
 T = tokens in the pass. All widths in elements; times the activation dtype's bytes. The trace
@@ -92,12 +97,15 @@ def _attention_elems(a: Attention, hidden: int, resid: int = RESIDUAL) -> int:
     return resid * hidden + (q + k + v) + (q + k) + repeat + q
 
 
-def _mlp_elems(m: Mlp, hidden: int, resid: int = RESIDUAL) -> int:
+def _mlp_elems(m: Mlp, hidden: int, resid: int = RESIDUAL, hf: bool = False) -> int:
     per_slot = (3 if m.gated else PYTHON_ACTS.get(m.act, (2, 0))[0]) * m.intermediate
     if m.kind == "dense":
         return resid * hidden + per_slot
     slots = max(m.top_k, 1)
     shared = (3 if m.gated else 2) * m.shared_intermediate
+    if hf:
+        gate_point = (4 if m.gated else 2) * m.intermediate
+        return resid * hidden + slots * max(hidden + gate_point, 6 * hidden) + shared + 2 * m.num_experts
     # router logits are fp32: 2 elements of a 16-bit dtype each
     return resid * hidden + slots * (hidden + per_slot) + shared + 2 * m.num_experts
 
@@ -112,8 +120,10 @@ def residual_tensors(model: ModelSpec) -> int:
     return model.extra.get("residual_tensors", RESIDUAL)
 
 
-def layer_peak_elems(layer: LayerSpec, hidden: int, resid: int = RESIDUAL) -> tuple[int, str]:
-    """Widest point of one layer per token, in activation elements, and which part it is."""
+def layer_peak_elems(layer: LayerSpec, hidden: int, resid: int = RESIDUAL,
+                     hf: bool = False) -> tuple[int, str]:
+    """Widest point of one layer per token, in activation elements, and which part it is;
+    `hf`: transformers' own MoE experts rather than vLLM's fused_moe."""
     best, where = 0, ""
     m = layer.mixer
     if isinstance(m, Attention):
@@ -121,20 +131,21 @@ def layer_peak_elems(layer: LayerSpec, hidden: int, resid: int = RESIDUAL) -> tu
     elif isinstance(m, Recurrent):
         best, where = _recurrent_elems(m, hidden, resid), "mamba"
     if layer.mlp is not None:
-        e = _mlp_elems(layer.mlp, hidden, resid)
+        e = _mlp_elems(layer.mlp, hidden, resid, hf)
         if e > best:
             best, where = e, "mlp"
     return best, where
 
 
-def widest_layer(model: ModelSpec) -> tuple[int, str]:
-    """(elements per token, where) at the widest point of the widest layer."""
+def widest_layer(model: ModelSpec, hf: bool = False) -> tuple[int, str]:
+    """(elements per token, where) at the widest point of the widest layer (`hf`: as
+    transformers runs it, else as vLLM does)."""
     best, where = 0, ""
     seen: dict[tuple, tuple[int, str]] = {}
     for layer in model.layers:
         key = (layer.mixer, layer.mlp)
         if key not in seen:
-            seen[key] = layer_peak_elems(layer, model.hidden_size, residual_tensors(model))
+            seen[key] = layer_peak_elems(layer, model.hidden_size, residual_tensors(model), hf)
         e, part = seen[key]
         if e > best:
             best, where = e, f"layer {layer.index} {part}"

@@ -21,14 +21,14 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     fmt, warnings = transformers_bnb(model, resolve_format(model, workload.dtype), workload.transformers)
     kv_dtype = resolve_kv_dtype(workload.kv_dtype, fmt)
     # accelerate's device_map="auto" splits the layers evenly over the cards
-    weights = ceil_div(weight_bytes(model, fmt).total, target.count)
+    weights = ceil_div(weight_bytes(model, fmt, hf=True).total, target.count)
     capacity = target.per_gpu_bytes
     if target.free_bytes is not None:
         capacity = min(capacity, target.free_bytes)
     return Setup(model, target, workload, fmt, kv_dtype, FLOAT_BYTES[kv_dtype],
                  FLOAT_BYTES[fmt.base], weights,
                  overhead.runtime_overhead(target.gpu, target.count), capacity,
-                 widest=act.widest_layer(model), warnings=warnings,
+                 widest=act.widest_layer(model, hf=True), warnings=warnings,
                  mode_data={"eager": act.eager_attention(model, act.attention_impl(model))})
 
 

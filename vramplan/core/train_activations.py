@@ -84,6 +84,8 @@ def _attention(a: Attention, impl: str, n: Numerics) -> tuple[int, int, int, int
     if a.kind == "mla":
         k, v = H * a.head_dim, H * a.v_head_dim
         extra = H * (a.head_dim - a.rope_dim + a.v_head_dim) * n.lin_out   # kv_b_proj output kept (k_nope, v views)
+        if n.attn == n.lin_out:
+            v = 0      # the kernel's v is a view into that output, not a tensor of its own (trace tier)
     else:
         k, v = a.num_kv_heads * a.head_dim, a.num_kv_heads * a.v_head_dim
         extra = 0
@@ -215,7 +217,7 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
         saved += s
     lora_in = max((a.in_features for a in adapted.values()), default=0) * n.lora_w
     bwd = max(bwd_mix, bwd_mlp) + 2 * h * n.resid + lora_in
-    peak_elems, _ = act.layer_peak_elems(layer, h, act.residual_tensors(model))
+    peak_elems, _ = act.layer_peak_elems(layer, h, act.residual_tensors(model), hf=True)
     fwd = peak_elems * n.lin_out
     fwd_q = 0
     if isinstance(m, Attention) and impl == "eager_sinks":

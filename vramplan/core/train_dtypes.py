@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..errors import BadInput
 from ..spec import ModelSpec, Tensor
 from .train_options import TrainOptions
+from .dtypes import FLOAT_BYTES
 from .overhead import block_rounded
 from .weights import WeightFormat, allocated_bytes, resolve_format, transformers_bnb
 
@@ -93,7 +94,7 @@ def stored_weights(mode: str, o: TrainOptions, model: ModelSpec, weight_dtype: s
     if mode in ("full", "lora"):
         e = 2 if (mode == "full" and o.precision == "mixed") else float_bytes(weight_dtype, mode)
         name = {2: "bf16" if model.torch_dtype != "fp16" else "fp16", 4: "fp32"}[e]
-        return (lambda t: block_rounded(t.numel * e)), name
+        return (lambda t: block_rounded(t.numel * max(e, FLOAT_BYTES.get(t.dtype, 0)))), name
     fmt = qlora_base(model, weight_dtype, transformers)
     q = fmt.quant
     kp = o.kbit_prepare
@@ -106,7 +107,7 @@ def stored_weights(mode: str, o: TrainOptions, model: ModelSpec, weight_dtype: s
         return 2
 
     def fn(t: Tensor) -> int:
-        return allocated_bytes(t, q, kept(t))
+        return allocated_bytes(t, q, kept(t), hf=True)
 
     kept_label = {"peft": "rest fp32 (peft prepare_model_for_kbit_training)",
                   "trl": "norms fp32, embeddings/lm_head 16-bit (TRL/qlora.py)", "none": "rest 16-bit"}[kp]

@@ -190,11 +190,14 @@ def quantized_bytes(t: Tensor, q: Quantization) -> int:
     return sum(b * k for b, k in stored_parts(t, q))
 
 
-def allocated_bytes(t: Tensor, q: Quantization, base_bytes: int) -> int:
+def allocated_bytes(t: Tensor, q: Quantization, base_bytes: int, hf: bool = False) -> int:
     """Bytes one weight takes in the CUDA caching allocator: each stored tensor rounded up to
-    512 B (a Qwen3 q_norm of 256 B costs 512)."""
+    512 B (a Qwen3 q_norm of 256 B costs 512). `hf`: as transformers builds it, so a tensor it
+    keeps in a wider dtype (Tensor.dtype) takes that width."""
     if quantizes(t, q):
         return sum(block_rounded(b) * k for b, k in stored_parts(t, q))
+    if hf and t.dtype:
+        base_bytes = max(base_bytes, FLOAT_BYTES[t.dtype])
     return block_rounded(t.numel * base_bytes)
 
 
@@ -207,15 +210,15 @@ def shared_state_bytes(model: ModelSpec, q: Quantization) -> int:
     return 0
 
 
-def weight_bytes(model: ModelSpec, fmt: WeightFormat, divisor=None) -> WeightReport:
+def weight_bytes(model: ModelSpec, fmt: WeightFormat, divisor=None, hf: bool = False) -> WeightReport:
     """Bytes of every parameter under `fmt` as the allocator holds them (512-B blocks per
     tensor). `divisor(t)` splits a tensor across ranks (tensor parallelism); None means one GPU
-    holds it all."""
+    holds it all. `hf`: as transformers lays them out (see allocated_bytes), not vLLM."""
     base = FLOAT_BYTES[fmt.base]
     total = qparams = kept = 0
     by_role: dict[str, int] = {}
     for t in model.all_tensors():
-        b = allocated_bytes(t, fmt.quant, base)
+        b = allocated_bytes(t, fmt.quant, base, hf)
         if quantizes(t, fmt.quant):
             qparams += t.numel
         else:

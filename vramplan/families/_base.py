@@ -203,8 +203,8 @@ class Tensors:
         self.items.append(Tensor(self._name(name), tuple(shape), role, count))
 
     def linear(self, name: str, out_features: int, in_features: int, bias: bool = False,
-               role: Role = "linear", count: int = 1) -> None:
-        self.items.append(Tensor(self._name(name), (out_features, in_features), role, count))
+               role: Role = "linear", count: int = 1, dtype: str = "") -> None:
+        self.items.append(Tensor(self._name(name), (out_features, in_features), role, count, dtype))
         if bias:
             self.items.append(Tensor(self._name(name) + ".bias", (out_features,), "bias", count))
 

@@ -70,7 +70,8 @@ def parse(cfg: Cfg):
         t.linear("self_attn.o_proj", H, heads * vd, bias)
 
         if E and i >= first_dense and i % freq == 0:
-            t.linear("mlp.gate", E, H, role="router")
+            # transformers creates the router weight as fp32 (DeepseekV2/V3TopkRouter)
+            t.linear("mlp.gate", E, H, role="router", dtype="fp32")
             t.add("mlp.experts.gate_up_proj", (2 * moe_I, H), "expert", count=E)
             t.add("mlp.experts.down_proj", (H, moe_I), "expert", count=E)
             s = moe_I * shared
