@@ -96,6 +96,7 @@ class Mlp:
     num_experts: int = 0
     top_k: int = 0
     shared_intermediate: int = 0     # total width of always-on shared experts (0: none)
+    fused_gate_up: bool = False      # transformers computes gate and up as one projection (Phi-3)
     act: str = ""                    # the activation, where its memory differs from a fused
                                      # kernel's: "gelu_new" (transformers' Python tanh GELU)
 

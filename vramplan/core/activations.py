@@ -17,6 +17,8 @@ attention (SDPA, causal, no padding mask, so no seq x seq scores are materialize
                                      layers): without one transformers passes enable_gqa
     attention output                 T * q_width
 MLP (gated, SwiGLU/GeGLU):   residual stream 4*T*hidden, act(gate), up, act*up: 3 * T * I
+                             (transformers' fused gate_up_proj, Phi-3: its 2I output stays
+                             alive beside act(gate) and the product: 4 * T * I)
 MLP (plain, GELU/ReLU^2):    residual stream 4*T*hidden, up, act(up):          2 * T * I
                              (4 * T * I for transformers' Python gelu_new: PYTHON_ACTS)
 MoE: the experts see T * top_k token slots: gathered inputs T*k*hidden plus the MLP above
@@ -98,7 +100,8 @@ def _attention_elems(a: Attention, hidden: int, resid: int = RESIDUAL) -> int:
 
 
 def _mlp_elems(m: Mlp, hidden: int, resid: int = RESIDUAL, hf: bool = False) -> int:
-    per_slot = (3 if m.gated else PYTHON_ACTS.get(m.act, (2, 0))[0]) * m.intermediate
+    gated = 4 if (hf and m.fused_gate_up) else 3
+    per_slot = (gated if m.gated else PYTHON_ACTS.get(m.act, (2, 0))[0]) * m.intermediate
     if m.kind == "dense":
         return resid * hidden + per_slot
     slots = max(m.top_k, 1)
@@ -179,6 +182,15 @@ def forward_peak(model: ModelSpec, tokens: int, act_bytes: int,
         if scores > best.bytes:
             best = Transient(scores, at)
     return best
+
+
+def sliding_mask_bytes(model: ModelSpec, ctx: int) -> int:
+    """A prefill as long as a sliding window gets one boolean (1, 1, ctx, ctx) mask from
+    transformers (shared by the batch and the sliding layers; full layers let SDPA be causal),
+    alive through the forward (trace tier: Phi-3 at 4,096 tokens, 16 MiB)."""
+    windows = [a.window for a in (l.mixer for l in model.attention_layers)
+               if a.kind in ("sliding", "chunked") and a.window]
+    return ctx * ctx if windows and ctx >= min(windows) else 0
 
 
 def last_logits_bytes(model: ModelSpec, batch: int, act_bytes: int) -> int:

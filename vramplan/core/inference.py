@@ -38,6 +38,8 @@ def components(s: Setup, batch: int, ctx: int) -> Breakdown:
     to their window, one layer's cache copied by torch.cat)."""
     m, count = s.model, s.target.count
     prefill = act.forward_peak(m, batch * ctx, s.act_elem, s.widest, s.mode_data["eager"], ctx)
+    if s.mode_data["eager"] is None:      # an eager forward already counts its own mask
+        prefill = act.Transient(prefill.bytes + act.sliding_mask_bytes(m, ctx), prefill.where)
     prefill_cache = kv.contiguous_cache_bytes(m, s.kv_elem, batch, ctx, s.act_elem, windowed=False)
     decode_cache = kv.contiguous_cache_bytes(m, s.kv_elem, batch, ctx, s.act_elem)
     decode = max((a.kv_elems_per_token * kv.kept_tokens(a, ctx + 1) * s.kv_elem * batch

@@ -132,7 +132,7 @@ def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
                 t.linear("mlp.gate_proj", width, H, mlp_bias)
                 t.linear("mlp.up_proj", width, H, mlp_bias)
             t.linear("mlp.down_proj", H, width, mlp_bias)
-            mlp = Mlp("dense", width, gated=True)
+            mlp = Mlp("dense", width, gated=True, fused_gate_up=opts.fused_gate_up)
 
         t.norm("input_layernorm", H)
         t.norm("post_attention_layernorm", H)
