@@ -36,6 +36,7 @@ class LayerCost:
     saved: int          # bytes per token the backward keeps (no checkpointing)
     saved_q: int        # ... per token per context position (eager attention scores)
     window: int         # sdpa builds a (b, 1, s, s) float mask for this layer when ctx >= window
+    masked: int         # ... and then saves K/V repeated to every head: bytes per token more
     bwd: int            # transient bytes per token while this layer runs backward
     bwd_q: int
     fwd: int            # transient bytes per token of a no-grad forward (checkpointed layers)
@@ -50,16 +51,21 @@ def _parent(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
 
 
-def _norm_saved(width: int, rows: int, x: int, layer_norm: bool, n: Numerics) -> int:
-    """Bytes one norm saves for `rows` rows of `width` values whose input has `x` bytes each."""
+def _norm_saved(width: int, rows: int, x: int, layer_norm: bool, n: Numerics, fp32: bool = False) -> int:
+    """Bytes one norm saves for `rows` rows of `width` values whose input has `x` bytes each.
+    `fp32`: a Gemma RMSNorm, which scales by (1 + weight) in fp32 and casts only its result."""
     if layer_norm:                      # nn.LayerNorm: saves its input (fp32 under autocast), mean, rstd
         return width * (4 if n.autocast else x) + 8 * rows
-    # RMSNorm: x.float() (saved by pow/mul), rsqrt per row, and the normalized tensor in the
-    # input dtype when the weight is trained (for the weight's gradient).
-    return 4 * width + 4 * rows + (x * width if n.base_trainable else 0)
+    # RMSNorm: x.float() (saved by pow/mul), rsqrt per row, and the normalized tensor (input
+    # dtype; Gemma: fp32) when the weight is trained (for the weight's gradient).
+    return 4 * width + 4 * rows + ((4 if fp32 else x) * width if n.base_trainable else 0)
 
 
-def _norm_cost(t: Tensor, layer: LayerSpec, names: set[str], h: int, n: Numerics) -> int:
+def fp32_norms(model: ModelSpec) -> bool:
+    return bool(model.extra.get("norm_fp32"))
+
+
+def _norm_cost(t: Tensor, layer: LayerSpec, names: set[str], h: int, n: Numerics, fp32: bool) -> int:
     """A norm inside a layer: the residual norms, per-head q/k norms, or a narrower one (MLA)."""
     w = t.shape[0]
     m = layer.mixer
@@ -72,7 +78,7 @@ def _norm_cost(t: Tensor, layer: LayerSpec, names: set[str], h: int, n: Numerics
         width, rows, x = h, 1, n.resid
     else:
         width, rows, x = w, 1, n.lin_out
-    return _norm_saved(width, rows, x, t.name + ".bias" in names, n)
+    return _norm_saved(width, rows, x, t.name + ".bias" in names, n, fp32)
 
 
 def _attention(a: Attention, impl: str, n: Numerics) -> tuple[int, int, int, int, int]:
@@ -187,6 +193,21 @@ def dropout_masks(model: ModelSpec) -> tuple[int, int]:
     return (2 * h if p.get("residual", 0) > 0 else 0), (h if p.get("embedding", 0) > 0 else 0)
 
 
+# Fused q/k/v projections followed by rotary embeddings (Phi-3 qkv_proj, Falcon query_key_value):
+# q and k are rotated into new tensors, but v stays a view of the fused output, so the kernel
+# saving v keeps the whole fused output alive, q and k widths included (trace tier: Phi-3 and
+# Falcon-40B). GPT-2's c_attn has no rotary: its q, k, v are all views, nothing more is kept.
+_FUSED_ROTARY_QKV = frozenset({"qkv_proj", "query_key_value"})
+
+
+def _fused_qkv_extra(layer: LayerSpec, a: Attention, impl: str, n: Numerics) -> int:
+    if n.attn != n.lin_out or impl not in ("sdpa", "flash_attention_2") or a.kind == "mla":
+        return 0           # v is cast (a copy of its own) or repeated by eager attention
+    if not any(t.leaf in _FUSED_ROTARY_QKV for t in layer.tensors):
+        return 0
+    return (a.num_heads + a.num_kv_heads) * a.head_dim * n.lin_out
+
+
 def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
                adapted: dict[str, Adapted], work_bytes) -> LayerCost:
     """Everything the step needs from one decoder layer; `adapted` are its LoRA-wrapped modules
@@ -201,12 +222,12 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     saved = _linears(layer, o, n, adapted, sdpa_like) + dropout_masks(model)[0]
     for t in layer.tensors:
         if t.role == "norm":
-            saved += _norm_cost(t, layer, names, h, n)
+            saved += _norm_cost(t, layer, names, h, n, fp32_norms(model))
     saved_q = bwd_q = window = 0
     bwd_mix = bwd_mlp = 0
     if isinstance(m, Attention):
         s, saved_q, bwd_mix, bwd_q, window = _attention(m, impl, n)
-        saved += s
+        saved += s + _fused_qkv_extra(layer, m, impl, n)
     elif isinstance(m, Recurrent):
         proj = max((t.shape[0] for t in layer.tensors if t.leaf == "in_proj"), default=0)
         d_inner = m.num_heads * m.head_dim
@@ -233,14 +254,16 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
         copies = 2 * lp if (n.autocast and n.lora_w == 4) else 0
         grads = lp * n.grad_bytes
     work = sum(work_bytes(t) for t in layer.tensors)
-    return LayerCost(saved, saved_q, window, bwd, bwd_q, fwd, fwd_q, n.resid * h, copies, grads, work)
+    # with a mask, transformers repeats K/V for SDPA (no enable_gqa) and the kernel saves the copies
+    masked = (m.num_heads - m.num_kv_heads) * (m.head_dim + m.v_head_dim) * n.attn if window else 0
+    return LayerCost(saved, saved_q, window, masked, bwd, bwd_q, fwd, fwd_q, n.resid * h, copies, grads, work)
 
 
-def head_saved(text: list[Tensor], h: int, n: Numerics) -> int:
+def head_saved(text: list[Tensor], h: int, n: Numerics, fp32: bool = False) -> int:
     """Bytes per token saved outside the decoder layers: the final norm and lm_head's input."""
     names = {t.name for t in text}
     norms = [t for t in text if t.role == "norm" and t.shape == (h,)]
-    saved = sum(_norm_saved(h, 1, n.resid, t.name + ".bias" in names, n) for t in norms[-1:])
+    saved = sum(_norm_saved(h, 1, n.resid, t.name + ".bias" in names, n, fp32) for t in norms[-1:])
     if n.base_trainable:                            # lm_head saves its input for the weight grad
         saved += h * (2 if n.autocast and n.norm_out != 2 else n.norm_out)
     return saved

@@ -17,7 +17,7 @@ from ..units import ceil_div
 from .lora import Adapted, adapted_modules
 from .optimizers import (Param, describe_state, describe_step_temporaries, param_of, resolve_optim,
                          state_bytes, step_temp_bytes)
-from .train_activations import LayerCost, dropout_masks, head_saved, layer_cost
+from .train_activations import LayerCost, dropout_masks, fp32_norms, head_saved, layer_cost
 from .train_dtypes import numerics, qlora_base, stored_weights
 from .train_options import TRAIN_MODES, TrainOptions
 from .weights import quantizes, shared_state_bytes
@@ -136,7 +136,7 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
         static["ddp_buckets"] = grads_total     # DDP gradient_as_bucket_view=False: a flat copy
 
     # --- outside the decoder layers -------------------------------------------------------------
-    out_saved = head_saved(text, h, n) + dropout_masks(model)[1]
+    out_saved = head_saved(text, h, n, fp32_norms(model)) + dropout_masks(model)[1]
     head = [t for t in text if t.role == "lm_head"] or ([t for t in text if t.role == "embedding"][:1]
                                                         if model.tie_word_embeddings else [])
     head_numel = sum(t.numel for t in head)

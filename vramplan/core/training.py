@@ -56,12 +56,13 @@ def _check_count(value, flag: str) -> None:
         raise BadInput(f"{flag} must be a whole number of at least 1, got {value!r}.")
 
 
-def _mask_bytes(window: int, batch: int, ctx: int, attn_bytes: int) -> int:
+def _mask_bytes(L, batch: int, ctx: int, attn_bytes: int) -> int:
     """sdpa with a sliding/chunked window: transformers passes a boolean (b, 1, s, s) mask, which
-    SDPA converts to a float bias (last dim padded to 16) that the efficient kernel saves."""
-    if window <= 0 or ctx < window:
+    SDPA converts to a float bias (last dim padded to 16) that the efficient kernel saves, and
+    repeats K/V to every head (no enable_gqa with a mask), which the kernel saves too."""
+    if L.window <= 0 or ctx < L.window:
         return 0
-    return batch * ctx * (ceil_div(ctx, 16) * 16) * attn_bytes
+    return batch * ctx * (ceil_div(ctx, 16) * 16) * attn_bytes + batch * ctx * L.masked
 
 
 def training_peak(model: ModelSpec, mode: str, batch: int, ctx: int, opts: TrainOptions,
@@ -85,7 +86,7 @@ def training_peak(model: ModelSpec, mode: str, batch: int, ctx: int, opts: Train
     acts, recs, bwds, copies, grads = [], [], [], [], []
     fwd_x = 0
     for L in s.layers:
-        full = T * (L.saved + L.saved_q * ctx) + _mask_bytes(L.window, batch, ctx, s.attn_bytes)
+        full = T * (L.saved + L.saved_q * ctx) + _mask_bytes(L, batch, ctx, s.attn_bytes)
         if gc:
             acts.append(T * L.ckpt)
             recs.append(full)

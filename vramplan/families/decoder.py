@@ -67,6 +67,7 @@ class DecoderOptions:
     fused_qkv: bool = False              # Phi-3 qkv_proj
     fused_gate_up: bool = False          # Phi-3 gate_up_proj
     sandwich_norms: bool = False         # Gemma 2/3 pre/post feed-forward norms
+    norm_fp32: bool = False              # Gemma RMSNorm: x * (1 + weight) in fp32, cast at the end
     moe: str | None = None               # "mixtral" | "qwen3_moe"
     layer_rule: LayerRule = all_full
     window_flag: str | None = None       # a config flag that must be true for any window to apply
@@ -183,7 +184,7 @@ def parse_decoder(cfg: Cfg, opts: DecoderOptions, *, required: tuple[str, ...] =
         cfg, family=opts.family, hidden=info["hidden"], vocab=info["vocab"], layers=layers,
         tensors=outside, tied=info["tied"], dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
-        extra={"head_dim": info["head_dim"]},
+        extra={"head_dim": info["head_dim"], **({"norm_fp32": True} if opts.norm_fp32 else {})},
     )
 
 

@@ -8,7 +8,7 @@ from ._base import Cfg, register
 from .decoder import DecoderOptions, every_nth_full, parse_decoder
 
 GEMMA2 = DecoderOptions(
-    family="gemma2", tie_default=True, attn_bias="config", sandwich_norms=True,
+    family="gemma2", tie_default=True, attn_bias="config", sandwich_norms=True, norm_fp32=True,
     layer_rule=every_nth_full(2),
     defaults=(("head_dim", 256), ("sliding_window", 4096), ("vocab_size", 256000),
               ("max_position_embeddings", 8192)),

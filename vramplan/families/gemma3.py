@@ -49,7 +49,7 @@ SIGLIP_DEFAULTS = {
 
 def _opts(prefix: str) -> DecoderOptions:
     return DecoderOptions(family="gemma3", tie_default=True, attn_bias="config", qk_norm=True,
-                          sandwich_norms=True, layer_rule=every_nth_full(6), prefix=prefix,
+                          sandwich_norms=True, norm_fp32=True, layer_rule=every_nth_full(6), prefix=prefix,
                           defaults=TEXT_DEFAULTS)
 
 
@@ -82,7 +82,7 @@ def parse(cfg: Cfg):
         tied=info["tied"], dtype=torch_dtype(cfg, text), quant=parse_quantization(cfg),
         max_pos=text.int("max_position_embeddings", default=131072),
         extra={
-            "head_dim": info["head_dim"],
+            "head_dim": info["head_dim"], "norm_fp32": True,
             "vision": {
                 "hidden_size": Hv, "num_layers": vision.int("num_hidden_layers"),
                 "patches_per_image": patches,
