@@ -75,9 +75,10 @@ def test_paged_vs_contiguous(tiny):
 
 def test_sliding_window_caps_the_cache():
     m = families.parse(TINY_MISTRAL_SWA, model_id="tiny-mistral")
-    # window 32: transformers keeps 32 tokens; vLLM the blocks covering the last 32 tokens:
+    # window 32: transformers keeps 32 tokens, + a 512-B block per sliding layer for the window
+    # size it keeps on the device (2 layers); vLLM the blocks covering the last 32 tokens:
     # ceil(min(32 - 1 + 0 in flight, 100) / 16) + 1 = 3 blocks = 48 slots (< 112 for 100 tokens)
-    assert kv.contiguous_cache_bytes(m, 2, batch=1, ctx=100) == 32 * 128 * 2
+    assert kv.contiguous_cache_bytes(m, 2, batch=1, ctx=100) == 32 * 128 * 2 + 2 * 512
     assert kv.paged_cache_bytes(m, 2, batch=1, ctx=100, block_size=16) == 48 * 128 * 2
     # with 40 tokens in flight per step: ceil(min(31 + 40, 100) / 16) + 1 = 5 + 1 = 6 blocks
     assert kv.paged_cache_bytes(m, 2, batch=1, ctx=100, block_size=16, in_flight=40) == 96 * 128 * 2

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from ..errors import BadInput
 from ..spec import Attention, ModelSpec, Recurrent
 from ..units import ceil_div
+from .overhead import ALLOC_BLOCK
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,11 @@ def contiguous_cache_bytes(model: ModelSpec, elem_bytes: int, batch: int, ctx: i
     per_seq = sum(a.kv_elems_per_token * (kept_tokens(a, ctx) if windowed else ctx)
                   for a in attention_layers(model))
     state = transformers_state_bytes(model, act_bytes or elem_bytes)
-    return batch * (per_seq * elem_bytes + state)
+    # each sliding layer also moves its window size, an int64 scalar, to the device
+    # (DynamicSlidingWindowLayer._sliding_window_tensor): one 512-B allocator block
+    counters = ALLOC_BLOCK * sum(1 for a in attention_layers(model)
+                                 if a.kind in ("sliding", "chunked") and a.window)
+    return batch * (per_seq * elem_bytes + state) + counters
 
 
 def paged_tokens(a: Attention, ctx: int, block_size: int, in_flight: int = 0) -> int:
