@@ -13,6 +13,7 @@ import pytest
 
 from tests.tiny import TINY_LLAMA, TINY_LLAMA_PARAMS
 from vramplan import families
+from vramplan.errors import BadInput
 from vramplan.core import training as tr
 from vramplan.core.lora import adapted_modules, lora_params
 from vramplan.core.optimizers import param_of, resolve_optim, state_bytes, step_temp_bytes
@@ -119,11 +120,33 @@ def test_lora_params_peft_metamathqa(l3b):
     assert lora_params(l3b, None, 32) == 9_175_040
 
 
-def test_lora_params_moe_leaves_experts_alone():
+def test_lora_params_moe_all_linear():
     mix = _model("mistralai--Mixtral-8x7B-v0.1")
-    # all-linear wraps attention only: experts are fused 3-D parameters, the router not a Linear.
-    #   32 x 16 x (8192 + 5120 + 5120 + 8192) = 13,631,488
-    assert lora_params(mix, "all-linear", 16) == 13_631_488
+    # attention: 32 layers x 16 x (8192 + 5120 + 5120 + 8192) = 13,631,488; router [8, 4,096]:
+    # 32 x 16 x (4,096 + 8) = 2,101,248.
+    attention, router = 13_631_488, 2_101_248
+    # transformers 5 + peft 0.21: w1/w3/w2 become the fused parameters, each one ParamWrapper:
+    # gate_up rank 2 x 16 per expert, A [2r.8, 4,096] + B [28,672, 2r.8] = 8,388,608; down
+    # A [r.8, 14,336] + B [4,096, r.8] = 2,359,296; x 32 layers = 343,932,928. peft's own
+    # print_trainable_parameters on the same model (the trace tier): 359,665,664.
+    assert lora_params(mix, "all-linear", 16) == attention + router + 343_932_928 == 359_665_664
+    # transformers 4: per-expert nn.Linear w1, w3, w2: 3 x 16 x (4,096 + 14,336) x 8 x 32
+    assert lora_params(mix, "all-linear", 16, transformers=4) == attention + router + 226_492_416
+    # attention targets only: the experts are not touched in either layout
+    assert lora_params(mix, "q_proj,k_proj,v_proj,o_proj", 16) == attention
+
+
+def test_peft_refuses_dropout_on_fused_experts():
+    mix = _model("mistralai--Mixtral-8x7B-v0.1")
+    with pytest.raises(BadInput, match="lora-dropout"):
+        training_peak(mix, "lora", 1, 512, opts(lora_targets="all-linear"))      # default dropout 0.05
+    ok = training_peak(mix, "lora", 1, 512, opts(lora_targets="all-linear", lora_dropout=0.0))
+    # each layer's merged expert weights (W + B A, bf16: 8 x 3 x 14,336 x 4,096 x 2 B) are saved
+    # for the backward: 32 layers x 2,818,572,288 B, on top of the usual activations
+    assert ok.components["activations"] > 32 * 2_818_572_288
+    # one half of a fused pair cannot be targeted
+    with pytest.raises(BadInput, match="w3"):
+        lora_params(mix, "w1", 16)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -390,7 +413,8 @@ def test_sliding_window_mask_with_sdpa(mistral):
 
 
 def test_every_bundled_model_every_mode():
-    o = opts(grad_ckpt=True, lora_targets="all-linear", optim="paged_adamw_8bit")
+    # dropout 0: peft refuses dropout on fused MoE experts, which all-linear wraps
+    o = opts(grad_ckpt=True, lora_targets="all-linear", optim="paged_adamw_8bit", lora_dropout=0.0)
     for path in sorted(MODELS.glob("*.json")):
         m = families.parse(json.loads(path.read_text()), model_id=path.stem)
         for mode in ("full", "lora", "qlora"):

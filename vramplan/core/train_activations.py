@@ -43,6 +43,9 @@ class LayerCost:
     fwd_q: int
     ckpt: int           # bytes per token a checkpointed layer keeps (its input)
     copies: int         # autocast weight copies kept for this layer's backward
+    merged: int         # peft ParamWrapper: W + B A of each wrapped fused parameter, saved by the
+                        # grouped matmul until this layer's backward (bytes, not per token)
+    merged_grad: int    # ... and the gradient of the largest one, made in the backward (bytes)
     grads: int          # gradient bytes of this layer's trainable parameters (unsharded)
     work: int           # bytes of this layer's weights in their working dtype (ZeRO-3 gather)
 
@@ -167,7 +170,7 @@ def _linears(layer: LayerSpec, o: TrainOptions, n: Numerics, adapted: dict[str, 
             if not free:
                 shared[key] = x_e * inp        # A itself
         a = adapted.get(t.name)
-        if a is None:
+        if a is None or a.merged:              # a ParamWrapper saves its merged weight instead
             continue
         cast = (n.peft_cast or not n.autocast) and x_e != n.lora_w
         x1 = n.lora_w if cast else x_e
@@ -256,7 +259,9 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     work = sum(work_bytes(t) for t in layer.tensors)
     # with a mask, transformers repeats K/V for SDPA (no enable_gqa) and the kernel saves the copies
     masked = (m.num_heads - m.num_kv_heads) * (m.head_dim + m.v_head_dim) * n.attn if window else 0
-    return LayerCost(saved, saved_q, window, masked, bwd, bwd_q, fwd, fwd_q, n.resid * h, copies, grads, work)
+    merged = [work_bytes(a.tensor) for a in adapted.values() if a.merged]
+    return LayerCost(saved, saved_q, window, masked, bwd, bwd_q, fwd, fwd_q, n.resid * h, copies,
+                     sum(merged), max(merged, default=0), grads, work)
 
 
 def head_saved(text: list[Tensor], h: int, n: Numerics, fp32: bool = False) -> int:

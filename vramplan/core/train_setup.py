@@ -72,7 +72,11 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
     N = o.world
     z = o.zero if N > 1 else 0
     wfn, wlabel = stored_weights(mode, o, model, weight_dtype, transformers)
-    adapted_all = () if mode == "full" else adapted_modules(model, o.lora_targets)
+    adapted_all = () if mode == "full" else adapted_modules(model, o.lora_targets, transformers)
+    if o.lora_dropout > 0 and any(a.merged for a in adapted_all):
+        raise BadInput(f"peft wraps the fused MoE experts of {model.id or 'this model'} with ParamWrapper, "
+                       f"which refuses --lora-dropout {o.lora_dropout:g}; pass --lora-dropout 0 (or target "
+                       f"the attention projections only, e.g. --lora-targets q_proj,v_proj).")
     by_layer: dict[int | None, dict[str, Adapted]] = {}
     for a in adapted_all:
         by_layer.setdefault(a.layer, {})[a.tensor.name] = a
@@ -109,7 +113,8 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
         # them no gradient, so torch never creates their optimizer state.
         live = [a for a in adapted_all if not _is_tower(a.tensor.name)]
         params = tuple(p for a in live for p in
-                       (param_of((o.lora_r, a.in_features), a.matrices), param_of((a.out_features, o.lora_r), a.matrices)))
+                       (param_of((o.lora_r * a.rank_mult, a.in_features), a.matrices),
+                        param_of((a.out_features, o.lora_r * a.rank_mult), a.matrices)))
         n_train = sum(a.params(o.lora_r) for a in live)
     n_adapter = sum(a.params(o.lora_r) for a in adapted_all)
     grad_shard = N if z >= 2 else 1

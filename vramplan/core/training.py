@@ -87,14 +87,14 @@ def training_peak(model: ModelSpec, mode: str, batch: int, ctx: int, opts: Train
     fwd_x = 0
     for L in s.layers:
         full = T * (L.saved + L.saved_q * ctx) + _mask_bytes(L, batch, ctx, s.attn_bytes)
-        if gc:
+        if gc:          # a checkpointed layer's merged LoRA weights live only while it runs
             acts.append(T * L.ckpt)
-            recs.append(full)
-            fwd_x = max(fwd_x, T * (L.fwd + L.fwd_q * ctx))
+            recs.append(full + L.merged)
+            fwd_x = max(fwd_x, T * (L.fwd + L.fwd_q * ctx) + L.merged)
         else:
-            acts.append(full)
+            acts.append(full + L.merged)
             recs.append(0)
-        bwds.append(T * (L.bwd + L.bwd_q * ctx))
+        bwds.append(T * (L.bwd + L.bwd_q * ctx) + L.merged_grad)
         copies.append(L.copies)
         grads.append(ceil_div(L.grads, s.grad_shard))
     A, C = sum(acts), sum(copies)

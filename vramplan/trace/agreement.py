@@ -77,6 +77,7 @@ _BF16 = {"openai/gpt-oss-20b", "deepseek-ai/DeepSeek-V3"}
 _TARGETS = {"microsoft/Phi-3-mini-4k-instruct": "qkv_proj,o_proj", "google/gemma-3-4b-it": "q_proj,v_proj",
             "mistralai/Mixtral-8x7B-v0.1": "q_proj,v_proj", "openai/gpt-oss-20b": "q_proj,v_proj",
             "deepseek-ai/DeepSeek-V3": "q_b_proj,kv_b_proj", "tiiuae/falcon-40b": "query_key_value"}
+_PEFT_PARAM_WRAPPED = {"mistralai/Mixtral-8x7B-v0.1", "deepseek-ai/DeepSeek-V3"}
 _FUSED_EXPERTS = {"mistralai/Mixtral-8x7B-v0.1", "openai/gpt-oss-20b", "deepseek-ai/DeepSeek-V3",
                   "nvidia/Nemotron-H-56B-Base-8K"}
 
@@ -96,6 +97,9 @@ def cases(model: str) -> list[Case]:
         out += [Case(model, "full", 1, 2048, base + extra),
                 Case(model, "lora", 4, 2048, lora + extra),
                 Case(model, "qlora", 4, 2048, qlora + extra)]
+    if model in _PEFT_PARAM_WRAPPED:
+        # all-linear reaches the fused experts through peft's ParamWrapper (dropout must be 0)
+        out.append(Case(model, "lora", 1, 2048, base + (("lora_targets", "all-linear"), ("lora_dropout", 0.0))))
     return out
 
 
