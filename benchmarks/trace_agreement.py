@@ -3,6 +3,7 @@
     python benchmarks/trace_agreement.py              # every case (~15-25 min on 2 cores)
     python benchmarks/trace_agreement.py llama qwen3  # some families (keys of agreement.FAMILIES)
     python benchmarks/trace_agreement.py --json out.json
+    python benchmarks/trace_agreement.py --markdown      # + the family x mode table of docs/trace.md
 
 Per case: both totals, (analytic - trace) / trace, weights and KV cache (exact targets), the
 component that differs most, where each tier puts the peak. Traces are cached on disk, so a
@@ -26,6 +27,7 @@ def main() -> int:
     ap.add_argument("families", nargs="*", help="keys of agreement.FAMILIES (default: all)")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="also print the docs/trace.md table")
     args = ap.parse_args()
     models = [agreement.FAMILIES[f] for f in args.families] or list(agreement.FAMILIES.values())
     rows, out = [], []
@@ -54,10 +56,39 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
+    if args.markdown:
+        print(markdown(out))
     bad = [r for r in rows if not r.within]
     print(f"\n{len(rows) - len(bad)} within tolerance, {len(bad)} outside "
           f"(serve/infer 3 %, training 8 %).")
     return 0
+
+
+COLUMNS = ("serve", "infer", "full", "full+ck", "lora", "lora+ck", "qlora", "qlora+ck", "lora all-linear")
+
+
+def _column(label: str) -> str:
+    mode = label.split()[1]
+    if "all-linear" in label:
+        return "lora all-linear"
+    return mode + ("+ck" if "grad_ckpt=True" in label else "")
+
+
+def markdown(out: list[dict]) -> str:
+    """(analytic - trace) / trace in % per family and mode; bold outside tolerance."""
+    table: dict[str, dict[str, str]] = {}
+    for row in out:
+        model = row["case"].split()[0]
+        if "refused" in row:
+            cell = "refused"
+        else:
+            cell = f"{row['diff'] * 100:+.1f}"
+            cell = cell if row["within"] else f"**{cell}**"
+        table.setdefault(model, {})[_column(row["case"])] = cell
+    lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    for model, cells in table.items():
+        lines.append(f"| {model} | " + " | ".join(cells.get(c, "") for c in COLUMNS) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

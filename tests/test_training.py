@@ -418,6 +418,12 @@ def test_every_bundled_model_every_mode():
     for path in sorted(MODELS.glob("*.json")):
         m = families.parse(json.loads(path.read_text()), model_id=path.stem)
         for mode in ("full", "lora", "qlora"):
+            if mode == "qlora" and path.stem in ("openai--gpt-oss-120b", "openai--gpt-oss-20b", "tiiuae--falcon-40b"):
+                # transformers 5's bitsandbytes reaches none of their decoder matmuls (fused
+                # experts + skip list; FalconLinear): refused with peft's kbit preparation
+                with pytest.raises(BadInput, match="quantizes none"):
+                    training_peak(m, mode, 2, 4096, o)
+                continue
             r = training_peak(m, mode, 2, 4096, o)
             assert r.peak_allocated_bytes == max(r.phases.values()) > 0, (path.stem, mode)
             assert sum(r.components.values()) == r.peak_allocated_bytes + sum(r.outside_allocator.values())

@@ -255,6 +255,12 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     else:
         lp = sum(a.params(o.lora_r) for a in adapted.values())
         copies = 2 * lp if (n.autocast and n.lora_w == 4) else 0
+        if n.autocast:
+            # a frozen matmul weight kept in fp32 (peft's kbit preparation upcasts whatever
+            # bitsandbytes did not quantize: Falcon's FalconLinear under transformers 5) runs on
+            # autocast's bf16 copy, which its backward keeps
+            copies += 2 * sum(t.numel for t in layer.tensors
+                              if t.role in ("linear", "expert") and work_bytes(t) >= 4 * t.numel)
         grads = lp * n.grad_bytes
     work = sum(work_bytes(t) for t in layer.tensors)
     # with a mask, transformers repeats K/V for SDPA (no enable_gqa) and the kernel saves the copies

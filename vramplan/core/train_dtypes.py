@@ -7,7 +7,7 @@ must be made once and read everywhere. The table is docs/training.md §2.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import BadInput
 from ..spec import ModelSpec, Tensor
@@ -60,8 +60,22 @@ def qlora_base(model: ModelSpec, weight_dtype: str | None, transformers: int = 5
     return transformers_bnb(model, resolve_format(model, wd), transformers)[0]
 
 
-def numerics(mode: str, o: TrainOptions, weight_dtype: str) -> Numerics:
-    """The dtype plan for one mode and options (docs/training.md §2, one row each)."""
+def numerics(mode: str, o: TrainOptions, weight_dtype: str, layer_norm: bool = False,
+             bnb_linears: bool = True) -> Numerics:
+    """The dtype plan for one mode and options (docs/training.md §2, one row each). `layer_norm`:
+    the model normalizes with nn.LayerNorm, which CUDA autocast runs in fp32 (its "float32"
+    list), so under autocast the norm outputs are fp32, and under QLoRA with bitsandbytes linears
+    (`bnb_linears`) so is everything they hand back in their input's dtype (trace tier: GPT-2)."""
+    n = _numerics(mode, o, weight_dtype)
+    if layer_norm and n.autocast and n.norm_out < 4:
+        wide = {"norm_out": 4}
+        if mode == "qlora" and bnb_linears:
+            wide.update(lin_out=4, resid=4)
+        n = replace(n, **wide)
+    return n
+
+
+def _numerics(mode: str, o: TrainOptions, weight_dtype: str) -> Numerics:
     mixed = o.precision == "mixed"
     lw = 4 if o.lora_dtype == "fp32" else 2
     if mode == "full":

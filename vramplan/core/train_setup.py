@@ -52,6 +52,27 @@ class StepSetup:
     notes: dict
 
 
+def _uses_layer_norm(model: ModelSpec) -> bool:
+    """nn.LayerNorm (weight and bias) rather than RMSNorm: GPT-2, Falcon."""
+    norms = {t.name for t in model.all_tensors() if t.role == "norm"}
+    return any(t.role == "bias" and t.name.removesuffix(".bias") in norms for t in model.all_tensors())
+
+
+def _quantizes_decoder(model: ModelSpec, fmt) -> bool:
+    return any(quantizes(t, fmt.quant) for l in model.layers for t in l.tensors)
+
+
+def _refuse_unquantized_qlora(model: ModelSpec, transformers: int) -> None:
+    """QLoRA's kbit preparation numerics assume 4-bit decoder linears (their outputs cast back to
+    the fp32 stream). When this transformers version's bitsandbytes conversion reaches none of
+    them (Falcon's FalconLinear and fused MoE experts under 5, the rest on the checkpoint's skip
+    list), peft upcasts the whole 16-bit base to fp32 instead: not what --mode qlora plans."""
+    raise BadInput(f"transformers {transformers}'s bitsandbytes quantizes none of the decoder matmuls of "
+                   f"{model.id or 'this model'} (not exact nn.Linear modules, or on its skip list), so "
+                   f"--mode qlora would train an unquantized base. Plan it with --kbit-prepare none (the "
+                   f"base stays 16-bit), with --transformers 4, or as --mode lora.")
+
+
 def _is_tower(name: str) -> bool:
     return any(w in name for w in _TOWER_WORDS)
 
@@ -67,8 +88,11 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
     layout of that transformers major version."""
     if mode not in TRAIN_MODES:
         raise BadInput(f"--mode {mode!r} is not a training mode; use one of: {', '.join(TRAIN_MODES)}.")
-    n = numerics(mode, o, weight_dtype)
+    bnb_linears = mode == "qlora" and _quantizes_decoder(model, qlora_base(model, weight_dtype, transformers))
+    n = numerics(mode, o, weight_dtype, _uses_layer_norm(model), bnb_linears)
     opt = resolve_optim(o.optim)
+    if mode == "qlora" and o.kbit_prepare != "none" and not bnb_linears:
+        _refuse_unquantized_qlora(model, transformers)
     N = o.world
     z = o.zero if N > 1 else 0
     wfn, wlabel = stored_weights(mode, o, model, weight_dtype, transformers)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .result import TraceResult
 
-TRACE_VERSION = 7
+TRACE_VERSION = 9
 _PACKAGES = ("torch", "transformers", "peft")
 
 

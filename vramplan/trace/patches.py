@@ -14,6 +14,7 @@ CUDA falls back to the math backend (fp32 with grouped K/V heads): the trace for
 fallback. It refuses some that CUDA's memory-efficient kernel takes (MLA's unequal q/k and v
 head dims): the trace allocates what that kernel allocates instead of running math.
 3. `cuda_dropout`: training dropout keeps a bool mask on CUDA, an input-dtype mask on `cpu`.
+4. `cuda_autocast_layer_norm`: CUDA autocast runs layer_norm in fp32, CPU autocast does not.
 """
 
 from __future__ import annotations
@@ -143,3 +144,32 @@ def cuda_dropout():
         yield
     finally:
         torch.nn.functional.dropout = original
+
+
+@contextlib.contextmanager
+def cuda_autocast_layer_norm():
+    """layer_norm under autocast as CUDA runs it: it is on CUDA autocast's "float32" list (inputs
+    cast to fp32, fp32 output, the fp32 input saved for the backward), not on CPU autocast's,
+    which keeps the input dtype (GPT-2 and Falcon with 16-bit norms: half the saved norm inputs
+    and a 16-bit stream after every norm)."""
+    import torch
+
+    original = torch.nn.functional.layer_norm
+
+    def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+        kind = input.device.type
+        narrow = any(t is not None and t.is_floating_point() and t.dtype != torch.float32
+                     for t in (input, weight, bias))
+        if torch.is_autocast_enabled(kind) and narrow:
+            def wide(t):
+                return t.float() if t is not None and t.is_floating_point() else t
+
+            with torch.autocast(kind, enabled=False):
+                return original(wide(input), normalized_shape, wide(weight), wide(bias), eps)
+        return original(input, normalized_shape, weight, bias, eps)
+
+    torch.nn.functional.layer_norm = layer_norm
+    try:
+        yield
+    finally:
+        torch.nn.functional.layer_norm = original

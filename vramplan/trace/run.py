@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..core.training import TrainOptions
-from . import build, patches, quant, recipe, scenarios, training
+from . import build, mamba, patches, quant, recipe, scenarios, training
 from . import device as trace_device
 from .result import TensorRow, TraceResult
 from .tracker import MemoryTracker
@@ -91,7 +91,9 @@ def _execute(raw_config: dict, scenario: Scenario, model_id: str, fake: bool, pr
         on_cpu = trace_device.kind() == "cpu"    # on a real GPU its own kernels decide
         with patches.unpacked_batches(), \
                 (patches.cuda_sdpa_backends() if on_cpu else contextlib.nullcontext()), \
-                (patches.cuda_dropout() if on_cpu else contextlib.nullcontext()), fake_mode, tr:
+                (patches.cuda_dropout() if on_cpu else contextlib.nullcontext()), \
+                (patches.cuda_autocast_layer_norm() if on_cpu else contextlib.nullcontext()), \
+                (mamba.cuda_mamba_kernels() if on_cpu else contextlib.nullcontext()), fake_mode, tr:
             say("materializing the weights as fake tensors" if fake else "allocating real weights")
             build.materialize(model, fake)
             weights = list(build.parameters_and_buffers(model))
