@@ -26,13 +26,10 @@ pytestmark = pytest.mark.trace
 ALL = os.environ.get("VRAMPLAN_TRACE_ALL") == "1"
 CASES = agreement.all_cases() if ALL else agreement.DEFAULT
 
-# (model, mode) -> why the analytic total is outside tolerance there. Only Nemotron-H is left, and
-# not for the analytic tier: its Mamba layers run transformers' reference PyTorch scan on the
-# trace's CPU device (the mamba_ssm / causal_conv1d CUDA kernels cannot run there), which
-# allocates far more than the kernels a GPU runs (docs/trace.md, "What the trace cannot see").
-_MAMBA = "trace limitation: Mamba ran the reference PyTorch scan, not the CUDA kernels"
-KNOWN_GAPS = {("nvidia/Nemotron-H-56B-Base-8K", mode): _MAMBA
-              for mode in ("serve", "infer", "full", "lora", "qlora")}
+# (model, mode) -> why the analytic total is outside tolerance there. None at present: every
+# gap the trace showed was closed in the analytic model (docs/trace.md). Keep the mechanism for
+# the next transformers release that moves memory around.
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 @pytest.fixture(scope="module", autouse=True)

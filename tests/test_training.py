@@ -418,10 +418,13 @@ def test_every_bundled_model_every_mode():
     for path in sorted(MODELS.glob("*.json")):
         m = families.parse(json.loads(path.read_text()), model_id=path.stem)
         for mode in ("full", "lora", "qlora"):
-            if mode == "qlora" and path.stem in ("openai--gpt-oss-120b", "openai--gpt-oss-20b", "tiiuae--falcon-40b"):
+            refused = {"openai--gpt-oss-120b": "quantizes none", "openai--gpt-oss-20b": "quantizes none",
+                       "tiiuae--falcon-40b": "quantizes none", "nvidia--Nemotron-H-56B-Base-8K": "Mamba"}
+            if mode == "qlora" and path.stem in refused:
                 # transformers 5's bitsandbytes reaches none of their decoder matmuls (fused
-                # experts + skip list; FalconLinear): refused with peft's kbit preparation
-                with pytest.raises(BadInput, match="quantizes none"):
+                # experts + skip list; FalconLinear), or a 4-bit out_proj breaks mamba_ssm's
+                # fused training kernel: refused
+                with pytest.raises(BadInput, match=refused[path.stem]):
                     training_peak(m, mode, 2, 4096, o)
                 continue
             r = training_peak(m, mode, 2, 4096, o)

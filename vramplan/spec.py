@@ -80,6 +80,25 @@ class Recurrent:
     state_size: int = 0
     conv_channels: int = 0
     conv_kernel: int = 0
+    chunk_size: int = 0     # the SSD scan's chunk (mamba_ssm keeps one fp32 state per chunk)
+
+    @property
+    def d_inner(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def n_groups(self) -> int:
+        return (self.conv_channels - self.d_inner) // (2 * self.state_size) if self.state_size else 0
+
+    @property
+    def in_proj(self) -> int:
+        """in_proj width: z, x, B, C and dt."""
+        return self.d_inner + self.conv_channels + self.num_heads
+
+    @property
+    def chunk_state_elems(self) -> int:
+        """Elements per token of one fp32 chunk-state tensor (heads x head_dim x state per chunk)."""
+        return self.num_heads * self.head_dim * self.state_size // self.chunk_size if self.chunk_size else 0
 
     @property
     def state_elems(self) -> int:

@@ -28,7 +28,13 @@ MoE: the experts see T * top_k token slots: gathered inputs T*k*hidden plus the 
      after the down projection the fp32 routing weights promote the weighted and the unsorted
      outputs to fp32: gathered input + down output + 2 x fp32 = 6 hidden per slot; the larger
      of the two points counts (trace tier: Mixtral's gate point, DeepSeek-V3's output point).
-Mamba2: in_proj output T * (in_proj width) plus the conv/SSM outputs T * 2 * d_inner.
+Mamba2, vLLM: in_proj output T * (in_proj width) plus the conv/SSM outputs T * 2 * d_inner.
+Mamba2, transformers with the mamba_ssm / causal_conv1d kernels (`hf=True`), the larger of two
+points (elements at 16 bits): the gated RMSNorm, which is PyTorch (in_proj and conv outputs, the
+scan output's concatenated copy, x, gate and silu(gate) in fp32: P + conv + 7 d_inner), and the
+chunked scan (in_proj and conv outputs, three fp32 chunk-state-sized tensors, fp32 dt and dA
+cumsum: P + conv + 3 S + 4 heads); S = heads x head_dim x state / chunk. Measured by the trace
+tier with the kernels' allocations emulated (trace/mamba.py, Nemotron-H).
 
 T = tokens in the pass. All widths in elements; times the activation dtype's bytes. The trace
 tier (`--method trace`) measures the same program exactly and the tests compare the two.
@@ -113,10 +119,12 @@ def _mlp_elems(m: Mlp, hidden: int, resid: int = RESIDUAL, hf: bool = False) -> 
     return resid * hidden + slots * (hidden + per_slot) + shared + 2 * m.num_experts
 
 
-def _recurrent_elems(r: Recurrent, hidden: int, resid: int = RESIDUAL) -> int:
-    d_inner = r.num_heads * r.head_dim
-    in_proj = 2 * d_inner + r.conv_channels - d_inner + r.num_heads
-    return resid * hidden + in_proj + 2 * d_inner
+def _recurrent_elems(r: Recurrent, hidden: int, resid: int = RESIDUAL, hf: bool = False) -> int:
+    if not hf:
+        return resid * hidden + r.in_proj + 2 * r.d_inner
+    norm_point = r.in_proj + r.conv_channels + 7 * r.d_inner
+    scan_point = r.in_proj + r.conv_channels + 3 * r.chunk_state_elems + 4 * r.num_heads
+    return resid * hidden + max(norm_point, scan_point)
 
 
 def residual_tensors(model: ModelSpec) -> int:
@@ -132,7 +140,7 @@ def layer_peak_elems(layer: LayerSpec, hidden: int, resid: int = RESIDUAL,
     if isinstance(m, Attention):
         best, where = _attention_elems(m, hidden, resid), "attention"
     elif isinstance(m, Recurrent):
-        best, where = _recurrent_elems(m, hidden, resid), "mamba"
+        best, where = _recurrent_elems(m, hidden, resid, hf), "mamba"
     if layer.mlp is not None:
         e = _mlp_elems(layer.mlp, hidden, resid, hf)
         if e > best:

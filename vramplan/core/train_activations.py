@@ -150,9 +150,12 @@ def _linears(layer: LayerSpec, o: TrainOptions, n: Numerics, adapted: dict[str, 
     shared: dict[tuple, int] = {}
     per_module = 0
     attn_mixer = isinstance(layer.mixer, Attention)
+    fused_mamba = isinstance(layer.mixer, Recurrent)
     for t in layer.tensors:
         if t.role not in ("linear", "router") or len(t.shape) < 2:
             continue
+        if fused_mamba and t.leaf == "out_proj":
+            continue        # inside mamba_ssm's fused kernel, which recomputes its input
         inp = t.shape[-1]
         parent = _parent(t.name)
         is_out = t.leaf in _OUT_NAMES
@@ -224,7 +227,7 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     sdpa_like = not eager and not math     # the kernel keeps its output (o_proj's input)
     saved = _linears(layer, o, n, adapted, sdpa_like) + dropout_masks(model)[0]
     for t in layer.tensors:
-        if t.role == "norm":
+        if t.role == "norm" and not (isinstance(m, Recurrent) and t.name.endswith("mixer.norm")):
             saved += _norm_cost(t, layer, names, h, n, fp32_norms(model))
     saved_q = bwd_q = window = 0
     bwd_mix = bwd_mlp = 0
@@ -232,10 +235,12 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
         s, saved_q, bwd_mix, bwd_q, window = _attention(m, impl, n)
         saved += s + _fused_qkv_extra(layer, m, impl, n)
     elif isinstance(m, Recurrent):
-        proj = max((t.shape[0] for t in layer.tensors if t.leaf == "in_proj"), default=0)
-        d_inner = m.num_heads * m.head_dim
-        saved += (proj + m.conv_channels + 2 * d_inner) * n.lin_out   # approximate: see docs
-        bwd_mix = 2 * proj * n.lin_out
+        # mamba_ssm's fused training kernel (MambaSplitConv1dScanCombinedFn) saves the in_proj
+        # output, the scan output and the gated norm's fp32 rstd per group; it recomputes the
+        # conv and norm outputs in its backward, which holds in_proj- and conv-sized gradients,
+        # d_inner-sized recomputations and six chunk-state-sized tensors (trace/mamba.py)
+        saved += (m.in_proj + m.d_inner) * n.lin_out + 4 * m.n_groups
+        bwd_mix = (m.in_proj + 2 * m.conv_channels + 4 * m.d_inner + 6 * m.chunk_state_elems) * n.lin_out
     if layer.mlp is not None:
         s, bwd_mlp = _mlp(layer.mlp, h, n)
         saved += s
@@ -243,6 +248,9 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     bwd = max(bwd_mix, bwd_mlp) + 2 * h * n.resid + lora_in
     peak_elems, _ = act.layer_peak_elems(layer, h, act.residual_tensors(model), hf=True)
     fwd = peak_elems * n.lin_out
+    if isinstance(m, Recurrent):       # a checkpointed layer recomputes through the fused kernel
+        fwd = (act.residual_tensors(model) * h + m.in_proj + m.conv_channels + 4 * m.num_heads
+               + 3 * m.chunk_state_elems) * n.lin_out
     fwd_q = 0
     if isinstance(m, Attention) and impl == "eager_sinks":
         fwd_q = m.num_heads * act.EAGER_SCORES[impl] * n.attn

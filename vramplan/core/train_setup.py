@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..errors import BadInput
-from ..spec import ModelSpec, Tensor
+from ..spec import ModelSpec, Recurrent, Tensor
 from ..units import ceil_div
 from .lora import Adapted, adapted_modules
 from .optimizers import (Param, describe_state, describe_step_temporaries, param_of, resolve_optim,
@@ -50,6 +50,8 @@ class StepSetup:
     dequant: int            # bitsandbytes: one dequantized matrix alive during each 4/8-bit matmul
     math_fallback: bool     # sdpa on fp32 GQA attention runs the math backend
     notes: dict
+    frozen_prefix: int = 0  # LoRA without checkpointing: leading layers no gradient reaches (no
+                            # adapter yet, inputs not requiring grad) save nothing for a backward
 
 
 def _uses_layer_norm(model: ModelSpec) -> bool:
@@ -73,6 +75,26 @@ def _refuse_unquantized_qlora(model: ModelSpec, transformers: int) -> None:
                    f"base stays 16-bit), with --transformers 4, or as --mode lora.")
 
 
+def _refuse_4bit_mamba_out_proj(model: ModelSpec, fmt) -> None:
+    """mamba_ssm's fused training kernel (mamba_split_conv1d_scan_combined) applies out_proj as
+    F.linear on out_proj.weight itself, which a bitsandbytes 4-bit layer cannot provide: the
+    training step fails (the trace tier runs into the same wall)."""
+    if any(isinstance(l.mixer, Recurrent) and t.leaf == "out_proj" and quantizes(t, fmt.quant)
+           for l in model.layers for t in l.tensors):
+        raise BadInput(f"QLoRA cannot train {model.id or 'this model'}'s Mamba layers: mamba_ssm's fused "
+                       f"training kernel applies out_proj to its raw weight, which bitsandbytes 4-bit "
+                       f"cannot provide, so the step fails. Use --mode lora.")
+
+
+def _frozen_prefix(mode: str, o: TrainOptions, adapted) -> int:
+    """Decoder layers before the first adapter, when nothing upstream requires grad: their ops
+    record no autograd graph (Nemotron-H with attention-only targets: 4 Mamba and 3 MLP blocks).
+    Gradient checkpointing with peft's kbit preparation makes the inputs require grad."""
+    if mode == "full" or o.grad_ckpt:
+        return 0
+    return min((a.layer for a in adapted if a.layer is not None), default=0)
+
+
 def _is_tower(name: str) -> bool:
     return any(w in name for w in _TOWER_WORDS)
 
@@ -93,6 +115,8 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
     opt = resolve_optim(o.optim)
     if mode == "qlora" and o.kbit_prepare != "none" and not bnb_linears:
         _refuse_unquantized_qlora(model, transformers)
+    if mode == "qlora":
+        _refuse_4bit_mamba_out_proj(model, qlora_base(model, weight_dtype, transformers))
     N = o.world
     z = o.zero if N > 1 else 0
     wfn, wlabel = stored_weights(mode, o, model, weight_dtype, transformers)
@@ -231,4 +255,5 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
                      copies_are_weights, g_head, g_norm, g_emb, tied_tmp, V, n.resid, n.logits, n.attn,
                      gather_fwd, gather_bwd, dequant,
                      n.attn == 4 and any(a.num_kv_heads < a.num_heads for a in
-                                         (l.mixer for l in model.attention_layers)), notes)
+                                         (l.mixer for l in model.attention_layers)), notes,
+                     _frozen_prefix(mode, o, adapted_all))

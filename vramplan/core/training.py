@@ -85,7 +85,7 @@ def training_peak(model: ModelSpec, mode: str, batch: int, ctx: int, opts: Train
 
     acts, recs, bwds, copies, grads = [], [], [], [], []
     fwd_x = 0
-    for L in s.layers:
+    for i, L in enumerate(s.layers):
         full = T * (L.saved + L.saved_q * ctx) + _mask_bytes(L, batch, ctx, s.attn_bytes)
         if gc:          # a checkpointed layer's merged LoRA weights live only while it runs
             acts.append(T * L.ckpt)
@@ -95,6 +95,8 @@ def training_peak(model: ModelSpec, mode: str, batch: int, ctx: int, opts: Train
             acts.append(full + L.merged)
             recs.append(0)
         bwds.append(T * (L.bwd + L.bwd_q * ctx) + L.merged_grad)
+        if i < s.frozen_prefix:          # no gradient reaches this layer: nothing saved, no backward
+            acts[-1] = recs[-1] = bwds[-1] = 0
         copies.append(L.copies)
         grads.append(ceil_div(L.grads, s.grad_shard))
     A, C = sum(acts), sum(copies)

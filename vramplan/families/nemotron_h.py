@@ -75,7 +75,8 @@ def parse(cfg: Cfg):
         d_inner = nh * mhd
         conv_dim = d_inner + 2 * ng * ss
         rec = Recurrent("mamba2", conv_state_elems=conv_dim * (k - 1), ssm_state_elems=nh * mhd * ss,
-                        num_heads=nh, head_dim=mhd, state_size=ss, conv_channels=conv_dim, conv_kernel=k)
+                        num_heads=nh, head_dim=mhd, state_size=ss, conv_channels=conv_dim, conv_kernel=k,
+                        chunk_size=cfg.int("chunk_size", "mamba_chunk_size", default=128))
     use_bias = cfg.bool("use_bias", default=False)
     mlp_bias = cfg.bool("mlp_bias", default=False)
     if "mlp" in kinds:

@@ -5,7 +5,7 @@ A case is one `vramplan fit` question. `compare` answers it with both methods an
 totals, the exact-by-design components (weights, KV cache) and every component's difference.
 Tolerances (the targets of the design): weights and KV exact, total within 3 % for serve/infer
 and 8 % for training. tests/test_trace_agreement.py lists the cases outside them with the reason
-(only Nemotron-H, a trace limitation); docs/trace.md has the latest report.
+(none at present); docs/trace.md has the latest report.
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ DEFAULT = [
     Case("openai-community/gpt2-large", "lora", 4, 2048),                # gelu_new, dropout masks
     Case("microsoft/Phi-3-mini-4k-instruct", "lora", 4, 2048, (("lora_targets", "qkv_proj,o_proj"),)),
     Case("google/gemma-3-4b-it", "full", 1, 2048),                       # fp32 norms, masked GQA
+    Case("nvidia/Nemotron-H-56B-Base-8K", "lora", 4, 2048),              # Mamba kernels, frozen prefix
 ]
 
 
