@@ -95,9 +95,10 @@ def contiguous_cache_bytes(model: ModelSpec, elem_bytes: int, batch: int, ctx: i
                   for a in attention_layers(model))
     state = transformers_state_bytes(model, act_bytes or elem_bytes)
     # each sliding layer also moves its window size, an int64 scalar, to the device
-    # (DynamicSlidingWindowLayer._sliding_window_tensor): one 512-B allocator block
-    counters = ALLOC_BLOCK * sum(1 for a in attention_layers(model)
-                                 if a.kind in ("sliding", "chunked") and a.window)
+    # (DynamicSlidingWindowLayer._sliding_window_tensor), and each Mamba layer its token count
+    # (LinearAttentionLayer.cumulative_length_linear): one 512-B allocator block each
+    counters = ALLOC_BLOCK * (len(recurrent_layers(model)) + sum(
+        1 for a in attention_layers(model) if a.kind in ("sliding", "chunked") and a.window))
     return batch * (per_seq * elem_bytes + state) + counters
 
 
