@@ -60,36 +60,33 @@ def _uses_layer_norm(model: ModelSpec) -> bool:
     return any(t.role == "bias" and t.name.removesuffix(".bias") in norms for t in model.all_tensors())
 
 
-def _quantizes_decoder(model: ModelSpec, fmt) -> bool:
-    return any(quantizes(t, fmt.quant) for l in model.layers for t in l.tensors)
-
-
-def _refuse_unquantized_qlora(model: ModelSpec, transformers: int) -> None:
-    """QLoRA's kbit preparation numerics assume 4-bit decoder linears (their outputs cast back to
-    the fp32 stream). When this transformers version's bitsandbytes conversion reaches none of
-    them (Falcon's FalconLinear and fused MoE experts under 5, the rest on the checkpoint's skip
-    list), peft upcasts the whole 16-bit base to fp32 instead: not what --mode qlora plans."""
-    raise BadInput(f"transformers {transformers}'s bitsandbytes quantizes none of the decoder matmuls of "
-                   f"{model.id or 'this model'} (not exact nn.Linear modules, or on its skip list), so "
-                   f"--mode qlora would train an unquantized base. Plan it with --kbit-prepare none (the "
-                   f"base stays 16-bit), with --transformers 4, or as --mode lora.")
-
-
-def _refuse_4bit_mamba_out_proj(model: ModelSpec, fmt) -> None:
-    """mamba_ssm's fused training kernel (mamba_split_conv1d_scan_combined) applies out_proj as
-    F.linear on out_proj.weight itself, which a bitsandbytes 4-bit layer cannot provide: the
-    training step fails (the trace tier runs into the same wall)."""
-    if any(isinstance(l.mixer, Recurrent) and t.leaf == "out_proj" and quantizes(t, fmt.quant)
-           for l in model.layers for t in l.tensors):
-        raise BadInput(f"QLoRA cannot train {model.id or 'this model'}'s Mamba layers: mamba_ssm's fused "
-                       f"training kernel applies out_proj to its raw weight, which bitsandbytes 4-bit "
-                       f"cannot provide, so the step fails. Use --mode lora.")
+def _qlora_base_checked(model: ModelSpec, fmt, o: TrainOptions, transformers: int) -> bool:
+    """Whether bitsandbytes quantizes any decoder matmul of this QLoRA base; BadInput for the two
+    setups whose step would not be the QLoRA step planned:
+    - no 4-bit decoder matmul (Falcon's FalconLinear, fused MoE experts under transformers 5, the
+      rest on the checkpoint's skip list) with peft's or TRL's preparation, which would upcast the
+      whole 16-bit base to fp32 (QLoRA's numerics assume 4-bit linears that cast back);
+    - a 4-bit Mamba out_proj: mamba_ssm's fused training kernel (mamba_split_conv1d_scan_combined)
+      applies it as F.linear on its raw weight, which a bitsandbytes layer cannot provide."""
+    name = model.id or "this model"
+    decoder = [(l, t) for l in model.layers for t in l.tensors if quantizes(t, fmt.quant)]
+    if not decoder and o.kbit_prepare != "none":
+        raise BadInput(f"transformers {transformers}'s bitsandbytes quantizes none of the decoder matmuls of "
+                       f"{name} (not exact nn.Linear modules, or on its skip list), so --mode qlora would "
+                       f"train an unquantized base. Plan it with --kbit-prepare none (the base stays "
+                       f"16-bit), with --transformers 4, or as --mode lora.")
+    if any(isinstance(l.mixer, Recurrent) and t.leaf == "out_proj" for l, t in decoder):
+        raise BadInput(f"QLoRA cannot train {name}'s Mamba layers: mamba_ssm's fused training kernel "
+                       f"applies out_proj to its raw weight, which bitsandbytes 4-bit cannot provide, so "
+                       f"the step fails. Use --mode lora.")
+    return bool(decoder)
 
 
 def _frozen_prefix(mode: str, o: TrainOptions, adapted) -> int:
     """Decoder layers before the first adapter, when nothing upstream requires grad: their ops
-    record no autograd graph (Nemotron-H with attention-only targets: 4 Mamba and 3 MLP blocks).
-    Gradient checkpointing with peft's kbit preparation makes the inputs require grad."""
+    record no autograd graph (Nemotron-H with attention-only targets: 4 Mamba and 3 MLP blocks;
+    trace tier). Not applied with gradient checkpointing, where each layer's input is kept anyway
+    (small: one hidden-size tensor per token)."""
     if mode == "full" or o.grad_ckpt:
         return 0
     return min((a.layer for a in adapted if a.layer is not None), default=0)
@@ -110,13 +107,10 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
     layout of that transformers major version."""
     if mode not in TRAIN_MODES:
         raise BadInput(f"--mode {mode!r} is not a training mode; use one of: {', '.join(TRAIN_MODES)}.")
-    bnb_linears = mode == "qlora" and _quantizes_decoder(model, qlora_base(model, weight_dtype, transformers))
+    base = qlora_base(model, weight_dtype, transformers) if mode == "qlora" else None
+    bnb_linears = base is not None and _qlora_base_checked(model, base, o, transformers)
     n = numerics(mode, o, weight_dtype, _uses_layer_norm(model), bnb_linears)
     opt = resolve_optim(o.optim)
-    if mode == "qlora" and o.kbit_prepare != "none" and not bnb_linears:
-        _refuse_unquantized_qlora(model, transformers)
-    if mode == "qlora":
-        _refuse_4bit_mamba_out_proj(model, qlora_base(model, weight_dtype, transformers))
     N = o.world
     z = o.zero if N > 1 else 0
     wfn, wlabel = stored_weights(mode, o, model, weight_dtype, transformers)
@@ -176,7 +170,7 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
     static: dict[str, int] = {}
     all_weights = sum(wbytes(t) for t in model.all_tensors())
     if mode == "qlora":
-        all_weights += shared_state_bytes(model, qlora_base(model, weight_dtype, transformers).quant)
+        all_weights += shared_state_bytes(model, base.quant)
     copies_are_weights = mode == "full" and n.layer_copies
     static["weights"] = 0 if copies_are_weights else ceil_div(all_weights, w_shard)
     if mode != "full":
@@ -219,7 +213,7 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
     # and backward (bitsandbytes MatMul4Bit); one matrix at a time.
     dequant = 0
     if mode == "qlora":
-        q = qlora_base(model, weight_dtype, transformers).quant
+        q = base.quant
         dequant = 2 * max((t.shape[-1] * t.shape[-2] for t in model.all_tensors()
                            if quantizes(t, q) and len(t.shape) >= 2), default=0)
 
