@@ -117,11 +117,12 @@ def transformers_major(value: int | str | None = None) -> int:
         from importlib import metadata
 
         try:
-            value = metadata.version("transformers").split(".")[0]
+            installed = metadata.version("transformers").split(".")[0]
         except metadata.PackageNotFoundError:
+            installed = ""
+        if not installed.isdigit():
             return TRANSFORMERS_MAJORS[-1]
-        return min(max(int(value), TRANSFORMERS_MAJORS[0]), TRANSFORMERS_MAJORS[-1]) if value.isdigit() \
-            else TRANSFORMERS_MAJORS[-1]
+        return min(max(int(installed), TRANSFORMERS_MAJORS[0]), TRANSFORMERS_MAJORS[-1])
     major = str(value).strip().split(".")[0]
     if not major.isdigit() or int(major) not in TRANSFORMERS_MAJORS:
         raise BadInput(f"--transformers {value!r}: give the major version to plan for, 4 or 5.")

@@ -65,7 +65,8 @@ RESIDUAL = 4     # hidden-size tensors alive through a layer (see the module doc
 # fused gate_up output (2 I), the clamped gate, the sigmoid, the glu and up + 1: 3 I per token
 # slot more than a SwiGLU's gate, act(gate) and up (trace tier, gpt-oss-20b; gap 5).
 PYTHON_ACTS = {"gelu_new": (4, 3), "gpt_oss_glu": (3, 3)}   # name -> (alive in a no-grad forward,
-                                                            # extra saved for the backward), x I
+                                                            # extra saved for the backward), x I;
+# gpt-oss's "alive" is the SwiGLU default: gated experts take theirs from _mlp_elems, not here
 
 
 # Eager attention materializes seq x seq scores. transformers' gpt-oss ("eager_sinks": scores *
@@ -134,7 +135,8 @@ def residual_tensors(model: ModelSpec) -> int:
 def layer_peak_elems(layer: LayerSpec, hidden: int, resid: int = RESIDUAL,
                      hf: bool = False) -> tuple[int, str]:
     """Widest point of one layer per token, in activation elements, and which part it is;
-    `hf`: transformers' own MoE experts rather than vLLM's fused_moe."""
+    `hf`: as transformers runs the layer (its MoE experts, fused gate_up, Mamba with the
+    mamba_ssm kernels) rather than vLLM."""
     best, where = 0, ""
     m = layer.mixer
     if isinstance(m, Attention):

@@ -178,11 +178,10 @@ def mamba_state_bytes(r: Recurrent, tp: int, conv_elem: int, ssm_elem: int) -> i
     state_size in the SSM cache dtype. Groups that do not divide tp are padded up to tp."""
     if not r.conv_channels:
         return ceil_div(r.conv_state_elems * conv_elem + r.ssm_state_elems * ssm_elem, tp)
-    d_inner = r.num_heads * r.head_dim
-    groups = (r.conv_channels - d_inner) // (2 * r.state_size)
+    groups = r.n_groups
     if groups % tp:
         groups += tp - groups
-    conv = (r.conv_kernel - 1) * ((d_inner + 2 * groups * r.state_size) // tp)
+    conv = (r.conv_kernel - 1) * ((r.d_inner + 2 * groups * r.state_size) // tp)
     ssm = (r.num_heads // tp) * r.head_dim * r.state_size
     return conv * conv_elem + ssm * ssm_elem
 

@@ -25,8 +25,8 @@ CUBLAS_WORKSPACE_BYTES = 8 * MiB + 128 * 1024
 # tensor costs block_rounded(its bytes): a Qwen3 q_norm of 256 B takes 512.
 ALLOC_BLOCK = 512
 
-# The caching allocator rounds every block to 512 B, serves requests <= 1 MiB from 2 MiB
-# segments and rounds larger ones up to 2 MiB; in inference the churn of prefill transients
+# It also serves requests <= 1 MiB from 2 MiB segments and rounds larger ones up to 2 MiB;
+# in inference the churn of prefill transients
 # leaves cached-but-free blocks of a few percent of the transient working set
 # (reference/gpus.md, "Caching allocator"). Applied to activations only: weights and the cache
 # are allocated once, in large blocks, and pack tightly.

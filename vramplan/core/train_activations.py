@@ -128,13 +128,12 @@ def _attention(a: Attention, impl: str, n: Numerics) -> tuple[int, int, int, int
 def _mlp(m: Mlp, h: int, n: Numerics) -> tuple[int, int]:
     """(saved, bwd) per token for the MLP's elementwise chain (projection inputs excluded)."""
     I, e = m.intermediate, n.lin_out
+    extra = act.PYTHON_ACTS.get(m.act, (0, 0))[1]   # a Python activation's saved intermediates
     if m.kind == "dense":
         if m.gated:
             return 3 * I * e, 3 * I * e        # gate (act input), act(gate), up; 3 grads in backward
-        extra = act.PYTHON_ACTS.get(m.act, (0, 0))[1]
-        return (1 + extra) * I * e, 2 * I * e  # act input (+ a Python activation's intermediates)
+        return (1 + extra) * I * e, 2 * I * e  # act input
     k = max(m.top_k, 1)
-    extra = act.PYTHON_ACTS.get(m.act, (0, 0))[1]
     per_slot = (3 * I + h + extra * I) * e     # gate, act, up, expert output x routing weight
     if n.base_trainable:
         per_slot += h * n.norm_out + I * e     # gathered input and product, saved for weight grads
