@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from vramplan import api, catalog
 from vramplan.cli import app
 from vramplan.compare import compare, sweep
-from vramplan.compare import prices, render, throughput
+from vramplan.compare import prices, throughput
+from vramplan.render import compare as render
 from vramplan.compare.grid import parse_range
-from vramplan.core import plan as core_plan
+from vramplan import planner as core_plan
 from vramplan.errors import BadInput, MissingExtra, UnknownGpu
 from vramplan.spec import GpuTarget
 

@@ -3,10 +3,10 @@
 import pytest
 
 from tests.tiny import TINY_LLAMA, TINY_LLAMA_PARAMS, TINY_MISTRAL_SWA
-from vramplan import families
-from vramplan.core import kv_cache as kv
-from vramplan.core.limits import largest_fitting
-from vramplan.core.weights import quantized_bytes, resolve_format, weight_bytes
+from vramplan import models as families
+from vramplan.memory import kv_cache as kv
+from vramplan.memory.solve import largest_fitting
+from vramplan.memory.weights import quantized_bytes, resolve_format, weight_bytes
 from vramplan.spec import Quantization, Tensor
 
 

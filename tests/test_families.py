@@ -1,4 +1,4 @@
-"""vramplan.families: config.json -> ModelSpec, checked against transformers to the parameter.
+"""vramplan.models: config.json -> ModelSpec, checked against transformers to the parameter.
 
 The reference numbers (shared/reference/expected.json) were computed with transformers 5.23 on the
 meta device: unique parameters of AutoModelForCausalLM.from_config, KV bytes per token in bf16
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from vramplan.errors import BadConfig
-from vramplan.families import parse
+from vramplan.models import parse
 from vramplan.spec import Attention, Recurrent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_every_bundled_config_parses_fast():
 
 
 def test_imports_nothing_heavy():
-    code = ("import sys, vramplan.families; "
+    code = ("import sys, vramplan.models; "
             "print(','.join(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
@@ -479,7 +479,7 @@ def test_missing_dtype_is_fp32_with_note():
     cfg = dict(TINY, model_type="llama")
     del cfg["torch_dtype"]
     spec = parse(cfg)
-    # the assumption is recorded; core/plan.py warns only when a plan really uses fp32
+    # the assumption is recorded; planner.py warns only when a plan really uses fp32
     assert spec.torch_dtype == "fp32" and spec.extra["torch_dtype_assumed"] is True
     assert parse(dict(cfg, dtype="float16")).torch_dtype == "fp16"     # transformers 5 key
 

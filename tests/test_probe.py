@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from vramplan import EnvironmentProblem
 from vramplan.probe import auto_target, fake, nvml, probe
-from vramplan.probe import commands as probe_commands
-from vramplan.probe.render import report_json, report_text
+from vramplan.cli import probe as probe_commands
+from vramplan.render.probe import report_json, report_text
 
 MiB = 2**20
 RESERVE = 480 * MiB
@@ -309,7 +309,7 @@ def test_real_backend_on_this_machine():
 
 
 def test_importing_probe_is_light():
-    code = ("import sys, vramplan.probe, vramplan.probe.commands; "
+    code = ("import sys, vramplan.probe, vramplan.cli.probe; "
             "bad = {'torch', 'pynvml', 'transformers'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from vramplan import api, catalog
 from vramplan.cli import app
-from vramplan.core import kv_cache as kv
-from vramplan.core import plan as core_plan
-from vramplan.core.parallel import pp_stages, tp_divisor
+from vramplan.memory import kv_cache as kv
+from vramplan import planner as core_plan
+from vramplan.memory.parallel import pp_stages, tp_divisor
 from vramplan.errors import BadInput
 from vramplan.spec import GpuTarget
 from vramplan.units import GiB, ceil_div

@@ -107,7 +107,7 @@ def test_a_cached_answer_imports_no_torch(tmp_path, monkeypatch):
 @pytest.mark.trace
 def test_overhead_is_the_analytic_tiers(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    from vramplan import families
+    from vramplan import models as families
 
     target = api.resolve_target("l40s")
     a = api.plan(families.parse(TINY), target, mode="infer", batch=2, ctx=64)
@@ -132,7 +132,8 @@ def test_progress_goes_to_stderr(tmp_path, monkeypatch, capsys):
 def test_every_bundled_family_builds_without_remote_code():
     """config.json -> transformers model on meta, parameter for parameter as the analytic tier
     counts them (RefinedWeb falcon mapped to transformers' Falcon)."""
-    from vramplan import catalog, families
+    from vramplan import catalog
+    from vramplan import models as families
     from vramplan.trace import build
 
     seen = set()

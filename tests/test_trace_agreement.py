@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from vramplan import api  # noqa: E402
-from vramplan.core.weights import resolve_format, weight_bytes  # noqa: E402
+from vramplan.memory.weights import resolve_format, weight_bytes  # noqa: E402
 from vramplan.errors import VramplanError  # noqa: E402
 from vramplan.trace import agreement  # noqa: E402
 

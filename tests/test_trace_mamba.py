@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from vramplan.core.training import TrainOptions  # noqa: E402
+from vramplan.engines.hf_trainer.phases import TrainOptions  # noqa: E402
 from vramplan.errors import BadInput  # noqa: E402
 from vramplan.trace import mamba, run  # noqa: E402
 from vramplan.trace.run import Scenario, execute  # noqa: E402

@@ -1,4 +1,4 @@
-"""Training memory (core/training.py, core/lora.py, core/optimizers.py).
+"""Training memory (engines/hf_trainer/phases.py, engines/hf_trainer/lora.py, engines/hf_trainer/optimizers.py).
 
 Three kinds of tests: exact byte counts derived by hand in the comments, behaviour (phases,
 sharding, optimizers, options), and published measurements reproduced within 15%
@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.tiny import TINY_LLAMA, TINY_LLAMA_PARAMS
-from vramplan import families
+from vramplan import models as families
 from vramplan.errors import BadInput
-from vramplan.core import training as tr
-from vramplan.core.lora import adapted_modules, lora_params
-from vramplan.core.optimizers import param_of, resolve_optim, state_bytes, step_temp_bytes
-from vramplan.core.training import TrainOptions, normalize_train_options, training_peak
+from vramplan.engines.hf_trainer import phases as tr
+from vramplan.engines.hf_trainer.lora import adapted_modules, lora_params
+from vramplan.engines.hf_trainer.optimizers import param_of, resolve_optim, state_bytes, step_temp_bytes
+from vramplan.engines.hf_trainer.phases import TrainOptions, normalize_train_options, training_peak
 from vramplan.errors import BadInput
 
 MODELS = Path(__file__).resolve().parent.parent / "configs" / "models"
@@ -617,7 +617,7 @@ def test_peft_default_targets_for_nemotron_h_and_old_falcon_configs():
     falcon-40b (model_type RefinedWeb -> transformers' falcon): 60 x 16 (8192 + (128+2*8)*64)
                = 60 x 278,528 = 16,711,680"""
     from vramplan import load_model
-    from vramplan.core.lora import default_targets, lora_params
+    from vramplan.engines.hf_trainer.lora import default_targets, lora_params
 
     nemotron = load_model("nvidia/Nemotron-H-56B-Base-8K")
     assert lora_params(nemotron, default_targets(nemotron), 16) == 8_192_000

@@ -7,12 +7,12 @@ from dataclasses import replace
 import pytest
 
 from vramplan import api
-from vramplan.core import activations as act
-from vramplan.core import kv_cache as kv
-from vramplan.core.train_activations import dropout_masks
-from vramplan.core.train_options import normalize_train_options
-from vramplan.core.train_setup import step_setup
-from vramplan.core.weights import resolve_format, transformers_bnb, weight_bytes
+from vramplan.memory import activations as act
+from vramplan.memory import kv_cache as kv
+from vramplan.engines.hf_trainer.saved_activations import dropout_masks
+from vramplan.engines.hf_trainer.options import normalize_train_options
+from vramplan.engines.hf_trainer.step_setup import step_setup
+from vramplan.memory.weights import resolve_format, transformers_bnb, weight_bytes
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from tests.tiny import TINY_LLAMA
 from vramplan import BadInput, DoesNotFit, EnvironmentProblem
 from vramplan.verify import alloc, record as rec
-from vramplan.verify.render import result_text
+from vramplan.render.verify import result_text
 from vramplan.verify.session import verify
 
 MiB = 2**20
@@ -213,7 +213,7 @@ def cli(args):
     from typer.testing import CliRunner
 
     from vramplan import cli as main_cli
-    from vramplan.verify import commands
+    from vramplan.cli import verify as commands
 
     names = [c.name or c.callback.__name__ for c in main_cli.app.registered_commands]
     if "verify" in names:

@@ -6,7 +6,7 @@ huggingface_hub): `plan` and friends import their modules on first use.
 
 from __future__ import annotations
 
-from .errors import (BadConfig, BadInput, DoesNotFit, EnvironmentProblem, MissingExtra,
+from vramplan.errors import (BadConfig, BadInput, DoesNotFit, EnvironmentProblem, MissingExtra,
                      ModelNotFound, UnknownGpu, VramplanError)
 
 __version__ = "0.1.0"
@@ -20,20 +20,20 @@ __all__ = [
 
 def plan(model, gpu=None, **kwargs):
     """Plan a workload; see `vramplan.api.plan` for the arguments. Returns a `Plan`."""
-    from .api import plan as _plan
+    from vramplan.api import plan as _plan
 
     return _plan(model, gpu, **kwargs)
 
 
 def preflight(model, mode="lora", batch=4, ctx=2048, gpu="auto", **options):
     """Raise `DoesNotFit` unless the training step fits; see `vramplan.api.preflight`."""
-    from .api import preflight as _preflight
+    from vramplan.api import preflight as _preflight
 
     return _preflight(model, mode=mode, batch=batch, ctx=ctx, gpu=gpu, **options)
 
 
 def load_model(model):
     """Resolve MODEL (Hub id, bundled id, path) and parse it into a `ModelSpec`."""
-    from .api import load_model as _load
+    from vramplan.api import load_model as _load
 
     return _load(model)

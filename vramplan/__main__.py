@@ -1,3 +1,3 @@
-from .cli import main
+from vramplan.cli import main
 
 main()

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .core import plan as core_plan
-from .core.dtypes import KV_FORMATS, WEIGHT_FORMATS, normalize
-from .errors import BadInput
-from .spec import GpuTarget, ModelSpec, Plan, ServeOptions, Workload
-from .units import parse_bytes, parse_tokens
+from vramplan import planner as core_plan
+from vramplan.memory.dtypes import KV_FORMATS, WEIGHT_FORMATS, normalize
+from vramplan.errors import BadInput
+from vramplan.spec import GpuTarget, ModelSpec, Plan, ServeOptions, Workload
+from vramplan.units import parse_bytes, parse_tokens
 
-MODES = ("serve", "infer", "full", "lora", "qlora")
-TRAINING_MODES = ("full", "lora", "qlora")
+from vramplan.request import ENGINE_OF_MODE, MODES, TRAINING_MODES  # noqa: F401  (re-exported)
 
 
 def load_model(model: str | ModelSpec) -> ModelSpec:
     """A Hub id, a bundled id, a local directory or config.json path -> ModelSpec."""
     if isinstance(model, ModelSpec):
         return model
-    from . import families, sources
+    from vramplan import sources
+    from vramplan import models as families
 
     loaded = sources.load_config(str(model))
     spec = families.parse(loaded.config, model_id=loaded.id, source=loaded.source)
@@ -42,7 +42,7 @@ def resolve_target(gpu: str | GpuTarget | None = None, gpu_mem: str | int | None
     elif isinstance(gpu, str) and gpu.strip().lower() == "auto":
         target = auto_target()
     else:
-        from . import catalog
+        from vramplan import catalog
 
         target = catalog.parse_gpu_arg(gpu or default)
     if gpu_free is not None:
@@ -73,7 +73,7 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
         raise BadInput(f"--mode {mode!r} is not one of: {', '.join(MODES)}.")
     train = None
     if mode in TRAINING_MODES:
-        from .core.training import normalize_train_options
+        from vramplan.engines.hf_trainer.phases import normalize_train_options
 
         train = normalize_train_options(world=gpu_count, **train_options)
     elif train_options:
@@ -104,6 +104,7 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
         dtype=normalize(dtype, WEIGHT_FORMATS, "--dtype"),
         kv_dtype=normalize(kv_dtype, KV_FORMATS, "--kv-dtype"), serve=serve, train=train,
         transformers=transformers_major(transformers) if mode != "serve" else TRANSFORMERS_MAJORS[-1],
+        engine=ENGINE_OF_MODE[mode],
     )
 
 
@@ -142,12 +143,12 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
     """
     if method not in ("analytic", "trace"):
         raise BadInput(f"--method {method!r} is not one of: analytic, trace.")
-    from . import catalog
+    from vramplan import catalog
 
     target = resolve_target(gpu, gpu_mem, gpu_free)
     workload = make_workload(mode, batch, ctx, dtype, kv_dtype, gpu_count=target.count, **options)
     if method == "trace":           # tier 2: the real transformers model on fake tensors
-        from . import trace
+        from vramplan import trace
 
         return trace.plan(model, target, workload, no_cache=no_cache)
     spec = load_model(model)
@@ -163,10 +164,10 @@ def preflight(model: str | ModelSpec | dict, mode: str = "lora", batch: int | st
     of `DoesNotFit` names the largest batch and context that fit and the cheapest change that
     would. Bad arguments raise `BadInput`, a ValueError.
     """
-    from .errors import DoesNotFit
+    from vramplan.errors import DoesNotFit
 
     if isinstance(model, dict):
-        from . import families
+        from vramplan import models as families
 
         model = families.parse(model, model_id=str(model.get("_name_or_path", "config")), source="dict")
     if isinstance(gpu, bool) or not isinstance(gpu, (str, int, GpuTarget)):
@@ -189,6 +190,6 @@ def preflight(model: str | ModelSpec | dict, mode: str = "lora", batch: int | st
 def auto_target() -> GpuTarget:
     """`--gpu auto`: the first CUDA-visible GPU through NVML (vramplan.probe), with its real
     capacity and current free memory; an EnvironmentProblem (exit 3) when there is none."""
-    from .probe import auto_target as probe_auto
+    from vramplan.probe import auto_target as probe_auto
 
     return probe_auto(0)

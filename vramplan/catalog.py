@@ -25,8 +25,8 @@ else:  # pragma: no cover - Python 3.10
 
 from importlib import resources
 
-from .errors import BadInput, EnvironmentProblem, ModelNotFound, UnknownGpu
-from .spec import GpuSpec, GpuTarget, Price
+from vramplan.errors import BadInput, EnvironmentProblem, ModelNotFound, UnknownGpu
+from vramplan.spec import GpuSpec, GpuTarget, Price
 
 MiB = 2**20
 GiB = 2**30

@@ -50,7 +50,7 @@ def _model_config(model) -> dict:
 def _build_callback_class():
     from transformers import TrainerCallback
 
-    from .api import preflight
+    from vramplan.api import preflight
 
     class VramplanCallback(TrainerCallback):
         """Pre-flight check at train start; predicted vs measured after the first step."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import BadInput
+from vramplan.errors import BadInput
 
 KiB, MiB, GiB, TiB = 2**10, 2**20, 2**30, 2**40
 

@@ -16,13 +16,13 @@ __all__ = ["compare", "sweep"]
 
 def compare(model, gpus=None, **kwargs):
     """Plan one workload on every catalog GPU and rank them; see `vramplan.compare.table.compare`."""
-    from .table import compare as _compare
+    from vramplan.compare.table import compare as _compare
 
     return _compare(model, gpus, **kwargs)
 
 
 def sweep(model, gpu=None, **kwargs):
     """Fit or not over a ctx x batch grid on one card; see `vramplan.compare.grid.sweep`."""
-    from .grid import sweep as _sweep
+    from vramplan.compare.grid import sweep as _sweep
 
     return _sweep(model, gpu, **kwargs)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .. import api
-from ..core import plan as core_plan
-from ..errors import BadInput
-from ..spec import GpuTarget, ModelSpec, Workload
-from ..units import parse_tokens
+from vramplan import api
+from vramplan import planner as core_plan
+from vramplan.errors import BadInput
+from vramplan.spec import GpuTarget, ModelSpec, Workload
+from vramplan.units import parse_tokens
 
 MAX_POINTS = 24       # per axis: a longer list is a typo, and the table would not fit a screen
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..errors import BadInput, MissingExtra
-from ..units import GiB
-from .grid import Sweep
-from .table import Comparison
+from vramplan.errors import BadInput, MissingExtra
+from vramplan.units import GiB
+from vramplan.compare.grid import Sweep
+from vramplan.compare.table import Comparison
 
 SUFFIXES = (".png", ".svg", ".pdf")
 FIT, NO_FIT, BEST, OTHER, MUTED = "#4c9a5f", "#c0504d", "#2e75b6", "#9dc3e6", "#7f7f7f"

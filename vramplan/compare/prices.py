@@ -12,8 +12,8 @@ import re
 import statistics
 from dataclasses import dataclass
 
-from ..errors import BadInput
-from ..spec import GpuSpec, Price
+from vramplan.errors import BadInput
+from vramplan.spec import GpuSpec, Price
 
 SOURCES = ("median", "min", "max", "latest")
 DEFAULT_SOURCE = "median"
@@ -108,7 +108,7 @@ def parse_overrides(items) -> dict[str, float]:
         items = [f"{k}={v}" for k, v in items.items()]
     elif isinstance(items, str):
         items = [items]
-    from ..catalog import find_gpu
+    from vramplan.catalog import find_gpu
 
     out: dict[str, float] = {}
     for item in items:

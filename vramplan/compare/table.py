@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .. import api, catalog
-from ..core import plan as core_plan
-from ..core.weights import weight_bytes
-from ..errors import BadInput
-from ..spec import GpuSpec, GpuTarget, ModelSpec, Plan, Workload
-from . import prices as price_mod
-from . import throughput as th
+from vramplan import api, catalog
+from vramplan import planner as core_plan
+from vramplan.memory.weights import weight_bytes
+from vramplan.errors import BadInput
+from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan, Workload
+from vramplan.compare import prices as price_mod
+from vramplan.compare import throughput as th
 
 # Serving: the tensor-parallel sizes deployments use inside one 8-GPU node (vLLM also needs the
 # heads to divide). Training: ZeRO-3 / FSDP worlds up to the catalog's 64-GPU limit.

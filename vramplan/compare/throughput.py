@@ -22,11 +22,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from ..spec import Attention, GpuSpec, ModelSpec
-from ..core import kv_cache as kv
-from ..core.parallel import tp_divisor
-from ..core.setup import Setup
-from ..core.weights import weight_bytes
+from vramplan.spec import Attention, GpuSpec, ModelSpec
+from vramplan.memory import kv_cache as kv
+from vramplan.memory.parallel import tp_divisor
+from vramplan.memory.setup import Setup
+from vramplan.memory.weights import weight_bytes
 
 # Fitted (least squares on log error) to the seeds' vLLM figures for Llama-3.1-8B FP16: L40S
 # 46 and 336 tok/s at batch 1 and 8, A100-80GB 1.9x and 1.93x that (seeds/000), each sequence

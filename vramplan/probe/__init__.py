@@ -3,7 +3,7 @@
 Public: `probe()` -> ProbeReport, `auto_target(index)` -> GpuTarget (what `--gpu auto` plans
 against), `target_from(report, index)`, the `Nvml` Protocol with its real (`PynvmlBackend`) and
 fake (`fake.FakeNvml`) implementations. Names are loaded on first use (PEP 562) so that cli.py
-can import `vramplan.probe.commands` without slowing every `vramplan` start-up; nothing here
+can import `vramplan.cli.probe` without slowing every `vramplan` start-up; nothing here
 imports pynvml or torch.
 """
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import nvml
-from .nvml import NvmlError
+from vramplan.probe import nvml
+from vramplan.probe.nvml import NvmlError
 
 MiB = 2**20
 

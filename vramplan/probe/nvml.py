@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..errors import MissingExtra
+from vramplan.errors import MissingExtra
 
 # NVML return codes we act on (nvml.h; identical in pynvml).
 NOT_SUPPORTED = 3

@@ -12,11 +12,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import replace
 
-from ..errors import EnvironmentProblem, UnknownGpu
-from . import nvml as N
-from .model import GpuInfo, MemoryInfo, MigInstance, ProbeReport, ProcessInfo
-from .nvml import Nvml, NvmlError
-from .visible import Candidate, select
+from vramplan.errors import EnvironmentProblem, UnknownGpu
+from vramplan.probe import nvml as N
+from vramplan.probe.model import GpuInfo, MemoryInfo, MigInstance, ProbeReport, ProcessInfo
+from vramplan.probe.nvml import Nvml, NvmlError
+from vramplan.probe.visible import Candidate, select
 
 MiB = 2**20
 
@@ -122,7 +122,7 @@ def catalog_match(nvml_name: str | None) -> str | None:
     """The catalog id whose NVML name (or alias) is `nvml_name`; None for a card we do not know."""
     if not nvml_name:
         return None
-    from .. import catalog
+    from vramplan import catalog
 
     try:
         return catalog.find_gpu(nvml_name).id
@@ -136,7 +136,7 @@ def probe(backend: Nvml | None = None, environ: Mapping[str, str] | None = None)
     Raises MissingExtra without nvidia-ml-py and EnvironmentProblem when there is no driver, no
     GPU, or CUDA_VISIBLE_DEVICES hides them all. Never creates a CUDA context.
     """
-    from .. import catalog
+    from vramplan import catalog
 
     environ = os.environ if environ is None else environ
     n = backend if backend is not None else N.default_backend()

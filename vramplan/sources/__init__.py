@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..errors import BadInput, ModelNotFound
-from . import bundled, hf_cache, hub, local
-from .parse import parse_config
+from vramplan.errors import BadInput, ModelNotFound
+from vramplan.sources import bundled, hf_cache, hub, local
+from vramplan.sources.parse import parse_config
 
 __all__ = ["LoadedConfig", "load_config", "is_hub_id"]
 

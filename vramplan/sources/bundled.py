@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def _catalog():
     # Imported on use so `vramplan.sources` imports stay cheap and independent of the catalog.
-    from .. import catalog
+    from vramplan import catalog
 
     return catalog
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import BadConfig, EnvironmentProblem, ModelNotFound
-from . import bundled
+from vramplan.errors import BadConfig, EnvironmentProblem, ModelNotFound
+from vramplan.sources import bundled
 
 
 def unreachable(model: str, why: str) -> ModelNotFound:

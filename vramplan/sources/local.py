@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import BadConfig, BadInput
+from vramplan.errors import BadConfig, BadInput
 
 # A config.json is a few KiB; anything this large is a weights file passed by mistake, and
 # reading it whole would only waste memory before failing to parse.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from ..errors import BadConfig
+from vramplan.errors import BadConfig
 
 
 def parse_config(raw: bytes, where: str) -> dict:

@@ -23,8 +23,8 @@ import sys
 import time
 from dataclasses import replace
 
-from ..errors import BadInput, MissingExtra
-from ..spec import GpuTarget, ModelSpec, Plan, Workload
+from vramplan.errors import BadInput, MissingExtra
+from vramplan.spec import GpuTarget, ModelSpec, Plan, Workload
 
 __all__ = ["plan", "require", "scenario_for", "TRAIN_MODES"]
 
@@ -60,10 +60,10 @@ def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
     `model` is what `vramplan fit` takes (Hub id, bundled id, path) or a config.json dict.
     `train_options` (core.training.TrainOptions) overrides `workload.train`. Raises BadInput for
     a workload the trace cannot run (naming why), MissingExtra without torch/transformers."""
-    from .. import catalog
-    from ..core import plan as core_plan
-    from ..core.training import TrainOptions
-    from . import assemble, cache
+    from vramplan import catalog
+    from vramplan import planner as core_plan
+    from vramplan.engines.hf_trainer.phases import TrainOptions
+    from vramplan.trace import assemble, cache
 
     raw, sha, spec = _load(model)
     if workload.mode in TRAIN_MODES:
@@ -79,7 +79,7 @@ def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
         require(workload.mode)
         say = Progress(progress)
         say("importing torch and transformers")
-        from . import run
+        from vramplan.trace import run
 
         result = run.execute(raw, run.Scenario(**scenario_fields), model_id=spec.id, progress=say)
         say(f"done: peak {result.peak_bytes / 2**30:.2f} GiB in {result.where}")
@@ -89,7 +89,7 @@ def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
         return assemble.inference(setup, result, analytic)
     if workload.mode == "serve":
         return assemble.serve(setup, result, analytic)
-    from ..core.finetune import ALLOCATOR_SLACK_TRAIN
+    from vramplan.engines.hf_trainer.step import ALLOCATOR_SLACK_TRAIN
 
     return assemble.training(setup, result, analytic, ALLOCATOR_SLACK_TRAIN)
 
@@ -97,11 +97,11 @@ def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
 def scenario_for(spec: ModelSpec, target: GpuTarget, workload: Workload):
     """The `run.Scenario` `--method trace` runs for this workload (imports torch): what
     `vramplan verify --level run` executes on real tensors, so both run one program."""
-    from ..core import plan as core_plan
-    from . import run
+    from vramplan import planner as core_plan
+    from vramplan.trace import run
 
     if workload.mode in TRAIN_MODES and workload.train is None:
-        from ..core.training import TrainOptions
+        from vramplan.engines.hf_trainer.phases import TrainOptions
 
         workload = replace(workload, train=TrainOptions())
     setup = core_plan.setup(spec, target, workload)
@@ -110,13 +110,13 @@ def scenario_for(spec: ModelSpec, target: GpuTarget, workload: Workload):
 
 def _load(model) -> tuple[dict, str, ModelSpec]:
     """(config dict, sha256 of the config, ModelSpec)."""
-    from .. import families
+    from vramplan import models as families
 
     if isinstance(model, dict):
         blob = json.dumps(model, sort_keys=True).encode()
         spec = families.parse(model, model_id=str(model.get("_name_or_path", "config")), source="dict")
         return model, hashlib.sha256(blob).hexdigest(), spec
-    from .. import sources
+    from vramplan import sources
 
     name = model.id if isinstance(model, ModelSpec) else str(model)
     if isinstance(model, ModelSpec) and model.extra.get("location"):
@@ -139,7 +139,7 @@ def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
                        f"{s.fmt.label} is planned by the analytic tier only. Use --method analytic, "
                        f"or --dtype bf16 to trace the 16-bit model.")
     if w.mode != "serve":
-        from ..api import transformers_major
+        from vramplan.api import transformers_major
 
         installed = transformers_major()
         if w.transformers != installed:
@@ -156,7 +156,7 @@ def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
             raise BadInput(f"transformers' cache holds the compute dtype ({s.fmt.base}); the trace "
                            f"cannot run --kv-dtype {s.kv_dtype}. Use --method analytic.")
     else:
-        from . import recipe
+        from vramplan.trace import recipe
 
         recipe.check(w.train)
         fields.update(train=w.train, dtype=recipe.build_dtype(w.mode, w.train, w.dtype))

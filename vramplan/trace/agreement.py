@@ -128,7 +128,7 @@ DEFAULT = [
 
 
 def compare(case: Case, no_cache: bool = False) -> Row:
-    from .. import api, trace
+    from vramplan import api, trace
 
     kw = dict(case.options)
     target = api.resolve_target(case.gpu)

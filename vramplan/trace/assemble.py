@@ -2,7 +2,7 @@
 
 The trace counts tensors; a GPU process also holds the CUDA context, cuBLAS workspaces and the
 allocator's slack. Those come from the same overhead model the analytic tier uses (the mode's
-own `prepare()`: core/inference.py, core/serving.py, core/finetune.py), so `total_bytes` is
+own `prepare()`: engines/transformers/generate.py, engines/vllm/serving.py, engines/hf_trainer/step.py), so `total_bytes` is
 comparable across `--method analytic` and `--method trace`. What the trace cannot run (vLLM's
 sampler and paged cache in serve mode) is taken from the analytic model and says so in its note.
 Limits (max_batch, max_ctx) are solved by the analytic model: a trace measures one workload.
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..core import overhead
-from ..core.setup import Setup
-from ..spec import Plan
-from ..units import GiB
-from .result import TraceResult
+from vramplan.memory import overhead
+from vramplan.memory.setup import Setup
+from vramplan.spec import Plan
+from vramplan.units import GiB
+from vramplan.trace.result import TraceResult
 
 # Categories that are not GPU memory (torch's AdamW step counters live on the host) or not in
 # torch's allocator (bitsandbytes paged optimizer state, CUDA managed memory).
@@ -50,7 +50,7 @@ def inference(s: Setup, t: TraceResult, analytic: Plan) -> TracedPlan:
 def serve(s: Setup, t: TraceResult, analytic: Plan) -> TracedPlan:
     """Weights and the profiling forward traced; vLLM's sampler peak, paged KV cache and start-up
     figures from the analytic model (vLLM's own code, not transformers')."""
-    from ..core import activations as act
+    from vramplan.memory import activations as act
 
     c = t.components
     weights = c.get("weights", 0)
@@ -86,7 +86,7 @@ def serve(s: Setup, t: TraceResult, analytic: Plan) -> TracedPlan:
 
 
 def training(s: Setup, t: TraceResult, analytic: Plan, slack_fraction: float) -> TracedPlan:
-    """The allocator slack follows core/finetune.py: a fraction of the allocated peak."""
+    """The allocator slack follows engines/hf_trainer/step.py: a fraction of the allocated peak."""
     c = {k: v for k, v in t.components.items() if k != _HOST}
     order = ("weights", "trainable", "gradients", "optimizer", _PAGED, "optimizer_step_temporaries",
              "activations", "logits_and_loss")

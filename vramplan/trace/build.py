@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from . import device
+from vramplan.trace import device
 from torch import nn
 
-from ..errors import BadInput
+from vramplan.errors import BadInput
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -14,7 +14,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from .result import TraceResult
+from vramplan.trace.result import TraceResult
 
 TRACE_VERSION = 9
 _PACKAGES = ("torch", "transformers", "peft")

@@ -27,7 +27,7 @@ import types
 import torch
 from torch import nn
 
-from ..core.weights import NF4_BLOCK, NF4_CODE_VALUES, NF4_DQ_BLOCK, NF4_DQ_CODE_VALUES, is_skipped
+from vramplan.memory.weights import NF4_BLOCK, NF4_CODE_VALUES, NF4_DQ_BLOCK, NF4_DQ_CODE_VALUES, is_skipped
 
 _STATE = ("absmax", "nested_absmax", "nested_code", "offset", "code")
 
@@ -135,7 +135,7 @@ def quantize_linears(model: nn.Module, method: str, double_quant: bool,
     from transformers.pytorch_utils import Conv1D
 
     # transformers 5 converts exact nn.Linear only (FalconLinear, a subclass, stays 16-bit); 4.x
-    # converted every isinstance (core/weights.py transformers_bnb plans the same rule)
+    # converted every isinstance (memory/weights.py transformers_bnb plans the same rule)
     exact = int(transformers.__version__.split(".")[0]) >= 5
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     shared = torch.empty(NF4_DQ_CODE_VALUES, dtype=torch.float32, device="meta")   # name2qmap["dynamic"]

@@ -3,7 +3,7 @@ cached answer stays instant)."""
 
 from __future__ import annotations
 
-from ..errors import BadInput
+from vramplan.errors import BadInput
 
 
 def check(opts) -> None:
@@ -18,7 +18,7 @@ def check(opts) -> None:
 
 def autocast_on(mode: str, opts) -> bool:
     """bf16 autocast: mixed precision, and QLoRA always (the Trainer's bf16=True runs autocast,
-    and bitsandbytes computes in the autocast dtype; core/train_dtypes.py models the same)."""
+    and bitsandbytes computes in the autocast dtype; engines/hf_trainer/numerics.py models the same)."""
     return opts.precision == "mixed" or mode == "qlora"
 
 

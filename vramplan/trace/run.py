@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..core.training import TrainOptions
-from . import build, mamba, patches, quant, recipe, scenarios, training
-from . import device as trace_device
-from .result import TensorRow, TraceResult
-from .tracker import MemoryTracker
+from vramplan.engines.hf_trainer.phases import TrainOptions
+from vramplan.trace import build, mamba, patches, quant, recipe, scenarios, training
+from vramplan.trace import device as trace_device
+from vramplan.trace.result import TensorRow, TraceResult
+from vramplan.trace.tracker import MemoryTracker
 
 TOP_ROWS = 12
 
@@ -126,7 +126,7 @@ def _run(model, s: Scenario, tr: MemoryTracker, say, fake: bool) -> None:
     except (RuntimeError, NotImplementedError) as e:
         if not fake:
             raise
-        from ..errors import BadInput
+        from vramplan.errors import BadInput
 
         raise BadInput(f"transformers cannot run this workload as configured: {str(e).splitlines()[0]} "
                        f"(a training or inference script with the same settings fails the same way). "

@@ -22,10 +22,10 @@ import contextlib
 
 import torch
 
-from . import device
+from vramplan.trace import device
 
-from .tracker import MemoryTracker
-from .training import state_categories
+from vramplan.trace.tracker import MemoryTracker
+from vramplan.trace.training import state_categories
 
 
 def cache_tensors(cache) -> list[torch.Tensor]:

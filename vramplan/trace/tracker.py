@@ -6,7 +6,7 @@ share it, rounded up to 512 bytes as `CUDACachingAllocator` rounds every block, 
 when its Python storage object dies (a weakref finalizer: torch keeps one Python object per
 storage alive as long as any tensor, view or autograd saved-tensor holds it). So `live` is what
 `torch.cuda.memory_allocated()` would say, and `peak` what `max_memory_allocated()` would, minus
-what only a GPU adds (context, kernel workspaces): core/overhead.py adds that on top.
+what only a GPU adds (context, kernel workspaces): memory/overhead.py adds that on top.
 
 Every storage gets a record (bytes, op, module, phase, clock of birth and death). After the run
 the scenario names what the big objects are (`mark`: weights, gradients, optimizer state, KV
@@ -24,7 +24,7 @@ from torch.nn.modules import module as _nn_module
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ..core.overhead import block_rounded as rounded   # the allocator's 512-B blocks, shared with the analytic tier
+from vramplan.memory.overhead import block_rounded as rounded   # the allocator's 512-B blocks, shared with the analytic tier
 
 
 @dataclass

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import BadInput
-from ..core.optimizers import BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, BNB_STATE_BLOCK, resolve_optim
+from vramplan.errors import BadInput
+from vramplan.engines.hf_trainer.optimizers import BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, BNB_STATE_BLOCK, resolve_optim
 
 LR = 1e-5
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 __all__ = ["verify", "VerifyResult", "Row"]
 
 
-def __getattr__(name: str):      # PEP 562: keep `import vramplan.verify.commands` cheap
+def __getattr__(name: str):      # PEP 562: keep `import vramplan.cli.verify` cheap
     if name in ("VerifyResult", "Row"):
-        from . import result
+        from vramplan.verify import result
 
         return getattr(result, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -26,6 +26,6 @@ def __getattr__(name: str):      # PEP 562: keep `import vramplan.verify.command
 
 def verify(model, **kwargs):
     """See vramplan.verify.session.verify for the arguments."""
-    from .session import verify as _verify
+    from vramplan.verify.session import verify as _verify
 
     return _verify(model, **kwargs)

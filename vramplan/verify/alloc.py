@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .guard import is_oom
+from vramplan.verify.guard import is_oom
 
 NOT_ALLOCATED = {
     "cuda_context": "measured separately, before any allocation",
@@ -46,8 +46,8 @@ def pieces(name: str, planned: int, plan) -> list[int]:
     if planned <= 0:
         return []
     if name == "weights":
-        from ..core.dtypes import FLOAT_BYTES
-        from ..core.overhead import block_rounded
+        from vramplan.memory.dtypes import FLOAT_BYTES
+        from vramplan.memory.overhead import block_rounded
 
         per = FLOAT_BYTES.get(plan.weight_dtype)
         if per and plan.target.count == 1:

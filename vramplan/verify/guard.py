@@ -22,7 +22,7 @@ import signal
 import threading
 import traceback
 
-from ..errors import DoesNotFit, EnvironmentProblem
+from vramplan.errors import DoesNotFit, EnvironmentProblem
 
 GiB = 2**30
 

@@ -80,7 +80,7 @@ class NvmlView:
         self.baseline = self._device_used()
 
     def _device_used(self) -> int | None:
-        from ..probe.nvml import NvmlError
+        from vramplan.probe.nvml import NvmlError
 
         try:
             try:
@@ -91,7 +91,7 @@ class NvmlView:
             return None
 
     def used(self) -> tuple[int | None, str]:
-        from ..probe.nvml import NvmlError
+        from vramplan.probe.nvml import NvmlError
 
         try:
             for pid, used in self.n.processes(self.h):

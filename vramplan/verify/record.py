@@ -3,7 +3,7 @@
 Why JSON lines: records from many machines, GPUs and versions are concatenated and filtered
 with ordinary tools; each line carries everything needed to interpret it (GPU, driver, CUDA,
 torch, transformers and vramplan versions, the flags, predicted and measured figures), so a
-record is meaningful years later. docs/verify.md shows how they calibrate core/overhead.py.
+record is meaningful years later. docs/verify.md shows how they calibrate memory/overhead.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SCHEMA = "vramplan.verify/1"
 def versions() -> dict:
     """Library versions as installed now (None for what is missing); torch.version.cuda is the
     CUDA runtime torch was built with, which the driver must support."""
-    from .. import __version__
+    from vramplan import __version__
 
     out = {"vramplan": __version__, "python": platform.python_version(), "torch": None,
            "torch_cuda": None, "transformers": None, "peft": None}

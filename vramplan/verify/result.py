@@ -60,7 +60,7 @@ class VerifyResult:
         return out
 
     def to_json(self) -> dict:
-        from ..render import plan_json
+        from vramplan.render import plan_json
 
         return {
             "level": self.level, "device": self.device, "completed": self.completed,

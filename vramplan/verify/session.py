@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import inspect
 
-from ..errors import BadInput, EnvironmentProblem, MissingExtra
-from . import alloc, guard
-from .meter import CpuMeter, CudaMeter, NvmlView
-from .result import Row, VerifyResult
+from vramplan.errors import BadInput, EnvironmentProblem, MissingExtra
+from vramplan.verify import alloc, guard
+from vramplan.verify.meter import CpuMeter, CudaMeter, NvmlView
+from vramplan.verify.result import Row, VerifyResult
 
 LEVELS = ("alloc", "run")
 GPU_ONLY = ("cuda_context", "cublas_workspace", "nccl", "cuda_graphs", "non_torch", "allocator_slack",
@@ -48,7 +48,7 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
     """Plan MODEL with `plan_options` (the `fit` flags), then allocate or run it on `device`
     and measure. Raises DoesNotFit (exit 1) when it would not fit in free memory (unless
     `force`), EnvironmentProblem (exit 3) without a usable device, BadInput on bad flags."""
-    from .. import api
+    from vramplan import api
 
     if level not in LEVELS:
         raise BadInput(f"--level {level!r} is not one of: {', '.join(LEVELS)}.")
@@ -88,7 +88,7 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
                        gpu=cuda.gpu if cuda else None, oom=oom, notes=tuple(notes + more),
                        flags=flags)
     if record:
-        from . import record as rec
+        from vramplan.verify import record as rec
 
         rec.append(record, rec.make_record(out.to_json()))
     return out
@@ -131,7 +131,7 @@ def _needed(plan, level: str, device: str) -> int:
 def _check_gpu_run() -> None:
     """--level run on a GPU needs the trace programs to take a device; say so before touching
     the GPU rather than after building anything."""
-    from ..trace import run as trace_run
+    from vramplan.trace import run as trace_run
 
     if "device" not in inspect.signature(trace_run.execute).parameters:
         raise EnvironmentProblem("This vramplan's trace programs run on the CPU only, so "
@@ -149,7 +149,7 @@ def _refuse_managed(plan) -> None:
 # --device cpu
 
 def _alloc_cpu(plan, holder: list):
-    from ..trace.tracker import MemoryTracker
+    from vramplan.trace.tracker import MemoryTracker
 
     tr = MemoryTracker()
     with tr:
@@ -186,7 +186,7 @@ def _run(plan, model, spec, device: str, meter):
     """Run the planned workload with the trace tier's programs on real tensors. On the CPU the
     trace tier's tracker is the measurement; the same programs on fake tensors are its
     prediction, and the two must agree to the byte."""
-    from ..trace import run as trace_run
+    from vramplan.trace import run as trace_run
 
     raw, model_id = _raw_config(model, spec)
     scenario = _scenario(plan)
@@ -227,7 +227,7 @@ def _run(plan, model, spec, device: str, meter):
 def _where(e: BaseException) -> str:
     """The phase and module the trace tracker was in when `e` was raised (read from the
     traceback's frames, before they are cleared)."""
-    from ..trace.tracker import MemoryTracker
+    from vramplan.trace.tracker import MemoryTracker
 
     tb = e.__traceback__
     while tb is not None:
@@ -264,7 +264,7 @@ def _run_rows(plan, trace, real) -> list[Row]:
 
 
 def _raw_config(model, spec) -> tuple[dict, str]:
-    from .. import sources
+    from vramplan import sources
 
     if isinstance(model, str):
         loaded = sources.load_config(model)
@@ -278,9 +278,9 @@ def _raw_config(model, spec) -> tuple[dict, str]:
 def _scenario(plan):
     """The trace scenario of this plan, from the trace tier's own mapping (the one
     `--method trace` uses), so both tiers run one program with one set of options."""
-    from .. import trace
-    from ..core import plan as core_plan
-    from ..trace import run as trace_run
+    from vramplan import trace
+    from vramplan import planner as core_plan
+    from vramplan.trace import run as trace_run
 
     trace.require(plan.workload.mode)
     public = getattr(trace, "scenario_for", None)
@@ -297,9 +297,9 @@ class _CudaDevice:
     """The GPU under test: probed through NVML, its context measured before anything else."""
 
     def __init__(self, torch, device: str, backend, environ):
-        from ..probe import nvml as N
-        from ..probe.read import probe
-        from ..probe.target import target_from
+        from vramplan.probe import nvml as N
+        from vramplan.probe.read import probe
+        from vramplan.probe.target import target_from
 
         guard.check_allocator()
         self.torch, self.device = torch, device

@@ -1,0 +1,54 @@
+"""`vramplan verify` as a plain function with a typer signature; cli.py registers it with its
+error-to-exit-code wrapper (`command(verify)`). Imports only typer at module level.
+
+Exit codes: 0 the run completed (read the errors in the report), 1 it would not fit in free
+memory (refused) or ran out of memory, 2 bad input, 3 no usable device / timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from vramplan.cli import options as O
+
+
+def verify(
+    model: str = O.MODEL,
+    level: str = typer.Option("alloc", "--level", help="alloc: allocate the planned components; run: build the model with random weights and run the workload."),
+    device: str = typer.Option("cuda:0", "--device", help="cuda:N, or cpu (tiny models; measured with the trace tier's tracker)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan for this catalog GPU instead of the probed one."),
+    gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="Plan for this memory size instead of the probed GPU."),
+    ctx: str = O.CTX,
+    batch: str = O.BATCH,
+    mode: str = typer.Option("infer", "--mode", help="infer | serve | full | lora | qlora."),
+    dtype: str = O.DTYPE,
+    kv_dtype: str = O.KV,
+    optim: Optional[str] = O.OPTIM,
+    grad_ckpt: bool = O.CKPT,
+    lora_r: Optional[int] = O.LORA_R,
+    lora_targets: Optional[str] = O.LORA_TARGETS,
+    force: bool = typer.Option(False, "--force", help="Try even when NVML says it will not fit in free memory."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop (and free everything) after this many seconds."),
+    record: Optional[str] = typer.Option(None, "--record", help="Append a self-describing JSON line to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (docs/verify.md)."),
+    debug: bool = O.DEBUG,
+) -> None:
+    """Allocate or run the planned workload on the device and compare predicted with measured
+    memory, per component and in total. Refuses (exit 1) when NVML says it will not fit."""
+    from vramplan.render.verify import result_text
+    from vramplan.verify.session import verify as run_verify
+
+    train = {k: v for k, v in {"optim": optim, "grad_ckpt": grad_ckpt or None, "lora_r": lora_r,
+                                "lora_targets": lora_targets}.items() if v is not None}
+    result = run_verify(model, level=level, device=device, force=force, timeout=timeout,
+                        record=record, gpu=gpu, gpu_mem=gpu_mem, mode=mode, batch=batch, ctx=ctx,
+                        dtype=dtype, kv_dtype=kv_dtype, **train)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        print(result_text(result))
+    raise typer.Exit(0 if result.completed else 1)

@@ -1,1 +1,0 @@
-"""Pure computation: dataclasses in, dataclasses and integers out. No I/O, no heavy imports."""

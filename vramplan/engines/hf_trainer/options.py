@@ -1,0 +1,141 @@
+"""The settings of a training step (`TrainOptions`) and their validation.
+
+Why apart from the memory model: every entry point (CLI, `plan()`, the trace tier) must accept
+the same spellings and reject the same mistakes with a sentence naming the flag, before any
+number is computed. Names follow HF TrainingArguments / peft LoraConfig (docs/training.md §1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.errors import BadInput
+from vramplan.memory.dtypes import normalize
+from vramplan.engines.hf_trainer.lora import normalize_targets
+from vramplan.engines.hf_trainer.optimizers import resolve_optim
+
+TRAIN_MODES = ("full", "lora", "qlora")
+PRECISIONS = ("bf16", "mixed")
+ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2")
+KBIT_PREPARE = ("peft", "trl", "none")
+LORA_DTYPES = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Training settings, named as in HF TrainingArguments / peft LoraConfig.
+
+    precision "bf16": parameters stored and computed in 16 bits, no autocast (pure bf16);
+    "mixed": trainable parameters kept in fp32 and the forward/backward under bf16 autocast.
+    QLoRA always runs under autocast (the Trainer's bf16=True), whatever `precision` says.
+    zero 1/2/3 shard optimizer state / + gradients / + parameters over `world` GPUs (FSDP
+    full-shard counts as 3). kbit_prepare says what QLoRA keeps out of 4 bits and in which dtype:
+    "peft" = peft.prepare_model_for_kbit_training (embeddings, norms, lm_head upcast to fp32),
+    "trl" = TRL SFTTrainer / qlora.py (norms fp32, embeddings and adapters bf16, autocast),
+    "none" = everything left 16-bit. lora_dtype is the adapters' dtype (peft upcasts to fp32).
+    """
+
+    optim: str = "adamw_torch"
+    grad_ckpt: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: tuple[str, ...] | None = None
+    lora_dropout: float = 0.05
+    precision: str = "bf16"
+    zero: int = 0
+    world: int = 1
+    attn: str = "sdpa"
+    lora_dtype: str = "fp32"
+    kbit_prepare: str = "peft"
+
+
+# The flag each option is set by, for error messages (and the list of known options).
+_FLAGS = {"optim": "--optim", "grad_ckpt": "--grad-ckpt", "lora_r": "--lora-r",
+          "lora_alpha": "--lora-alpha", "lora_targets": "--lora-targets",
+          "lora_dropout": "--lora-dropout", "precision": "--precision", "zero": "--zero",
+          "world": "the GPU count (--gpu ID:COUNT)", "attn": "--attn",
+          "lora_dtype": "--lora-dtype", "kbit_prepare": "--kbit-prepare"}
+
+
+def _int(value, flag: str, low: int, high: int | None = None) -> int:
+    """A whole number in [low, high]; "2" and 2.0 are accepted, 2.5 and True are not."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if isinstance(value, bool) or float(value) != int(value):
+                raise ValueError
+            value = int(value)
+        except (TypeError, ValueError):
+            raise BadInput(f"{flag} must be a whole number, got {value!r}.") from None
+    if value < low or (high is not None and value > high):
+        span = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise BadInput(f"{flag} must be {span}, got {value}.")
+    return value
+
+
+def _real(value, flag: str, within, what: str) -> float:
+    """float(value) when `within` accepts it (never a bool); else BadInput '{flag} must be {what}'."""
+    try:
+        x = float(value)
+        ok = not isinstance(value, bool) and within(x)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise BadInput(f"{flag} must be {what}, got {value!r}.")
+    return x
+
+
+def _choice(value, flag: str, allowed: tuple[str, ...], aliases: dict | None = None) -> str:
+    key = str(value).strip().lower()
+    return normalize((aliases or {}).get(key, key), allowed, flag)
+
+
+def _bool(value, flag: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    key = str(value).strip().lower()
+    if key in ("1", "true", "yes", "on"):
+        return True
+    if key in ("0", "false", "no", "off"):
+        return False
+    raise BadInput(f"{flag} must be true or false, got {value!r}.")
+
+
+def normalize_train_options(**kwargs) -> TrainOptions:
+    """Validate and canonicalize training settings; a bad value raises BadInput naming the flag."""
+    unknown = sorted(set(kwargs) - set(_FLAGS))
+    if unknown:
+        raise BadInput(f"unknown training option {unknown[0]!r}; known: {', '.join(_FLAGS)}.")
+    d = {k: v for k, v in kwargs.items() if v is not None or k == "lora_targets"}
+    out = {}
+    if "optim" in d:
+        out["optim"] = resolve_optim(d["optim"]).name
+    if "grad_ckpt" in d:
+        out["grad_ckpt"] = _bool(d["grad_ckpt"], _FLAGS["grad_ckpt"])
+    if "lora_r" in d:
+        out["lora_r"] = _int(d["lora_r"], _FLAGS["lora_r"], 1, 65536)
+    if "lora_alpha" in d:
+        a = d["lora_alpha"]
+        alpha = _real(a, _FLAGS["lora_alpha"], lambda x: x > 0, "a positive number")
+        out["lora_alpha"] = int(alpha) if alpha == int(alpha) else alpha
+    if "lora_targets" in d:
+        out["lora_targets"] = normalize_targets(d["lora_targets"])
+    if "lora_dropout" in d:
+        out["lora_dropout"] = _real(d["lora_dropout"], _FLAGS["lora_dropout"], lambda p: 0.0 <= p < 1.0,
+                                    "a probability in [0, 1)")
+    if "precision" in d:
+        out["precision"] = _choice(d["precision"], "--precision", PRECISIONS,
+                                   {"bfloat16": "bf16", "pure": "bf16", "amp": "mixed", "fp32-master": "mixed"})
+    if "zero" in d:
+        out["zero"] = _int(d["zero"], "--zero", 0, 3)
+    if "world" in d:
+        out["world"] = _int(d["world"], _FLAGS["world"], 1, 65536)
+    if "attn" in d:
+        out["attn"] = _choice(d["attn"], "--attn", ATTN_IMPLS,
+                              {"flash": "flash_attention_2", "fa2": "flash_attention_2",
+                               "flash_attention": "flash_attention_2"})
+    if "lora_dtype" in d:
+        out["lora_dtype"] = _choice(d["lora_dtype"], "--lora-dtype", LORA_DTYPES,
+                                    {"float32": "fp32", "bfloat16": "bf16", "fp16": "bf16"})
+    if "kbit_prepare" in d:
+        out["kbit_prepare"] = _choice(d["kbit_prepare"], "--kbit-prepare", KBIT_PREPARE)
+    return TrainOptions(**out)

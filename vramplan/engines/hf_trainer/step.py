@@ -1,0 +1,50 @@
+"""Modes `full`, `lora`, `qlora`: one training step of the HF Trainer + peft + bitsandbytes kind.
+
+The step's tensors and its peak phase come from engines/hf_trainer/phases.py; this module adds what the
+trace cannot see and a GPU process holds anyway (context, cuBLAS workspace, allocator reserve),
+so `total_bytes` means the same thing as in the inference modes.
+"""
+
+from __future__ import annotations
+
+from vramplan.spec import GpuTarget, ModelSpec, Workload
+from vramplan.memory import activations as act
+from vramplan.memory import overhead
+from vramplan.engines.hf_trainer import phases as training
+from vramplan.memory.dtypes import FLOAT_BYTES
+from vramplan.memory.setup import Breakdown, Setup
+from vramplan.memory.weights import resolve_format, transformers_bnb
+
+# The caching allocator's reserve in training: blocks freed by the backward pass are cached in
+# segments that later, differently sized requests cannot reuse. reference/gpus.md: "reserved
+# exceeds allocated by a few % to ~20% in training"; PEFT's MetaMathQA runs (Llama-3.2-3B, L40S)
+# reserved 5 % more than the allocated peak we predict (docs/training.md). Charged on the peak.
+ALLOCATOR_SLACK_TRAIN = 0.05
+
+
+def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
+    opts = workload.train
+    dtype = workload.dtype
+    if workload.mode == "qlora" and dtype == "auto":
+        dtype = "nf4"
+    fmt, warnings = transformers_bnb(model, resolve_format(model, dtype), workload.transformers)
+    capacity = target.per_gpu_bytes
+    if target.free_bytes is not None:
+        capacity = min(capacity, target.free_bytes)
+    return Setup(model, target, workload, fmt, fmt.base, FLOAT_BYTES[fmt.base],
+                 FLOAT_BYTES[fmt.base], 0, overhead.runtime_overhead(target.gpu, opts.world),
+                 capacity, widest=act.widest_layer(model), mode_data={"dtype": dtype},
+                 warnings=warnings)
+
+
+def components(s: Setup, batch: int, ctx: int) -> Breakdown:
+    w = s.workload
+    peak = training.training_peak(s.model, w.mode, batch, ctx, w.train, s.mode_data["dtype"], w.transformers)
+    parts = {k: v for k, v in peak.components.items() if v}
+    parts["allocator_slack"] = overhead.allocator_slack(peak.peak_allocated_bytes, ALLOCATOR_SLACK_TRAIN)
+    parts.update(s.overhead)
+    notes = dict(peak.notes)
+    for name, b in peak.outside_allocator.items():
+        notes[name] = (notes.get(name, "") + " (CUDA managed memory, outside torch's allocator)").strip()
+    return Breakdown(parts, notes, peak.phase,
+                     peak.peak_allocated_bytes + s.overhead["cublas_workspace"])

@@ -1,0 +1,233 @@
+"""Bytes of the weights, tensor by tensor, for every storage format.
+
+Each format's layout is written out per tensor (packed values + scales + zeros + indices) so
+the total is exact for the formats whose layout is fixed; docs/methodology.md gives the source
+of every layout. Quantizers touch only matmul weights (roles "linear" and "expert") that no
+skip pattern names; embeddings, lm_head, norms, biases and routers keep the 16-bit base dtype.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
+from functools import lru_cache
+
+from vramplan.errors import BadInput
+from vramplan.spec import ModelSpec, Quantization, Tensor
+from vramplan.units import ceil_div
+from vramplan.memory.dtypes import FLOAT_BYTES
+from vramplan.memory.overhead import block_rounded
+
+QUANTIZABLE_ROLES = ("linear", "expert")
+NF4_BLOCK = 64            # bitsandbytes 4-bit blocksize (absmax per 64 values)
+NF4_DQ_BLOCK = 256        # double quantization: one fp32 absmax per 256 first-level absmax
+NF4_CODE_VALUES = 16      # the NF4/FP4 lookup table, fp32, one per quantized matrix
+NF4_DQ_CODE_VALUES = 256  # the 8-bit dynamic map of the nested absmax, fp32, one per model
+MXFP4_BLOCK = 32          # OCP MX: one E8M0 (uint8) scale per 32 FP4 values
+DEFAULT_GROUP = 128       # GPTQ/AWQ group size used by --dtype int4 / gptq / awq
+
+# What `--dtype X` means for a checkpoint that is not already quantized.
+_ON_THE_FLY = {
+    "fp8": Quantization("fp8", bits=8),                     # vLLM online FP8: per-tensor scale
+    "int8": Quantization("int8", bits=8),                   # bitsandbytes LLM.int8
+    "int4": Quantization("gptq", bits=4, group_size=DEFAULT_GROUP),
+    "gptq": Quantization("gptq", bits=4, group_size=DEFAULT_GROUP),
+    "awq": Quantization("awq", bits=4, group_size=DEFAULT_GROUP),
+    "nf4": Quantization("nf4", bits=4, double_quant=True),   # QLoRA's recipe: NF4 + double quant
+    "fp4": Quantization("fp4", bits=4, double_quant=True),
+    "mxfp4": Quantization("mxfp4", bits=4),
+}
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """A resolved storage format: quantization (or "none") plus the 16-bit base dtype."""
+
+    quant: Quantization
+    base: str               # dtype of everything the quantizer leaves alone
+    label: str              # for display: "bf16", "nf4 (double quant) + bf16"
+
+
+@dataclass(frozen=True)
+class WeightReport:
+    total: int
+    quantized_params: int
+    kept_params: int        # params left in the base dtype
+    by_role: dict[str, int]
+
+
+def resolve_format(model: ModelSpec, dtype: str) -> WeightFormat:
+    """Turn --dtype into a storage format. "auto" means what the checkpoint holds."""
+    base16 = "bf16" if model.torch_dtype == "fp32" else model.torch_dtype
+    if dtype == "auto":
+        q = model.quantization
+        if q is not None and q.method != "none":
+            return WeightFormat(q, base16, _label(q, base16))
+        return WeightFormat(Quantization("none", bits=8 * FLOAT_BYTES[model.torch_dtype]),
+                            model.torch_dtype, model.torch_dtype)
+    if dtype in ("fp32", "bf16", "fp16"):
+        return WeightFormat(Quantization("none", bits=8 * FLOAT_BYTES[dtype]), dtype, dtype)
+    if dtype not in _ON_THE_FLY:
+        raise BadInput(f"--dtype {dtype!r} is not a weight format vramplan knows.")
+    q = _ON_THE_FLY[dtype]
+    # Keep the checkpoint's own skip list (e.g. gpt-oss keeps attention and router in bf16).
+    if model.quantization is not None and model.quantization.skip:
+        q = Quantization(**{**q.__dict__, "skip": model.quantization.skip})
+    return WeightFormat(q, base16, _label(q, base16))
+
+
+def _label(q: Quantization, base: str) -> str:
+    extra = ""
+    if q.method in ("gptq", "awq"):
+        extra = f" int{q.bits} g{q.group_size}"
+    elif q.method == "fp8" and q.block_size:
+        extra = f" block {q.block_size[0]}x{q.block_size[1]}"
+    elif q.method in ("nf4", "fp4") and q.double_quant:
+        extra = " (double quant)"
+    return f"{q.method}{extra} + {base}"
+
+
+@lru_cache(maxsize=4096)
+def _compile_skip(pattern: str) -> re.Pattern:
+    """A skip entry matches a module and everything under it: "lm_head", "model.layers.*.self_attn",
+    or a bare leaf name such as "gate" (transformers matches these as name fragments)."""
+    if "*" in pattern or "." in pattern:
+        body = "".join(".*" if c == "*" else re.escape(c) for c in pattern)
+        return re.compile(rf"(^|.*\.){body}(\..*)?$")
+    return re.compile(rf"(^|.*\.){re.escape(pattern)}(\..*)?$")
+
+
+def is_skipped(name: str, skip: tuple[str, ...]) -> bool:
+    return any(_compile_skip(p).match(name) or fnmatchcase(name, p) for p in skip)
+
+
+def quantizes(t: Tensor, q: Quantization) -> bool:
+    return (q.method != "none" and t.role in QUANTIZABLE_ROLES and t.role not in q.keep_roles
+            and not is_skipped(t.name, q.skip))
+
+
+BNB_METHODS = ("nf4", "fp4", "int8")
+
+
+def transformers_bnb(model: ModelSpec, fmt: WeightFormat, major: int) -> tuple[WeightFormat, tuple[str, ...]]:
+    """What transformers' on-the-fly bitsandbytes conversion really reaches, and warnings.
+
+    transformers 5's `replace_with_bnb_linear` (integrations/bitsandbytes.py) converts a module
+    only when `type(module) is nn.Linear` (or GPT-2's Conv1D); 4.x tested `isinstance`. So under
+    5.x the fused 3-D MoE expert parameters (not modules at all) and nn.Linear subclasses such as
+    Falcon's `FalconLinear` keep the 16-bit dtype; under 4.x experts were per-expert nn.Linear
+    modules and were quantized. vLLM and pre-quantized checkpoints are not affected."""
+    q = fmt.quant
+    if q.method not in BNB_METHODS or q.pre_quantized or major < 5:
+        return fmt, ()
+    cls, names = model.extra.get("hf_linear_subclass", ("", ()))
+    new = replace(fmt, quant=replace(q, keep_roles=q.keep_roles + ("expert",), skip=q.skip + tuple(names)))
+    kept = [t for t in model.all_tensors() if quantizes(t, q) and not quantizes(t, new.quant)]
+    if not kept:
+        return fmt, ()
+    experts = sum(t.numel for t in kept if t.role == "expert")
+    linears = sum(t.numel for t in kept if t.role != "expert")
+    what = " and ".join(x for x in (experts and f"the fused MoE experts ({experts / 1e9:.2f} B params)",
+                                    linears and f"every {cls} layer ({linears / 1e9:.2f} B params)") if x)
+    warning = (f"transformers {major} + bitsandbytes {q.method} leave {what} in {fmt.base}: "
+               f"replace_with_bnb_linear converts exact nn.Linear modules only (transformers 4 "
+               f"quantized them; plan that with --transformers 4).")
+    return new, (warning,)
+
+
+def _matrix(t: Tensor) -> tuple[int, int, int]:
+    """(matrices, out, in) of a weight: leading dims and `count` are stacked matrices."""
+    *lead, out, inp = t.shape if len(t.shape) >= 2 else (1, t.shape[0])
+    n = t.count
+    for d in lead:
+        n *= d
+    return n, out, inp
+
+
+def stored_parts(t: Tensor, q: Quantization) -> tuple[tuple[int, int], ...]:
+    """The tensors one quantizable weight is stored as under `q`: (bytes, how many) each.
+    Each is its own allocation, so each is rounded to the allocator's block on the GPU."""
+    n, out, inp = _matrix(t)
+    numel = n * out * inp
+    m = q.method
+    if m == "fp8":
+        if q.block_size:
+            bo, bi = q.block_size
+            scales = n * ceil_div(out, bo) * ceil_div(inp, bi)
+        else:
+            scales = n                                   # one fp32 scale per tensor
+        return (numel, 1), (4 * scales, 1)
+    if m == "int8":
+        return (numel, 1), (4 * n * out, 1)              # int8 values + fp32 row scale (SCB)
+    if m in ("gptq", "awq"):
+        bits = q.bits
+        group = q.group_size if q.group_size and q.group_size > 0 else inp
+        groups = ceil_div(inp, group)
+        parts = [(n * ceil_div(inp * bits, 32) * out * 4, 1),     # qweight, packed into int32
+                 (n * groups * ceil_div(out * bits, 32) * 4, 1),  # qzeros, packed into int32
+                 (n * groups * out * 2, 1)]                       # scales, fp16
+        if m == "gptq":
+            parts.append((n * inp * 4, 1))                        # g_idx, int32 per input channel
+        return tuple(parts)
+    if m in ("nf4", "fp4"):
+        # per matrix (bitsandbytes quantizes each Linear4bit on its own, functional.quantize_4bit):
+        # the packed codes, the absmax (uint8 + fp32 nested absmax per 256 with double quant),
+        # the 16-entry fp32 code table (get_4bit_type) and, with double quant, the fp32 offset
+        per = out * inp
+        blocks = ceil_div(per, NF4_BLOCK)
+        if q.double_quant:
+            return ((ceil_div(per, 2), n), (blocks, n), (4 * ceil_div(blocks, NF4_DQ_BLOCK), n),
+                    (4 * NF4_CODE_VALUES, n), (4, n))
+        return (ceil_div(per, 2), n), (4 * blocks, n), (4 * NF4_CODE_VALUES, n)
+    if m == "mxfp4":
+        return (numel // 2, 1), (ceil_div(numel, MXFP4_BLOCK), 1)
+    raise BadInput(f"quantization method {m!r} has no byte layout in vramplan yet.")
+
+
+def quantized_bytes(t: Tensor, q: Quantization) -> int:
+    """Bytes of one quantizable tensor under `q`, scales and metadata included, as on disk."""
+    return sum(b * k for b, k in stored_parts(t, q))
+
+
+def allocated_bytes(t: Tensor, q: Quantization, base_bytes: int, hf: bool = False) -> int:
+    """Bytes one weight takes in the CUDA caching allocator: each stored tensor rounded up to
+    512 B (a Qwen3 q_norm of 256 B costs 512). `hf`: as transformers builds it, so a tensor it
+    keeps in a wider dtype (Tensor.dtype) takes that width."""
+    if quantizes(t, q):
+        return sum(block_rounded(b) * k for b, k in stored_parts(t, q))
+    if hf and t.dtype:
+        base_bytes = max(base_bytes, FLOAT_BYTES[t.dtype])
+    return block_rounded(t.numel * base_bytes)
+
+
+def shared_state_bytes(model: ModelSpec, q: Quantization) -> int:
+    """Quantization state the whole model shares once: bitsandbytes caches the 256-entry fp32
+    dynamic map of the nested absmax quantization on the device of its first call and every
+    double-quantized layer refers to it (functional.quantize_blockwise, `name2qmap`)."""
+    if q.method in ("nf4", "fp4") and q.double_quant and any(quantizes(t, q) for t in model.all_tensors()):
+        return block_rounded(4 * NF4_DQ_CODE_VALUES)
+    return 0
+
+
+def weight_bytes(model: ModelSpec, fmt: WeightFormat, divisor=None, hf: bool = False) -> WeightReport:
+    """Bytes of every parameter under `fmt` as the allocator holds them (512-B blocks per
+    tensor). `divisor(t)` splits a tensor across ranks (tensor parallelism); None means one GPU
+    holds it all. `hf`: as transformers lays them out (see allocated_bytes), not vLLM."""
+    base = FLOAT_BYTES[fmt.base]
+    total = qparams = kept = 0
+    by_role: dict[str, int] = {}
+    for t in model.all_tensors():
+        b = allocated_bytes(t, fmt.quant, base, hf)
+        if quantizes(t, fmt.quant):
+            qparams += t.numel
+        else:
+            kept += t.numel
+        if divisor is not None:
+            b = ceil_div(b, divisor(t))
+        by_role[t.role] = by_role.get(t.role, 0) + b
+        total += b
+    shared = shared_state_bytes(model, fmt.quant)
+    if shared:
+        by_role["other"] = by_role.get("other", 0) + shared
+    return WeightReport(total + shared, qparams, kept, by_role)

@@ -1,0 +1,61 @@
+"""config.json -> ModelSpec, one small module per architecture family.
+
+    from vramplan.models import parse
+    spec = parse(config_dict, model_id="meta-llama/Llama-3.1-8B", source="bundled")
+
+Each family module registers the model_type values it reads (`REGISTRY`); an unknown model_type
+is parsed as a generic llama-like decoder with a warning when the usual keys are there, and is a
+BadConfig otherwise. Parameter counts match transformers' `from_config` models exactly (see
+docs/families.md for every formula and its source file). Nothing heavy is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vramplan.errors import BadConfig
+from vramplan.spec import ModelSpec
+from vramplan.models._base import REGISTRY, Cfg
+from vramplan.models import (deepseek, falcon, gemma2, gemma3, gpt2, gpt_oss, llama, mistral, mixtral,  # noqa: F401
+               nemotron_h, phi3, qwen2, qwen3, qwen3_moe)
+from vramplan.models.decoder import LLAMA_KEYS
+
+__all__ = ["parse", "REGISTRY", "known_model_types"]
+
+
+def known_model_types() -> tuple[str, ...]:
+    return tuple(sorted(REGISTRY))
+
+
+def parse(config: dict, model_id: str = "", source: str = "") -> ModelSpec:
+    """Turn a Hugging Face config.json (already parsed to a dict) into a per-layer ModelSpec."""
+    if not isinstance(config, dict):
+        raise BadConfig(f"config.json of {model_id or 'this model'} is not a JSON object.")
+    model_type = config.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise BadConfig(f"model_type in config.json of {model_id or 'this model'} must be a string, "
+                        f"got {model_type!r}.")
+    model_type = model_type or ""
+    cfg = Cfg(config, model_id, model_type)
+    fn = REGISTRY.get(model_type)
+    if fn is None:
+        missing = [k for k in LLAMA_KEYS if config.get(k) is None]
+        what = f"model_type '{model_type}'" if model_type else "a config.json without a model_type"
+        if missing:
+            raise BadConfig(
+                f"{what} ({model_id or 'this model'}) is not a family vramplan knows, and the file lacks "
+                f"{', '.join(repr(k) for k in missing)} needed to read it as a generic decoder. "
+                f"Known model types: {', '.join(known_model_types())}."
+            )
+        if model_type:
+            cfg.warn(f"model_type '{model_type}' is not a known family; parsed as a generic decoder "
+                     f"(llama-like). Check the result.")
+        else:
+            cfg.warn("config.json has no model_type; parsed as a generic decoder (llama-like). "
+                     "Check the result.")
+        spec = llama.parse_generic(cfg)
+    else:
+        spec = fn(cfg)
+    if source:
+        spec = replace(spec, source=source)
+    return spec

@@ -1,0 +1,303 @@
+"""Shared pieces of every family parser: reading config keys, naming tensors, assembling a ModelSpec.
+
+Nothing here imports torch or transformers: a config.json is parsed as plain data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from vramplan.errors import BadConfig
+from vramplan.spec import Attention, LayerSpec, ModelSpec, Quantization, Role, Tensor
+
+_MISSING = object()
+
+# model_type -> parser(Cfg) -> ModelSpec. Filled by @register in the family modules.
+REGISTRY: dict[str, Callable[["Cfg"], ModelSpec]] = {}
+
+
+def register(*model_types: str):
+    def deco(fn):
+        for mt in model_types:
+            REGISTRY[mt] = fn
+        return fn
+    return deco
+
+
+class Cfg:
+    """A config dict with helpers that raise BadConfig naming the key and the model.
+
+    `path` says where in the file the dict sits ("" for the top level, "text_config" for a nested
+    one) so error messages point at the right place.
+    """
+
+    __slots__ = ("d", "model", "model_type", "path", "root", "warnings", "dtype_assumed")
+
+    def __init__(self, d: dict, model: str, model_type: str, path: str = "", root: "Cfg | None" = None):
+        if not isinstance(d, dict):
+            where = f"'{path}' in " if path else ""
+            raise BadConfig(f"{where}config.json of {model or 'this model'} is not a JSON object.")
+        self.d = d
+        self.model = model
+        self.model_type = model_type
+        self.path = path
+        self.root = root if root is not None else self
+        self.warnings: list[str] = [] if root is None else root.warnings
+        self.dtype_assumed = False
+
+    # --- access -----------------------------------------------------------------------------
+    def sub(self, key: str, defaults: dict | None = None) -> "Cfg":
+        """A nested config (e.g. text_config), with `defaults` filled in under the file's keys."""
+        raw = self.d.get(key)
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise BadConfig(f"'{key}' in config.json of {self.who} must be an object, got {raw!r}.")
+        merged = dict(defaults or {})
+        merged.update(raw)      # an explicit null overrides a default, as in transformers
+        return Cfg(merged, self.model, self.model_type, key, self.root)
+
+    def with_defaults(self, defaults: dict) -> "Cfg":
+        """The same config with a family's defaults under the keys the file leaves out."""
+        if not defaults:
+            return self
+        merged = dict(defaults)
+        merged.update(self.d)
+        c = Cfg(merged, self.model, self.model_type, self.path, self.root)
+        if self.root is self:        # keep the top level as the root others report to
+            c.root = c
+            c.warnings = self.warnings
+        return c
+
+    @property
+    def who(self) -> str:
+        return f"{self.model} (model_type '{self.model_type}')" if self.model else f"model_type '{self.model_type}'"
+
+    def _key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def has(self, *names: str) -> bool:
+        return any(self.d.get(n) is not None for n in names)
+
+    def raw(self, *names: str, default: Any = None) -> Any:
+        for n in names:
+            v = self.d.get(n)
+            if v is not None:
+                return v
+        return default
+
+    def _missing(self, names: tuple[str, ...]) -> BadConfig:
+        alts = " or ".join(f"'{self._key(n)}'" for n in names)
+        return BadConfig(
+            f"config.json of {self.who} has no {alts}, which vramplan needs to size the model. "
+            f"Check that the file is a complete Hugging Face config.json."
+        )
+
+    def int(self, *names: str, default: Any = _MISSING, positive: bool = True) -> int:
+        v = self.raw(*names)
+        if v is None:
+            if default is _MISSING:
+                raise self._missing(names)
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            else:
+                raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must be an integer, got {v!r}.")
+        if positive and v <= 0:
+            raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must be positive, got {v}.")
+        if not positive and v < 0:
+            raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must not be negative, got {v}.")
+        return v
+
+    def opt_int(self, *names: str) -> int | None:
+        return self.int(*names, default=None)
+
+    def bool(self, *names: str, default: bool = False) -> bool:
+        v = self.raw(*names)
+        if v is None:
+            return default
+        if isinstance(v, bool):
+            return v
+        if v in (0, 1):
+            return bool(v)
+        raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must be true or false, got {v!r}.")
+
+    def str(self, *names: str, default: str | None = None) -> str | None:
+        v = self.raw(*names)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must be a string, got {v!r}.")
+        return v
+
+    def prob(self, *names: str, default: float = 0.0) -> float:
+        """A probability in [0, 1) such as a dropout rate."""
+        v = self.raw(*names)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must be a probability "
+                            f"in [0, 1), got {v!r}.")
+        return float(v)
+
+    def require_all(self, names: tuple[str, ...]) -> None:
+        """BadConfig naming every missing key at once."""
+        missing = [n for n in names if self.d.get(n) is None]
+        if missing:
+            keys = ", ".join(f"'{self._key(n)}'" for n in missing)
+            raise BadConfig(
+                f"config.json of {self.who} lacks {keys}, which vramplan needs to size the model. "
+                f"Check that the file is a complete Hugging Face config.json."
+            )
+
+    def warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+
+# --- dtypes -------------------------------------------------------------------------------------
+
+_DTYPES = {
+    "bfloat16": "bf16", "bf16": "bf16",
+    "float16": "fp16", "fp16": "fp16", "half": "fp16",
+    "float32": "fp32", "fp32": "fp32", "float": "fp32",
+}
+
+
+def torch_dtype(cfg: Cfg, *nested: Cfg) -> str:
+    """The checkpoint's floating dtype from `torch_dtype` (transformers <5) or `dtype` (5.x).
+
+    Absent: transformers instantiates in float32, so we say fp32 and leave a note."""
+    value = None
+    for c in (cfg, *nested):
+        value = c.raw("torch_dtype", "dtype")
+        if value is not None:
+            break
+    if value is None:
+        # Not a warning here: it matters only when a plan really uses fp32 (planner.py says so then).
+        cfg.root.dtype_assumed = True
+        return "fp32"
+    key = str(value).strip().lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise BadConfig(f"torch_dtype {value!r} in config.json of {cfg.who} is not a dtype vramplan knows "
+                        f"(bfloat16, float16, float32).")
+    return _DTYPES[key]
+
+
+# --- tensors ------------------------------------------------------------------------------------
+
+class Tensors:
+    """Collects Tensor entries with a name prefix: weights without '.weight', biases as '<m>.bias'."""
+
+    __slots__ = ("prefix", "items")
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
+        self.items: list[Tensor] = []
+
+    def _name(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def add(self, name: str, shape: tuple[int, ...], role: Role, count: int = 1) -> None:
+        self.items.append(Tensor(self._name(name), tuple(shape), role, count))
+
+    def linear(self, name: str, out_features: int, in_features: int, bias: bool = False,
+               role: Role = "linear", count: int = 1, dtype: str = "") -> None:
+        self.items.append(Tensor(self._name(name), (out_features, in_features), role, count, dtype))
+        if bias:
+            self.items.append(Tensor(self._name(name) + ".bias", (out_features,), "bias", count))
+
+    def norm(self, name: str, dim: int, bias: bool = False) -> None:
+        """RMSNorm (weight only) or LayerNorm (bias=True: weight and bias)."""
+        self.items.append(Tensor(self._name(name), (dim,), "norm"))
+        if bias:
+            self.items.append(Tensor(self._name(name) + ".bias", (dim,), "bias"))
+
+    def param(self, name: str, shape: tuple[int, ...], role: Role = "other", count: int = 1) -> None:
+        """A bare nn.Parameter (not a module weight): the name is the full parameter path."""
+        self.items.append(Tensor(self._name(name), tuple(shape), role, count))
+
+    def extend(self, other: "Tensors") -> None:
+        self.items.extend(other.items)
+
+    def tuple(self) -> tuple[Tensor, ...]:
+        return tuple(self.items)
+
+
+def embedding_and_head(vocab: int, hidden: int, embed_name: str, norm_name: str | None,
+                       tied: bool, norm_bias: bool = False, head_name: str = "lm_head") -> list[Tensor]:
+    """Token embedding, final norm and (when untied) the lm_head."""
+    t = Tensors()
+    t.add(embed_name, (vocab, hidden), "embedding")
+    if norm_name:
+        t.norm(norm_name, hidden, bias=norm_bias)
+    if not tied:
+        t.add(head_name, (vocab, hidden), "lm_head")
+    return t.items
+
+
+# --- layer kinds --------------------------------------------------------------------------------
+
+FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
+_KIND = {FULL: "full", SLIDING: "sliding", CHUNKED: "chunked"}
+
+
+def explicit_layer_types(cfg: Cfg, n_layers: int) -> list[str] | None:
+    """`layer_types` as written in the config (transformers >= 4.54 configs carry it), checked."""
+    lt = cfg.raw("layer_types")
+    if lt is None:
+        return None
+    if not isinstance(lt, list) or not all(isinstance(x, str) for x in lt):
+        raise BadConfig(f"'layer_types' in config.json of {cfg.who} must be a list of strings.")
+    if len(lt) != n_layers:
+        raise BadConfig(f"'layer_types' in config.json of {cfg.who} has {len(lt)} entries for "
+                        f"{n_layers} layers; the two must agree.")
+    bad = sorted({x for x in lt if x not in _KIND})
+    if bad:
+        raise BadConfig(f"'layer_types' in config.json of {cfg.who} holds {', '.join(map(repr, bad))}; "
+                        f"vramplan knows full_attention, sliding_attention and chunked_attention here.")
+    return lt
+
+
+def attention(layer_type: str, heads: int, kv_heads: int, head_dim: int,
+              window: int | None, chunk: int | None = None) -> Attention:
+    """One attention mixer. A sliding layer without a window behaves (and caches) as full, as
+    transformers' DynamicCache does."""
+    kind = _KIND[layer_type]
+    if kind == "sliding" and not window:
+        kind, window = "full", None
+    elif kind == "chunked":
+        if not chunk:
+            kind = "full"
+        window = chunk or None
+    else:
+        window = window if kind == "sliding" else None
+    return Attention(kind, heads, kv_heads, head_dim, head_dim, window=window)
+
+
+def make_spec(cfg: Cfg, *, family: str, hidden: int, vocab: int, layers: list[LayerSpec],
+              tensors: list[Tensor], tied: bool, dtype: str, quant: Quantization | None,
+              max_pos: int | None, extra: dict | None = None) -> ModelSpec:
+    root = cfg.root
+    extra = dict(extra or {})
+    # per layer, what mixes tokens: full / sliding / chunked / mla / mamba2 / none
+    extra.setdefault("layer_types", [l.mixer.kind if l.mixer is not None else "none" for l in layers])
+    extra.setdefault("architectures", root.raw("architectures", default=[]))
+    if getattr(root, "dtype_assumed", False):
+        extra["torch_dtype_assumed"] = True
+    return ModelSpec(
+        id=root.model,
+        model_type=root.model_type,
+        family=family,
+        hidden_size=hidden,
+        vocab_size=vocab,
+        layers=tuple(layers),
+        tensors=tuple(tensors),
+        tie_word_embeddings=tied,
+        torch_dtype=dtype,
+        quantization=quant,
+        max_position_embeddings=max_pos,
+        warnings=tuple(root.warnings),
+        extra=extra,
+    )

@@ -1,0 +1,13 @@
+"""Mistral (transformers models/mistral/modeling_mistral.py).
+
+Llama without biases. `sliding_window` (v0.1: 4096; v0.2+: null) makes every layer slide."""
+
+from vramplan.models._base import Cfg, register
+from vramplan.models.decoder import DecoderOptions, all_sliding_if_window, parse_decoder
+
+MISTRAL = DecoderOptions(family="mistral", attn_bias="none", layer_rule=all_sliding_if_window)
+
+
+@register("mistral")
+def parse(cfg: Cfg):
+    return parse_decoder(cfg, MISTRAL)

@@ -1,0 +1,141 @@
+"""Nemotron-H (transformers models/nemotron_h/modeling_nemotron_h.py, configuration_nemotron_h.py).
+
+A hybrid: hybrid_override_pattern (or the list layers_block_type / layer_types) gives one block per
+character, each `norm` [H] (RMSNorm) + one mixer at model.layers.i.mixer:
+    M  Mamba2 (NemotronHMamba2Mixer), with d_inner = mamba_num_heads * mamba_head_dim,
+       conv_dim = d_inner + 2 * n_groups * ssm_state_size:
+         in_proj [2*d_inner + 2*n_groups*ssm_state_size + mamba_num_heads, H] (+bias if use_bias)
+         conv1d [conv_dim, 1, conv_kernel] + bias [conv_dim] (use_conv_bias, default true)
+         dt_bias, A_log, D [mamba_num_heads]; norm (gated RMSNorm) [d_inner]
+         out_proj [H, d_inner] (+bias if use_bias)
+       state per sequence: conv_dim * (conv_kernel - 1) + mamba_num_heads * mamba_head_dim * ssm_state_size
+    *  attention: q_proj [heads*hd, H], k_proj/v_proj [kv*hd, H], o_proj [H, heads*hd], no biases
+       (hd = head_dim, or the Hub files' attention_head_dim; default 128)
+    -  MLP, not gated: up_proj [I, H], down_proj [H, I] (relu2), bias if mlp_bias
+    E  MoE (NemotronHMoE): gate [E, H] (router; its e_score_correction_bias is a buffer),
+       experts.up_proj E x [Im, D], experts.down_proj E x [D, Im] (not gated, D = moe_latent_size or H),
+       shared_experts.up_proj/down_proj of moe_shared_expert_intermediate_size,
+       fc1_latent_proj [D, H] / fc2_latent_proj [H, D] when moe_latent_size is set
+model.embeddings [V, H], model.norm_f [H], lm_head [V, H] (tie_word_embeddings default false).
+"""
+
+from __future__ import annotations
+
+from vramplan.errors import BadConfig
+from vramplan.spec import Attention, LayerSpec, Mlp, Recurrent
+from vramplan.models._base import Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
+from vramplan.models.quant import parse_quantization
+
+_CHARS = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
+_NAMES = {"mamba": "mamba", "linear_attention": "mamba", "attention": "attention",
+          "full_attention": "attention", "mlp": "mlp", "moe": "moe"}
+
+
+def _block_types(cfg: Cfg) -> list[str]:
+    pattern = cfg.raw("hybrid_override_pattern")
+    if pattern is not None:
+        if not isinstance(pattern, str) or not pattern or any(c not in _CHARS for c in pattern):
+            raise BadConfig(f"'hybrid_override_pattern' in config.json of {cfg.who} must be a string of "
+                            f"M (Mamba2), * (attention), - (MLP) and E (MoE), got {pattern!r}.")
+        return [_CHARS[c] for c in pattern]
+    lst = cfg.raw("layers_block_type", "layer_types")
+    if lst is None:
+        raise BadConfig(f"config.json of {cfg.who} has no 'hybrid_override_pattern' (or "
+                        f"'layers_block_type'), which says which blocks are Mamba, attention or MLP.")
+    if not isinstance(lst, list) or any(x not in _NAMES for x in lst):
+        raise BadConfig(f"'layers_block_type' in config.json of {cfg.who} must list mamba, attention, "
+                        f"mlp or moe blocks, got {lst!r}.")
+    return [_NAMES[x] for x in lst]
+
+
+@register("nemotron_h")
+def parse(cfg: Cfg):
+    H = cfg.int("hidden_size")
+    vocab = cfg.int("vocab_size")
+    kinds = _block_types(cfg)
+    L = len(kinds)
+    n_cfg = cfg.int("num_hidden_layers", default=None)
+    if n_cfg is not None and n_cfg != L:
+        cfg.warn(f"num_hidden_layers is {n_cfg} but the block pattern has {L} blocks; the pattern is "
+                 f"used, as transformers does.")
+
+    if "attention" in kinds:
+        heads = cfg.int("num_attention_heads")
+        kv = cfg.int("num_key_value_heads", default=heads)
+        hd = cfg.int("head_dim", "attention_head_dim", default=128)
+        window = cfg.int("sliding_window", default=0, positive=False) or None
+        attn = Attention("sliding" if window else "full", heads, kv, hd, hd, window=window)
+    if "mamba" in kinds:
+        nh = cfg.int("mamba_num_heads")
+        mhd = cfg.int("mamba_head_dim")
+        ss = cfg.int("ssm_state_size")
+        ng = cfg.int("n_groups", "mamba_n_groups", default=8)
+        k = cfg.int("conv_kernel", "mamba_d_conv", default=4)
+        conv_bias = cfg.bool("use_conv_bias", "mamba_conv_bias", default=True)
+        d_inner = nh * mhd
+        conv_dim = d_inner + 2 * ng * ss
+        rec = Recurrent("mamba2", conv_state_elems=conv_dim * (k - 1), ssm_state_elems=nh * mhd * ss,
+                        num_heads=nh, head_dim=mhd, state_size=ss, conv_channels=conv_dim, conv_kernel=k,
+                        chunk_size=cfg.int("chunk_size", "mamba_chunk_size", default=128))
+    use_bias = cfg.bool("use_bias", default=False)
+    mlp_bias = cfg.bool("mlp_bias", default=False)
+    if "mlp" in kinds:
+        I = cfg.int("intermediate_size")
+        dense = Mlp("dense", I, gated=False)
+    if "moe" in kinds:
+        E = cfg.int("n_routed_experts", "num_local_experts")
+        Im = cfg.int("moe_intermediate_size")
+        Is = cfg.int("moe_shared_expert_intermediate_size", default=0, positive=False)
+        top_k = cfg.int("num_experts_per_tok")
+        latent = cfg.int("moe_latent_size", default=None)
+        D = latent or H
+        moe = Mlp("moe", Im, gated=False, num_experts=E, top_k=top_k, shared_intermediate=Is)
+
+    layers = []
+    for i, kind in enumerate(kinds):
+        t = Tensors(f"model.layers.{i}")
+        t.norm("norm", H)
+        mixer = mlp = None
+        if kind == "mamba":
+            t.linear("mixer.in_proj", 2 * d_inner + 2 * ng * ss + nh, H, use_bias)
+            t.add("mixer.conv1d", (conv_dim, 1, k), "conv")
+            if conv_bias:
+                t.add("mixer.conv1d.bias", (conv_dim,), "bias")
+            t.param("mixer.dt_bias", (nh,), "other")
+            t.param("mixer.A_log", (nh,), "other")
+            t.param("mixer.D", (nh,), "other")
+            t.norm("mixer.norm", d_inner)
+            t.linear("mixer.out_proj", H, d_inner, use_bias)
+            mixer = rec
+        elif kind == "attention":
+            t.linear("mixer.q_proj", heads * hd, H)
+            t.linear("mixer.k_proj", kv * hd, H)
+            t.linear("mixer.v_proj", kv * hd, H)
+            t.linear("mixer.o_proj", H, heads * hd)
+            mixer = attn
+        elif kind == "mlp":
+            t.linear("mixer.up_proj", I, H, mlp_bias)
+            t.linear("mixer.down_proj", H, I, mlp_bias)
+            mlp = dense
+        else:
+            t.linear("mixer.gate", E, H, role="router")
+            t.add("mixer.experts.up_proj", (Im, D), "expert", count=E)
+            t.add("mixer.experts.down_proj", (D, Im), "expert", count=E)
+            if Is:
+                t.linear("mixer.shared_experts.up_proj", Is, H, mlp_bias)
+                t.linear("mixer.shared_experts.down_proj", H, Is, mlp_bias)
+            if latent:
+                t.linear("mixer.fc1_latent_proj", latent, H, mlp_bias)
+                t.linear("mixer.fc2_latent_proj", H, latent, mlp_bias)
+            mlp = moe
+        layers.append(LayerSpec(i, mixer, mlp, t.tuple()))
+
+    tied = cfg.bool("tie_word_embeddings", default=False)
+    outside = embedding_and_head(vocab, H, "model.embeddings", "model.norm_f", tied)
+    return make_spec(
+        cfg, family="nemotron_h", hidden=H, vocab=vocab, layers=layers, tensors=outside, tied=tied,
+        dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
+        max_pos=cfg.int("max_position_embeddings", default=None),
+        extra={"block_types": kinds,
+               "mamba_ssm_cache_dtype": cfg.str("mamba_ssm_cache_dtype", default="float32")},
+    )

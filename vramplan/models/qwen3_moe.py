@@ -1,0 +1,19 @@
+"""Qwen3-MoE (transformers models/qwen3_moe/modeling_qwen3_moe.py).
+
+Qwen3 attention; a layer is sparse when it is not in mlp_only_layers and (i+1) % decoder_sparse_step
+== 0: router mlp.gate [num_experts, H] and num_experts SwiGLU experts of moe_intermediate_size,
+no shared expert. Dense layers use intermediate_size."""
+
+from vramplan.models._base import Cfg, register
+from vramplan.models.decoder import DecoderOptions, parse_decoder, qwen_window_layers
+
+QWEN3_MOE = DecoderOptions(family="qwen3_moe", attn_bias="config", qk_norm=True, moe="qwen3_moe",
+                           layer_rule=qwen_window_layers,
+                           window_flag="use_sliding_window")
+KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+        "num_experts", "moe_intermediate_size")
+
+
+@register("qwen3_moe")
+def parse(cfg: Cfg):
+    return parse_decoder(cfg, QWEN3_MOE, required=KEYS)

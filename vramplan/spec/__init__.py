@@ -1,0 +1,11 @@
+"""Frozen dataclasses that flow between the edges and the pure core: the model (model.py), the
+hardware (hardware.py), and the workload and its answer (plan.py). Nothing here does I/O."""
+
+from vramplan.spec.hardware import GpuSpec, GpuTarget, Price
+from vramplan.spec.model import (Attention, LayerSpec, Mlp, ModelSpec, Quantization, Recurrent, Role,
+                                 Tensor)
+from vramplan.spec.plan import Mode, Plan, ServeOptions, ServeReport, Suggestion, Workload
+
+__all__ = ["Attention", "GpuSpec", "GpuTarget", "LayerSpec", "Mlp", "Mode", "ModelSpec", "Plan",
+           "Price", "Quantization", "Recurrent", "Role", "ServeOptions", "ServeReport", "Suggestion",
+           "Tensor", "Workload"]

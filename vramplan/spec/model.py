@@ -1,0 +1,190 @@
+"""A model as the core sees it: per layer (what mixes tokens: full / sliding / chunked / MLA
+attention or a recurrent state; what follows: a dense or MoE MLP) and as a list of parameter
+tensors with their real shapes and Hugging Face module paths, so quantization skip lists, LoRA
+targets and tensor-parallel splits can all be applied by name. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Literal
+
+# Roles a parameter tensor can play. Quantizers only touch "linear" and "expert"; everything
+# else (embeddings, norms, biases, routers, convolutions, SSM vectors) stays in 16-bit.
+Role = Literal["linear", "expert", "embedding", "lm_head", "norm", "bias", "router", "conv", "other"]
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One parameter tensor of the checkpoint (or `count` identical ones, e.g. MoE experts).
+
+    `name` is the full Hugging Face parameter path without the `.weight` suffix for weights
+    (e.g. "model.layers.3.self_attn.q_proj"), so `modules_to_not_convert` patterns and LoRA
+    target names match it. For linear layers `shape` is torch's (out_features, in_features).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    role: Role
+    count: int = 1
+    dtype: str = ""     # the dtype transformers keeps it in whatever the model's (DeepSeek's fp32
+                        # router); "" = the model dtype. vLLM's own layers ignore it.
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape) * self.count
+
+    @property
+    def leaf(self) -> str:
+        """Last path component: "q_proj", the name LoRA target lists use."""
+        return self.name.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Token mixing by attention. `kind` decides what the KV cache holds per token."""
+
+    kind: Literal["full", "sliding", "chunked", "mla"]
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int          # K head dim (for MLA: qk_nope + qk_rope)
+    v_head_dim: int        # V head dim (equal to head_dim except in MLA)
+    window: int | None = None      # sliding window or attention chunk, tokens
+    kv_lora_rank: int = 0          # MLA latent width
+    rope_dim: int = 0              # MLA decoupled rope key width
+
+    @property
+    def kv_elems_per_token(self) -> int:
+        """Cache elements per token in this layer (one sequence).
+
+        Full/sliding/chunked: K and V for every KV head. MLA: the compressed latent plus the
+        shared rope key, stored once (no x2): DeepSeek-V2 paper, section 2.1.
+        """
+        if self.kind == "mla":
+            return self.kv_lora_rank + self.rope_dim
+        return self.num_kv_heads * (self.head_dim + self.v_head_dim)
+
+
+@dataclass(frozen=True)
+class Recurrent:
+    """A Mamba-style layer: a fixed state per sequence, whatever the context length."""
+
+    kind: Literal["mamba2"]
+    conv_state_elems: int   # (conv channels) x (conv_kernel - 1)
+    ssm_state_elems: int    # heads x head_dim x state_size
+    num_heads: int = 0
+    head_dim: int = 0
+    state_size: int = 0
+    conv_channels: int = 0
+    conv_kernel: int = 0
+    chunk_size: int = 0     # the SSD scan's chunk (mamba_ssm keeps one fp32 state per chunk)
+
+    @property
+    def d_inner(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def n_groups(self) -> int:
+        return (self.conv_channels - self.d_inner) // (2 * self.state_size) if self.state_size else 0
+
+    @property
+    def in_proj(self) -> int:
+        """in_proj width: z, x, B, C and dt."""
+        return self.d_inner + self.conv_channels + self.num_heads
+
+    @property
+    def chunk_state_elems(self) -> int:
+        """Elements per token of one fp32 chunk-state tensor (heads x head_dim x state per chunk)."""
+        return self.num_heads * self.head_dim * self.state_size // self.chunk_size if self.chunk_size else 0
+
+    @property
+    def state_elems(self) -> int:
+        return self.conv_state_elems + self.ssm_state_elems
+
+
+@dataclass(frozen=True)
+class Mlp:
+    """The feed-forward part of a layer. For MoE, `intermediate` is one expert's width."""
+
+    kind: Literal["dense", "moe"]
+    intermediate: int
+    gated: bool = True               # SwiGLU/GeGLU: gate and up projections
+    num_experts: int = 0
+    top_k: int = 0
+    shared_intermediate: int = 0     # total width of always-on shared experts (0: none)
+    fused_gate_up: bool = False      # transformers computes gate and up as one projection (Phi-3)
+    act: str = ""                    # the activation, where its memory differs from a fused
+                                     # kernel's: "gelu_new" (transformers' Python tanh GELU)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    index: int
+    mixer: Attention | Recurrent | None
+    mlp: Mlp | None
+    tensors: tuple[Tensor, ...]
+
+    @property
+    def params(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How a checkpoint's (or a requested) weights are stored.
+
+    method: "none" (plain `dtype`), "fp8", "int8" (bitsandbytes LLM.int8), "gptq", "awq",
+    "nf4"/"fp4" (bitsandbytes 4-bit), "mxfp4". `skip` holds module-name patterns that stay in
+    16-bit (`modules_to_not_convert`, `llm_int8_skip_modules`, `ignore`).
+    """
+
+    method: str
+    bits: int = 16
+    group_size: int | None = None              # GPTQ / AWQ
+    block_size: tuple[int, int] | None = None  # FP8 block scales, e.g. (128, 128)
+    double_quant: bool = False                 # bitsandbytes nested absmax quantization
+    skip: tuple[str, ...] = ()
+    keep_roles: tuple[str, ...] = ()           # tensor roles the quantizer cannot reach (e.g. the
+                                               # fused 3-D experts under transformers 5 + bitsandbytes)
+    pre_quantized: bool = False                # read from the checkpoint's quantization_config
+    desc_act: bool = False                     # GPTQ act-order (adds g_idx, always stored)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the core needs to know about a model, parsed from config.json."""
+
+    id: str
+    model_type: str
+    family: str
+    hidden_size: int
+    vocab_size: int
+    layers: tuple[LayerSpec, ...]
+    tensors: tuple[Tensor, ...]         # outside the decoder layers: embeddings, final norm, lm_head, towers
+    tie_word_embeddings: bool
+    torch_dtype: str                    # the checkpoint's floating dtype: "bf16", "fp16", "fp32"
+    quantization: Quantization | None = None
+    max_position_embeddings: int | None = None
+    source: str = ""                    # where the config came from (path or "bundled" ...)
+    warnings: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def all_tensors(self):
+        yield from self.tensors
+        for layer in self.layers:
+            yield from layer.tensors
+
+    @property
+    def params(self) -> int:
+        """Unique parameters, as `sum(p.numel() for p in model.parameters())` counts them
+        (a tied lm_head is not listed as a tensor, so it is not counted twice)."""
+        return sum(t.numel for t in self.all_tensors())
+
+    @property
+    def attention_layers(self) -> tuple[LayerSpec, ...]:
+        return tuple(l for l in self.layers if isinstance(l.mixer, Attention))

@@ -1,0 +1,107 @@
+"""The question (a workload and its engine options) and the answer (a Plan) of one planning run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vramplan.spec.hardware import GpuTarget
+from vramplan.spec.model import ModelSpec
+
+
+Mode = Literal["serve", "infer", "full", "lora", "qlora"]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """vLLM engine settings (names as vLLM's own flags)."""
+
+    gpu_memory_utilization: float = 0.9
+    max_num_batched_tokens: int | None = None   # None: the engine default for this version
+    max_num_seqs: int | None = None
+    block_size: int = 16
+    tp: int = 1
+    pp: int = 1
+    enforce_eager: bool = False
+    kv_cache_memory: int | None = None          # explicit KV bytes, bypassing the profile
+    vllm_version: str = ""                      # whose accounting: "" = 0.11-0.20; "0.10" (NCCL inside
+                                                # the budget) or "0.21" (CUDA graphs inside it)
+
+
+@dataclass(frozen=True)
+class Workload:
+    mode: Mode                   # what the user asked for, as printed (serve, infer, full, lora, qlora)
+    batch: int                   # serve/infer: sequences; training: per-device micro-batch
+    ctx: int                     # serve/infer: max model length; training: sequence length
+    dtype: str = "auto"          # weight precision as asked ("auto" = the checkpoint's)
+    kv_dtype: str = "auto"
+    serve: ServeOptions = field(default_factory=ServeOptions)
+    train: object = None         # training modes: core.training.TrainOptions
+    transformers: int = 5        # infer/training: the transformers major version whose module
+                                 # layout is planned (what bitsandbytes converts differs, 4 vs 5)
+    engine: str = ""             # the engine that answers (vramplan.engines.registry), chosen at
+                                 # the edge from the mode (vramplan.request.ENGINE_OF_MODE)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    change: str                # human text, e.g. "--kv-dtype fp8"
+    flags: dict                # what to change, machine-readable
+    total_bytes: int
+    fits: bool
+
+
+@dataclass(frozen=True)
+class ServeReport:
+    """The figures vLLM logs at start-up, predicted."""
+
+    kv_cache_bytes: int           # memory the engine gives the KV cache
+    num_gpu_blocks: int
+    kv_cache_tokens: int          # "GPU KV cache size: N tokens"
+    max_concurrency: float        # "Maximum concurrency for ctx tokens per request: X"
+    block_size: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    engine: str                   # the vLLM version whose accounting is modelled
+    starts: bool                  # False: vLLM refuses to start (one request cannot fit)
+    max_model_len_that_starts: int
+    outside_budget: dict = field(default_factory=dict)   # context, graphs, NCCL: in total x (1 - util)
+    headroom_ok: bool = True      # the outside-budget memory fits in total x (1 - util)
+    refusal: str = ""             # the error vLLM would raise at start-up ("" when it starts)
+    available_bytes: int = 0      # "Available KV cache memory" on the limiting rank (< 0: none)
+    rank: int = 0                 # the limiting rank (fewest KV blocks): the plan's components are its
+    kv_groups: int = 1            # vLLM's KV cache groups (hybrid models: several, padded to one size)
+    kv_notes: tuple = ()          # what vLLM logs about block sizes and padding layers
+    ranks: tuple = ()             # per pipeline stage: {rank, layers, weights, activations, available, num_blocks}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The answer: every component in bytes per GPU, the verdict and the limits."""
+
+    model: ModelSpec
+    target: GpuTarget
+    workload: Workload
+    weight_dtype: str                  # resolved: "bf16", "nf4", "mxfp4+bf16", ...
+    kv_dtype: str                      # resolved
+    components: dict[str, int]         # name -> bytes per GPU, in display order
+    component_notes: dict[str, str]
+    peak_allocated_bytes: int          # comparable to torch.cuda.max_memory_allocated()
+    total_bytes: int                   # comparable to nvidia-smi for the process
+    capacity_bytes: int                # what the workload may use on one GPU
+    kv_bytes_per_token: int            # all layers, one sequence, chosen kv dtype, below any window
+    max_batch: int                     # at this ctx; 0 when not even batch 1 fits
+    max_ctx: int                       # at this batch; 0 when not even 1 token fits
+    serve: ServeReport | None = None
+    suggestions: tuple[Suggestion, ...] = ()
+    warnings: tuple[str, ...] = ()
+    phase: str = ""                    # where the peak falls (training: forward/backward/step)
+
+    @property
+    def fits(self) -> bool:
+        inside = self.total_bytes <= self.capacity_bytes
+        return inside and (self.serve is None or self.serve.headroom_ok)
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.capacity_bytes - self.total_bytes
