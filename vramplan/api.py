@@ -11,22 +11,12 @@ from dataclasses import replace
 from vramplan import planner as core_plan
 from vramplan.memory.dtypes import KV_FORMATS, WEIGHT_FORMATS, normalize
 from vramplan.errors import BadInput
+from vramplan.loading import load_model  # noqa: F401  (part of the API)
 from vramplan.spec import GpuTarget, ModelSpec, Plan, ServeOptions, Workload
 from vramplan.units import parse_bytes, parse_tokens
 
-from vramplan.request import ENGINE_OF_MODE, MODES, TRAINING_MODES  # noqa: F401  (re-exported)
-
-
-def load_model(model: str | ModelSpec) -> ModelSpec:
-    """A Hub id, a bundled id, a local directory or config.json path -> ModelSpec."""
-    if isinstance(model, ModelSpec):
-        return model
-    from vramplan import sources
-    from vramplan import models as families
-
-    loaded = sources.load_config(str(model))
-    spec = families.parse(loaded.config, model_id=loaded.id, source=loaded.source)
-    return replace(spec, extra={**spec.extra, "location": loaded.location, "sha256": loaded.sha256})
+from vramplan.request import (ENGINE_OF_MODE, MODES, TRAINING_MODES, TRANSFORMERS_MAJORS,  # noqa: F401
+                              transformers_major)
 
 
 def resolve_target(gpu: str | GpuTarget | None = None, gpu_mem: str | int | None = None,
@@ -108,26 +98,6 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
     )
 
 
-TRANSFORMERS_MAJORS = (4, 5)
-
-
-def transformers_major(value: int | str | None = None) -> int:
-    """--transformers 4|5; None: the installed transformers' major version (read from package
-    metadata, no import), else the newest we model. Infer and training plans depend on it."""
-    if value is None:
-        from importlib import metadata
-
-        try:
-            installed = metadata.version("transformers").split(".")[0]
-        except metadata.PackageNotFoundError:
-            installed = ""
-        if not installed.isdigit():
-            return TRANSFORMERS_MAJORS[-1]
-        return min(max(int(installed), TRANSFORMERS_MAJORS[0]), TRANSFORMERS_MAJORS[-1])
-    major = str(value).strip().split(".")[0]
-    if not major.isdigit() or int(major) not in TRANSFORMERS_MAJORS:
-        raise BadInput(f"--transformers {value!r}: give the major version to plan for, 4 or 5.")
-    return int(major)
 
 
 def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem: str | int | None = None,

@@ -6,6 +6,8 @@ here on, the workload names its engine and the planner asks that engine.
 
 from __future__ import annotations
 
+from vramplan.errors import BadInput
+
 ENGINE_OF_MODE = {
     "serve": "vllm",            # a vLLM server
     "infer": "transformers",    # transformers generate()
@@ -15,3 +17,25 @@ ENGINE_OF_MODE = {
 }
 MODES = tuple(ENGINE_OF_MODE)
 TRAINING_MODES = tuple(m for m, e in ENGINE_OF_MODE.items() if e == "hf_trainer")
+
+
+TRANSFORMERS_MAJORS = (4, 5)
+
+
+def transformers_major(value: int | str | None = None) -> int:
+    """--transformers 4|5; None: the installed transformers' major version (read from package
+    metadata, no import), else the newest we model. Infer and training plans depend on it."""
+    if value is None:
+        from importlib import metadata
+
+        try:
+            installed = metadata.version("transformers").split(".")[0]
+        except metadata.PackageNotFoundError:
+            installed = ""
+        if not installed.isdigit():
+            return TRANSFORMERS_MAJORS[-1]
+        return min(max(int(installed), TRANSFORMERS_MAJORS[0]), TRANSFORMERS_MAJORS[-1])
+    major = str(value).strip().split(".")[0]
+    if not major.isdigit() or int(major) not in TRANSFORMERS_MAJORS:
+        raise BadInput(f"--transformers {value!r}: give the major version to plan for, 4 or 5.")
+    return int(major)

@@ -16,13 +16,13 @@ cache when it can, and imports them (with progress on stderr) only to run a trac
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import sys
 import time
 from dataclasses import replace
 
+from vramplan import loading
 from vramplan.errors import BadInput, MissingExtra
 from vramplan.spec import GpuTarget, ModelSpec, Plan, Workload
 
@@ -65,7 +65,8 @@ def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
     from vramplan.engines.hf_trainer.phases import TrainOptions
     from vramplan.trace import assemble, cache
 
-    raw, sha, spec = _load(model)
+    loaded = loading.load(model)
+    raw, sha, spec = loaded.config, loaded.sha256, loaded.spec
     if workload.mode in TRAIN_MODES:
         opts = train_options or workload.train or TrainOptions()
         workload = replace(workload, train=opts)
@@ -108,26 +109,6 @@ def scenario_for(spec: ModelSpec, target: GpuTarget, workload: Workload):
     return run.Scenario(**_scenario(spec, target, workload, setup))
 
 
-def _load(model) -> tuple[dict, str, ModelSpec]:
-    """(config dict, sha256 of the config, ModelSpec)."""
-    from vramplan import models as families
-
-    if isinstance(model, dict):
-        blob = json.dumps(model, sort_keys=True).encode()
-        spec = families.parse(model, model_id=str(model.get("_name_or_path", "config")), source="dict")
-        return model, hashlib.sha256(blob).hexdigest(), spec
-    from vramplan import sources
-
-    name = model.id if isinstance(model, ModelSpec) else str(model)
-    if isinstance(model, ModelSpec) and model.extra.get("location"):
-        loc = model.extra["location"]
-        name = loc if not loc.startswith("http") else name
-    loaded = sources.load_config(name)
-    spec = families.parse(loaded.config, model_id=loaded.id, source=loaded.source)
-    spec = replace(spec, extra={**spec.extra, "location": loaded.location, "sha256": loaded.sha256})
-    return loaded.config, loaded.sha256, spec
-
-
 def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
     """The traced program for this workload, or BadInput saying why the trace cannot run it."""
     if target.count > 1:
@@ -139,7 +120,7 @@ def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
                        f"{s.fmt.label} is planned by the analytic tier only. Use --method analytic, "
                        f"or --dtype bf16 to trace the 16-bit model.")
     if w.mode != "serve":
-        from vramplan.api import transformers_major
+        from vramplan.request import transformers_major
 
         installed = transformers_major()
         if w.transformers != installed:
