@@ -17,7 +17,6 @@ cache when it can, and imports them (with progress on stderr) only to run a trac
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 import time
 from dataclasses import replace
