@@ -169,6 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--write", action="store_true", help="regenerate tests/golden/out/")
     ap.add_argument("-k", default="", help="only cases whose name contains this")
     a = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO))       # this checkout's vramplan, whatever is installed
     from typer.testing import CliRunner
 
     from vramplan.cli import app
