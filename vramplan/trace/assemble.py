@@ -55,7 +55,7 @@ def serve(s: Setup, t: TraceResult, analytic: Plan) -> TracedPlan:
     c = t.components
     weights = c.get("weights", 0)
     forward = sum(v for k, v in c.items() if k not in ("weights", _HOST))
-    tokens = s.mode_data["batched_tokens"]
+    tokens = s.state.batched_tokens
     modelled_forward = act.forward_peak(s.model, tokens, s.act_elem, s.widest).bytes
     modelled = analytic.components["activations"]
     sampler = modelled if modelled > modelled_forward else 0     # the engine's sampler dominated

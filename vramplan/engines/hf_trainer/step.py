@@ -7,6 +7,8 @@ so `total_bytes` means the same thing as in the inference modes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from vramplan.spec import GpuTarget, ModelSpec, Workload
 from vramplan.memory import activations as act
 from vramplan.memory import overhead
@@ -22,7 +24,15 @@ from vramplan.memory.weights import resolve_format, transformers_bnb
 ALLOCATOR_SLACK_TRAIN = 0.05
 
 
-def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
+@dataclass(frozen=True)
+class TrainState:
+    """The weight dtype the step is planned with: --dtype, with QLoRA's "auto" read as nf4
+    (the Setup's `fmt` is what transformers' bitsandbytes conversion makes of it)."""
+
+    dtype: str
+
+
+def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup[TrainState]:
     opts = workload.train
     dtype = workload.dtype
     if workload.mode == "qlora" and dtype == "auto":
@@ -31,15 +41,15 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     capacity = target.per_gpu_bytes
     if target.free_bytes is not None:
         capacity = min(capacity, target.free_bytes)
-    return Setup(model, target, workload, fmt, fmt.base, FLOAT_BYTES[fmt.base],
-                 FLOAT_BYTES[fmt.base], 0, overhead.runtime_overhead(target.gpu, opts.world),
-                 capacity, widest=act.widest_layer(model), mode_data={"dtype": dtype},
-                 warnings=warnings)
+    return Setup(model=model, target=target, workload=workload, fmt=fmt, kv_dtype=fmt.base,
+                 kv_elem=FLOAT_BYTES[fmt.base], act_elem=FLOAT_BYTES[fmt.base], weights=0,
+                 overhead=overhead.runtime_overhead(target.gpu, opts.world), capacity=capacity,
+                 widest=act.widest_layer(model), state=TrainState(dtype), warnings=warnings)
 
 
-def components(s: Setup, batch: int, ctx: int) -> Breakdown:
+def components(s: Setup[TrainState], batch: int, ctx: int) -> Breakdown:
     w = s.workload
-    peak = training.training_peak(s.model, w.mode, batch, ctx, w.train, s.mode_data["dtype"], w.transformers)
+    peak = training.training_peak(s.model, w.mode, batch, ctx, w.train, s.state.dtype, w.transformers)
     parts = {k: v for k, v in peak.components.items() if v}
     parts["allocator_slack"] = overhead.allocator_slack(peak.peak_allocated_bytes, ALLOCATOR_SLACK_TRAIN)
     parts.update(s.overhead)
