@@ -134,7 +134,7 @@ def stored_weights(method: Method, o: TrainOptions, model: ModelSpec, weight_dty
         return 2
 
     def fn(t: Tensor) -> int:
-        return allocated_bytes(t, q, kept(t), hf=True)
+        return allocated_bytes(t, q, kept(t), layout="transformers")
 
     kept_label = {"peft": "rest fp32 (peft prepare_model_for_kbit_training)",
                   "trl": "norms fp32, embeddings/lm_head 16-bit (TRL/qlora.py)", "none": "rest 16-bit"}[kp]

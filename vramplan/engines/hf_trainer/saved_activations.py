@@ -245,7 +245,7 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
         saved += s
     lora_in = max((a.in_features for a in adapted.values()), default=0) * n.lora_w
     bwd = max(bwd_mix, bwd_mlp) + 2 * h * n.resid + lora_in
-    peak_elems, _ = act.layer_peak_elems(layer, h, act.residual_tensors(model), hf=True)
+    peak_elems, _ = act.layer_peak_elems(layer, h, act.residual_tensors(model), layout="transformers")
     fwd = peak_elems * n.lin_out
     if isinstance(m, Recurrent):       # a checkpointed layer recomputes through the fused kernel
         fwd = (act.residual_tensors(model) * h + m.in_proj + m.conv_channels + 4 * m.num_heads

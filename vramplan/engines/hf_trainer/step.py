@@ -49,7 +49,7 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup[Tr
     return Setup(model=model, target=target, workload=workload, fmt=fmt, kv_dtype=fmt.base,
                  kv_elem=FLOAT_BYTES[fmt.base], act_elem=FLOAT_BYTES[fmt.base], weights=0,
                  overhead=overhead.runtime_overhead(target.gpu, opts.world), capacity=capacity,
-                 widest=act.widest_layer(model), state=TrainState(method, dtype), warnings=warnings)
+                 state=TrainState(method, dtype), warnings=warnings)
 
 
 def components(s: Setup[TrainState], batch: int, ctx: int) -> Breakdown:

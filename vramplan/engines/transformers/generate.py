@@ -31,14 +31,14 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup[Ge
     fmt, warnings = transformers_bnb(model, resolve_format(model, workload.dtype), workload.transformers)
     kv_dtype = resolve_kv_dtype(workload.kv_dtype, fmt)
     # accelerate's device_map="auto" splits the layers evenly over the cards
-    weights = ceil_div(weight_bytes(model, fmt, hf=True).total, target.count)
+    weights = ceil_div(weight_bytes(model, fmt, layout="transformers").total, target.count)
     capacity = target.per_gpu_bytes
     if target.free_bytes is not None:
         capacity = min(capacity, target.free_bytes)
     return Setup(model=model, target=target, workload=workload, fmt=fmt, kv_dtype=kv_dtype,
                  kv_elem=FLOAT_BYTES[kv_dtype], act_elem=FLOAT_BYTES[fmt.base], weights=weights,
                  overhead=overhead.runtime_overhead(target.gpu, target.count), capacity=capacity,
-                 widest=act.widest_layer(model, hf=True), warnings=warnings,
+                 widest=act.widest_layer(model, layout="transformers"), warnings=warnings,
                  state=GenerateState(act.eager_attention(model, act.attention_impl(model))))
 
 

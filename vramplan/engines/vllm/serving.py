@@ -201,7 +201,7 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: Gp
             continue
         held = 0
         for t in experts:
-            b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base])
+            b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base], layout="vllm")
             held += ceil_div(b, divisor(t)) if divisor else b
         i = ceil_div(m.intermediate // tp, align_i) * align_i
         w13, w2 = 2 * i * h, h * i                    # [E, 2I, H] and [E, H, I] values
@@ -231,7 +231,7 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     layout = kv.kv_layout(specs)
     requested = int(per_gpu * o.gpu_memory_utilization)
     divisor = tp_divisor(model, o.tp) if o.tp > 1 else None
-    widest = act.widest_layer(model)
+    widest = act.widest_layer(model, layout="vllm")
     era, world = engine_era(o.vllm_version), o.tp * o.pp
     nccl_inside = era == "0.9-0.10" and world > 1 and bool(target.gpu and target.gpu.nvlink)
     graphs_inside = era == "0.21+" and not o.enforce_eager
@@ -249,7 +249,7 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
         first, last = k == 0, k == o.pp - 1
         part = model if o.pp == 1 else replace(model, layers=model.layers[layers.start:layers.stop],
                                                tensors=stage_tensors(model, k, o.pp))
-        weights = weight_bytes(part, fmt, divisor).total + mxfp4_padding(part, fmt, divisor, o.tp, target.gpu)
+        weights = weight_bytes(part, fmt, divisor, layout="vllm").total + mxfp4_padding(part, fmt, divisor, o.tp, target.gpu)
         peak, where = max(fwd, sampler) if last else fwd
         if not first:   # hidden states + residual received from the previous stage
             peak += 2 * tokens * model.hidden_size * act_elem
