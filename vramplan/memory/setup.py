@@ -14,7 +14,6 @@ from typing import Generic, TypeVar
 from vramplan.spec import GpuTarget, ModelSpec, Workload
 from vramplan.memory.weights import WeightFormat
 
-
 StateT = TypeVar("StateT")
 
 
@@ -31,9 +30,10 @@ class Setup(Generic[StateT]):
     overhead: dict[str, int]     # counted in total_bytes, independent of batch and ctx
     capacity: int                # bytes the workload may use on one GPU
     tp: int = 1
-    widest: tuple[int, str] = (0, "")     # activation elements per token of the widest layer
+    widest: tuple[int, str] = (0, "")     # activation elements per token of the widest layer, in
+                                          # the engine's runtime layout (unused by the trainer)
     state: StateT = field(hash=False, compare=False)   # the engine's own fixed state (e.g. VllmState)
-    warnings: tuple[str, ...] = ()        # what the plan should say about this mode's assumptions
+    warnings: tuple[str, ...] = ()        # what the plan should say about this engine's assumptions
 
 
 @dataclass(frozen=True)
