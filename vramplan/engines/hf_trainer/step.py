@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import cast
 
 from vramplan.spec import GpuTarget, ModelSpec, Workload
-from vramplan.memory import activations as act
 from vramplan.memory import overhead
 from vramplan.engines.hf_trainer import phases as training
 from vramplan.engines.hf_trainer.options import Method

@@ -19,7 +19,7 @@ from vramplan.engines.hf_trainer.lora import Adapted, adapted_modules
 from vramplan.engines.hf_trainer.optimizers import (Optim, Param, describe_state, describe_step_temporaries, param_of,
                                                     resolve_optim, state_bytes, step_temp_bytes)
 from vramplan.engines.hf_trainer.saved_activations import LayerCost, dropout_masks, fp32_norms, head_saved, layer_cost
-from vramplan.engines.hf_trainer.numerics import numerics, qlora_base, stored_weights
+from vramplan.engines.hf_trainer.numerics import Numerics, numerics, qlora_base, stored_weights
 from vramplan.engines.hf_trainer.options import TRAIN_MODES, Method, TrainOptions
 from vramplan.memory.weights import WeightFormat, quantizes, shared_state_bytes
 
