@@ -22,7 +22,7 @@ def test_tiny_params(tiny):
 def test_bf16_weights_are_two_bytes_per_param_in_512_byte_blocks(tiny):
     # 2 B per param, except that each tensor is its own allocation, rounded up to 512 B: the five
     # RMSNorm weights (64 values, 128 B) take 512 each, 5 x 384 = 1,920 B more.
-    assert weight_bytes(tiny, resolve_format(tiny, "bf16")).total == 2 * TINY_LLAMA_PARAMS + 1_920
+    assert weight_bytes(tiny, resolve_format(tiny, "bf16"), layout="vllm").total == 2 * TINY_LLAMA_PARAMS + 1_920
 
 
 def test_nf4_double_quant_bytes(tiny):
@@ -35,7 +35,7 @@ def test_nf4_double_quant_bytes(tiny):
     #   per layer 2*4096 + 2*3072 + 3*6144 = 32,768; two layers 65,536
     # Kept in bf16: embed + lm_head 2 x 32,768 B, five norms of 128 B in 512-B blocks: 68,096 B
     # Shared once: the nested absmax's 256-entry fp32 dynamic map, 1,024 B
-    assert weight_bytes(tiny, resolve_format(tiny, "nf4")).total == 65_536 + 68_096 + 1_024
+    assert weight_bytes(tiny, resolve_format(tiny, "nf4"), layout="vllm").total == 65_536 + 68_096 + 1_024
 
 
 def test_gptq_tensor_layout():

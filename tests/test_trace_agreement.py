@@ -55,7 +55,7 @@ def test_analytic_agrees_with_trace(case):
         # the analytic serve plan lays weights out as vLLM does; the trace builds transformers'
         # model, which keeps a few tensors wider (DeepSeek's fp32 router): compare like with like
         fmt = resolve_format(spec, dict(case.options).get("dtype", "auto"))
-        a_w = weight_bytes(spec, fmt, hf=True).total
+        a_w = weight_bytes(spec, fmt, layout="transformers").total
     # every tensor in its 512-B allocator blocks, bitsandbytes' state included: to the byte
     assert a_w == t_w, (a_w, t_w)
     assert row.kv_cache[0] == row.kv_cache[1], row.kv_cache

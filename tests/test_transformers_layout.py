@@ -28,7 +28,7 @@ def test_gpt2_python_gelu_and_absolute_positions(models):
     # widest point, the MLP: token and position embeddings, layer input, attention output,
     # residual, ln_2 output (6 x 768) + c_fc output, 0.5*x and two tanh-chain tensors (4 x 3,072).
     # The trace at 1 x 512 tokens in fp32: 16,896 x 512 x 4 B = 34,603,008 B (+ 8,192 B of ids).
-    assert act.widest_layer(m, hf=True) == (6 * 768 + 4 * 3072, "layer 0 mlp")
+    assert act.widest_layer(m, layout="transformers") == (6 * 768 + 4 * 3072, "layer 0 mlp")
     # training: resid_pdrop 0.1 on the attention and MLP outputs, embd_pdrop on the embeddings,
     # one bool per element each
     assert dropout_masks(m) == (2 * 768, 768)
@@ -56,8 +56,8 @@ def test_gpt_oss_eager_attention_with_sinks(models):
 def test_phi3_fused_gate_up(models):
     # the 2 x 8,192 gate_up output stays alive beside silu(gate) and the product: 4 I, not 3
     m = models["Phi-3-mini-4k-instruct"]
-    assert act.widest_layer(m, hf=True)[0] == 4 * 3072 + 4 * 8192
-    assert act.widest_layer(m)[0] == 4 * 3072 + 3 * 8192          # vLLM's fused SiluAndMul
+    assert act.widest_layer(m, layout="transformers")[0] == 4 * 3072 + 4 * 8192
+    assert act.widest_layer(m, layout="vllm")[0] == 4 * 3072 + 3 * 8192          # vLLM's fused SiluAndMul
     # a prefill as long as the 2,047-token window builds one bool (1, 1, s, s) mask
     assert act.sliding_mask_bytes(m, 2046) == 0 and act.sliding_mask_bytes(m, 4096) == 4096 * 4096
 
@@ -66,18 +66,18 @@ def test_grouped_mm_experts(models):
     # Mixtral (h 4,096, I 14,336, top-2): the gating point, gathered input + gate_up (2I) +
     # silu + product per slot, beats the output point (6 h): 4 h + 2 x (4,096 + 4 x 14,336)
     # + fp32 router logits 2 x 8 = 139,280 elements per token (trace: 2,284,618,752 B at 2 x 4,096).
-    assert act.widest_layer(models["Mixtral-8x7B-v0.1"], hf=True)[0] == 4 * 4096 + 2 * (4096 + 4 * 14336) + 16
+    assert act.widest_layer(models["Mixtral-8x7B-v0.1"], layout="transformers")[0] == 4 * 4096 + 2 * (4096 + 4 * 14336) + 16
     # DeepSeek-V3 (h 7,168, I 2,048, top-8): the output point, where fp32 routing weights
     # promote the weighted and unsorted outputs: 6 h per slot, + shared experts 3 x 2,048, +
     # router logits 2 x 256
-    assert act.widest_layer(models["DeepSeek-V3"], hf=True)[0] == 4 * 7168 + 8 * 6 * 7168 + 3 * 2048 + 512
+    assert act.widest_layer(models["DeepSeek-V3"], layout="transformers")[0] == 4 * 7168 + 8 * 6 * 7168 + 3 * 2048 + 512
 
 
 def test_deepseek_router_is_fp32_in_transformers(models):
     m = models["DeepSeek-V3"]
     fmt = resolve_format(m, "bf16")
     # 58 MoE layers x [256, 7,168] router weights, 2 B more each in transformers than in vLLM
-    assert weight_bytes(m, fmt, hf=True).total - weight_bytes(m, fmt).total == 58 * 256 * 7168 * 2
+    assert weight_bytes(m, fmt, layout="transformers").total - weight_bytes(m, fmt, layout="vllm").total == 58 * 256 * 7168 * 2
 
 
 def test_mamba_state_in_transformers_cache(models):
@@ -92,7 +92,8 @@ def test_bitsandbytes_in_transformers_5(models):
     five, warnings = transformers_bnb(falcon, fmt, 5)
     # every decoder linear is a FalconLinear, which replace_with_bnb_linear (exact nn.Linear only)
     # skips: the layers stay in bf16, exactly the bf16 weights
-    assert weight_bytes(falcon, five).total == weight_bytes(falcon, resolve_format(falcon, "bf16")).total
+    assert weight_bytes(falcon, five, layout="vllm").total == weight_bytes(
+        falcon, resolve_format(falcon, "bf16"), layout="vllm").total
     assert "FalconLinear" in warnings[0] and transformers_bnb(falcon, fmt, 4) == (fmt, ())
     # a dense llama is untouched by the rule
     llama = models["Llama-3.1-8B"]

@@ -15,6 +15,7 @@ from vramplan.memory import kv_cache as kv
 from vramplan.memory.setup import Breakdown, Setup
 from vramplan.memory.solve import largest_fitting
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan, Workload
+from vramplan.suggestions import suggestions
 from vramplan.units import MAX_BATCH, MAX_TOKENS
 
 
@@ -75,7 +76,5 @@ def build(model: ModelSpec, target: GpuTarget, workload: Workload,
         warnings=tuple(warnings), phase=b.phase,
     )
     if suggest and not plan.fits:
-        from vramplan.suggestions import suggestions   # suggestions re-plan through this module
-
-        plan = replace(plan, suggestions=tuple(suggestions(plan, catalog)))
+        plan = replace(plan, suggestions=tuple(suggestions(plan, catalog, eng, evaluate)))
     return plan

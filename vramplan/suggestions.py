@@ -2,22 +2,28 @@
 
 Tried from the least disruptive (the engine's own switches: a cache dtype, checkpointing) to the
 most (more cards, then a bigger card); the ones that fit are listed first.
+
+The planner hands in its own `evaluate` (and the engine it planned with), so each change is
+judged by the same verdict as the plan, and this module does not import the planner back.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
+from vramplan.engines.base import Engine
 from vramplan.errors import BadInput
-from vramplan.planner import engine_of, evaluate
-from vramplan.spec import GpuSpec, GpuTarget, Plan, Suggestion
+from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan, Suggestion, Workload
 
 SCALE_OUT_COUNTS = (2, 4, 8)
 
+# evaluate(model, target, workload) -> (total bytes, fits): a re-plan without limits
+Evaluate = Callable[[ModelSpec, GpuTarget, Workload], tuple[int, bool]]
 
-def suggestions(plan: Plan, catalog: tuple[GpuSpec, ...]) -> list[Suggestion]:
+
+def suggestions(plan: Plan, catalog: tuple[GpuSpec, ...], eng: Engine, evaluate: Evaluate) -> list[Suggestion]:
     m, t, w = plan.model, plan.target, plan.workload
-    eng = engine_of(w)
     out: list[Suggestion] = []
 
     def attempt(text: str, flags: dict, target: GpuTarget = t, **changes) -> bool | None:

@@ -194,7 +194,7 @@ def compare(model: str | ModelSpec, gpus=None, *, mode: str = "serve", batch: in
             s = core_plan.setup(spec, plan.target, plan.workload)
             o = plan.workload.train
             speed = th.training(spec, g, n, mode, base.batch, base.ctx, o.grad_ckpt, o.zero if n > 1 else 0,
-                                weight_bytes(spec, s.fmt).total, eff)
+                                weight_bytes(spec, s.fmt, layout="vllm").total, eff)
         rows.append(Row(g, one, plan, needed, _parallelism(mode, n, planner.zero_stage),
                         price_mod.choose(g, source, overrides), speed))
     rows.sort(key=_rank)

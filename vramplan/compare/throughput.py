@@ -117,7 +117,8 @@ def streamed_weight_bytes(s: Setup, batch: int) -> int:
     m = s.model
     top = tuple(t for t in m.tensors
                 if t.role in ("lm_head", "norm") or (m.tie_word_embeddings and t.role == "embedding"))
-    report = weight_bytes(replace(m, tensors=top), s.fmt, tp_divisor(m, s.tp) if s.tp > 1 else None)
+    report = weight_bytes(replace(m, tensors=top), s.fmt, tp_divisor(m, s.tp) if s.tp > 1 else None,
+                          layout="vllm")
     experts, k = _moe(m)
     expert = report.by_role.get("expert", 0)
     touched = 1 - (1 - k / experts) ** batch if experts else 1.0

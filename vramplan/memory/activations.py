@@ -23,13 +23,13 @@ MLP (plain, GELU/ReLU^2):    residual stream 4*T*hidden, up, act(up):          2
                              (4 * T * I for transformers' Python gelu_new: PYTHON_ACTS)
 MoE: the experts see T * top_k token slots: gathered inputs T*k*hidden plus the MLP above
      with I = expert width, plus router logits T * experts in fp32 (vLLM's fused_moe caches).
-     transformers' grouped_mm experts (integrations/moe.py, `hf=True`) differ: the fused
+     transformers' grouped_mm experts (integrations/moe.py, layout "transformers") differ: the fused
      gate_up output (2I) stays alive through the gating (4I with act(gate) and act*up), and
      after the down projection the fp32 routing weights promote the weighted and the unsorted
      outputs to fp32: gathered input + down output + 2 x fp32 = 6 hidden per slot; the larger
      of the two points counts (trace tier: Mixtral's gate point, DeepSeek-V3's output point).
 Mamba2, vLLM: in_proj output T * (in_proj width) plus the conv/SSM outputs T * 2 * d_inner.
-Mamba2, transformers with the mamba_ssm / causal_conv1d kernels (`hf=True`), the larger of two
+Mamba2, transformers with the mamba_ssm / causal_conv1d kernels (layout "transformers"), the larger of two
 points (elements at 16 bits): the gated RMSNorm, which is PyTorch (in_proj and conv outputs, the
 scan output's concatenated copy, x, gate and silu(gate) in fp32: P + conv + 7 d_inner), and the
 chunked scan (in_proj and conv outputs, three fp32 chunk-state-sized tensors, fp32 dt and dA
@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vramplan.memory.runtime import RuntimeLayout
 from vramplan.spec import Attention, LayerSpec, Mlp, ModelSpec, Recurrent
 
 
@@ -106,22 +107,23 @@ def _attention_elems(a: Attention, hidden: int, resid: int = RESIDUAL) -> int:
     return resid * hidden + (q + k + v) + (q + k) + repeat + q
 
 
-def _mlp_elems(m: Mlp, hidden: int, resid: int = RESIDUAL, hf: bool = False) -> int:
-    gated = 4 if (hf and m.fused_gate_up) else 3
+def _mlp_elems(m: Mlp, hidden: int, resid: int, layout: RuntimeLayout) -> int:
+    transformers = layout == "transformers"
+    gated = 4 if (transformers and m.fused_gate_up) else 3
     per_slot = (gated if m.gated else PYTHON_ACTS.get(m.act, (2, 0))[0]) * m.intermediate
     if m.kind == "dense":
         return resid * hidden + per_slot
     slots = max(m.top_k, 1)
     shared = (3 if m.gated else 2) * m.shared_intermediate
-    if hf:
+    if transformers:
         gate_point = (4 if m.gated else 2) * m.intermediate
         return resid * hidden + slots * max(hidden + gate_point, 6 * hidden) + shared + 2 * m.num_experts
     # router logits are fp32: 2 elements of a 16-bit dtype each
     return resid * hidden + slots * (hidden + per_slot) + shared + 2 * m.num_experts
 
 
-def _recurrent_elems(r: Recurrent, hidden: int, resid: int = RESIDUAL, hf: bool = False) -> int:
-    if not hf:
+def _recurrent_elems(r: Recurrent, hidden: int, resid: int, layout: RuntimeLayout) -> int:
+    if layout != "transformers":
         return resid * hidden + r.in_proj + 2 * r.d_inner
     norm_point = r.in_proj + r.conv_channels + 7 * r.d_inner
     scan_point = r.in_proj + r.conv_channels + 3 * r.chunk_state_elems + 4 * r.num_heads
@@ -132,33 +134,32 @@ def residual_tensors(model: ModelSpec) -> int:
     return model.extra.get("residual_tensors", RESIDUAL)
 
 
-def layer_peak_elems(layer: LayerSpec, hidden: int, resid: int = RESIDUAL,
-                     hf: bool = False) -> tuple[int, str]:
-    """Widest point of one layer per token, in activation elements, and which part it is;
-    `hf`: as transformers runs the layer (its MoE experts, fused gate_up, Mamba with the
-    mamba_ssm kernels) rather than vLLM."""
+def layer_peak_elems(layer: LayerSpec, hidden: int, resid: int, *,
+                     layout: RuntimeLayout) -> tuple[int, str]:
+    """Widest point of one layer per token, in activation elements, and which part it is, as
+    `layout` runs the layer ("transformers": its MoE experts, fused gate_up, Mamba with the
+    mamba_ssm kernels; "vllm": vLLM's fused kernels)."""
     best, where = 0, ""
     m = layer.mixer
     if isinstance(m, Attention):
         best, where = _attention_elems(m, hidden, resid), "attention"
     elif isinstance(m, Recurrent):
-        best, where = _recurrent_elems(m, hidden, resid, hf), "mamba"
+        best, where = _recurrent_elems(m, hidden, resid, layout), "mamba"
     if layer.mlp is not None:
-        e = _mlp_elems(layer.mlp, hidden, resid, hf)
+        e = _mlp_elems(layer.mlp, hidden, resid, layout)
         if e > best:
             best, where = e, "mlp"
     return best, where
 
 
-def widest_layer(model: ModelSpec, hf: bool = False) -> tuple[int, str]:
-    """(elements per token, where) at the widest point of the widest layer (`hf`: as
-    transformers runs it, else as vLLM does)."""
+def widest_layer(model: ModelSpec, *, layout: RuntimeLayout) -> tuple[int, str]:
+    """(elements per token, where) at the widest point of the widest layer, as `layout` runs it."""
     best, where = 0, ""
     seen: dict[tuple, tuple[int, str]] = {}
     for layer in model.layers:
         key = (layer.mixer, layer.mlp)
         if key not in seen:
-            seen[key] = layer_peak_elems(layer, model.hidden_size, residual_tensors(model), hf)
+            seen[key] = layer_peak_elems(layer, model.hidden_size, residual_tensors(model), layout=layout)
         e, part = seen[key]
         if e > best:
             best, where = e, f"layer {layer.index} {part}"
@@ -179,12 +180,12 @@ def eager_attention(model: ModelSpec, impl: str) -> tuple[int, int, str] | None:
     return best
 
 
-def forward_peak(model: ModelSpec, tokens: int, act_bytes: int,
-                 widest: tuple[int, str] | None = None, eager=None, ctx: int = 0) -> Transient:
+def forward_peak(model: ModelSpec, tokens: int, act_bytes: int, widest: tuple[int, str],
+                 eager: tuple[int, int, str] | None = None, ctx: int = 0) -> Transient:
     """Peak transient of a no-grad forward over `tokens` tokens of `ctx`-token sequences,
-    excluding logits. Pass `widest` (from widest_layer) when calling repeatedly for one model,
-    and `eager` (from eager_attention) when the attention materializes its scores."""
-    elems, where = widest or widest_layer(model)
+    excluding logits. `widest` comes from widest_layer (computed once per model, in the runtime's
+    layout); pass `eager` (from eager_attention) when the attention materializes its scores."""
+    elems, where = widest
     best = Transient(elems * tokens * act_bytes, where)
     if eager is not None:
         lin, quad, at = eager

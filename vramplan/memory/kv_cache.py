@@ -22,7 +22,7 @@ from vramplan.units import ceil_div
 from vramplan.memory.overhead import ALLOC_BLOCK
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KvKind:
     """One row of `vramplan kv`: the layers of one kind and what they cost."""
 
@@ -136,7 +136,7 @@ def kv_kinds(model: ModelSpec, elem_bytes: int, state_bytes: int | None = None) 
             rows.setdefault(key, [0, 0, 0])
             rows[key][0] += 1
             rows[key][2] += m.state_elems * (state_bytes or elem_bytes)
-    return [KvKind(kind, n, per_tok, window, per_seq)
+    return [KvKind(kind=kind, layers=n, bytes_per_token=per_tok, window=window, bytes_per_sequence=per_seq)
             for (kind, window), (n, per_tok, per_seq) in rows.items()]
 
 

@@ -21,6 +21,7 @@ tied lm_head keeps its own copy of the embedding there).
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Callable
 
 from vramplan.errors import BadInput
@@ -78,8 +79,7 @@ def tp_divisor(model: ModelSpec, tp: int) -> Callable[[Tensor], int]:
     # fused QKV rows: (heads + 2 kv) per head_dim in all, heads/tp + 2 kv-heads-per-rank on a rank
     rows, rank_rows = heads + 2 * kv, heads // tp + 2 * kv_heads_per_rank(kv, tp)
     fused = rows // rank_rows
-    if rows % rank_rows:            # KV heads replicated: not a whole number (rare, so imported here)
-        from fractions import Fraction
+    if rows % rank_rows:            # KV heads replicated: not a whole number
         fused = Fraction(rows, rank_rows)
 
     def divisor(t: Tensor) -> int:

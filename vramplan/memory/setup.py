@@ -1,17 +1,24 @@
 """What stays fixed while batch and context vary: the resolved formats, the weights, the
-overhead and the capacity of one planning question. Each mode module builds one (`prepare`)
-and turns it into components for a given batch and context (`components`)."""
+overhead and the capacity of one planning question. Each engine builds one (`prepare`)
+and turns it into components for a given batch and context (`components`).
+
+What only one engine needs (vLLM's stages and KV layout, transformers' eager attention, the
+trainer's weight dtype) travels in `state`, a frozen dataclass that engine defines: this module
+stays engine-neutral, and readers outside the engine get named, typed attributes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from vramplan.spec import GpuTarget, ModelSpec, Workload
 from vramplan.memory.weights import WeightFormat
 
+StateT = TypeVar("StateT")
 
-@dataclass(frozen=True)
-class Setup:
+
+@dataclass(frozen=True, kw_only=True)
+class Setup(Generic[StateT]):
     model: ModelSpec
     target: GpuTarget
     workload: Workload
@@ -23,9 +30,10 @@ class Setup:
     overhead: dict[str, int]     # counted in total_bytes, independent of batch and ctx
     capacity: int                # bytes the workload may use on one GPU
     tp: int = 1
-    widest: tuple[int, str] = (0, "")     # activation elements per token of the widest layer
-    mode_data: dict = field(default_factory=dict, hash=False, compare=False)
-    warnings: tuple[str, ...] = ()        # what the plan should say about this mode's assumptions
+    widest: tuple[int, str] = (0, "")     # activation elements per token of the widest layer, in
+                                          # the engine's runtime layout (unused by the trainer)
+    state: StateT = field(hash=False, compare=False)   # the engine's own fixed state (e.g. VllmState)
+    warnings: tuple[str, ...] = ()        # what the plan should say about this engine's assumptions
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from vramplan.spec import ModelSpec, Quantization, Tensor
 from vramplan.units import ceil_div
 from vramplan.memory.dtypes import FLOAT_BYTES
 from vramplan.memory.overhead import block_rounded
+from vramplan.memory.runtime import RuntimeLayout
 
 QUANTIZABLE_ROLES = ("linear", "expert")
 NF4_BLOCK = 64            # bitsandbytes 4-bit blocksize (absmax per 64 values)
@@ -190,13 +191,13 @@ def quantized_bytes(t: Tensor, q: Quantization) -> int:
     return sum(b * k for b, k in stored_parts(t, q))
 
 
-def allocated_bytes(t: Tensor, q: Quantization, base_bytes: int, hf: bool = False) -> int:
+def allocated_bytes(t: Tensor, q: Quantization, base_bytes: int, *, layout: RuntimeLayout) -> int:
     """Bytes one weight takes in the CUDA caching allocator: each stored tensor rounded up to
-    512 B (a Qwen3 q_norm of 256 B costs 512). `hf`: as transformers builds it, so a tensor it
-    keeps in a wider dtype (Tensor.dtype) takes that width."""
+    512 B (a Qwen3 q_norm of 256 B costs 512). Under the "transformers" layout a tensor it
+    keeps in a wider dtype (Tensor.dtype) takes that width; vLLM loads it in the base dtype."""
     if quantizes(t, q):
         return sum(block_rounded(b) * k for b, k in stored_parts(t, q))
-    if hf and t.dtype:
+    if layout == "transformers" and t.dtype:
         base_bytes = max(base_bytes, FLOAT_BYTES[t.dtype])
     return block_rounded(t.numel * base_bytes)
 
@@ -210,15 +211,15 @@ def shared_state_bytes(model: ModelSpec, q: Quantization) -> int:
     return 0
 
 
-def weight_bytes(model: ModelSpec, fmt: WeightFormat, divisor=None, hf: bool = False) -> WeightReport:
+def weight_bytes(model: ModelSpec, fmt: WeightFormat, divisor=None, *, layout: RuntimeLayout) -> WeightReport:
     """Bytes of every parameter under `fmt` as the allocator holds them (512-B blocks per
-    tensor). `divisor(t)` splits a tensor across ranks (tensor parallelism); None means one GPU
-    holds it all. `hf`: as transformers lays them out (see allocated_bytes), not vLLM."""
+    tensor) in the runtime's `layout` (see allocated_bytes). `divisor(t)` splits a tensor across
+    ranks (tensor parallelism); None means one GPU holds it all."""
     base = FLOAT_BYTES[fmt.base]
     total = qparams = kept = 0
     by_role: dict[str, int] = {}
     for t in model.all_tensors():
-        b = allocated_bytes(t, fmt.quant, base, hf)
+        b = allocated_bytes(t, fmt.quant, base, layout=layout)
         if quantizes(t, fmt.quant):
             qparams += t.numel
         else:

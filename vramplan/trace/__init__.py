@@ -130,7 +130,7 @@ def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
     if w.mode == "serve":
         if w.serve.tp > 1 or w.serve.pp > 1:
             raise BadInput("The trace runs one process: --tp/--pp > 1 is analytic only.")
-        fields.update(batch=0, ctx=0, serve_tokens=s.mode_data["batched_tokens"])
+        fields.update(batch=0, ctx=0, serve_tokens=s.state.batched_tokens)
     elif w.mode == "infer":
         if s.kv_dtype != s.fmt.base:
             raise BadInput(f"transformers' cache holds the compute dtype ({s.fmt.base}); the trace "

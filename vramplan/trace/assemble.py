@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from vramplan.memory import activations as act
 from vramplan.memory import overhead
 from vramplan.memory.setup import Setup
 from vramplan.spec import Plan
@@ -50,12 +51,10 @@ def inference(s: Setup, t: TraceResult, analytic: Plan) -> TracedPlan:
 def serve(s: Setup, t: TraceResult, analytic: Plan) -> TracedPlan:
     """Weights and the profiling forward traced; vLLM's sampler peak, paged KV cache and start-up
     figures from the analytic model (vLLM's own code, not transformers')."""
-    from vramplan.memory import activations as act
-
     c = t.components
     weights = c.get("weights", 0)
     forward = sum(v for k, v in c.items() if k not in ("weights", _HOST))
-    tokens = s.mode_data["batched_tokens"]
+    tokens = s.state.batched_tokens
     modelled_forward = act.forward_peak(s.model, tokens, s.act_elem, s.widest).bytes
     modelled = analytic.components["activations"]
     sampler = modelled if modelled > modelled_forward else 0     # the engine's sampler dominated

@@ -84,7 +84,7 @@ PEFT_V5_MOE: dict[str, dict[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Adapted:
     """One module (or parameter) LoRA wraps: its tensor, decoder layer (None outside layers) and
     sizes. A peft ParamWrapper over a fused expert stack has rank `rank_mult` x r (its experts'
@@ -111,7 +111,7 @@ def _adapted(t: Tensor, layer: int | None) -> Adapted:
     n = t.count
     for d in lead:
         n *= d
-    return Adapted(t, layer, inp, out, n)
+    return Adapted(tensor=t, layer=layer, in_features=inp, out_features=out, matrices=n)
 
 
 def _moe_targets(model: ModelSpec, names: tuple[str, ...], every: bool) -> tuple[set[str], set[str]]:
@@ -141,10 +141,11 @@ def _expert_adapters(t: Tensor, layer: int, kind: str, experts: int, transformer
     *_, out, inp = t.shape
     if transformers >= 5:
         mult = 2 * experts if kind == "gate_up" else experts
-        return [Adapted(t, layer, inp, out, 1, mult, merged=True)]
+        return [Adapted(tensor=t, layer=layer, in_features=inp, out_features=out, matrices=1,
+                        rank_mult=mult, merged=True)]
     if kind == "gate_up":
-        return [Adapted(t, layer, inp, out // 2, 2 * experts)]
-    return [Adapted(t, layer, inp, out, experts)]
+        return [Adapted(tensor=t, layer=layer, in_features=inp, out_features=out // 2, matrices=2 * experts)]
+    return [Adapted(tensor=t, layer=layer, in_features=inp, out_features=out, matrices=experts)]
 
 
 @lru_cache(maxsize=256)

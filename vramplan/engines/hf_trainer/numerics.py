@@ -1,17 +1,18 @@
 """The dtype plan of a training step: bytes per element of each stream, and of the weights.
 
 Why one place: every activation, gradient and state size is "elements x bytes", and the bytes
-follow from a few decisions (mode, precision, autocast, what QLoRA keeps out of 4 bits) that
+follow from a few decisions (method, precision, autocast, what QLoRA keeps out of 4 bits) that
 must be made once and read everywhere. The table is docs/training.md §2.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from vramplan.errors import BadInput
 from vramplan.spec import ModelSpec, Tensor
-from vramplan.engines.hf_trainer.options import TrainOptions
+from vramplan.engines.hf_trainer.options import Method, TrainOptions
 from vramplan.memory.dtypes import FLOAT_BYTES
 from vramplan.memory.overhead import block_rounded
 from vramplan.memory.weights import WeightFormat, allocated_bytes, resolve_format, transformers_bnb
@@ -19,9 +20,10 @@ from vramplan.memory.weights import WeightFormat, allocated_bytes, resolve_forma
 QLORA_BASES = ("nf4", "fp4", "int8")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Numerics:
-    """Bytes per element of each activation stream and of the trainable state."""
+    """Bytes per element of each activation stream and of the trainable state. The flags that
+    are off in most rows of the table default to off."""
 
     resid: int          # residual stream between layers
     norm_out: int       # norm outputs = inputs of the projections
@@ -31,23 +33,23 @@ class Numerics:
     autocast: bool
     base_trainable: bool
     lora_w: int         # adapter dtype bytes (0: full fine-tuning)
-    peft_cast: bool     # peft casts the adapter input to the adapter dtype (lora.Linear always;
-                        # the bnb 4/8-bit LoRA layers only outside autocast)
     param_bytes: int    # dtype the optimizer steps (fp32 master under "mixed")
     grad_bytes: int
-    layer_copies: bool  # autocast keeps bf16 copies of every fp32 matmul weight (HF AMP, full)
-    head_copy: bool     # lm_head weight stored fp32 and run under autocast
-    int8_base: bool = False   # bnb MatMul8bitLt saves its input A and int8 CAt even for frozen B
+    peft_cast: bool = False     # peft casts the adapter input to the adapter dtype (lora.Linear
+                                # always; the bnb 4/8-bit LoRA layers only outside autocast)
+    layer_copies: bool = False  # autocast keeps bf16 copies of every fp32 matmul weight (HF AMP, full)
+    head_copy: bool = False     # lm_head weight stored fp32 and run under autocast
+    int8_base: bool = False     # bnb MatMul8bitLt saves its input A and int8 CAt even for frozen B
 
 
-def float_bytes(weight_dtype: str, mode: str) -> int:
+def float_bytes(weight_dtype: str, method: Method) -> int:
     """16 bits for "auto" (an fp32 checkpoint is trained in bf16; an fp8/mxfp4 one is dequantized)."""
     wd = weight_dtype.strip().lower()
     if wd in ("auto", "bf16", "fp16", "bfloat16", "float16"):
         return 2
     if wd in ("fp32", "float32"):
         return 4
-    raise BadInput(f"--dtype {weight_dtype!r} does not apply to --mode {mode}: "
+    raise BadInput(f"--dtype {weight_dtype!r} does not apply to --mode {method}: "
                    f"it trains 16- or 32-bit weights (bf16, fp16, fp32); for a 4-bit base use --mode qlora.")
 
 
@@ -60,36 +62,42 @@ def qlora_base(model: ModelSpec, weight_dtype: str | None, transformers: int = 5
     return transformers_bnb(model, resolve_format(model, wd), transformers)[0]
 
 
-def numerics(mode: str, o: TrainOptions, weight_dtype: str, layer_norm: bool = False,
+def numerics(method: Method, o: TrainOptions, weight_dtype: str, layer_norm: bool = False,
              bnb_linears: bool = True) -> Numerics:
-    """The dtype plan for one mode and options (docs/training.md §2, one row each). `layer_norm`:
+    """The dtype plan for one method and options (docs/training.md §2, one row each). `layer_norm`:
     the model normalizes with nn.LayerNorm, which CUDA autocast runs in fp32 (its "float32"
     list), so under autocast the norm outputs are fp32, and under QLoRA with bitsandbytes linears
     (`bnb_linears`) so is everything they hand back in their input's dtype (trace tier: GPT-2)."""
-    n = _numerics(mode, o, weight_dtype)
+    n = _numerics(method, o, weight_dtype)
     if layer_norm and n.autocast and n.norm_out < 4:
         wide = {"norm_out": 4}
-        if mode == "qlora" and bnb_linears:
+        if method == "qlora" and bnb_linears:
             wide.update(lin_out=4, resid=4)
         n = replace(n, **wide)
     return n
 
 
-def _numerics(mode: str, o: TrainOptions, weight_dtype: str) -> Numerics:
+def _numerics(method: Method, o: TrainOptions, weight_dtype: str) -> Numerics:
     mixed = o.precision == "mixed"
     lw = 4 if o.lora_dtype == "fp32" else 2
-    if mode == "full":
-        e = float_bytes(weight_dtype, mode)
+    if method == "full":
+        e = float_bytes(weight_dtype, method)
         if mixed and o.zero == 0:          # HF Trainer AMP: fp32 params, bf16 autocast
-            return Numerics(4, 4, 2, 2, 2, True, True, 0, False, 4, 4, True, True)
+            return Numerics(resid=4, norm_out=4, lin_out=2, attn=2, logits=2, autocast=True,
+                            base_trainable=True, lora_w=0, param_bytes=4, grad_bytes=4,
+                            layer_copies=True, head_copy=True)
         if mixed:                          # DeepSpeed/FSDP bf16: 16-bit params, fp32 master in the optimizer
-            return Numerics(2, 2, 2, 2, 2, False, True, 0, False, 4, 2, False, False)
-        return Numerics(e, e, e, e, e, False, True, 0, False, e, e, False, False)
-    if mode == "lora":
-        b = float_bytes(weight_dtype, mode)
+            return Numerics(resid=2, norm_out=2, lin_out=2, attn=2, logits=2, autocast=False,
+                            base_trainable=True, lora_w=0, param_bytes=4, grad_bytes=2)
+        return Numerics(resid=e, norm_out=e, lin_out=e, attn=e, logits=e, autocast=False,
+                        base_trainable=True, lora_w=0, param_bytes=e, grad_bytes=e)
+    if method == "lora":
+        b = float_bytes(weight_dtype, method)
         if mixed:
-            return Numerics(b, b, 2, 2, 2, True, False, lw, True, lw, lw, False, False)
-        return Numerics(b, b, b, b, b, False, False, lw, True, lw, lw, False, False)
+            return Numerics(resid=b, norm_out=b, lin_out=2, attn=2, logits=2, autocast=True,
+                            base_trainable=False, lora_w=lw, peft_cast=True, param_bytes=lw, grad_bytes=lw)
+        return Numerics(resid=b, norm_out=b, lin_out=b, attn=b, logits=b, autocast=False,
+                        base_trainable=False, lora_w=lw, peft_cast=True, param_bytes=lw, grad_bytes=lw)
     # qlora: always under autocast (Trainer bf16=True / fp16=True: bnb's compute dtype is the
     # autocast dtype; "bf16" and "mixed" are the same here, the adapters being the fp32 masters).
     # bnb Linear4bit casts its input to the compute dtype and its output back to the input's
@@ -97,16 +105,21 @@ def _numerics(mode: str, o: TrainOptions, weight_dtype: str) -> Numerics:
     int8 = weight_dtype.strip().lower() == "int8"
     kp = o.kbit_prepare
     if kp == "trl":                        # qlora.py / TRL bf16: adapters bf16, lm_head bf16
-        return Numerics(4, 4, 4, 2, 2, True, False, 2, False, 2, 2, False, False, int8)
+        return Numerics(resid=4, norm_out=4, lin_out=4, attn=2, logits=2, autocast=True,
+                        base_trainable=False, lora_w=2, param_bytes=2, grad_bytes=2, int8_base=int8)
     if kp == "peft":                       # fp32 lm_head under autocast: a bf16 weight copy
-        return Numerics(4, 4, 4, 2, 2, True, False, lw, False, lw, lw, False, True, int8)
-    return Numerics(2, 2, 2, 2, 2, True, False, lw, False, lw, lw, False, False, int8)
+        return Numerics(resid=4, norm_out=4, lin_out=4, attn=2, logits=2, autocast=True,
+                        base_trainable=False, lora_w=lw, param_bytes=lw, grad_bytes=lw,
+                        head_copy=True, int8_base=int8)
+    return Numerics(resid=2, norm_out=2, lin_out=2, attn=2, logits=2, autocast=True,
+                    base_trainable=False, lora_w=lw, param_bytes=lw, grad_bytes=lw, int8_base=int8)
 
 
-def stored_weights(mode: str, o: TrainOptions, model: ModelSpec, weight_dtype: str, transformers: int = 5):
+def stored_weights(method: Method, o: TrainOptions, model: ModelSpec, weight_dtype: str,
+                   transformers: int = 5) -> tuple[Callable[[Tensor], int], str]:
     """(bytes of one tensor as stored, label) for the frozen/working copy of the weights."""
-    if mode in ("full", "lora"):
-        e = 2 if (mode == "full" and o.precision == "mixed") else float_bytes(weight_dtype, mode)
+    if method in ("full", "lora"):
+        e = 2 if (method == "full" and o.precision == "mixed") else float_bytes(weight_dtype, method)
         name = {2: "bf16" if model.torch_dtype != "fp16" else "fp16", 4: "fp32"}[e]
         return (lambda t: block_rounded(t.numel * max(e, FLOAT_BYTES.get(t.dtype, 0)))), name
     fmt = qlora_base(model, weight_dtype, transformers)
@@ -121,7 +134,7 @@ def stored_weights(mode: str, o: TrainOptions, model: ModelSpec, weight_dtype: s
         return 2
 
     def fn(t: Tensor) -> int:
-        return allocated_bytes(t, q, kept(t), hf=True)
+        return allocated_bytes(t, q, kept(t), layout="transformers")
 
     kept_label = {"peft": "rest fp32 (peft prepare_model_for_kbit_training)",
                   "trl": "norms fp32, embeddings/lm_head 16-bit (TRL/qlora.py)", "none": "rest 16-bit"}[kp]

@@ -68,7 +68,7 @@ def resolve_optim(name: str) -> Optim:
     return _OPTIMS[key]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Param:
     """One trainable parameter as the optimizer sees it (stacked experts are one 3-D tensor)."""
 
@@ -90,7 +90,7 @@ def param_of(shape: tuple[int, ...], count: int = 1, embedding: bool = False, de
         cols = (numel // (dims[-1] * dims[-2])) * dims[-1]
     else:
         rows, cols = numel, 0
-    return Param(numel, rows, cols, len(dims), embedding, decay)
+    return Param(numel=numel, rows=rows, cols=cols, ndim=len(dims), embedding=embedding, decay=decay)
 
 
 def _bnb_state(p: Param, o: Optim) -> tuple[int, int]:

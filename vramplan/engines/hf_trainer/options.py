@@ -8,20 +8,24 @@ number is computed. Names follow HF TrainingArguments / peft LoraConfig (docs/tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from vramplan.errors import BadInput
 from vramplan.memory.dtypes import normalize
 from vramplan.engines.hf_trainer.lora import normalize_targets
 from vramplan.engines.hf_trainer.optimizers import resolve_optim
 
-TRAIN_MODES = ("full", "lora", "qlora")
+# How the step trains: every weight, LoRA adapters on a 16-bit base, or on a quantized base.
+# At the CLI/API edge this is the workload's mode; inside the engine it is the `method`.
+Method = Literal["full", "lora", "qlora"]
+TRAIN_MODES: tuple[Method, ...] = get_args(Method)
 PRECISIONS = ("bf16", "mixed")
 ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2")
 KBIT_PREPARE = ("peft", "trl", "none")
 LORA_DTYPES = ("fp32", "bf16")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainOptions:
     """Training settings, named as in HF TrainingArguments / peft LoraConfig.
 

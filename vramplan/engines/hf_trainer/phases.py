@@ -9,8 +9,8 @@ optimizer step, and report the largest with its phase. Every formula and constan
 source, is in docs/training.md; the numbered measurements the model reproduces are in
 tests/test_training.py.
 
-The pieces: train_options (settings), train_dtypes (bytes per element), train_activations (what
-each layer saves), train_setup (per-model constants, cached); this module walks the phases and
+The pieces: options.py (settings), numerics.py (bytes per element), saved_activations.py (what
+each layer saves), step_setup.py (per-model constants, cached); this module walks the phases and
 is the public entry point.
 """
 
@@ -23,7 +23,7 @@ from vramplan.spec import ModelSpec
 from vramplan.units import ceil_div
 from vramplan.memory.activations import attention_impl
 from vramplan.engines.hf_trainer.lora import lora_params
-from vramplan.engines.hf_trainer.options import TrainOptions, normalize_train_options
+from vramplan.engines.hf_trainer.options import Method, TrainOptions, normalize_train_options
 from vramplan.engines.hf_trainer.step_setup import step_setup as _setup   # cached; tests clear it as training._setup
 
 __all__ = ["TrainOptions", "normalize_train_options", "TrainingPeak", "training_peak", "lora_params"]
@@ -38,7 +38,7 @@ LOSS_FWD_EXTRA_PER_LOGIT = 8
 LOSS_BWD_PER_LOGIT = 12
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingPeak:
     """The step at its peak: components per GPU, the phase, and the allocator bytes per phase."""
 
@@ -48,6 +48,23 @@ class TrainingPeak:
     peak_allocated_bytes: int         # torch.cuda.max_memory_allocated() equivalent
     outside_allocator: dict[str, int] = field(default_factory=dict)
     phases: dict[str, int] = field(default_factory=dict)   # allocator bytes at each phase's peak
+
+
+@dataclass(frozen=True, kw_only=True)
+class Point:
+    """The live bytes at one point of the step, by what holds them; the phase peak is the point
+    with the largest total."""
+
+    copies: int = 0         # autocast weight copies still alive
+    grads: int = 0          # gradients created so far
+    activations: int = 0    # saved activations (+ the running layer's transients)
+    logits: int = 0         # logits, loss and their gradients
+    gather: int = 0         # ZeRO-3 all-gathered parameters
+    temporaries: int = 0    # the optimizer step's temporaries
+
+    @property
+    def total(self) -> int:
+        return self.copies + self.grads + self.activations + self.logits + self.gather + self.temporaries
 
 
 def _check_count(value, flag: str) -> None:
@@ -65,13 +82,13 @@ def _mask_bytes(L, batch: int, ctx: int, attn_bytes: int) -> int:
     return batch * ctx * (ceil_div(ctx, 16) * 16) * attn_bytes + batch * ctx * L.masked
 
 
-def training_peak(model: ModelSpec, mode: str, batch: int, ctx: int, opts: TrainOptions,
+def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: TrainOptions,
                   weight_dtype: str = "auto", transformers: int = 5) -> TrainingPeak:
     """Peak bytes per GPU of one training step and the phase where it falls, with the module
     layout of that transformers major version."""
     _check_count(batch, "--batch")
     _check_count(ctx, "--ctx")
-    s = _setup(model, mode, opts, weight_dtype or "auto", transformers)
+    s = _setup(model, method, opts, weight_dtype or "auto", transformers)
     T = batch * ctx
     gc = opts.grad_ckpt
     static = s.static
@@ -104,44 +121,44 @@ def training_peak(model: ModelSpec, mode: str, batch: int, ctx: int, opts: Train
     head = s.head_copy
     dq = s.dequant
 
-    # A point of the step: (copies alive, gradients, activations, logits/loss, gather, temporaries).
     # forward: everything saved; the peak is the loss (or, checkpointed, a layer's no-grad forward)
     if loss_fwd >= fwd_x:
-        fwd_pt = (C + head, 0, A + out_saved, loss_fwd, gfwd, 0)
+        fwd_pt = Point(copies=C + head, activations=A + out_saved, logits=loss_fwd, gather=gfwd)
     else:
-        fwd_pt = (C + head, 0, A + fwd_x + dq, 0, gfwd, 0)
+        fwd_pt = Point(copies=C + head, activations=A + fwd_x + dq, gather=gfwd)
     # backward: the loss, the lm_head, each layer from the last, then the embedding
-    bwd_pts = [(C + head, 0, A + out_saved, loss_bwd, gbwd, 0),
-               (C + head, s.g_head, A + out_saved + T * model.hidden_size * s.resid, dlogits, gbwd, 0)]
+    bwd_pts = [Point(copies=C + head, activations=A + out_saved, logits=loss_bwd, gather=gbwd),
+               Point(copies=C + head, grads=s.g_head, activations=A + out_saved + T * model.hidden_size * s.resid,
+                     logits=dlogits, gather=gbwd)]
     done = s.g_head + s.g_norm
     c_left, a_left = C, A
     for i in range(len(s.layers) - 1, -1, -1):
         a_left -= acts[i]
-        bwd_pts.append((c_left, done + grads[i], a_left + acts[i] + recs[i] + bwds[i] + dq, 0, gbwd, 0))
+        bwd_pts.append(Point(copies=c_left, grads=done + grads[i],
+                             activations=a_left + acts[i] + recs[i] + bwds[i] + dq, gather=gbwd))
         c_left -= copies[i]
         done += grads[i]
-    bwd_pts.append((0, done + s.g_emb + s.tied_tmp, 0, 0, 0, 0))
-    bwd_pt = max(bwd_pts, key=sum)
-    step_pt = (0, s.grads_total, 0, 0, 0, s.step_temp)
+    bwd_pts.append(Point(grads=done + s.g_emb + s.tied_tmp))
+    bwd_pt = max(bwd_pts, key=lambda p: p.total)
+    step_pt = Point(grads=s.grads_total, temporaries=s.step_temp)
     cands = (("forward", fwd_pt), ("backward", bwd_pt), ("optimizer step", step_pt))
-    phases = {name: S + sum(pt) for name, pt in cands}
-    phase, pt = max(cands, key=lambda c: sum(c[1]))
-    copies_now, grad, activ, logits, gather, temp = pt
-    comp = {"weights": static["weights"] + (copies_now if s.copies_are_weights else 0)}
+    phases = {name: S + pt.total for name, pt in cands}
+    phase, pt = max(cands, key=lambda c: c[1].total)
+    comp = {"weights": static["weights"] + (pt.copies if s.copies_are_weights else 0)}
     for k in ("trainable", "master_weights"):
         if k in static:
             comp[k] = static[k]
-    comp["gradients"] = grad
+    comp["gradients"] = pt.grads
     comp["optimizer"] = static["optimizer"]
     if s.paged:
         comp["optimizer_paged"] = s.paged
-    comp["optimizer_step_temporaries"] = temp
-    comp["activations"] = activ
-    comp["logits_and_loss"] = logits
+    comp["optimizer_step_temporaries"] = pt.temporaries
+    comp["activations"] = pt.activations
+    comp["logits_and_loss"] = pt.logits
     if not s.copies_are_weights and (C or head):
-        comp["autocast_copies"] = copies_now
+        comp["autocast_copies"] = pt.copies
     if s.gather_fwd:
-        comp["zero3_gather"] = gather
+        comp["zero3_gather"] = pt.gather
     if "ddp_buckets" in static:
         comp["ddp_buckets"] = static["ddp_buckets"]
     notes = dict(s.notes)

@@ -29,7 +29,7 @@ _OUT_NAMES = frozenset({"o_proj", "out_proj", "dense", "c_proj", "down_proj", "f
 _ATTN_PARENTS = frozenset({"self_attn", "attn", "self_attention", "attention"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LayerCost:
     """One decoder layer's memory in a training step, per token unless said otherwise."""
 
@@ -84,9 +84,20 @@ def _norm_cost(t: Tensor, layer: LayerSpec, names: set[str], h: int, n: Numerics
     return _norm_saved(width, rows, x, t.name + ".bias" in names, n, fp32)
 
 
-def _attention(a: Attention, impl: str, n: Numerics) -> tuple[int, int, int, int, int]:
-    """(saved, saved_q, bwd, bwd_q, window) per token for the attention core run by `impl`
-    (activations.attention_impl: sdpa, eager, eager_sinks or flash_attention_2)."""
+@dataclass(frozen=True, kw_only=True)
+class AttentionCost:
+    """The attention core's share of a LayerCost (same units and meanings as its fields)."""
+
+    saved: int
+    saved_q: int
+    bwd: int
+    bwd_q: int
+    window: int
+
+
+def _attention(a: Attention, impl: str, n: Numerics) -> AttentionCost:
+    """What the attention core run by `impl` (activations.attention_impl: sdpa, eager,
+    eager_sinks or flash_attention_2) saves and holds per token."""
     H = a.num_heads
     q = H * a.head_dim
     out = H * a.v_head_dim
@@ -122,7 +133,7 @@ def _attention(a: Attention, impl: str, n: Numerics) -> tuple[int, int, int, int
         saved += out * n.attn + LSE_BYTES * H
         bwd = (q + k + v + out) * n.attn + 4 * q   # dq, dk, dv, dout + fp32 dq accumulator
     window = (a.window or 0) if (impl == "sdpa" and not eager and a.kind in ("sliding", "chunked")) else 0
-    return saved, saved_q, bwd, bwd_q, window
+    return AttentionCost(saved=saved, saved_q=saved_q, bwd=bwd, bwd_q=bwd_q, window=window)
 
 
 def _mlp(m: Mlp, h: int, n: Numerics) -> tuple[int, int]:
@@ -231,8 +242,9 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     saved_q = bwd_q = window = 0
     bwd_mix = bwd_mlp = 0
     if isinstance(m, Attention):
-        s, saved_q, bwd_mix, bwd_q, window = _attention(m, impl, n)
-        saved += s + _fused_qkv_extra(layer, m, impl, n)
+        core = _attention(m, impl, n)
+        saved += core.saved + _fused_qkv_extra(layer, m, impl, n)
+        saved_q, bwd_mix, bwd_q, window = core.saved_q, core.bwd, core.bwd_q, core.window
     elif isinstance(m, Recurrent):
         # mamba_ssm's fused training kernel (MambaSplitConv1dScanCombinedFn) saves the in_proj
         # output, the scan output and the gated norm's fp32 rstd per group; it recomputes the
@@ -245,7 +257,7 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
         saved += s
     lora_in = max((a.in_features for a in adapted.values()), default=0) * n.lora_w
     bwd = max(bwd_mix, bwd_mlp) + 2 * h * n.resid + lora_in
-    peak_elems, _ = act.layer_peak_elems(layer, h, act.residual_tensors(model), hf=True)
+    peak_elems, _ = act.layer_peak_elems(layer, h, act.residual_tensors(model), layout="transformers")
     fwd = peak_elems * n.lin_out
     if isinstance(m, Recurrent):       # a checkpointed layer recomputes through the fused kernel
         fwd = (act.residual_tensors(model) * h + m.in_proj + m.conv_channels + 4 * m.num_heads
@@ -273,8 +285,9 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     # with a mask, transformers repeats K/V for SDPA (no enable_gqa) and the kernel saves the copies
     masked = (m.num_heads - m.num_kv_heads) * (m.head_dim + m.v_head_dim) * n.attn if window else 0
     merged = [work_bytes(a.tensor) for a in adapted.values() if a.merged]
-    return LayerCost(saved, saved_q, window, masked, bwd, bwd_q, fwd, fwd_q, n.resid * h, copies,
-                     sum(merged), max(merged, default=0), grads, work)
+    return LayerCost(saved=saved, saved_q=saved_q, window=window, masked=masked, bwd=bwd, bwd_q=bwd_q,
+                     fwd=fwd, fwd_q=fwd_q, ckpt=n.resid * h, copies=copies, merged=sum(merged),
+                     merged_grad=max(merged, default=0), grads=grads, work=work)
 
 
 def head_saved(text: list[Tensor], h: int, n: Numerics, fp32: bool = False) -> int:

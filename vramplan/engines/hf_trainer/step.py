@@ -1,4 +1,4 @@
-"""Modes `full`, `lora`, `qlora`: one training step of the HF Trainer + peft + bitsandbytes kind.
+"""Methods `full`, `lora`, `qlora`: one training step of the HF Trainer + peft + bitsandbytes kind.
 
 The step's tensors and its peak phase come from engines/hf_trainer/phases.py; this module adds what the
 trace cannot see and a GPU process holds anyway (context, cuBLAS workspace, allocator reserve),
@@ -7,10 +7,13 @@ so `total_bytes` means the same thing as in the inference modes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import cast
+
 from vramplan.spec import GpuTarget, ModelSpec, Workload
-from vramplan.memory import activations as act
 from vramplan.memory import overhead
 from vramplan.engines.hf_trainer import phases as training
+from vramplan.engines.hf_trainer.options import Method
 from vramplan.memory.dtypes import FLOAT_BYTES
 from vramplan.memory.setup import Breakdown, Setup
 from vramplan.memory.weights import resolve_format, transformers_bnb
@@ -22,24 +25,35 @@ from vramplan.memory.weights import resolve_format, transformers_bnb
 ALLOCATOR_SLACK_TRAIN = 0.05
 
 
-def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
+@dataclass(frozen=True)
+class TrainState:
+    """How the step trains: the method (the workload's mode, read once at this edge) and the
+    weight dtype it is planned with: --dtype, with QLoRA's "auto" read as nf4 (the Setup's `fmt`
+    is what transformers' bitsandbytes conversion makes of it)."""
+
+    method: Method
+    dtype: str
+
+
+def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup[TrainState]:
     opts = workload.train
+    method = cast(Method, workload.mode)     # step_setup refuses anything but a training method
     dtype = workload.dtype
-    if workload.mode == "qlora" and dtype == "auto":
+    if method == "qlora" and dtype == "auto":
         dtype = "nf4"
     fmt, warnings = transformers_bnb(model, resolve_format(model, dtype), workload.transformers)
     capacity = target.per_gpu_bytes
     if target.free_bytes is not None:
         capacity = min(capacity, target.free_bytes)
-    return Setup(model, target, workload, fmt, fmt.base, FLOAT_BYTES[fmt.base],
-                 FLOAT_BYTES[fmt.base], 0, overhead.runtime_overhead(target.gpu, opts.world),
-                 capacity, widest=act.widest_layer(model), mode_data={"dtype": dtype},
-                 warnings=warnings)
+    return Setup(model=model, target=target, workload=workload, fmt=fmt, kv_dtype=fmt.base,
+                 kv_elem=FLOAT_BYTES[fmt.base], act_elem=FLOAT_BYTES[fmt.base], weights=0,
+                 overhead=overhead.runtime_overhead(target.gpu, opts.world), capacity=capacity,
+                 state=TrainState(method, dtype), warnings=warnings)
 
 
-def components(s: Setup, batch: int, ctx: int) -> Breakdown:
+def components(s: Setup[TrainState], batch: int, ctx: int) -> Breakdown:
     w = s.workload
-    peak = training.training_peak(s.model, w.mode, batch, ctx, w.train, s.mode_data["dtype"], w.transformers)
+    peak = training.training_peak(s.model, s.state.method, batch, ctx, w.train, s.state.dtype, w.transformers)
     parts = {k: v for k, v in peak.components.items() if v}
     parts["allocator_slack"] = overhead.allocator_slack(peak.peak_allocated_bytes, ALLOCATOR_SLACK_TRAIN)
     parts.update(s.overhead)

@@ -1,7 +1,7 @@
 """Per-model constants of a training step: what does not depend on batch or context.
 
 Why separate and cached: weights, trainable parameters, gradients, optimizer state, sharding
-and each layer's per-token costs are fixed once the model, mode, options and dtype are; a
+and each layer's per-token costs are fixed once the model, method, options and dtype are; a
 solver then calls `training_peak` many times with only batch and ctx changing. `step_setup`
 is cached (functools.lru_cache on the hashable ModelSpec and options) for that reason.
 """
@@ -10,24 +10,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 from vramplan.errors import BadInput
 from vramplan.spec import ModelSpec, Recurrent, Tensor
 from vramplan.units import ceil_div
 from vramplan.engines.hf_trainer.lora import Adapted, adapted_modules
-from vramplan.engines.hf_trainer.optimizers import (Param, describe_state, describe_step_temporaries, param_of, resolve_optim,
-                         state_bytes, step_temp_bytes)
+from vramplan.engines.hf_trainer.optimizers import (Optim, Param, describe_state, describe_step_temporaries, param_of,
+                                                    resolve_optim, state_bytes, step_temp_bytes)
 from vramplan.engines.hf_trainer.saved_activations import LayerCost, dropout_masks, fp32_norms, head_saved, layer_cost
-from vramplan.engines.hf_trainer.numerics import numerics, qlora_base, stored_weights
-from vramplan.engines.hf_trainer.options import TRAIN_MODES, TrainOptions
-from vramplan.memory.weights import quantizes, shared_state_bytes
+from vramplan.engines.hf_trainer.numerics import Numerics, numerics, qlora_base, stored_weights
+from vramplan.engines.hf_trainer.options import TRAIN_MODES, Method, TrainOptions
+from vramplan.memory.weights import WeightFormat, quantizes, shared_state_bytes
 
 # Tensor names of vision/audio towers: a text-only step runs none of them.
 _TOWER_WORDS = ("vision", "visual", "multi_modal", "audio")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StepSetup:
+    """What the phase walk (phases.training_peak) reads for every batch and context: per-layer
+    costs per token, bytes fixed per GPU, and the dtypes that scale the rest."""
+
     layers: tuple[LayerCost, ...]
     static: dict            # name -> bytes, alive in every phase (allocator)
     paged: int              # optimizer state in managed memory
@@ -36,7 +40,7 @@ class StepSetup:
     grad_shard: int         # divisor for gradients (ZeRO-2/3)
     out_saved: int          # bytes per token saved outside the layers (final norm, lm_head input)
     head_copy: int          # autocast copy of an fp32 lm_head weight (alive fwd -> lm_head bwd)
-    copies_are_weights: bool
+    copies_are_weights: bool    # HF AMP full fine-tuning: autocast's bf16 copies are the "weights"
     g_head: int             # lm_head (or tied embedding) gradient, created first in the backward
     g_norm: int
     g_emb: int              # untied embedding(s) gradient, created last
@@ -44,9 +48,9 @@ class StepSetup:
     vocab: int
     resid: int              # bytes per element of the residual stream (its gradient too)
     logits: int             # bytes per logit of the lm_head output
-    attn_bytes: int
-    gather_fwd: int
-    gather_bwd: int
+    attn_bytes: int         # bytes per element of q, k, v as the attention kernel saves them
+    gather_fwd: int         # ZeRO-3: parameters all-gathered during the forward
+    gather_bwd: int         # ... and during the backward (with a layer's unsharded gradients)
     dequant: int            # bitsandbytes: one dequantized matrix alive during each 4/8-bit matmul
     math_fallback: bool     # sdpa on fp32 GQA attention runs the math backend
     notes: dict
@@ -60,7 +64,7 @@ def _uses_layer_norm(model: ModelSpec) -> bool:
     return any(t.role == "bias" and t.name.removesuffix(".bias") in norms for t in model.all_tensors())
 
 
-def _qlora_base_checked(model: ModelSpec, fmt, o: TrainOptions, transformers: int) -> bool:
+def _qlora_base_checked(model: ModelSpec, fmt: WeightFormat, o: TrainOptions, transformers: int) -> bool:
     """Whether bitsandbytes quantizes any decoder matmul of this QLoRA base; BadInput for the two
     setups whose step would not be the QLoRA step planned:
     - no 4-bit decoder matmul (Falcon's FalconLinear, fused MoE experts under transformers 5, the
@@ -82,12 +86,12 @@ def _qlora_base_checked(model: ModelSpec, fmt, o: TrainOptions, transformers: in
     return bool(decoder)
 
 
-def _frozen_prefix(mode: str, o: TrainOptions, adapted) -> int:
+def _frozen_prefix(method: Method, o: TrainOptions, adapted: tuple[Adapted, ...]) -> int:
     """Decoder layers before the first adapter, when nothing upstream requires grad: their ops
     record no autograd graph (Nemotron-H with attention-only targets: 4 Mamba and 3 MLP blocks;
     trace tier). Not applied with gradient checkpointing, where each layer's input is kept anyway
     (small: one hidden-size tensor per token)."""
-    if mode == "full" or o.grad_ckpt:
+    if method == "full" or o.grad_ckpt:
         return 0
     return min((a.layer for a in adapted if a.layer is not None), default=0)
 
@@ -100,140 +104,220 @@ def _param(t: Tensor) -> Param:
     return param_of(t.shape, t.count, embedding=t.role == "embedding", decay=t.role not in ("norm", "bias"))
 
 
-@lru_cache(maxsize=128)
-def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
-               transformers: int = 5) -> StepSetup:
-    """Everything of a training step that batch and context do not change, for the module
-    layout of that transformers major version."""
-    if mode not in TRAIN_MODES:
-        raise BadInput(f"--mode {mode!r} is not a training mode; use one of: {', '.join(TRAIN_MODES)}.")
-    base = qlora_base(model, weight_dtype, transformers) if mode == "qlora" else None
-    bnb_linears = base is not None and _qlora_base_checked(model, base, o, transformers)
-    n = numerics(mode, o, weight_dtype, _uses_layer_norm(model), bnb_linears)
-    opt = resolve_optim(o.optim)
-    N = o.world
-    z = o.zero if N > 1 else 0
-    wfn, wlabel = stored_weights(mode, o, model, weight_dtype, transformers)
-    adapted_all = () if mode == "full" else adapted_modules(model, o.lora_targets, transformers)
-    if o.lora_dropout > 0 and any(a.merged for a in adapted_all):
+@dataclass(frozen=True)
+class Shards:
+    """How many ways ZeRO / FSDP full-shard splits each kind of state over `world` GPUs (1: not
+    split): stage 1 the optimizer state (and fp32 master weights), 2 also the gradients, 3 also
+    the weights. Plain DDP (stage 0) splits nothing."""
+
+    world: int
+    zero: int               # the stage in effect: 0 on one GPU
+
+    @classmethod
+    def of(cls, o: TrainOptions) -> Shards:
+        return cls(o.world, o.zero if o.world > 1 else 0)
+
+    @property
+    def optimizer(self) -> int:
+        return self.world if self.zero >= 1 else 1
+
+    @property
+    def grads(self) -> int:
+        return self.world if self.zero >= 2 else 1
+
+    @property
+    def weights(self) -> int:
+        return self.world if self.zero == 3 else 1
+
+
+@dataclass(frozen=True)
+class OutsideGrads:
+    """Gradients of the parameters outside the decoder layers, per GPU, in the order the
+    backward creates them."""
+
+    head: int               # lm_head (or tied embedding): first, right after the loss
+    norm: int               # final norm
+    emb: int                # untied embedding(s): last
+    tied_tmp: int           # tied embedding: the embedding backward's grad before accumulation
+
+
+def _check_method(method: str) -> None:
+    """The trainer plans full, lora and qlora only; anything else is a caller's mistake."""
+    if method not in TRAIN_MODES:
+        raise BadInput(f"--mode {method!r} is not a training mode; use one of: {', '.join(TRAIN_MODES)}.")
+
+
+def _adapters(model: ModelSpec, method: Method, o: TrainOptions, transformers: int) -> tuple[Adapted, ...]:
+    """The modules LoRA wraps (none in full fine-tuning). peft refuses dropout on a fused MoE
+    expert stack, so that combination is a BadInput rather than a plan of a step that fails."""
+    if method == "full":
+        return ()
+    adapted = adapted_modules(model, o.lora_targets, transformers)
+    if o.lora_dropout > 0 and any(a.merged for a in adapted):
         raise BadInput(f"peft wraps the fused MoE experts of {model.id or 'this model'} with ParamWrapper, "
                        f"which refuses --lora-dropout {o.lora_dropout:g}; pass --lora-dropout 0 (or target "
                        f"the attention projections only, e.g. --lora-targets q_proj,v_proj).")
-    by_layer: dict[int | None, dict[str, Adapted]] = {}
-    for a in adapted_all:
-        by_layer.setdefault(a.layer, {})[a.tensor.name] = a
-    wb: dict[str, int] = {}
+    return adapted
+
+
+def _memoized(stored: Callable[[Tensor], int]) -> Callable[[Tensor], int]:
+    """`stored` cached by tensor name: the same weight's bytes are asked for by the layer
+    signature, the layer costs, the static sum and the ZeRO-3 gather."""
+    cache: dict[str, int] = {}
 
     def wbytes(t: Tensor) -> int:
-        b = wb.get(t.name)
+        b = cache.get(t.name)
         if b is None:
-            b = wb[t.name] = wfn(t)
+            b = cache[t.name] = stored(t)
         return b
 
+    return wbytes
+
+
+def _layer_costs(model: ModelSpec, o: TrainOptions, n: Numerics, adapted: tuple[Adapted, ...],
+                 wbytes: Callable[[Tensor], int]) -> tuple[LayerCost, ...]:
+    """Each decoder layer's cost. Most models repeat a few layer kinds many times, so layers with
+    the same mixer, MLP, tensors and adapters are computed once."""
+    by_layer: dict[int | None, dict[str, Adapted]] = {}
+    for a in adapted:
+        by_layer.setdefault(a.layer, {})[a.tensor.name] = a
     memo: dict[tuple, LayerCost] = {}
     built = []
-    for l in model.layers:                      # identical layers are computed once
+    for l in model.layers:
         ad = by_layer.get(l.index, {})
         sig = (l.mixer, l.mlp, tuple((t.leaf, t.shape, t.role, t.count, wbytes(t), t.name in ad)
                                      for t in l.tensors))
         if sig not in memo:
             memo[sig] = layer_cost(l, model, o, n, ad, wbytes)
         built.append(memo[sig])
-    layers = tuple(built)
+    return tuple(built)
 
-    text = [t for t in model.tensors if not _is_tower(t.name)]
-    h, V = model.hidden_size, model.vocab_size
-    notes: dict[str, str] = {}
 
-    # --- trainable parameters, gradients, optimizer ---------------------------------------
-    if mode == "full":
+def _trainable(model: ModelSpec, method: Method, o: TrainOptions, text: list[Tensor],
+               adapted: tuple[Adapted, ...]) -> tuple[tuple[Param, ...], int]:
+    """(the parameters the optimizer steps, how many values they hold): every text weight in
+    full fine-tuning, else the LoRA A and B matrices."""
+    if method == "full":
         trainable = text + [t for l in model.layers for t in l.tensors]
-        params = tuple(_param(t) for t in trainable)
-        n_train = sum(t.numel for t in trainable)
-    else:
-        # Adapters in a vision/audio tower exist (trainable memory) but a text-only step gives
-        # them no gradient, so torch never creates their optimizer state.
-        live = [a for a in adapted_all if not _is_tower(a.tensor.name)]
-        params = tuple(p for a in live for p in
-                       (param_of((o.lora_r * a.rank_mult, a.in_features), a.matrices),
-                        param_of((a.out_features, o.lora_r * a.rank_mult), a.matrices)))
-        n_train = sum(a.params(o.lora_r) for a in live)
-    n_adapter = sum(a.params(o.lora_r) for a in adapted_all)
-    grad_shard = N if z >= 2 else 1
-    grads_total = ceil_div(n_train * n.grad_bytes, grad_shard)
-    opt_shard = N if z >= 1 else 1
-    st_in, st_paged = state_bytes(opt, params, n.param_bytes)
-    step_temp = ceil_div(step_temp_bytes(opt, params, n.param_bytes), opt_shard)
+        return tuple(_param(t) for t in trainable), sum(t.numel for t in trainable)
+    # Adapters in a vision/audio tower exist (trainable memory) but a text-only step gives
+    # them no gradient, so torch never creates their optimizer state.
+    live = [a for a in adapted if not _is_tower(a.tensor.name)]
+    params = tuple(p for a in live for p in
+                   (param_of((o.lora_r * a.rank_mult, a.in_features), a.matrices),
+                    param_of((a.out_features, o.lora_r * a.rank_mult), a.matrices)))
+    return params, sum(a.params(o.lora_r) for a in live)
 
-    # --- static memory ------------------------------------------------------------------------
-    w_shard = N if z == 3 else 1
-    static: dict[str, int] = {}
+
+def _optimizer(opt: Optim, params: tuple[Param, ...], n: Numerics, shards: Shards) -> tuple[int, int, int]:
+    """(state in torch's allocator, state in managed memory, step temporaries) per GPU: what the
+    optimizer holds depends on its implementation, and ZeRO >= 1 shards all three."""
+    inside, paged = state_bytes(opt, params, n.param_bytes)
+    temporaries = step_temp_bytes(opt, params, n.param_bytes)
+    return tuple(ceil_div(b, shards.optimizer) for b in (inside, paged, temporaries))
+
+
+def _static(model: ModelSpec, method: Method, o: TrainOptions, n: Numerics, base: WeightFormat | None,
+            wbytes: Callable[[Tensor], int], *, n_train: int, n_adapter: int, optimizer: int,
+            grads_total: int, copies_are_weights: bool, shards: Shards) -> dict[str, int]:
+    """Bytes alive in every phase of the step, by component, in display order: the weights
+    (none of their own when autocast's copies stand for them), adapters, fp32 master weights,
+    optimizer state and DDP's gradient buckets."""
     all_weights = sum(wbytes(t) for t in model.all_tensors())
-    if mode == "qlora":
+    if method == "qlora":
         all_weights += shared_state_bytes(model, base.quant)
-    copies_are_weights = mode == "full" and n.layer_copies
-    static["weights"] = 0 if copies_are_weights else ceil_div(all_weights, w_shard)
-    if mode != "full":
-        static["trainable"] = ceil_div(n_adapter * n.lora_w, w_shard)
-    if mode == "full" and o.precision == "mixed":
-        static["master_weights"] = ceil_div(4 * n_train, opt_shard)
-    static["optimizer"] = ceil_div(st_in, opt_shard)
-    paged = ceil_div(st_paged, opt_shard)
-    if N > 1 and o.zero == 0:
+    static = {"weights": 0 if copies_are_weights else ceil_div(all_weights, shards.weights)}
+    if method != "full":
+        static["trainable"] = ceil_div(n_adapter * n.lora_w, shards.weights)
+    if method == "full" and o.precision == "mixed":
+        static["master_weights"] = ceil_div(4 * n_train, shards.optimizer)
+    static["optimizer"] = optimizer
+    if shards.world > 1 and o.zero == 0:
         static["ddp_buckets"] = grads_total     # DDP gradient_as_bucket_view=False: a flat copy
+    return static
 
-    # --- outside the decoder layers -------------------------------------------------------------
-    out_saved = head_saved(text, h, n, fp32_norms(model)) + dropout_masks(model)[1]
-    head = [t for t in text if t.role == "lm_head"] or ([t for t in text if t.role == "embedding"][:1]
+
+def _head_weights(model: ModelSpec, text: list[Tensor]) -> list[Tensor]:
+    """The output projection's weight: lm_head, or the token embedding when it is tied."""
+    return [t for t in text if t.role == "lm_head"] or ([t for t in text if t.role == "embedding"][:1]
                                                         if model.tie_word_embeddings else [])
+
+
+def _outside_grads(model: ModelSpec, method: Method, o: TrainOptions, n: Numerics, text: list[Tensor],
+                   head: list[Tensor], adapted: tuple[Adapted, ...], shards: Shards) -> OutsideGrads:
+    """Gradients outside the decoder layers: the backward makes them at its two ends (lm_head
+    and final norm first, embeddings last), so the phase walk needs them apart."""
     head_numel = sum(t.numel for t in head)
-    head_copy = 2 * head_numel if (n.head_copy and n.autocast) else 0
-    if mode == "full":
-        g_head = head_numel * n.grad_bytes
-        g_norm = sum(t.numel for t in text if t.role in ("norm", "bias")) * n.grad_bytes
-        g_emb = sum(t.numel for t in text if t.role not in ("norm", "bias", "lm_head")
-                    and t not in head) * n.grad_bytes
-        tied_tmp = head_numel * n.grad_bytes if model.tie_word_embeddings else 0
+    if method == "full":
+        g = OutsideGrads(
+            head=head_numel * n.grad_bytes,
+            norm=sum(t.numel for t in text if t.role in ("norm", "bias")) * n.grad_bytes,
+            emb=sum(t.numel for t in text if t.role not in ("norm", "bias", "lm_head")
+                    and t not in head) * n.grad_bytes,
+            tied_tmp=head_numel * n.grad_bytes if model.tie_word_embeddings else 0)
     else:
-        outside = [a for a in adapted_all if a.layer is None and not _is_tower(a.tensor.name)]
-        g_head = g_norm = tied_tmp = 0
-        g_emb = sum(a.params(o.lora_r) for a in outside) * n.grad_bytes
-    if grad_shard > 1:
-        g_head, g_norm, g_emb, tied_tmp = (ceil_div(x, grad_shard) for x in (g_head, g_norm, g_emb, tied_tmp))
+        outside = [a for a in adapted if a.layer is None and not _is_tower(a.tensor.name)]
+        g = OutsideGrads(head=0, norm=0, emb=sum(a.params(o.lora_r) for a in outside) * n.grad_bytes,
+                         tied_tmp=0)
+    if shards.grads > 1:
+        g = OutsideGrads(*(ceil_div(x, shards.grads) for x in (g.head, g.norm, g.emb, g.tied_tmp)))
+    return g
 
-    # --- ZeRO-3 / FSDP full shard: what is gathered while computing ------------------------------
-    gather_fwd = gather_bwd = 0
-    if z == 3:
-        root = sum(wbytes(t) for t in text)         # FSDP root unit (embeddings, norm, lm_head)
-        unit = max((l.work for l in layers), default=0)
-        gather_fwd = root + 2 * unit                # current unit + the prefetched one, unsharded
-        gather_bwd = gather_fwd + max((l.grads for l in layers), default=0)   # unsharded grads before reduce-scatter
 
-    # --- quantized base: F.dequantize_4bit(B) in the compute dtype inside every matmul, forward
-    # and backward (bitsandbytes MatMul4Bit); one matrix at a time.
-    dequant = 0
-    if mode == "qlora":
-        q = base.quant
-        dequant = 2 * max((t.shape[-1] * t.shape[-2] for t in model.all_tensors()
-                           if quantizes(t, q) and len(t.shape) >= 2), default=0)
+def _zero3_gather(text: list[Tensor], layers: tuple[LayerCost, ...], wbytes: Callable[[Tensor], int],
+                  shards: Shards) -> tuple[int, int]:
+    """(forward, backward) bytes ZeRO-3 / FSDP full shard gathers while computing: the root unit
+    (embeddings, norm, lm_head) plus the current and the prefetched layer, unsharded; the
+    backward also holds a layer's unsharded gradients before the reduce-scatter."""
+    if shards.zero != 3:
+        return 0, 0
+    root = sum(wbytes(t) for t in text)
+    unit = max((l.work for l in layers), default=0)
+    forward = root + 2 * unit
+    return forward, forward + max((l.grads for l in layers), default=0)
 
-    # --- notes ----------------------------------------------------------------------------------
+
+def _dequant_bytes(model: ModelSpec, base: WeightFormat | None) -> int:
+    """A quantized base: bitsandbytes' MatMul4Bit dequantizes B (F.dequantize_4bit) into the
+    compute dtype inside every matmul, forward and backward; one matrix at a time, so the
+    largest one counts."""
+    if base is None:
+        return 0
+    q = base.quant
+    return 2 * max((t.shape[-1] * t.shape[-2] for t in model.all_tensors()
+                    if quantizes(t, q) and len(t.shape) >= 2), default=0)
+
+
+def _math_fallback(model: ModelSpec, n: Numerics) -> bool:
+    """sdpa on fp32 GQA attention runs the math backend (flash needs 16 bits, the efficient
+    kernel rejects enable_gqa), which materializes the probabilities."""
+    return n.attn == 4 and any(a.num_kv_heads < a.num_heads for a in
+                               (l.mixer for l in model.attention_layers))
+
+
+def _notes(model: ModelSpec, method: Method, o: TrainOptions, n: Numerics, *, weights_label: str,
+           copies_are_weights: bool, shards: Shards, static: dict[str, int], paged: int, opt: Optim,
+           n_train: int, adapted: tuple[Adapted, ...], n_adapter: int, head_copy: int,
+           layers: tuple[LayerCost, ...]) -> dict[str, str]:
+    """What each component is, in words, for the breakdown: the same facts the bytes came from."""
+    N, z = shards.world, shards.zero
+    notes: dict[str, str] = {}
     if copies_are_weights:
         notes["weights"] = ("bf16 copies autocast makes of every matmul weight and keeps for the "
                             "backward (HF Trainer AMP); freed before the optimizer step")
     else:
-        notes["weights"] = wlabel + (f", sharded over {N} GPUs" if z == 3 else "")
+        notes["weights"] = weights_label + (f", sharded over {N} GPUs" if z == 3 else "")
     q0 = model.quantization
-    if mode != "qlora" and q0 is not None and q0.method != "none":
+    if method != "qlora" and q0 is not None and q0.method != "none":
         notes["weights"] += f" (the {q0.method} checkpoint dequantized for training)"
-    if mode != "full":
-        notes["trainable"] = (f"LoRA r={o.lora_r} on {len(adapted_all)} modules: {n_adapter:,} params "
+    if method != "full":
+        notes["trainable"] = (f"LoRA r={o.lora_r} on {len(adapted)} modules: {n_adapter:,} params "
                               f"in {'fp32' if n.lora_w == 4 else 'bf16'}")
     if "master_weights" in static:
         notes["master_weights"] = "fp32 copy of the trainable parameters" + (f", sharded over {N}" if z >= 1 else "")
     notes["gradients"] = (f"{n_train:,} trainable params x {n.grad_bytes} B"
-                          + (f", sharded over {N}" if grad_shard > 1 else ""))
-    notes["optimizer"] = describe_state(opt, n.param_bytes) + (f", sharded over {N}" if opt_shard > 1 else "")
+                          + (f", sharded over {N}" if shards.grads > 1 else ""))
+    notes["optimizer"] = describe_state(opt, n.param_bytes) + (f", sharded over {N}" if shards.optimizer > 1 else "")
     if paged:
         notes["optimizer_paged"] = ("bitsandbytes paged state in CUDA managed memory: outside "
                                     "torch.cuda.max_memory_allocated, evicted to CPU under pressure")
@@ -244,10 +328,50 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
         notes["zero3_gather"] = "all-gathered parameters: FSDP root unit + current and prefetched layer"
     if head_copy or any(l.copies for l in layers):
         notes["autocast_copies"] = "bf16 copies autocast makes of fp32 matmul weights, kept for the backward"
+    return notes
 
-    return StepSetup(layers, static, paged, step_temp, grads_total, grad_shard, out_saved, head_copy,
-                     copies_are_weights, g_head, g_norm, g_emb, tied_tmp, V, n.resid, n.logits, n.attn,
-                     gather_fwd, gather_bwd, dequant,
-                     n.attn == 4 and any(a.num_kv_heads < a.num_heads for a in
-                                         (l.mixer for l in model.attention_layers)), notes,
-                     _frozen_prefix(mode, o, adapted_all))
+
+@lru_cache(maxsize=128)
+def step_setup(model: ModelSpec, method: Method, o: TrainOptions, weight_dtype: str,
+               transformers: int = 5) -> StepSetup:
+    """Everything of a training step that batch and context do not change, for the module
+    layout of that transformers major version. The order of the steps is the order in which
+    their refusals (BadInput) are checked."""
+    _check_method(method)
+    base = qlora_base(model, weight_dtype, transformers) if method == "qlora" else None
+    bnb_linears = base is not None and _qlora_base_checked(model, base, o, transformers)
+    n = numerics(method, o, weight_dtype, _uses_layer_norm(model), bnb_linears)
+    opt = resolve_optim(o.optim)
+    shards = Shards.of(o)
+    stored, weights_label = stored_weights(method, o, model, weight_dtype, transformers)
+    wbytes = _memoized(stored)
+    adapted = _adapters(model, method, o, transformers)
+    layers = _layer_costs(model, o, n, adapted, wbytes)
+    text = [t for t in model.tensors if not _is_tower(t.name)]
+
+    params, n_train = _trainable(model, method, o, text, adapted)
+    n_adapter = sum(a.params(o.lora_r) for a in adapted)
+    grads_total = ceil_div(n_train * n.grad_bytes, shards.grads)
+    optimizer, paged, step_temp = _optimizer(opt, params, n, shards)
+    copies_are_weights = method == "full" and n.layer_copies
+    static = _static(model, method, o, n, base, wbytes, n_train=n_train, n_adapter=n_adapter,
+                     optimizer=optimizer, grads_total=grads_total,
+                     copies_are_weights=copies_are_weights, shards=shards)
+
+    head = _head_weights(model, text)
+    head_copy = 2 * sum(t.numel for t in head) if (n.head_copy and n.autocast) else 0
+    grads = _outside_grads(model, method, o, n, text, head, adapted, shards)
+    gather_fwd, gather_bwd = _zero3_gather(text, layers, wbytes, shards)
+    notes = _notes(model, method, o, n, weights_label=weights_label,
+                   copies_are_weights=copies_are_weights, shards=shards, static=static, paged=paged, opt=opt, n_train=n_train, adapted=adapted, n_adapter=n_adapter,
+                   head_copy=head_copy, layers=layers)
+    return StepSetup(
+        layers=layers, static=static, paged=paged, step_temp=step_temp, grads_total=grads_total,
+        grad_shard=shards.grads,
+        out_saved=head_saved(text, model.hidden_size, n, fp32_norms(model)) + dropout_masks(model)[1],
+        head_copy=head_copy, copies_are_weights=copies_are_weights, g_head=grads.head,
+        g_norm=grads.norm, g_emb=grads.emb, tied_tmp=grads.tied_tmp, vocab=model.vocab_size,
+        resid=n.resid, logits=n.logits, attn_bytes=n.attn, gather_fwd=gather_fwd,
+        gather_bwd=gather_bwd, dequant=_dequant_bytes(model, base),
+        math_fallback=_math_fallback(model, n), notes=notes,
+        frozen_prefix=_frozen_prefix(method, o, adapted))

@@ -7,6 +7,8 @@ docs/methodology.md sections 2, 3 and 5.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from vramplan.spec import GpuTarget, ModelSpec, Workload
 from vramplan.units import ceil_div
 from vramplan.memory import activations as act
@@ -17,28 +19,36 @@ from vramplan.memory.setup import Breakdown, Setup, resolve_kv_dtype
 from vramplan.memory.weights import resolve_format, transformers_bnb, weight_bytes
 
 
-def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
+@dataclass(frozen=True)
+class GenerateState:
+    """What the prefill needs beyond the common Setup: the widest eager attention layer
+    (activations.eager_attention), or None when the attention materializes no scores."""
+
+    eager: tuple[int, int, str] | None
+
+
+def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup[GenerateState]:
     fmt, warnings = transformers_bnb(model, resolve_format(model, workload.dtype), workload.transformers)
     kv_dtype = resolve_kv_dtype(workload.kv_dtype, fmt)
     # accelerate's device_map="auto" splits the layers evenly over the cards
-    weights = ceil_div(weight_bytes(model, fmt, hf=True).total, target.count)
+    weights = ceil_div(weight_bytes(model, fmt, layout="transformers").total, target.count)
     capacity = target.per_gpu_bytes
     if target.free_bytes is not None:
         capacity = min(capacity, target.free_bytes)
-    return Setup(model, target, workload, fmt, kv_dtype, FLOAT_BYTES[kv_dtype],
-                 FLOAT_BYTES[fmt.base], weights,
-                 overhead.runtime_overhead(target.gpu, target.count), capacity,
-                 widest=act.widest_layer(model, hf=True), warnings=warnings,
-                 mode_data={"eager": act.eager_attention(model, act.attention_impl(model))})
+    return Setup(model=model, target=target, workload=workload, fmt=fmt, kv_dtype=kv_dtype,
+                 kv_elem=FLOAT_BYTES[kv_dtype], act_elem=FLOAT_BYTES[fmt.base], weights=weights,
+                 overhead=overhead.runtime_overhead(target.gpu, target.count), capacity=capacity,
+                 widest=act.widest_layer(model, layout="transformers"), warnings=warnings,
+                 state=GenerateState(act.eager_attention(model, act.attention_impl(model))))
 
 
-def components(s: Setup, batch: int, ctx: int) -> Breakdown:
+def components(s: Setup[GenerateState], batch: int, ctx: int) -> Breakdown:
     """The larger of two moments: the end of the prefill (every layer's cache holds the whole
     prompt, the widest layer's transients are alive) and a decode step (sliding layers trimmed
     to their window, one layer's cache copied by torch.cat)."""
     m, count = s.model, s.target.count
-    prefill = act.forward_peak(m, batch * ctx, s.act_elem, s.widest, s.mode_data["eager"], ctx)
-    if s.mode_data["eager"] is None:      # an eager forward already counts its own mask
+    prefill = act.forward_peak(m, batch * ctx, s.act_elem, s.widest, s.state.eager, ctx)
+    if s.state.eager is None:      # an eager forward already counts its own mask
         prefill = act.Transient(prefill.bytes + act.sliding_mask_bytes(m, ctx), prefill.where)
     prefill_cache = kv.contiguous_cache_bytes(m, s.kv_elem, batch, ctx, s.act_elem, windowed=False)
     decode_cache = kv.contiguous_cache_bytes(m, s.kv_elem, batch, ctx, s.act_elem)

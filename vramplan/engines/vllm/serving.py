@@ -133,7 +133,7 @@ def outside_budget(world_size: int, graphs: bool, nccl: int, context_bytes: int)
     return parts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stage:
     """One pipeline stage, as each of its tensor-parallel ranks sees it."""
 
@@ -149,6 +149,22 @@ class Stage:
         if not self.block_bytes:
             return None
         return max(self.available, 0) // self.block_bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class VllmState:
+    """What `prepare` decides once and the profile, the cache and the start-up report read:
+    the engine's limits and budget, and the layout of every worker."""
+
+    batched_tokens: int           # max_num_batched_tokens: the profiled forward, tokens in flight
+    max_seqs: int                 # max_num_seqs: the profiled sampler's requests
+    requested: int                # total x gpu_memory_utilization, per GPU
+    era: str                      # accounting era of --vllm-version (a key of ENGINES)
+    outside: dict[str, int]       # memory outside the budget: context, CUDA graphs, NCCL
+    layout: kv.KvLayout
+    stages: tuple[Stage, ...]
+    worst: Stage                  # the worker with the fewest KV blocks: the plan's components
+    notes: tuple[str, ...]        # what vLLM logs about the cache layout
 
 
 def _sm(gpu: GpuSpec | None) -> str:
@@ -185,7 +201,7 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: Gp
             continue
         held = 0
         for t in experts:
-            b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base])
+            b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base], layout="vllm")
             held += ceil_div(b, divisor(t)) if divisor else b
         i = ceil_div(m.intermediate // tp, align_i) * align_i
         w13, w2 = 2 * i * h, h * i                    # [E, 2I, H] and [E, H, I] values
@@ -215,7 +231,7 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     layout = kv.kv_layout(specs)
     requested = int(per_gpu * o.gpu_memory_utilization)
     divisor = tp_divisor(model, o.tp) if o.tp > 1 else None
-    widest = act.widest_layer(model)
+    widest = act.widest_layer(model, layout="vllm")
     era, world = engine_era(o.vllm_version), o.tp * o.pp
     nccl_inside = era == "0.9-0.10" and world > 1 and bool(target.gpu and target.gpu.nvlink)
     graphs_inside = era == "0.21+" and not o.enforce_eager
@@ -233,7 +249,7 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
         first, last = k == 0, k == o.pp - 1
         part = model if o.pp == 1 else replace(model, layers=model.layers[layers.start:layers.stop],
                                                tensors=stage_tensors(model, k, o.pp))
-        weights = weight_bytes(part, fmt, divisor).total + mxfp4_padding(part, fmt, divisor, o.tp, target.gpu)
+        weights = weight_bytes(part, fmt, divisor, layout="vllm").total + mxfp4_padding(part, fmt, divisor, o.tp, target.gpu)
         peak, where = max(fwd, sampler) if last else fwd
         if not first:   # hidden states + residual received from the previous stage
             peak += 2 * tokens * model.hidden_size * act_elem
@@ -241,26 +257,25 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
         available = (o.kv_cache_memory if o.kv_cache_memory is not None
                      else requested - weights - peak - fixed)
         block_bytes = layout.block_bytes(None if o.pp == 1 else set(layers))
-        stages.append(Stage(k, layers, weights, act.Transient(peak, where), block_bytes, available))
+        stages.append(Stage(index=k, layers=layers, weights=weights, activation=act.Transient(peak, where),
+                            block_bytes=block_bytes, available=available))
     worst = min(stages, key=lambda s: (s.num_blocks is None, s.num_blocks or 0, s.available))
     capacity = requested
     if o.kv_cache_memory is not None:   # the engine's footprint is then fixed by the flag
         capacity = worst.weights + worst.activation.bytes + fixed + o.kv_cache_memory
     outside = outside_budget(world, not (o.enforce_eager or graphs_inside),
                              0 if nccl_inside else nccl_bytes(target.gpu), CUDA_CONTEXT_BYTES)
-    data = {"batched_tokens": tokens, "max_seqs": seqs, "requested": requested, "era": era,
-            "outside": outside,
-            "layout": layout, "stages": tuple(stages), "worst": worst,
-            "notes": tuple(notes) + layout.notes}
-    return Setup(model, target, workload, fmt, kv_dtype, kv_elem, act_elem, worst.weights,
-                 overhead, capacity, o.tp, widest, data)
+    state = VllmState(batched_tokens=tokens, max_seqs=seqs, requested=requested, era=era,
+                      outside=outside, layout=layout, stages=tuple(stages), worst=worst,
+                      notes=tuple(notes) + layout.notes)
+    return Setup(model=model, target=target, workload=workload, fmt=fmt, kv_dtype=kv_dtype,
+                 kv_elem=kv_elem, act_elem=act_elem, weights=worst.weights, overhead=overhead,
+                 capacity=capacity, tp=o.tp, widest=widest, state=state)
 
 
-def components(s: Setup, batch: int, ctx: int) -> Breakdown:
-    o, d = s.workload.serve, s.mode_data
-    worst: Stage = d["worst"]
-    layout: kv.KvLayout = d["layout"]
-    cache = batch * worst.block_bytes * layout.blocks_per_request(ctx, d["batched_tokens"])
+def components(s: Setup[VllmState], batch: int, ctx: int) -> Breakdown:
+    o, worst, layout = s.workload.serve, s.state.worst, s.state.layout
+    cache = batch * worst.block_bytes * layout.blocks_per_request(ctx, s.state.batched_tokens)
     parts = {"weights": s.weights, "kv_cache": cache, "activations": worst.activation.bytes, **s.overhead}
     where = ""
     if o.tp * o.pp > 1:
@@ -280,14 +295,14 @@ def _gib(b: int) -> float:
     return round(b / GiB, 2)     # vLLM's format_gib
 
 
-def _free_memory_refusal(s: Setup, requested: int) -> str:
+def _free_memory_refusal(s: Setup[VllmState], requested: int) -> str:
     """vLLM's init_device check: free memory at its snapshot (taken after the CUDA context and,
     since 0.11, NCCL exist) must cover total x util."""
-    d, free = s.mode_data, s.target.free_bytes
+    d, free = s.state, s.target.free_bytes
     if free is None:
         return ""
-    nccl = d["outside"].get("nccl", 0) if d["era"] != "0.9-0.10" else 0
-    at_snapshot = free - d["outside"]["cuda_context"] - nccl
+    nccl = d.outside.get("nccl", 0) if d.era != "0.9-0.10" else 0
+    at_snapshot = free - d.outside["cuda_context"] - nccl
     if at_snapshot >= requested:
         return ""
     return (f"Free memory on device cuda:0 ({_gib(at_snapshot)}/{_gib(s.target.per_gpu_bytes)} GiB) on "
@@ -320,18 +335,16 @@ def _fits(stage: Stage, layout: kv.KvLayout, length: int, in_flight: int) -> boo
     return stage.block_bytes * layout.blocks_per_request(length, in_flight) <= stage.available
 
 
-def startup(s: Setup, b: Breakdown, ctx: int) -> ServeReport:
+def startup(s: Setup[VllmState], b: Breakdown, ctx: int) -> ServeReport:
     """What vLLM would log and decide at start-up with max_model_len = `ctx`."""
-    o, d = s.workload.serve, s.mode_data
-    layout: kv.KvLayout = d["layout"]
-    stages: tuple[Stage, ...] = d["stages"]
-    worst: Stage = d["worst"]
-    in_flight, requested = d["batched_tokens"], d["requested"]
+    o, d = s.workload.serve, s.state
+    layout, stages, worst = d.layout, d.stages, d.worst
+    in_flight, requested = d.batched_tokens, d.requested
     per_request = layout.blocks_per_request(ctx, in_flight)
     holding = [st for st in stages if st.block_bytes]
     free_refusal = _free_memory_refusal(s, requested)
     refusal = free_refusal or _kv_refusal(holding, layout, ctx, in_flight)
-    headroom_ok = not free_refusal and sum(d["outside"].values()) <= s.target.per_gpu_bytes - requested
+    headroom_ok = not free_refusal and sum(d.outside.values()) <= s.target.per_gpu_bytes - requested
 
     blocks = worst.num_blocks if holding else 0
     groups = len(layout.groups)
@@ -347,8 +360,8 @@ def startup(s: Setup, b: Breakdown, ctx: int) -> ServeReport:
         max_concurrency=round(blocks / per_request, 2) if per_request else 0.0,
         block_size=min((sp.block_size for sp, _ in layout.groups if sp.block_size), default=o.block_size),
         max_num_batched_tokens=in_flight,
-        max_num_seqs=d["max_seqs"], engine=ENGINES[d["era"]], starts=headroom_ok and not refusal,
-        max_model_len_that_starts=longest, outside_budget=dict(d["outside"]), headroom_ok=headroom_ok,
+        max_num_seqs=d.max_seqs, engine=ENGINES[d.era], starts=headroom_ok and not refusal,
+        max_model_len_that_starts=longest, outside_budget=dict(d.outside), headroom_ok=headroom_ok,
         refusal=refusal, available_bytes=worst.available, rank=worst.index * o.tp, kv_groups=groups,
-        kv_notes=d["notes"], ranks=ranks if o.pp > 1 else (),
+        kv_notes=d.notes, ranks=ranks if o.pp > 1 else (),
     )
