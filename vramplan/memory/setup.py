@@ -1,6 +1,6 @@
 """What stays fixed while batch and context vary: the resolved formats, the weights, the
-overhead and the capacity of one planning question. Each mode module builds one (`prepare`)
-and turns it into components for a given batch and context (`components`)."""
+overhead and the capacity of one planning question. Each engine builds one (`Engine.prepare`)
+and turns it into components for a given batch and context (`Engine.components`)."""
 
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ optimizer step, and report the largest with its phase. Every formula and constan
 source, is in docs/training.md; the numbered measurements the model reproduces are in
 tests/test_training.py.
 
-The pieces: train_options (settings), train_dtypes (bytes per element), train_activations (what
-each layer saves), train_setup (per-model constants, cached); this module walks the phases and
-is the public entry point.
+The pieces: options (settings), numerics (bytes per element), saved_activations (what each
+layer saves), step_setup (per-model constants, cached); this module walks the phases and is the
+public entry point.
 """
 
 from __future__ import annotations
