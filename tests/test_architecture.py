@@ -3,7 +3,9 @@
 Every `import` and `from ... import` under vramplan/, at module level or inside a function, is
 resolved to a vramplan module (`from pkg import name` where pkg/name.py exists counts as importing
 that module) and checked against the rules below. Each failure names the file, the line and the
-rule. Nothing is imported: the source is read with `ast`.
+rule. Nothing is imported: the source is read with `ast`. An import under `if TYPE_CHECKING:`
+counts like any other (it is still a dependency); dynamic imports (`importlib.import_module`, as
+engines/registry.py uses for engines) are not seen.
 
 `ALLOWED_TODAY` lists, per rule, the violations the code still has while the restructuring (issue
 #11) is under way. It may only shrink: an entry that no longer occurs fails the stale check, so
@@ -125,21 +127,20 @@ def inside(module: str, *prefixes: str) -> bool:
 # -- the rules -------------------------------------------------------------------------------
 
 
-def find_cycles(edges: list[Edge], package: str = PACKAGE) -> list[list[Edge]]:
-    """One cycle (as the edges that close it) per strongly connected component of the graph.
-
-    Importing `a.b.c` runs `a/b/__init__.py` first, but that implicit step is not an edge: a
-    package's __init__ that re-exports its own submodules would otherwise close a cycle with
-    every one of them. An explicit `from a.b import name` where `name` is defined in the
-    __init__ is an edge to `a.b`, so a submodule that reads its package's re-exports back is
-    still reported. No other exception is made."""
+def _graph(edges: list[Edge], package: str) -> dict[str, dict[str, Edge]]:
+    """src -> dst -> the first edge between them, for imports of the package's own modules."""
     graph: dict[str, dict[str, Edge]] = {}
     for e in edges:
         if inside(e.dst, package):
             graph.setdefault(e.src, {}).setdefault(e.dst, e)
+    return graph
+
+
+def _components(graph: dict[str, dict[str, Edge]]) -> list[frozenset[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
     index, low, stack, on_stack, comps = {}, {}, [], set(), []
 
-    def strongconnect(v: str) -> None:         # Tarjan; the graph is small, recursion is fine
+    def strongconnect(v: str) -> None:         # the graph is small: recursion is fine
         index[v] = low[v] = len(index)
         stack.append(v)
         on_stack.add(v)
@@ -158,37 +159,55 @@ def find_cycles(edges: list[Edge], package: str = PACKAGE) -> list[list[Edge]]:
                 if w == v:
                     break
             if len(comp) > 1:
-                comps.append(comp)
+                comps.append(frozenset(comp))
 
     for v in sorted(graph):
         if v not in index:
             strongconnect(v)
-    cycles = []
-    for comp in comps:                         # the shortest cycle through the component's first node
-        start = min(comp)
-        prev, frontier = {start: None}, [start]
-        while frontier and start not in [w for v in frontier for w in graph[v] if w in comp]:
-            nxt = []
-            for v in frontier:
-                for w in sorted(graph[v]):
-                    if w in comp and w not in prev:
-                        prev[w] = v
-                        nxt.append(w)
-            frontier = nxt
-        last = next(v for v in frontier if start in graph[v])
-        path = [last]
-        while prev[path[-1]] is not None:
-            path.append(prev[path[-1]])
-        path.reverse()
-        cycles.append([graph[a][b] for a, b in zip(path, path[1:] + [start])])
-    return cycles
+    return comps
 
 
-def cycle_key(cycle: list[Edge]) -> tuple[str, ...]:
-    """A cycle by its modules, rotated to start at the smallest: the same cycle, the same key."""
-    mods = [e.src for e in cycle]
-    i = mods.index(min(mods))
-    return tuple(mods[i:] + mods[:i])
+def _path(graph: dict[str, dict[str, Edge]], comp: frozenset[str], src: str, dst: str) -> list[Edge]:
+    """The shortest chain of imports from src to dst inside one component (breadth first)."""
+    prev: dict[str, str] = {}
+    frontier, seen = [src], {src}
+    while dst not in seen:
+        nxt = []
+        for v in frontier:
+            for w in sorted(graph.get(v, {})):
+                if w in comp and w not in seen:
+                    seen.add(w)
+                    prev[w] = v
+                    nxt.append(w)
+        frontier = nxt
+    chain = [dst]
+    while chain[-1] != src:
+        chain.append(prev[chain[-1]])
+    chain.reverse()
+    return [graph[a][b] for a, b in zip(chain, chain[1:])]
+
+
+def find_cycles(edges: list[Edge], package: str = PACKAGE,
+                known: tuple[frozenset[str], ...] = ()) -> list[tuple[frozenset[str], list[Edge]]]:
+    """Each tangle of modules that import each other (a strongly connected component) not in
+    `known`, with one cycle through it to show: through its first module, or, when `known` is
+    given, through an import that closes it and that no known tangle has (a local one).
+
+    Importing `a.b.c` runs `a/b/__init__.py` first, but that implicit step is not an edge: a
+    package's __init__ that re-exports its own submodules would otherwise close a cycle with
+    every one of them. An explicit `from a.b import name` where `name` is defined in the
+    __init__ is an edge to `a.b`, so a submodule that reads its package's re-exports back is
+    still reported. No other exception is made."""
+    graph = _graph(edges, package)
+    out = []
+    for comp in _components(graph):
+        if comp in known:
+            continue
+        inner = sorted((e for v in comp for w, e in graph.get(v, {}).items() if w in comp),
+                       key=lambda e: (not e.local, e.src, e.dst))
+        closing = inner[0] if known else graph[min(comp)][min(w for w in graph[min(comp)] if w in comp)]
+        out.append((comp, [closing] + _path(graph, comp, closing.dst, closing.src)))
+    return sorted(out, key=lambda c: sorted(c[0]))
 
 
 def show_cycle(cycle: list[Edge]) -> str:
@@ -293,7 +312,7 @@ def mode_compares(root: Path, package: str = PACKAGE) -> list[ModeCompare]:
 
 # Keys carry no line numbers, so that edits elsewhere in a file do not churn them.
 
-# (the modules of the cycle, starting at the smallest)
+# (the modules of the tangle, sorted)
 ALLOWED_TODAY_CYCLES: set[tuple[str, ...]] = {
     ("vramplan.planner", "vramplan.suggestions"),        # suggestions re-plan through the planner
 }
@@ -377,7 +396,8 @@ RULE_LAYERING = "forbidden imports (docs/architecture.md, 'What may import what'
 RULE_LOCAL = (f"function-local imports: hoist them to module level; only the optional extras "
               f"({', '.join(sorted(HEAVY))}) and vramplan modules that import them may load late:")
 RULE_MODES = ("mode strings (" + ", ".join(sorted(MODES)) + ") compared outside the edge "
-              "(request.py, api.py, cli/, render/; the HF Trainer's own full/lora/qlora in engines/hf_trainer/): "
+              "(request.py, api.py, cli/, render/; the HF Trainer's own full/lora/qlora in "
+              "engines/hf_trainer/): "
               "ask the workload's engine instead:")
 
 
@@ -401,14 +421,13 @@ def _gather(items, key, show) -> dict[tuple, str]:
 
 
 def cycle_findings(edges: list[Edge]) -> dict[tuple, str]:
-    """Cycles through module-level imports, then those closed only by a function-local import
-    (a local import that dodges a cycle at import time is still a cycle)."""
-    found = {}
-    for c in find_cycles([e for e in edges if not e.local]):
-        found[cycle_key(c)] = show_cycle(c)
-    for c in find_cycles(edges):
-        if cycle_key(c) not in found and any(e.local for e in c):
-            found[cycle_key(c)] = "closed by a local import: " + show_cycle(c)
+    """Tangles through module-level imports, then those that only function-local imports close
+    (a local import that dodges a cycle at import time is still a cycle). Key: the sorted
+    modules of the tangle, so a module that joins an allowed one is reported."""
+    module_level = find_cycles([e for e in edges if not e.local])
+    found = {tuple(sorted(comp)): show_cycle(c) for comp, c in module_level}
+    for comp, c in find_cycles(edges, known=tuple(comp for comp, _ in module_level)):
+        found[tuple(sorted(comp))] = "closed by a local import: " + show_cycle(c)
     return found
 
 
@@ -509,3 +528,20 @@ def test_checker_reports_a_cycle_a_forbidden_import_a_local_import_and_a_mode(tm
 
     assert set(local_findings(edges)) == {("vramplan.suggestions", "vramplan.planner")}
     assert set(mode_findings(tmp_path)) == {("vramplan.planner2", "lora")}   # api.py is the edge
+
+
+def test_cycles_are_keyed_by_their_modules():
+    def edge(src, dst, local=False):
+        return Edge(f"vramplan.{src}", f"vramplan.{dst}", f"vramplan/{src}.py", 1, local)
+
+    tangle = [edge("a", "b"), edge("b", "a")]
+    assert list(cycle_findings(tangle)) == [("vramplan.a", "vramplan.b")]
+    assert "vramplan/a.py:1" in cycle_findings(tangle)[("vramplan.a", "vramplan.b")]
+    # a module that joins an allowed tangle, even through a local import, is a new finding
+    joined = cycle_findings(tangle + [edge("b", "c"), edge("c", "a", local=True)])
+    assert set(joined) == {("vramplan.a", "vramplan.b"), ("vramplan.a", "vramplan.b", "vramplan.c")}
+    with pytest.raises(AssertionError, match="vramplan.c"):
+        _check(joined, {("vramplan.a", "vramplan.b")}, RULE_CYCLES)
+    shown = joined[("vramplan.a", "vramplan.b", "vramplan.c")]
+    assert shown.startswith("closed by a local import: vramplan.c")
+    assert not cycle_findings([edge("a", "b"), edge("b", "c")])
