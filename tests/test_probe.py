@@ -238,7 +238,7 @@ def test_backend_is_shut_down_even_on_error():
 # ------------------------------------------------------------------ the command
 
 def cli(monkeypatch, scenario, args=(), env=None):
-    """Run the probe command as cli.py registers it (through its error-to-exit-code wrapper)."""
+    """Run the probe command as cli/__init__.py registers it (through its error-to-exit-code wrapper)."""
     from vramplan import cli as main_cli
 
     monkeypatch.setattr(nvml, "default_backend", scenario)
@@ -250,7 +250,7 @@ def cli(monkeypatch, scenario, args=(), env=None):
     if "probe" in names:
         app = main_cli.app
         args = ["probe", *args]
-    else:   # not wired into cli.py yet: wrap it the same way cli.py does
+    else:   # not wired into the CLI yet: wrap it the same way cli/__init__.py does
         app = typer.Typer()
         app.command()(main_cli._errors_to_exit_codes(probe_commands.probe))
         app.command("unused")(lambda: None)

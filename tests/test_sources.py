@@ -23,7 +23,7 @@ from huggingface_hub.errors import (
 
 import vramplan
 from vramplan.errors import BadConfig, BadInput, ModelNotFound
-from vramplan.sources import LoadedConfig, is_hub_id, load_config
+from vramplan.sources import LoadedConfig, bundled, is_hub_id, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "configs" / "models"
@@ -65,6 +65,7 @@ def isolated(monkeypatch, tmp_path):
     fake = _fake_catalog()
     monkeypatch.setitem(sys.modules, "vramplan.catalog", fake)
     monkeypatch.setattr(vramplan, "catalog", fake, raising=False)
+    monkeypatch.setattr(bundled, "catalog", fake)     # bundled.py imports the catalog at load
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))

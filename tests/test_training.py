@@ -223,7 +223,7 @@ def test_ddp_buckets(l8b):
 
 def test_qlora_base_bytes_llama_8b(l8b):
     # NF4 + double quant per tensor of n values: n/2 packed + n/64 uint8 absmax
-    #   + 4 x ceil(n/64/256) fp32 second-level absmax (core.weights.stored_parts), all multiples
+    #   + 4 x ceil(n/64/256) fp32 second-level absmax (memory.weights.stored_parts), all multiples
     #   of 512 B here, + the fp32 code table [16] and offset [], one 512-B block each
     #   q, o 16,777,216 -> 8,388,608 + 262,144 + 4,096 + 1,024 = 8,655,872
     #   k, v  4,194,304 -> 2,097,152 +  65,536 + 1,024 + 1,024 = 2,164,736

@@ -218,7 +218,7 @@ def cli(args):
     names = [c.name or c.callback.__name__ for c in main_cli.app.registered_commands]
     if "verify" in names:
         app = main_cli.app
-    else:      # not wired into cli.py yet: wrap it the way cli.py does
+    else:      # not wired into the CLI yet: wrap it the way cli/__init__.py does
         app = typer.Typer()
         app.command()(main_cli._errors_to_exit_codes(commands.verify))
         app.command("unused")(lambda: None)

@@ -58,7 +58,7 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
     None means the installed transformers, else 5 (the current major).
 
     Training modes take TrainingArguments / LoraConfig names: optim, grad_ckpt, lora_r,
-    lora_alpha, lora_targets, lora_dropout, precision, zero, attn (core.training)."""
+    lora_alpha, lora_targets, lora_dropout, precision, zero, attn (engines/hf_trainer/options.py)."""
     if mode not in MODES:
         raise BadInput(f"--mode {mode!r} is not one of: {', '.join(MODES)}.")
     train = None

@@ -1,6 +1,7 @@
-"""`vramplan compare` and `vramplan sweep` as plain functions with typer signatures; cli.py
-registers them with its error-to-exit-code wrapper (`command(compare)`), so importing this
-module costs only typer. Exit codes: 0 when some configuration fits, 1 when none does."""
+"""`vramplan compare` and `vramplan sweep` as plain functions with typer signatures;
+cli/__init__.py registers them with its error-to-exit-code wrapper (`command(compare)`), so
+importing this module costs only typer. Exit codes: 0 when some configuration fits, 1 when none
+does."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`vramplan probe` as a plain function with a typer signature; cli.py registers it with its
-error-to-exit-code wrapper (`command(probe)`), so this module imports only typer."""
+"""`vramplan probe` as a plain function with a typer signature; cli/__init__.py registers it
+with its error-to-exit-code wrapper (`command(probe)`), so this module imports only typer."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`vramplan verify` as a plain function with a typer signature; cli.py registers it with its
-error-to-exit-code wrapper (`command(verify)`). Imports only typer at module level.
+"""`vramplan verify` as a plain function with a typer signature; cli/__init__.py registers it
+with its error-to-exit-code wrapper (`command(verify)`). Imports only typer at module level.
 
 Exit codes: 0 the run completed (read the errors in the report), 1 it would not fit in free
 memory (refused) or ran out of memory, 2 bad input, 3 no usable device / timeout.

@@ -5,24 +5,13 @@
     >>> c.cheapest.gpu.id, c.cheapest.gpus_needed
     ('a100-80gb', 1)
 
-Importing this package loads nothing: cli.py imports `compare.commands` on every start-up, so
-the planning modules are imported by the two functions below on first use.
+The CLI imports its command module (`vramplan.cli.compare`) on every start-up but this package
+only when `compare` or `sweep` runs, so `vramplan fit` never pays for it.
 """
 
 from __future__ import annotations
 
+from vramplan.compare.grid import sweep
+from vramplan.compare.table import compare
+
 __all__ = ["compare", "sweep"]
-
-
-def compare(model, gpus=None, **kwargs):
-    """Plan one workload on every catalog GPU and rank them; see `vramplan.compare.table.compare`."""
-    from vramplan.compare.table import compare as _compare
-
-    return _compare(model, gpus, **kwargs)
-
-
-def sweep(model, gpu=None, **kwargs):
-    """Fit or not over a ctx x batch grid on one card; see `vramplan.compare.grid.sweep`."""
-    from vramplan.compare.grid import sweep as _sweep
-
-    return _sweep(model, gpu, **kwargs)

@@ -1,6 +1,6 @@
 """What stays fixed while batch and context vary: the resolved formats, the weights, the
-overhead and the capacity of one planning question. Each engine builds one (`prepare`)
-and turns it into components for a given batch and context (`components`).
+overhead and the capacity of one planning question. Each engine builds one (`Engine.prepare`)
+and turns it into components for a given batch and context (`Engine.components`).
 
 What only one engine needs (vLLM's stages and KV layout, transformers' eager attention, the
 trainer's weight dtype) travels in `state`, a frozen dataclass that engine defines: this module

@@ -2,24 +2,16 @@
 
 Public: `probe()` -> ProbeReport, `auto_target(index)` -> GpuTarget (what `--gpu auto` plans
 against), `target_from(report, index)`, the `Nvml` Protocol with its real (`PynvmlBackend`) and
-fake (`fake.FakeNvml`) implementations. Names are loaded on first use (PEP 562) so that cli.py
-can import `vramplan.cli.probe` without slowing every `vramplan` start-up; nothing here
-imports pynvml or torch.
+fake (`fake.FakeNvml`) implementations. Nothing here imports pynvml or torch: the NVML backend
+loads pynvml when it is first used, so the package imports without the `gpu` extra.
 """
 
 from __future__ import annotations
 
-import importlib
+from vramplan.probe.model import GpuInfo, MemoryInfo, MigInstance, ProbeReport, ProcessInfo
+from vramplan.probe.nvml import Nvml, NvmlError, PynvmlBackend
+from vramplan.probe.read import probe
+from vramplan.probe.target import auto_target, target_from
 
-_WHERE = {
-    "probe": "read", "auto_target": "target", "target_from": "target",
-    "ProbeReport": "model", "GpuInfo": "model", "MemoryInfo": "model", "MigInstance": "model",
-    "ProcessInfo": "model", "Nvml": "nvml", "NvmlError": "nvml", "PynvmlBackend": "nvml",
-}
-__all__ = list(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["probe", "auto_target", "target_from", "ProbeReport", "GpuInfo", "MemoryInfo",
+           "MigInstance", "ProcessInfo", "Nvml", "NvmlError", "PynvmlBackend"]

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import replace
 
+from vramplan import catalog
 from vramplan.errors import EnvironmentProblem, UnknownGpu
 from vramplan.probe import nvml as N
 from vramplan.probe.model import GpuInfo, MemoryInfo, MigInstance, ProbeReport, ProcessInfo
@@ -122,8 +123,6 @@ def catalog_match(nvml_name: str | None) -> str | None:
     """The catalog id whose NVML name (or alias) is `nvml_name`; None for a card we do not know."""
     if not nvml_name:
         return None
-    from vramplan import catalog
-
     try:
         return catalog.find_gpu(nvml_name).id
     except UnknownGpu:
@@ -136,8 +135,6 @@ def probe(backend: Nvml | None = None, environ: Mapping[str, str] | None = None)
     Raises MissingExtra without nvidia-ml-py and EnvironmentProblem when there is no driver, no
     GPU, or CUDA_VISIBLE_DEVICES hides them all. Never creates a CUDA context.
     """
-    from vramplan import catalog
-
     environ = os.environ if environ is None else environ
     n = backend if backend is not None else N.default_backend()
     try:

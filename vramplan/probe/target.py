@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from vramplan import catalog
 from vramplan.errors import EnvironmentProblem
 from vramplan.spec import GpuSpec, GpuTarget
 from vramplan.probe.model import GpuInfo, MigInstance, ProbeReport
+from vramplan.probe.read import probe
 
 
 def target_from(report: ProbeReport, index: int = 0) -> GpuTarget:
@@ -39,8 +41,6 @@ def _spec(gpu: GpuInfo, mig: MigInstance | None, capacity: int, nvml_total: int,
            f"{reserve // 2**20} MiB driver reserve (docs/gpus.md)")
     base = None
     if gpu.catalog_id:
-        from vramplan import catalog
-
         base = catalog.find_gpu(gpu.catalog_id)
     if base is None:
         base = GpuSpec(id="probed", name=gpu.name or "unknown GPU", nvml_name=gpu.name or "",
@@ -60,6 +60,4 @@ def auto_target(index: int = 0, backend=None, environ=None) -> GpuTarget:
     CUDA-visible capacity and free memory; an unknown card gets id "probed" and its measured
     totals. Raises MissingExtra / EnvironmentProblem (exit 3) when nothing can be probed.
     """
-    from vramplan.probe.read import probe
-
     return target_from(probe(backend, environ), index)

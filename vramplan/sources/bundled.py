@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-
-def _catalog():
-    # Imported on use so `vramplan.sources` imports stay cheap and independent of the catalog.
-    from vramplan import catalog
-
-    return catalog
+from vramplan import catalog
 
 
 def find(model: str):
     """(canonical Hub id, config resource) for a bundled model, else None."""
-    return _catalog().find_bundled(model)
+    return catalog.find_bundled(model)
 
 
 def did_you_mean(model: str) -> str:
     """The sentence every 'not found' message ends with: the nearest bundled ids."""
-    near = _catalog().nearest_bundled(model, n=3)
+    near = catalog.nearest_bundled(model, n=3)
     if not near:
         return "Run `vramplan models` to list the bundled models."
     return f"Did you mean: {', '.join(near)}? (`vramplan models` lists the bundled ones.)"

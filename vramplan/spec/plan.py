@@ -36,7 +36,7 @@ class Workload:
     dtype: str = "auto"          # weight precision as asked ("auto" = the checkpoint's)
     kv_dtype: str = "auto"
     serve: ServeOptions = field(default_factory=ServeOptions)
-    train: object = None         # training modes: core.training.TrainOptions
+    train: object = None         # training modes: engines.hf_trainer.options.TrainOptions
     transformers: int = 5        # infer/training: the transformers major version whose module
                                  # layout is planned (what bitsandbytes converts differs, 4 vs 5)
     engine: str = ""             # the engine that answers (vramplan.engines.registry), chosen at

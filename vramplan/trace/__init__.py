@@ -19,11 +19,16 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, is_dataclass, replace
 
-from vramplan import loading
+from vramplan import catalog, loading
+from vramplan import planner as core_plan
+from vramplan.engines.hf_trainer.phases import TrainOptions
+from vramplan.engines.hf_trainer.step import ALLOCATOR_SLACK_TRAIN
 from vramplan.errors import BadInput, MissingExtra
+from vramplan.request import transformers_major
 from vramplan.spec import GpuTarget, ModelSpec, Plan, Workload
+from vramplan.trace import assemble, cache, recipe
 
 __all__ = ["plan", "require", "scenario_for", "TRAIN_MODES"]
 
@@ -57,13 +62,8 @@ def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
     """Plan `workload` on `target` with the trace's measured tensors (a `TracedPlan`).
 
     `model` is what `vramplan fit` takes (Hub id, bundled id, path) or a config.json dict.
-    `train_options` (core.training.TrainOptions) overrides `workload.train`. Raises BadInput for
+    `train_options` (a TrainOptions) overrides `workload.train`. Raises BadInput for
     a workload the trace cannot run (naming why), MissingExtra without torch/transformers."""
-    from vramplan import catalog
-    from vramplan import planner as core_plan
-    from vramplan.engines.hf_trainer.phases import TrainOptions
-    from vramplan.trace import assemble, cache
-
     loaded = loading.load(model)
     raw, sha, spec = loaded.config, loaded.sha256, loaded.spec
     if workload.mode in TRAIN_MODES:
@@ -89,20 +89,15 @@ def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
         return assemble.inference(setup, result, analytic)
     if workload.mode == "serve":
         return assemble.serve(setup, result, analytic)
-    from vramplan.engines.hf_trainer.step import ALLOCATOR_SLACK_TRAIN
-
     return assemble.training(setup, result, analytic, ALLOCATOR_SLACK_TRAIN)
 
 
 def scenario_for(spec: ModelSpec, target: GpuTarget, workload: Workload):
     """The `run.Scenario` `--method trace` runs for this workload (imports torch): what
     `vramplan verify --level run` executes on real tensors, so both run one program."""
-    from vramplan import planner as core_plan
     from vramplan.trace import run
 
     if workload.mode in TRAIN_MODES and workload.train is None:
-        from vramplan.engines.hf_trainer.phases import TrainOptions
-
         workload = replace(workload, train=TrainOptions())
     setup = core_plan.setup(spec, target, workload)
     return run.Scenario(**_scenario(spec, target, workload, setup))
@@ -119,8 +114,6 @@ def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
                        f"{s.fmt.label} is planned by the analytic tier only. Use --method analytic, "
                        f"or --dtype bf16 to trace the 16-bit model.")
     if w.mode != "serve":
-        from vramplan.request import transformers_major
-
         installed = transformers_major()
         if w.transformers != installed:
             raise BadInput(f"--transformers {w.transformers}: the trace runs the installed transformers "
@@ -136,14 +129,10 @@ def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
             raise BadInput(f"transformers' cache holds the compute dtype ({s.fmt.base}); the trace "
                            f"cannot run --kv-dtype {s.kv_dtype}. Use --method analytic.")
     else:
-        from vramplan.trace import recipe
-
         recipe.check(w.train)
         fields.update(train=w.train, dtype=recipe.build_dtype(w.mode, w.train, w.dtype))
     return fields
 
 
 def _jsonable(fields: dict) -> dict:
-    from dataclasses import asdict, is_dataclass
-
     return {k: (asdict(v) if is_dataclass(v) else v) for k, v in fields.items()}

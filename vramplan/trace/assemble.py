@@ -1,9 +1,9 @@
 """From a TraceResult to a Plan that means what an analytic Plan means.
 
 The trace counts tensors; a GPU process also holds the CUDA context, cuBLAS workspaces and the
-allocator's slack. Those come from the same overhead model the analytic tier uses (the mode's
-own `prepare()`: engines/transformers/generate.py, engines/vllm/serving.py, engines/hf_trainer/step.py), so `total_bytes` is
-comparable across `--method analytic` and `--method trace`. What the trace cannot run (vLLM's
+allocator's slack. Those come from the same overhead model the analytic tier uses (the engine's
+own `prepare()`: engines/transformers/generate.py, engines/vllm/serving.py,
+engines/hf_trainer/step.py), so `total_bytes` is comparable across `--method analytic` and `--method trace`. What the trace cannot run (vLLM's
 sampler and paged cache in serve mode) is taken from the analytic model and says so in its note.
 Limits (max_batch, max_ctx) are solved by the analytic model: a trace measures one workload.
 """

@@ -36,6 +36,7 @@ A few split-reduction buffers are sized by the GPU's SM count (`torch.cuda.get_d
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 
 import torch
@@ -49,8 +50,6 @@ _MODULES = ("transformers.models.nemotron_h.modeling_nemotron_h",)
 @contextlib.contextmanager
 def cuda_mamba_kernels():
     """While the trace runs, NemotronH's kernel functions allocate what the CUDA kernels do."""
-    import importlib
-
     swaps = {"causal_conv1d_fn": causal_conv1d_fn, "causal_conv1d_update": causal_conv1d_update,
              "mamba2_chunk_scan": mamba_chunk_scan_combined,
              "mamba2_selective_state_update": selective_state_update,

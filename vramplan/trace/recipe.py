@@ -25,7 +25,7 @@ def autocast_on(mode: str, opts) -> bool:
 def build_dtype(mode: str, opts, dtype: str) -> str:
     """The dtype the model is built in: fp32 master weights for full mixed precision, bf16
     compute for QLoRA (kbit_prepare then upcasts what it upcasts), else --dtype, where "auto"
-    means 16 bits (an fp32 checkpoint is trained in bf16: core/train_dtypes.float_bytes)."""
+    means 16 bits (an fp32 checkpoint is trained in bf16: engines/hf_trainer/numerics.float_bytes)."""
     if mode == "full" and opts.precision == "mixed":
         return "fp32"
     if mode == "qlora" or dtype not in ("fp32", "fp16"):

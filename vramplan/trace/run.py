@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from vramplan.engines.hf_trainer.phases import TrainOptions
+from vramplan.errors import BadInput
 from vramplan.trace import build, mamba, patches, quant, recipe, scenarios, training
 from vramplan.trace import device as trace_device
 from vramplan.trace.result import TensorRow, TraceResult
@@ -126,8 +127,6 @@ def _run(model, s: Scenario, tr: MemoryTracker, say, fake: bool) -> None:
     except (RuntimeError, NotImplementedError) as e:
         if not fake:
             raise
-        from vramplan.errors import BadInput
-
         raise BadInput(f"transformers cannot run this workload as configured: {str(e).splitlines()[0]} "
                        f"(a training or inference script with the same settings fails the same way). "
                        f"Use --method analytic, or change the settings.") from e

@@ -13,19 +13,7 @@ imports neither torch nor pynvml.
 
 from __future__ import annotations
 
+from vramplan.verify.result import Row, VerifyResult
+from vramplan.verify.session import verify
+
 __all__ = ["verify", "VerifyResult", "Row"]
-
-
-def __getattr__(name: str):      # PEP 562: keep `import vramplan.cli.verify` cheap
-    if name in ("VerifyResult", "Row"):
-        from vramplan.verify import result
-
-        return getattr(result, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def verify(model, **kwargs):
-    """See vramplan.verify.session.verify for the arguments."""
-    from vramplan.verify.session import verify as _verify
-
-    return _verify(model, **kwargs)

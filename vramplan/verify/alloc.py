@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vramplan.memory.dtypes import FLOAT_BYTES
+from vramplan.memory.overhead import block_rounded
 from vramplan.verify.guard import is_oom
 
 NOT_ALLOCATED = {
@@ -46,9 +48,6 @@ def pieces(name: str, planned: int, plan) -> list[int]:
     if planned <= 0:
         return []
     if name == "weights":
-        from vramplan.memory.dtypes import FLOAT_BYTES
-        from vramplan.memory.overhead import block_rounded
-
         per = FLOAT_BYTES.get(plan.weight_dtype)
         if per and plan.target.count == 1:
             sizes = [t.numel * per for t in plan.model.all_tensors()]

@@ -14,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from vramplan.probe.nvml import NvmlError
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -80,8 +82,6 @@ class NvmlView:
         self.baseline = self._device_used()
 
     def _device_used(self) -> int | None:
-        from vramplan.probe.nvml import NvmlError
-
         try:
             try:
                 return self.n.memory_v2(self.h)[2]
@@ -91,8 +91,6 @@ class NvmlView:
             return None
 
     def used(self) -> tuple[int | None, str]:
-        from vramplan.probe.nvml import NvmlError
-
         try:
             for pid, used in self.n.processes(self.h):
                 if pid == self.pid and used is not None:

@@ -13,14 +13,14 @@ import json
 import platform
 from pathlib import Path
 
+from vramplan import __version__
+
 SCHEMA = "vramplan.verify/1"
 
 
 def versions() -> dict:
     """Library versions as installed now (None for what is missing); torch.version.cuda is the
     CUDA runtime torch was built with, which the driver must support."""
-    from vramplan import __version__
-
     out = {"vramplan": __version__, "python": platform.python_version(), "torch": None,
            "torch_cuda": None, "transformers": None, "peft": None}
     try:

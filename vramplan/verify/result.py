@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vramplan.render import plan_json
+
 
 def rel_error(measured: int | None, planned: int | None) -> float | None:
     if measured is None or not planned:
@@ -60,8 +62,6 @@ class VerifyResult:
         return out
 
     def to_json(self) -> dict:
-        from vramplan.render import plan_json
-
         return {
             "level": self.level, "device": self.device, "completed": self.completed,
             "oom": self.oom, "flags": dict(self.flags), "gpu": self.gpu, "context": self.context,

@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import inspect
 
+from vramplan import sources, trace
 from vramplan.errors import BadInput, EnvironmentProblem, MissingExtra
+from vramplan.probe import nvml as N
+from vramplan.probe.read import probe
+from vramplan.probe.target import target_from
 from vramplan.verify import alloc, guard
+from vramplan.verify import record as rec
 from vramplan.verify.meter import CpuMeter, CudaMeter, NvmlView
 from vramplan.verify.result import Row, VerifyResult
 
@@ -88,8 +93,6 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
                        gpu=cuda.gpu if cuda else None, oom=oom, notes=tuple(notes + more),
                        flags=flags)
     if record:
-        from vramplan.verify import record as rec
-
         rec.append(record, rec.make_record(out.to_json()))
     return out
 
@@ -264,8 +267,6 @@ def _run_rows(plan, trace, real) -> list[Row]:
 
 
 def _raw_config(model, spec) -> tuple[dict, str]:
-    from vramplan import sources
-
     if isinstance(model, str):
         loaded = sources.load_config(model)
         return loaded.config, loaded.id
@@ -278,16 +279,8 @@ def _raw_config(model, spec) -> tuple[dict, str]:
 def _scenario(plan):
     """The trace scenario of this plan, from the trace tier's own mapping (the one
     `--method trace` uses), so both tiers run one program with one set of options."""
-    from vramplan import trace
-    from vramplan import planner as core_plan
-    from vramplan.trace import run as trace_run
-
     trace.require(plan.workload.mode)
-    public = getattr(trace, "scenario_for", None)
-    if public is not None:
-        return public(plan.model, plan.target, plan.workload)
-    setup = core_plan.setup(plan.model, plan.target, plan.workload)
-    return trace_run.Scenario(**trace._scenario(plan.model, plan.target, plan.workload, setup))
+    return trace.scenario_for(plan.model, plan.target, plan.workload)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,10 +290,6 @@ class _CudaDevice:
     """The GPU under test: probed through NVML, its context measured before anything else."""
 
     def __init__(self, torch, device: str, backend, environ):
-        from vramplan.probe import nvml as N
-        from vramplan.probe.read import probe
-        from vramplan.probe.target import target_from
-
         guard.check_allocator()
         self.torch, self.device = torch, device
         self.fresh = not torch.cuda.is_initialized()
