@@ -123,5 +123,5 @@ def stage_tensors(model: ModelSpec, stage: int, pp: int) -> tuple[Tensor, ...]:
         if (front and first) or (not front and last):
             out.append(t)
     if last and model.tie_word_embeddings and token_embedding is not None:
-        out.append(Tensor("lm_head", token_embedding.shape, "lm_head"))
+        out.append(Tensor(name="lm_head", shape=token_embedding.shape, role="lm_head"))
     return tuple(out)

@@ -200,23 +200,24 @@ class Tensors:
         return f"{self.prefix}.{name}" if self.prefix else name
 
     def add(self, name: str, shape: tuple[int, ...], role: Role, count: int = 1) -> None:
-        self.items.append(Tensor(self._name(name), tuple(shape), role, count))
+        self.items.append(Tensor(name=self._name(name), shape=tuple(shape), role=role, count=count))
 
     def linear(self, name: str, out_features: int, in_features: int, bias: bool = False,
                role: Role = "linear", count: int = 1, dtype: str = "") -> None:
-        self.items.append(Tensor(self._name(name), (out_features, in_features), role, count, dtype))
+        self.items.append(Tensor(name=self._name(name), shape=(out_features, in_features), role=role, count=count,
+                                 dtype=dtype))
         if bias:
-            self.items.append(Tensor(self._name(name) + ".bias", (out_features,), "bias", count))
+            self.items.append(Tensor(name=self._name(name) + ".bias", shape=(out_features,), role="bias", count=count))
 
     def norm(self, name: str, dim: int, bias: bool = False) -> None:
         """RMSNorm (weight only) or LayerNorm (bias=True: weight and bias)."""
-        self.items.append(Tensor(self._name(name), (dim,), "norm"))
+        self.items.append(Tensor(name=self._name(name), shape=(dim,), role="norm"))
         if bias:
-            self.items.append(Tensor(self._name(name) + ".bias", (dim,), "bias"))
+            self.items.append(Tensor(name=self._name(name) + ".bias", shape=(dim,), role="bias"))
 
     def param(self, name: str, shape: tuple[int, ...], role: Role = "other", count: int = 1) -> None:
         """A bare nn.Parameter (not a module weight): the name is the full parameter path."""
-        self.items.append(Tensor(self._name(name), tuple(shape), role, count))
+        self.items.append(Tensor(name=self._name(name), shape=tuple(shape), role=role, count=count))
 
     def extend(self, other: "Tensors") -> None:
         self.items.extend(other.items)
@@ -273,7 +274,8 @@ def attention(layer_type: str, heads: int, kv_heads: int, head_dim: int,
         window = chunk or None
     else:
         window = window if kind == "sliding" else None
-    return Attention(kind, heads, kv_heads, head_dim, head_dim, window=window)
+    return Attention(kind=kind, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, v_head_dim=head_dim,
+                     window=window)
 
 
 def make_spec(cfg: Cfg, *, family: str, hidden: int, vocab: int, layers: list[LayerSpec],

@@ -125,7 +125,7 @@ def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
             t.linear("mlp.gate", experts, H, role="router")
             t.add("mlp.experts.gate_up_proj", (2 * width, H), "expert", count=experts)
             t.add("mlp.experts.down_proj", (H, width), "expert", count=experts)
-            mlp = Mlp("moe", width, gated=True, num_experts=experts, top_k=top_k)
+            mlp = Mlp(kind="moe", intermediate=width, gated=True, num_experts=experts, top_k=top_k)
         else:
             if opts.fused_gate_up:
                 t.linear("mlp.gate_up_proj", 2 * width, H, mlp_bias)
@@ -133,7 +133,7 @@ def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
                 t.linear("mlp.gate_proj", width, H, mlp_bias)
                 t.linear("mlp.up_proj", width, H, mlp_bias)
             t.linear("mlp.down_proj", H, width, mlp_bias)
-            mlp = Mlp("dense", width, gated=True, fused_gate_up=opts.fused_gate_up)
+            mlp = Mlp(kind="dense", intermediate=width, gated=True, fused_gate_up=opts.fused_gate_up)
 
         t.norm("input_layernorm", H)
         t.norm("post_attention_layernorm", H)

@@ -54,7 +54,8 @@ def parse(cfg: Cfg):
         first_dense = cfg.int("first_k_dense_replace", default=0, positive=False)
         freq = cfg.int("moe_layer_freq", default=1)
 
-    mla = Attention("mla", heads, heads, qk, vd, kv_lora_rank=kv_rank, rope_dim=rope)
+    mla = Attention(kind="mla", num_heads=heads, num_kv_heads=heads, head_dim=qk, v_head_dim=vd,
+                    kv_lora_rank=kv_rank, rope_dim=rope)
     layers = []
     for i in range(L):
         t = Tensors(f"model.layers.{i}")
@@ -79,12 +80,13 @@ def parse(cfg: Cfg):
                 t.linear("mlp.shared_experts.gate_proj", s, H)
                 t.linear("mlp.shared_experts.up_proj", s, H)
                 t.linear("mlp.shared_experts.down_proj", H, s)
-            mlp = Mlp("moe", moe_I, gated=True, num_experts=E, top_k=top_k, shared_intermediate=s)
+            mlp = Mlp(kind="moe", intermediate=moe_I, gated=True, num_experts=E, top_k=top_k,
+                      shared_intermediate=s)
         else:
             t.linear("mlp.gate_proj", I, H)
             t.linear("mlp.up_proj", I, H)
             t.linear("mlp.down_proj", H, I)
-            mlp = Mlp("dense", I, gated=True)
+            mlp = Mlp(kind="dense", intermediate=I, gated=True)
         t.norm("input_layernorm", H)
         t.norm("post_attention_layernorm", H)
         layers.append(LayerSpec(i, mla, mlp, t.tuple()))

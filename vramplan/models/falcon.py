@@ -52,8 +52,8 @@ def parse(cfg: Cfg):
     else:
         kv, qkv = heads, 3 * H
 
-    mixer = Attention("full", heads, kv, hd, hd)
-    mlp = Mlp("dense", F, gated=False)
+    mixer = Attention(kind="full", num_heads=heads, num_kv_heads=kv, head_dim=hd, v_head_dim=hd)
+    mlp = Mlp(kind="dense", intermediate=F, gated=False)
     layers = []
     for i in range(L):
         t = Tensors(f"transformer.h.{i}")

@@ -30,8 +30,9 @@ def parse(cfg: Cfg):
     n_pos = cfg.int("n_positions", "max_position_embeddings")
     I = cfg.int("n_inner", default=None) or 4 * H
     hd = H // heads
-    mixer = Attention("full", heads, heads, hd, hd)
-    mlp = Mlp("dense", I, gated=False, act=cfg.str("activation_function", default="gelu_new"))
+    mixer = Attention(kind="full", num_heads=heads, num_kv_heads=heads, head_dim=hd, v_head_dim=hd)
+    mlp = Mlp(kind="dense", intermediate=I, gated=False,
+              act=cfg.str("activation_function", default="gelu_new"))
     layers = []
     for i in range(L):
         t = Tensors(f"transformer.h.{i}")
@@ -48,7 +49,7 @@ def parse(cfg: Cfg):
     out.add("wpe", (n_pos, H), "embedding")
     out.norm("ln_f", H, bias=True)
     if not tied:
-        out.items.append(Tensor("lm_head", (vocab, H), "lm_head"))
+        out.items.append(Tensor(name="lm_head", shape=(vocab, H), role="lm_head"))
     return make_spec(
         cfg, family="gpt2", hidden=H, vocab=vocab, layers=layers, tensors=out.items, tied=tied,
         dtype=torch_dtype(cfg), quant=parse_quantization(cfg), max_pos=n_pos,

@@ -45,7 +45,7 @@ def parse(cfg: Cfg):
     if types is None:       # GptOssConfig default: sliding, full, sliding, full, ...
         types = [SLIDING if (i + 1) % 2 else FULL for i in range(L)]
 
-    mlp = Mlp("moe", I, gated=True, num_experts=E, top_k=top_k, act="gpt_oss_glu")
+    mlp = Mlp(kind="moe", intermediate=I, gated=True, num_experts=E, top_k=top_k, act="gpt_oss_glu")
     layers = []
     for i in range(L):
         t = Tensors(f"model.layers.{i}")

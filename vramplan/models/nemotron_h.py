@@ -64,7 +64,8 @@ def parse(cfg: Cfg):
         kv = cfg.int("num_key_value_heads", default=heads)
         hd = cfg.int("head_dim", "attention_head_dim", default=128)
         window = cfg.int("sliding_window", default=0, positive=False) or None
-        attn = Attention("sliding" if window else "full", heads, kv, hd, hd, window=window)
+        attn = Attention(kind="sliding" if window else "full", num_heads=heads, num_kv_heads=kv, head_dim=hd,
+                         v_head_dim=hd, window=window)
     if "mamba" in kinds:
         nh = cfg.int("mamba_num_heads")
         mhd = cfg.int("mamba_head_dim")
@@ -74,14 +75,14 @@ def parse(cfg: Cfg):
         conv_bias = cfg.bool("use_conv_bias", "mamba_conv_bias", default=True)
         d_inner = nh * mhd
         conv_dim = d_inner + 2 * ng * ss
-        rec = Recurrent("mamba2", conv_state_elems=conv_dim * (k - 1), ssm_state_elems=nh * mhd * ss,
+        rec = Recurrent(kind="mamba2", conv_state_elems=conv_dim * (k - 1), ssm_state_elems=nh * mhd * ss,
                         num_heads=nh, head_dim=mhd, state_size=ss, conv_channels=conv_dim, conv_kernel=k,
                         chunk_size=cfg.int("chunk_size", "mamba_chunk_size", default=128))
     use_bias = cfg.bool("use_bias", default=False)
     mlp_bias = cfg.bool("mlp_bias", default=False)
     if "mlp" in kinds:
         I = cfg.int("intermediate_size")
-        dense = Mlp("dense", I, gated=False)
+        dense = Mlp(kind="dense", intermediate=I, gated=False)
     if "moe" in kinds:
         E = cfg.int("n_routed_experts", "num_local_experts")
         Im = cfg.int("moe_intermediate_size")
@@ -89,7 +90,8 @@ def parse(cfg: Cfg):
         top_k = cfg.int("num_experts_per_tok")
         latent = cfg.int("moe_latent_size", default=None)
         D = latent or H
-        moe = Mlp("moe", Im, gated=False, num_experts=E, top_k=top_k, shared_intermediate=Is)
+        moe = Mlp(kind="moe", intermediate=Im, gated=False, num_experts=E, top_k=top_k,
+                  shared_intermediate=Is)
 
     layers = []
     for i, kind in enumerate(kinds):

@@ -15,7 +15,7 @@ from typing import Literal
 Role = Literal["linear", "expert", "embedding", "lm_head", "norm", "bias", "router", "conv", "other"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Tensor:
     """One parameter tensor of the checkpoint (or `count` identical ones, e.g. MoE experts).
 
@@ -41,7 +41,7 @@ class Tensor:
         return self.name.rsplit(".", 1)[-1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Attention:
     """Token mixing by attention. `kind` decides what the KV cache holds per token."""
 
@@ -66,7 +66,7 @@ class Attention:
         return self.num_kv_heads * (self.head_dim + self.v_head_dim)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recurrent:
     """A Mamba-style layer: a fixed state per sequence, whatever the context length."""
 
@@ -103,7 +103,7 @@ class Recurrent:
         return self.conv_state_elems + self.ssm_state_elems
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Mlp:
     """The feed-forward part of a layer. For MoE, `intermediate` is one expert's width."""
 
@@ -130,7 +130,7 @@ class LayerSpec:
         return sum(t.numel for t in self.tensors)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Quantization:
     """How a checkpoint's (or a requested) weights are stored.
 
@@ -151,7 +151,7 @@ class Quantization:
     desc_act: bool = False                     # GPTQ act-order (adds g_idx, always stored)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """Everything the core needs to know about a model, parsed from config.json."""
 
