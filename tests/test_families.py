@@ -354,7 +354,7 @@ def test_deepseek_v3_structure():
     assert t["self_attn.kv_b_proj"].shape == (128 * 256, 512)
     assert spec.quantization.method == "fp8" and spec.quantization.block_size == (128, 128)
     assert spec.quantization.pre_quantized
-    assert spec.extra["mtp_layers"] == 1
+    assert spec.mtp_layers == 1
 
 
 def test_gpt_oss_layout_and_mxfp4():
@@ -368,7 +368,7 @@ def test_gpt_oss_layout_and_mxfp4():
     q = spec.quantization
     assert q.method == "mxfp4" and q.pre_quantized
     assert q.skip == ("model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head")
-    assert spec.torch_dtype == "fp32" and spec.extra["torch_dtype_assumed"] is True
+    assert spec.torch_dtype == "fp32" and spec.torch_dtype_assumed is True
 
 
 def test_gemma3_vision_tower_and_defaults():
@@ -383,7 +383,7 @@ def test_gemma3_vision_tower_and_defaults():
     assert names["model.multi_modal_projector.mm_input_projection_weight"].shape == (1152, 2560)
     assert "model.multi_modal_projector.mm_soft_emb_norm" in names
     assert not any(".head." in n for n in names)          # vision_use_head false
-    assert spec.extra["vision"]["params"] == 416_866_032 + 2_950_272
+    assert spec.vision.params == 416_866_032 + 2_950_272
     assert spec.layers[0].tensors[0].name == "model.language_model.layers.0.self_attn.q_proj"
 
 
@@ -480,7 +480,7 @@ def test_missing_dtype_is_fp32_with_note():
     del cfg["torch_dtype"]
     spec = parse(cfg)
     # the assumption is recorded; planner.py warns only when a plan really uses fp32
-    assert spec.torch_dtype == "fp32" and spec.extra["torch_dtype_assumed"] is True
+    assert spec.torch_dtype == "fp32" and spec.torch_dtype_assumed is True
     assert parse(dict(cfg, dtype="float16")).torch_dtype == "fp16"     # transformers 5 key
 
 

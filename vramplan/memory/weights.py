@@ -121,7 +121,7 @@ def transformers_bnb(model: ModelSpec, fmt: WeightFormat, major: int) -> tuple[W
     q = fmt.quant
     if q.method not in BNB_METHODS or q.pre_quantized or major < 5:
         return fmt, ()
-    cls, names = model.extra.get("hf_linear_subclass", ("", ()))
+    cls, names = model.traits.hf_linear_subclass, model.traits.hf_linear_subclass_modules
     new = replace(fmt, quant=replace(q, keep_roles=q.keep_roles + ("expert",), skip=q.skip + tuple(names)))
     kept = [t for t in model.all_tensors() if quantizes(t, q) and not quantizes(t, new.quant)]
     if not kept:

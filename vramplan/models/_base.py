@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from vramplan.errors import BadConfig
-from vramplan.spec import Attention, LayerSpec, ModelSpec, Quantization, Role, Tensor
+from vramplan.spec import Attention, LayerSpec, ModelSpec, Quantization, Role, Tensor, Traits, VisionTower
 
 _MISSING = object()
 
@@ -278,16 +278,26 @@ def attention(layer_type: str, heads: int, kv_heads: int, head_dim: int,
                      window=window)
 
 
+# What the generic decoder's implementations do; a family replaces the fields that differ
+# (dataclasses.replace), citing its source.
+GENERIC_TRAITS = Traits(
+    residual_tensors=4,            # embedding output, layer input, residual, normed input (trace tier,
+                                   # docs/trace.md gap 1)
+    hf_attention=None,             # transformers runs the requested attention
+    norm_fp32=False,
+    dropout_residual=0.0,          # released decoder configs train without dropout
+    dropout_embedding=0.0,
+    hf_linear_subclass="",         # plain nn.Linear modules
+    hf_linear_subclass_modules=(),
+    mamba_ssm_cache_dtype=None,    # no Mamba state
+)
+
+
 def make_spec(cfg: Cfg, *, family: str, hidden: int, vocab: int, layers: list[LayerSpec],
               tensors: list[Tensor], tied: bool, dtype: str, quant: Quantization | None,
-              max_pos: int | None, extra: dict | None = None) -> ModelSpec:
+              max_pos: int | None, traits: Traits = GENERIC_TRAITS, mtp_layers: int = 0,
+              vision: VisionTower | None = None) -> ModelSpec:
     root = cfg.root
-    extra = dict(extra or {})
-    # per layer, what mixes tokens: full / sliding / chunked / mla / mamba2 / none
-    extra.setdefault("layer_types", [l.mixer.kind if l.mixer is not None else "none" for l in layers])
-    extra.setdefault("architectures", root.raw("architectures", default=[]))
-    if getattr(root, "dtype_assumed", False):
-        extra["torch_dtype_assumed"] = True
     return ModelSpec(
         id=root.model,
         model_type=root.model_type,
@@ -298,8 +308,11 @@ def make_spec(cfg: Cfg, *, family: str, hidden: int, vocab: int, layers: list[La
         tensors=tuple(tensors),
         tie_word_embeddings=tied,
         torch_dtype=dtype,
+        torch_dtype_assumed=root.dtype_assumed,
         quantization=quant,
         max_position_embeddings=max_pos,
+        traits=traits,
+        mtp_layers=mtp_layers,
+        vision=vision,
         warnings=tuple(root.warnings),
-        extra=extra,
     )

@@ -17,12 +17,12 @@ Per layer (transformers' <Family>DecoderLayer, names as `model.named_parameters(
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
-from vramplan.spec import LayerSpec, Mlp, ModelSpec
-from vramplan.models._base import (FULL, SLIDING, Cfg, Tensors, attention, embedding_and_head,
-                    explicit_layer_types, make_spec, torch_dtype)
+from vramplan.spec import LayerSpec, Mlp, ModelSpec, Traits
+from vramplan.models._base import (FULL, GENERIC_TRAITS, SLIDING, Cfg, Tensors, attention, embedding_and_head,
+                                   explicit_layer_types, make_spec, torch_dtype)
 from vramplan.models.quant import parse_quantization
 
 LLAMA_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
@@ -68,6 +68,7 @@ class DecoderOptions:
     fused_gate_up: bool = False          # Phi-3 gate_up_proj
     sandwich_norms: bool = False         # Gemma 2/3 pre/post feed-forward norms
     norm_fp32: bool = False              # Gemma RMSNorm: x * (1 + weight) in fp32, cast at the end
+                                         # (Gemma2RMSNorm / Gemma3RMSNorm.forward)
     moe: str | None = None               # "mixtral" | "qwen3_moe"
     layer_rule: LayerRule = all_full
     window_flag: str | None = None       # a config flag that must be true for any window to apply
@@ -145,7 +146,7 @@ def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
 
     tied = cfg.bool("tie_word_embeddings", default=opts.tie_default)
     outside = embedding_and_head(vocab, H, f"{opts.prefix}.embed_tokens", f"{opts.prefix}.norm", tied)
-    return layers, outside, {"hidden": H, "vocab": vocab, "tied": tied, "head_dim": hd}
+    return layers, outside, {"hidden": H, "vocab": vocab, "tied": tied}
 
 
 def _moe_plan(cfg: Cfg, opts: DecoderOptions, L: int, I: int | None) -> list[tuple[int, int, int]]:
@@ -176,6 +177,10 @@ def _moe_plan(cfg: Cfg, opts: DecoderOptions, L: int, I: int | None) -> list[tup
     raise ValueError(opts.moe)
 
 
+def decoder_traits(opts: DecoderOptions) -> Traits:
+    return replace(GENERIC_TRAITS, norm_fp32=opts.norm_fp32)
+
+
 def parse_decoder(cfg: Cfg, opts: DecoderOptions, *, required: tuple[str, ...] = LLAMA_KEYS) -> ModelSpec:
     """A whole text-only causal LM from a llama-like config."""
     cfg = cfg.with_defaults(dict(opts.defaults))
@@ -184,9 +189,9 @@ def parse_decoder(cfg: Cfg, opts: DecoderOptions, *, required: tuple[str, ...] =
         cfg, family=opts.family, hidden=info["hidden"], vocab=info["vocab"], layers=layers,
         tensors=outside, tied=info["tied"], dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
-        extra={"head_dim": info["head_dim"], **({"norm_fp32": True} if opts.norm_fp32 else {})},
+        traits=decoder_traits(opts),
     )
 
 
-__all__ = ["DecoderOptions", "build_decoder", "parse_decoder", "all_full", "all_sliding_if_window",
+__all__ = ["DecoderOptions", "build_decoder", "decoder_traits", "parse_decoder", "all_full", "all_sliding_if_window",
            "qwen_window_layers", "every_nth_full", "LLAMA_KEYS"]

@@ -98,5 +98,5 @@ def parse(cfg: Cfg):
         cfg, family="deepseek_v3" if v3 else "deepseek_v2", hidden=H, vocab=vocab, layers=layers,
         tensors=outside, tied=tied, dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
-        extra={"mtp_layers": mtp},
+        mtp_layers=mtp,
     )

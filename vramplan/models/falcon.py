@@ -20,8 +20,10 @@ head_dim = H // heads. ALiBi adds no parameters. KV heads: kv_heads (new arch), 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan.spec import Attention, LayerSpec, Mlp
-from vramplan.models._base import Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
+from vramplan.models._base import GENERIC_TRAITS, Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
 from vramplan.models.quant import parse_quantization
 
 
@@ -80,9 +82,8 @@ def parse(cfg: Cfg):
         cfg, family="falcon", hidden=H, vocab=vocab, layers=layers, tensors=outside, tied=tied,
         dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None if cfg.bool("alibi") else 2048),
-        extra={"head_dim": hd, "new_decoder_architecture": new_arch, "alibi": cfg.bool("alibi"),
-               # transformers builds these as FalconLinear, an nn.Linear subclass (memory/weights.py
-               # transformers_bnb: bitsandbytes in transformers 5 leaves them 16-bit)
-               "hf_linear_subclass": ("FalconLinear", ("query_key_value", "dense", "dense_h_to_4h",
-                                                       "dense_4h_to_h"))},
+        # transformers builds every projection as FalconLinear, an nn.Linear subclass (memory/weights.py
+        # transformers_bnb: bitsandbytes in transformers 5 leaves them 16-bit)
+        traits=replace(GENERIC_TRAITS, hf_linear_subclass="FalconLinear",
+                       hf_linear_subclass_modules=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")),
     )

@@ -27,9 +27,9 @@ SigLIP vision transformer (SiglipVisionConfig defaults: hidden 768, intermediate
 
 from __future__ import annotations
 
-from vramplan.spec import Tensor
+from vramplan.spec import Tensor, VisionTower
 from vramplan.models._base import Cfg, Tensors, make_spec, register, torch_dtype
-from vramplan.models.decoder import DecoderOptions, build_decoder, every_nth_full, parse_decoder
+from vramplan.models.decoder import DecoderOptions, build_decoder, decoder_traits, every_nth_full, parse_decoder
 from vramplan.models.quant import parse_quantization
 
 TEXT_DEFAULTS = (
@@ -61,7 +61,8 @@ def parse_text(cfg: Cfg):
 @register("gemma3")
 def parse(cfg: Cfg):
     text = cfg.sub("text_config")
-    layers, outside, info = build_decoder(text, _opts("model.language_model"), required=TEXT_KEYS)
+    opts = _opts("model.language_model")
+    layers, outside, info = build_decoder(text, opts, required=TEXT_KEYS)
     if cfg.raw("vision_config") is None:
         cfg.warn("config.json has no vision_config; SiglipVisionConfig's defaults (a 224-pixel, "
                  "12-layer SigLIP) are assumed, as transformers does.")
@@ -81,15 +82,12 @@ def parse(cfg: Cfg):
         cfg, family="gemma3", hidden=H, vocab=info["vocab"], layers=layers, tensors=tensors,
         tied=info["tied"], dtype=torch_dtype(cfg, text), quant=parse_quantization(cfg),
         max_pos=text.int("max_position_embeddings", default=131072),
-        extra={
-            "head_dim": info["head_dim"], "norm_fp32": True,
-            "vision": {
-                "hidden_size": Hv, "num_layers": vision.int("num_hidden_layers"),
-                "patches_per_image": patches,
-                "tokens_per_image": cfg.int("mm_tokens_per_image", default=256),
-                "params": sum(t.numel for t in tower) + sum(t.numel for t in proj.items),
-            },
-        },
+        traits=decoder_traits(opts),
+        vision=VisionTower(
+            hidden_size=Hv, num_layers=vision.int("num_hidden_layers"), patches_per_image=patches,
+            tokens_per_image=cfg.int("mm_tokens_per_image", default=256),
+            params=sum(t.numel for t in tower) + sum(t.numel for t in proj.items),
+        ),
     )
 
 

@@ -16,8 +16,10 @@ training, resid_pdrop and embd_pdrop dropouts keep a 1-byte mask per element (`d
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan.spec import Attention, LayerSpec, Mlp, Tensor
-from vramplan.models._base import Cfg, Tensors, make_spec, register, torch_dtype
+from vramplan.models._base import GENERIC_TRAITS, Cfg, Tensors, make_spec, register, torch_dtype
 from vramplan.models.quant import parse_quantization
 
 
@@ -53,7 +55,7 @@ def parse(cfg: Cfg):
     return make_spec(
         cfg, family="gpt2", hidden=H, vocab=vocab, layers=layers, tensors=out.items, tied=tied,
         dtype=torch_dtype(cfg), quant=parse_quantization(cfg), max_pos=n_pos,
-        extra={"head_dim": hd, "residual_tensors": 6,
-               "dropout": {"residual": cfg.prob("resid_pdrop", default=0.1),
-                           "embedding": cfg.prob("embd_pdrop", default=0.1)}},
+        traits=replace(GENERIC_TRAITS, residual_tensors=6,
+                       dropout_residual=cfg.prob("resid_pdrop", default=0.1),
+                       dropout_embedding=cfg.prob("embd_pdrop", default=0.1)),
     )

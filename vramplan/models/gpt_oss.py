@@ -17,9 +17,11 @@ the input dtype (`hf_attention` "eager_sinks"; vLLM has its own kernel).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan.spec import LayerSpec, Mlp
-from vramplan.models._base import (FULL, SLIDING, Cfg, Tensors, attention, embedding_and_head, explicit_layer_types,
-                    make_spec, register, torch_dtype)
+from vramplan.models._base import (FULL, GENERIC_TRAITS, SLIDING, Cfg, Tensors, attention, embedding_and_head,
+                                   explicit_layer_types, make_spec, register, torch_dtype)
 from vramplan.models.quant import parse_quantization
 
 KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",
@@ -69,5 +71,5 @@ def parse(cfg: Cfg):
         cfg, family="gpt_oss", hidden=H, vocab=vocab, layers=layers, tensors=outside, tied=tied,
         dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
-        extra={"head_dim": hd, "hf_attention": "eager_sinks"},
+        traits=replace(GENERIC_TRAITS, hf_attention="eager_sinks"),
     )

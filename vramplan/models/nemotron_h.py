@@ -21,9 +21,11 @@ model.embeddings [V, H], model.norm_f [H], lm_head [V, H] (tie_word_embeddings d
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan.errors import BadConfig
 from vramplan.spec import Attention, LayerSpec, Mlp, Recurrent
-from vramplan.models._base import Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
+from vramplan.models._base import GENERIC_TRAITS, Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
 from vramplan.models.quant import parse_quantization
 
 _CHARS = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
@@ -138,6 +140,8 @@ def parse(cfg: Cfg):
         cfg, family="nemotron_h", hidden=H, vocab=vocab, layers=layers, tensors=outside, tied=tied,
         dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
-        extra={"block_types": kinds,
-               "mamba_ssm_cache_dtype": cfg.str("mamba_ssm_cache_dtype", default="float32")},
+        # vLLM's NemotronHForCausalLMConfig keeps the SSM state in float32 when the config names no
+        # dtype (PR #39032)
+        traits=replace(GENERIC_TRAITS,
+                       mamba_ssm_cache_dtype=cfg.str("mamba_ssm_cache_dtype", default="float32")),
     )

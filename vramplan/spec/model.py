@@ -152,6 +152,59 @@ class Quantization:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Traits:
+    """What an architecture's implementations (transformers, peft, vLLM) do that its layers and
+    tensors do not show. Each family module sets these at parse time from the generic defaults
+    (vramplan/models/_base.py, GENERIC_TRAITS), so the formulas in memory/ and engines/ read them
+    here and never look a model type up."""
+
+    residual_tensors: int
+    """Hidden-size tensors alive through a decoder layer in a forward (memory/activations.py,
+    residual_tensors: the inference peak and the training recomputation). 4 in general; GPT-2
+    keeps 6 (trace tier, docs/trace.md)."""
+
+    hf_attention: str | None
+    """The attention transformers runs when SDPA is asked for, where the family has no SDPA path
+    (memory/activations.py, attention_impl): "eager_sinks" for gpt-oss; None runs what is asked."""
+
+    norm_fp32: bool
+    """Gemma's RMSNorm computes x * (1 + weight) in fp32 and casts only its result, so a trained
+    norm saves an fp32 tensor (engines/hf_trainer/saved_activations.py)."""
+
+    dropout_residual: float
+    """Training-mode residual dropout (GPT-2 resid_pdrop): > 0 keeps a 1-byte mask on the attention
+    and the MLP outputs of every layer (saved_activations.dropout_masks)."""
+
+    dropout_embedding: float
+    """Training-mode embedding dropout (GPT-2 embd_pdrop): > 0 keeps one mask on the embeddings
+    (saved_activations.dropout_masks)."""
+
+    hf_linear_subclass: str
+    """An nn.Linear subclass transformers builds the model's projections from (Falcon's
+    FalconLinear): transformers 5's bitsandbytes conversion skips it (memory/weights.py,
+    transformers_bnb); "" when the model uses plain nn.Linear."""
+
+    hf_linear_subclass_modules: tuple[str, ...]
+    """The module names built as `hf_linear_subclass`, as skip patterns (memory/weights.py)."""
+
+    mamba_ssm_cache_dtype: str | None
+    """The dtype vLLM keeps the Mamba SSM state in, as the config names it (engines/vllm/serving.py);
+    None: the model dtype."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisionTower:
+    """A summary of a multimodal checkpoint's vision encoder (its tensors are in ModelSpec.tensors).
+    No formula reads it yet: text-only workloads run no tower."""
+
+    hidden_size: int
+    num_layers: int
+    patches_per_image: int
+    tokens_per_image: int        # image tokens the projector hands the language model
+    params: int                  # tower and projector
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """Everything the core needs to know about a model, parsed from config.json."""
 
@@ -164,11 +217,19 @@ class ModelSpec:
     tensors: tuple[Tensor, ...]         # outside the decoder layers: embeddings, final norm, lm_head, towers
     tie_word_embeddings: bool
     torch_dtype: str                    # the checkpoint's floating dtype: "bf16", "fp16", "fp32"
+    torch_dtype_assumed: bool = False   # the config names no dtype, so fp32 (transformers' default) is
+                                        # assumed; planner.py warns when a plan really uses it
     quantization: Quantization | None = None
     max_position_embeddings: int | None = None
-    source: str = ""                    # where the config came from (path or "bundled" ...)
+    traits: Traits
+    mtp_layers: int = 0                 # DeepSeek's multi-token-prediction layers: in the checkpoint,
+                                        # not built by transformers, not counted
+    vision: VisionTower | None = None
     warnings: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    # Where the config was read from (loading.py); not part of the model's identity.
+    source: str = ""                    # how it was found: "bundled", "path", "hub", "dict" ...
+    location: str = field(default="", compare=False)        # its path or URL
+    config_sha256: str = field(default="", compare=False)   # of its bytes: the trace cache key
 
     @property
     def num_layers(self) -> int:

@@ -65,7 +65,7 @@ def _norm_saved(width: int, rows: int, x: int, layer_norm: bool, n: Numerics, fp
 
 
 def fp32_norms(model: ModelSpec) -> bool:
-    return bool(model.extra.get("norm_fp32"))
+    return model.traits.norm_fp32
 
 
 def _norm_cost(t: Tensor, layer: LayerSpec, names: set[str], h: int, n: Numerics, fp32: bool) -> int:
@@ -193,9 +193,9 @@ def dropout_masks(model: ModelSpec) -> tuple[int, int]:
     native_dropout: one bool per element): (per decoder layer, outside the layers). A config's
     residual dropout acts on the attention and the MLP outputs (2 x hidden per layer), its
     embedding dropout once on the embeddings (GPT-2's resid_pdrop, embd_pdrop)."""
-    p = model.extra.get("dropout", {})
+    t = model.traits
     h = model.hidden_size
-    return (2 * h if p.get("residual", 0) > 0 else 0), (h if p.get("embedding", 0) > 0 else 0)
+    return (2 * h if t.dropout_residual > 0 else 0), (h if t.dropout_embedding > 0 else 0)
 
 
 # Fused q/k/v projections followed by rotary embeddings (Phi-3 qkv_proj, Falcon query_key_value):

@@ -198,7 +198,7 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: Gp
 def _ssm_elem(model: ModelSpec, act_elem: int) -> int:
     """SSM state dtype: the config's mamba_ssm_cache_dtype (NemotronH: float32 when absent, vLLM
     NemotronHForCausalLMConfig since PR #39032), else the model dtype."""
-    name = config_dtype(model.extra.get("mamba_ssm_cache_dtype"))
+    name = config_dtype(model.traits.mamba_ssm_cache_dtype)
     return FLOAT_BYTES[name] if name else act_elem
 
 
