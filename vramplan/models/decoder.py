@@ -2,7 +2,8 @@
 
 One builder, per-family options: Llama, Mistral, Mixtral, Qwen2, Qwen3, Qwen3-MoE, Phi-3, Gemma 2,
 Gemma 3 (text) and the generic fallback differ only in biases, q/k norms, fused projections,
-extra norms, the MoE block and which layers use a sliding window.
+extra norms, the MoE block, which layers use a sliding window, and what their implementations do
+(DecoderOptions.traits: fp32 norms, peft's LoRA defaults ...).
 
 Per layer (transformers' <Family>DecoderLayer, names as `model.named_parameters()` prints them):
     self_attn.q_proj   [heads*hd, H]        k_proj, v_proj [kv*hd, H]      o_proj [H, heads*hd]
@@ -17,7 +18,7 @@ Per layer (transformers' <Family>DecoderLayer, names as `model.named_parameters(
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 from vramplan.spec import LayerSpec, Mlp, ModelSpec, Traits
@@ -67,14 +68,13 @@ class DecoderOptions:
     fused_qkv: bool = False              # Phi-3 qkv_proj
     fused_gate_up: bool = False          # Phi-3 gate_up_proj
     sandwich_norms: bool = False         # Gemma 2/3 pre/post feed-forward norms
-    norm_fp32: bool = False              # Gemma RMSNorm: x * (1 + weight) in fp32, cast at the end
-                                         # (Gemma2RMSNorm / Gemma3RMSNorm.forward)
     moe: str | None = None               # "mixtral" | "qwen3_moe"
     layer_rule: LayerRule = all_full
     window_flag: str | None = None       # a config flag that must be true for any window to apply
     prefix: str = "model"                # "model.language_model" inside Gemma 3 multimodal
     defaults: tuple = ()                 # (key, value) pairs of the family config's defaults that
                                          # Hub files rely on (e.g. Gemma's head_dim 256)
+    traits: Traits = GENERIC_TRAITS      # what the family's implementations do (spec.Traits)
 
 
 def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
@@ -111,15 +111,15 @@ def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
     for i in range(L):
         t = Tensors(f"{opts.prefix}.layers.{i}")
         if opts.fused_qkv:
-            t.linear("self_attn.qkv_proj", (heads + 2 * kv) * hd, H, qkv_bias)
+            t.linear("self_attn.qkv_proj", (heads + 2 * kv) * hd, H, qkv_bias, split="qkv")
         else:
             t.linear("self_attn.q_proj", heads * hd, H, qkv_bias)
             t.linear("self_attn.k_proj", kv * hd, H, qkv_bias)
             t.linear("self_attn.v_proj", kv * hd, H, qkv_bias)
         t.linear("self_attn.o_proj", H, heads * hd, o_bias)
         if opts.qk_norm:
-            t.norm("self_attn.q_norm", hd)
-            t.norm("self_attn.k_norm", hd)
+            t.norm("self_attn.q_norm", hd, per_head="q")
+            t.norm("self_attn.k_norm", hd, per_head="kv")
 
         experts, width, top_k = moe[i]
         if experts:
@@ -177,10 +177,6 @@ def _moe_plan(cfg: Cfg, opts: DecoderOptions, L: int, I: int | None) -> list[tup
     raise ValueError(opts.moe)
 
 
-def decoder_traits(opts: DecoderOptions) -> Traits:
-    return replace(GENERIC_TRAITS, norm_fp32=opts.norm_fp32)
-
-
 def parse_decoder(cfg: Cfg, opts: DecoderOptions, *, required: tuple[str, ...] = LLAMA_KEYS) -> ModelSpec:
     """A whole text-only causal LM from a llama-like config."""
     cfg = cfg.with_defaults(dict(opts.defaults))
@@ -189,9 +185,9 @@ def parse_decoder(cfg: Cfg, opts: DecoderOptions, *, required: tuple[str, ...] =
         cfg, family=opts.family, hidden=info["hidden"], vocab=info["vocab"], layers=layers,
         tensors=outside, tied=info["tied"], dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
-        traits=decoder_traits(opts),
+        traits=opts.traits,
     )
 
 
-__all__ = ["DecoderOptions", "build_decoder", "decoder_traits", "parse_decoder", "all_full", "all_sliding_if_window",
+__all__ = ["DecoderOptions", "build_decoder", "parse_decoder", "all_full", "all_sliding_if_window",
            "qwen_window_layers", "every_nth_full", "LLAMA_KEYS"]

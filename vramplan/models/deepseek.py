@@ -17,12 +17,18 @@ mlp.shared_experts.* of width moe_intermediate_size * n_shared_experts.
 V3's router also holds e_score_correction_bias [E], but transformers registers it as a buffer,
 not a parameter, so it is not counted (the reference count agrees). The multi-token-prediction
 layers (num_nextn_predict_layers) are not built by transformers and are not counted either.
+vLLM (model_executor/models/deepseek_v2.py) keeps the small down-projections q_a_proj and
+kv_a_proj_with_mqa as ReplicatedLinear. peft has no default LoRA targets for it; its MoE target
+renaming for transformers 5 is qwen2_moe's.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan.spec import Attention, LayerSpec, Mlp
-from vramplan.models._base import Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
+from vramplan.models._base import (GENERIC_TRAITS, PEFT_MOE_QWEN2, Cfg, Tensors, embedding_and_head, make_spec,
+                                   register, torch_dtype)
 from vramplan.models.quant import parse_quantization
 
 KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",
@@ -62,10 +68,10 @@ def parse(cfg: Cfg):
         if q_rank is None:
             t.linear("self_attn.q_proj", heads * qk, H)
         else:
-            t.linear("self_attn.q_a_proj", q_rank, H, bias)
+            t.linear("self_attn.q_a_proj", q_rank, H, bias, split="replicated")
             t.norm("self_attn.q_a_layernorm", q_rank)
             t.linear("self_attn.q_b_proj", heads * qk, q_rank)
-        t.linear("self_attn.kv_a_proj_with_mqa", kv_rank + rope, H, bias)
+        t.linear("self_attn.kv_a_proj_with_mqa", kv_rank + rope, H, bias, split="replicated")
         t.norm("self_attn.kv_a_layernorm", kv_rank)
         t.linear("self_attn.kv_b_proj", heads * (nope + vd), kv_rank)
         t.linear("self_attn.o_proj", H, heads * vd, bias)
@@ -98,5 +104,6 @@ def parse(cfg: Cfg):
         cfg, family="deepseek_v3" if v3 else "deepseek_v2", hidden=H, vocab=vocab, layers=layers,
         tensors=outside, tied=tied, dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
+        traits=replace(GENERIC_TRAITS, lora_moe=PEFT_MOE_QWEN2),
         mtp_layers=mtp,
     )

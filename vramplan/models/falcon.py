@@ -16,6 +16,11 @@ Per layer (transformer.h.i):
         otherwise one input_layernorm
 transformer.word_embeddings [V, H], transformer.ln_f (weight + bias), lm_head tied by default.
 head_dim = H // heads. ALiBi adds no parameters. KV heads: kv_heads (new arch), 1 (multi_query), heads.
+
+vLLM (model_executor/models/falcon.py): query_key_value is one QKVParallelLinear, dense and
+dense_4h_to_h RowParallelLinear. With rotary, q and k leave query_key_value as new tensors while v
+stays a view of it (`fused_qkv_saved_whole`, trace tier on Falcon-40B). peft's default LoRA target
+is query_key_value (for all three model types: peft sees the converted transformers config).
 """
 
 from __future__ import annotations
@@ -59,10 +64,10 @@ def parse(cfg: Cfg):
     layers = []
     for i in range(L):
         t = Tensors(f"transformer.h.{i}")
-        t.linear("self_attention.query_key_value", qkv, H, bias)
-        t.linear("self_attention.dense", H, H, bias)
+        t.linear("self_attention.query_key_value", qkv, H, bias, split="qkv")
+        t.linear("self_attention.dense", H, H, bias, split="row")
         t.linear("mlp.dense_h_to_4h", F, H, bias)
-        t.linear("mlp.dense_4h_to_h", H, F, bias)
+        t.linear("mlp.dense_4h_to_h", H, F, bias, split="row")
         if not parallel:
             t.norm("input_layernorm", H, bias=True)
             t.norm("post_attention_layernorm", H, bias=True)
@@ -85,5 +90,7 @@ def parse(cfg: Cfg):
         # transformers builds every projection as FalconLinear, an nn.Linear subclass (memory/weights.py
         # transformers_bnb: bitsandbytes in transformers 5 leaves them 16-bit)
         traits=replace(GENERIC_TRAITS, hf_linear_subclass="FalconLinear",
-                       hf_linear_subclass_modules=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")),
+                       hf_linear_subclass_modules=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+                       attention_module="self_attention", fused_qkv_saved_whole=True,
+                       lora_targets=("query_key_value",)),
     )

@@ -12,7 +12,8 @@ The checkpoint keeps the experts in MXFP4 (quantization_config.quant_method "mxf
 modules_to_not_convert (attention, router, embeddings, lm_head) stay in bf16.
 transformers has no SDPA path for it (`_supports_sdpa = False`: SDPA has no attention sinks), so
 transformers runs eager attention with the sink logit concatenated to the scores and a softmax in
-the input dtype (`hf_attention` "eager_sinks"; vLLM has its own kernel).
+the input dtype (`hf_attention` "eager_sinks"; vLLM has its own kernel, which splits the sinks by
+head). peft has no default LoRA targets for it.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def parse(cfg: Cfg):
         t.linear("self_attn.k_proj", kv * hd, H, bias)
         t.linear("self_attn.v_proj", kv * hd, H, bias)
         t.linear("self_attn.o_proj", H, heads * hd, bias)
-        t.param("self_attn.sinks", (heads,), "other")
+        t.param("self_attn.sinks", (heads,), "other", split="heads")
         t.linear("mlp.router", E, H, bias=True, role="router")
         t.param("mlp.experts.gate_up_proj", (E, H, 2 * I), "expert")
         t.param("mlp.experts.gate_up_proj_bias", (E, 2 * I), "bias")

@@ -17,6 +17,12 @@ character, each `norm` [H] (RMSNorm) + one mixer at model.layers.i.mixer:
        shared_experts.up_proj/down_proj of moe_shared_expert_intermediate_size,
        fc1_latent_proj [D, H] / fc2_latent_proj [H, D] when moe_latent_size is set
 model.embeddings [V, H], model.norm_f [H], lm_head [V, H] (tie_word_embeddings default false).
+
+vLLM's MambaMixer2 (model_executor/layers/mamba/mamba_mixer2.py) splits conv1d, A, D, dt_bias and
+the gated norm by head; in_proj is column-, out_proj row-parallel. mamba_ssm's fused training
+kernel applies out_proj and the gated norm inside itself (the training planner finds them as the
+row-split linear and the head-split norm of a Mamba layer). peft's default LoRA targets are the
+attention projections q/k/v/o_proj.
 """
 
 from __future__ import annotations
@@ -102,13 +108,13 @@ def parse(cfg: Cfg):
         mixer = mlp = None
         if kind == "mamba":
             t.linear("mixer.in_proj", 2 * d_inner + 2 * ng * ss + nh, H, use_bias)
-            t.add("mixer.conv1d", (conv_dim, 1, k), "conv")
+            t.add("mixer.conv1d", (conv_dim, 1, k), "conv", split="heads")
             if conv_bias:
-                t.add("mixer.conv1d.bias", (conv_dim,), "bias")
-            t.param("mixer.dt_bias", (nh,), "other")
-            t.param("mixer.A_log", (nh,), "other")
-            t.param("mixer.D", (nh,), "other")
-            t.norm("mixer.norm", d_inner)
+                t.add("mixer.conv1d.bias", (conv_dim,), "bias", split="heads")
+            t.param("mixer.dt_bias", (nh,), "other", split="heads")
+            t.param("mixer.A_log", (nh,), "other", split="heads")
+            t.param("mixer.D", (nh,), "other", split="heads")
+            t.norm("mixer.norm", d_inner, split="heads")
             t.linear("mixer.out_proj", H, d_inner, use_bias)
             mixer = rec
         elif kind == "attention":
@@ -140,8 +146,13 @@ def parse(cfg: Cfg):
         cfg, family="nemotron_h", hidden=H, vocab=vocab, layers=layers, tensors=outside, tied=tied,
         dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
-        # vLLM's NemotronHForCausalLMConfig keeps the SSM state in float32 when the config names no
-        # dtype (PR #39032)
-        traits=replace(GENERIC_TRAITS,
-                       mamba_ssm_cache_dtype=cfg.str("mamba_ssm_cache_dtype", default="float32")),
+        traits=replace(
+            GENERIC_TRAITS,
+            # vLLM's NemotronHForCausalLMConfig keeps the SSM state in float32 when the config names
+            # no dtype (PR #39032)
+            mamba_ssm_cache_dtype=cfg.str("mamba_ssm_cache_dtype", default="float32"),
+            # its attention's o_proj (under "mixer") is planned as reading a tensor of its own, not
+            # the attention kernel's output, as vramplan always has
+            attention_module="",
+            lora_targets=("q_proj", "k_proj", "v_proj", "o_proj")),
     )

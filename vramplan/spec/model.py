@@ -1,7 +1,10 @@
 """A model as the core sees it: per layer (what mixes tokens: full / sliding / chunked / MLA
 attention or a recurrent state; what follows: a dense or MoE MLP) and as a list of parameter
-tensors with their real shapes and Hugging Face module paths, so quantization skip lists, LoRA
-targets and tensor-parallel splits can all be applied by name. Nothing here does I/O.
+tensors with their real shapes and Hugging Face module paths, so quantization skip lists and LoRA
+targets can be applied by name. What the formulas need to know about a tensor or an architecture
+beyond its shape is typed here (Tensor.split, Tensor.per_head, Traits), set by the family modules
+(vramplan/models/) at parse time, so memory/ and engines/ never match module names themselves.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +16,29 @@ from typing import Literal
 # Roles a parameter tensor can play. Quantizers only touch "linear" and "expert"; everything
 # else (embeddings, norms, biases, routers, convolutions, SSM vectors) stays in 16-bit.
 Role = Literal["linear", "expert", "embedding", "lm_head", "norm", "bias", "router", "conv", "other"]
+
+# How vLLM's tensor parallelism lays a tensor over `tp` ranks (memory/parallel.py, tp_divisor):
+#   "column"      split along its output (ColumnParallelLinear; MoE experts' gate/up; biases of
+#                 column-parallel layers). Also, as vramplan has always counted them, the biases
+#                 of norms and routers, which vLLM replicates (a few KB).
+#   "row"         split along its input (RowParallelLinear): the projection that takes a block's
+#                 inner output (attention output, MLP product, Mamba scan output) back to the
+#                 hidden size; o_proj, down_proj, out_proj ... The training planner reads the same
+#                 fact: such a projection's input is not the normalized residual stream.
+#   "vocab"       VocabParallelEmbedding / ParallelLMHead rows
+#   "replicated"  every rank holds all of it (norms, routers, convolutions, small
+#                 down-projections such as MLA's q_a_proj, GPT-2's position table)
+#   "kv_heads"    a K or V projection: split by KV head, one whole head per rank once tp exceeds
+#                 them (QKVParallelLinear, num_kv_head_replicas)
+#   "qkv"         a fused QKV projection (one QKVParallelLinear): its Q rows split tp ways, its
+#                 K/V rows as "kv_heads"
+#   "heads"       split by Mamba (or attention-sink) head (MambaMixer2: conv1d, A, D, dt_bias, the
+#                 gated norm). In a Mamba layer, the gated norm is the one norm split this way.
+Split = Literal["column", "row", "vocab", "replicated", "kv_heads", "qkv", "heads"]
+
+# A norm applied to each query ("q") or key ("kv") head rather than to the hidden state (Qwen3 and
+# Gemma 3 q_norm / k_norm); "" for every other tensor.
+PerHead = Literal["", "q", "kv"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,9 +53,12 @@ class Tensor:
     name: str
     shape: tuple[int, ...]
     role: Role
+    split: Split        # how tensor parallelism splits it (see Split)
     count: int = 1
     dtype: str = ""     # the dtype transformers keeps it in whatever the model's (DeepSeek's fp32
                         # router); "" = the model dtype. vLLM's own layers ignore it.
+    per_head: PerHead = ""  # a per-head q/k norm (PerHead): the training planner sizes what it
+                            # saves by the heads it normalizes
 
     @property
     def numel(self) -> int:
@@ -190,6 +219,36 @@ class Traits:
     mamba_ssm_cache_dtype: str | None
     """The dtype vLLM keeps the Mamba SSM state in, as the config names it (engines/vllm/serving.py);
     None: the model dtype."""
+
+    attention_module: str
+    """The attention block's module name inside a layer ("self_attn"; GPT-2 "attn", Falcon
+    "self_attention"): its row-parallel output projection reads the attention kernel's output,
+    which SDPA already keeps for its own backward (saved_activations._linears). "" where no
+    projection is planned that way (Nemotron-H: its attention sits at "mixer")."""
+
+    fused_qkv_saved_whole: bool
+    """A fused QKV projection whose q and k are rotated into new tensors while v stays a view of
+    its output, so the attention kernel saving v keeps the whole fused output alive (Phi-3
+    qkv_proj, Falcon query_key_value; trace tier). GPT-2's c_attn has no rotary: q, k and v are
+    all views and nothing more is kept (saved_activations._fused_qkv_extra)."""
+
+    lora_targets: tuple[str, ...] | None
+    """peft's default LoRA target_modules for this model type (peft/utils/constants.py
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING), used when none are named
+    (engines/hf_trainer/lora.py); None where peft has none and raises "Please specify
+    `target_modules`"."""
+
+    lora_moe: tuple[tuple[str, str], ...]
+    """peft's renaming of MoE targets for transformers 5, which fuses the experts: v4 module name
+    -> the fused parameter it becomes ("router", "gate_up", "down"), as peft 0.21's
+    _MOE_TARGET_MODULE_MAPPING keys it through transformers' conversion patterns
+    (peft/utils/transformers_weight_conversion.py; engines/hf_trainer/lora.py). () where peft
+    converts nothing."""
+
+    towers: tuple[str, ...]
+    """Name prefixes of the encoder towers and their projectors (vision, audio): vLLM places them
+    on the first pipeline stage (memory/parallel.py, stage_tensors) and a text-only training
+    step runs none of them (engines/hf_trainer/step_setup.py)."""
 
 
 @dataclass(frozen=True, kw_only=True)

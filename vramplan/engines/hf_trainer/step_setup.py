@@ -22,10 +22,6 @@ from vramplan.engines.hf_trainer.numerics import numerics, qlora_base, stored_we
 from vramplan.engines.hf_trainer.options import TRAIN_MODES, TrainOptions
 from vramplan.memory.weights import quantizes, shared_state_bytes
 
-# Tensor names of vision/audio towers: a text-only step runs none of them.
-_TOWER_WORDS = ("vision", "visual", "multi_modal", "audio")
-
-
 @dataclass(frozen=True)
 class StepSetup:
     layers: tuple[LayerCost, ...]
@@ -75,7 +71,7 @@ def _qlora_base_checked(model: ModelSpec, fmt, o: TrainOptions, transformers: in
                        f"{name} (not exact nn.Linear modules, or on its skip list), so --mode qlora would "
                        f"train an unquantized base. Plan it with --kbit-prepare none (the base stays "
                        f"16-bit), with --transformers 4, or as --mode lora.")
-    if any(isinstance(l.mixer, Recurrent) and t.leaf == "out_proj" for l, t in decoder):
+    if any(isinstance(l.mixer, Recurrent) and t.split == "row" for l, t in decoder):     # out_proj
         raise BadInput(f"QLoRA cannot train {name}'s Mamba layers: mamba_ssm's fused training kernel "
                        f"applies out_proj to its raw weight, which bitsandbytes 4-bit cannot provide, so "
                        f"the step fails. Use --mode lora.")
@@ -92,8 +88,9 @@ def _frozen_prefix(mode: str, o: TrainOptions, adapted) -> int:
     return min((a.layer for a in adapted if a.layer is not None), default=0)
 
 
-def _is_tower(name: str) -> bool:
-    return any(w in name for w in _TOWER_WORDS)
+def _is_tower(model: ModelSpec, name: str) -> bool:
+    """A vision/audio tower tensor (ModelSpec.traits.towers): a text-only step runs none of them."""
+    return name.startswith(model.traits.towers)
 
 
 def _param(t: Tensor) -> Param:
@@ -141,7 +138,7 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
         built.append(memo[sig])
     layers = tuple(built)
 
-    text = [t for t in model.tensors if not _is_tower(t.name)]
+    text = [t for t in model.tensors if not _is_tower(model, t.name)]
     h, V = model.hidden_size, model.vocab_size
     notes: dict[str, str] = {}
 
@@ -153,7 +150,7 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
     else:
         # Adapters in a vision/audio tower exist (trainable memory) but a text-only step gives
         # them no gradient, so torch never creates their optimizer state.
-        live = [a for a in adapted_all if not _is_tower(a.tensor.name)]
+        live = [a for a in adapted_all if not _is_tower(model, a.tensor.name)]
         params = tuple(p for a in live for p in
                        (param_of((o.lora_r * a.rank_mult, a.in_features), a.matrices),
                         param_of((a.out_features, o.lora_r * a.rank_mult), a.matrices)))
@@ -195,7 +192,7 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
                     and t not in head) * n.grad_bytes
         tied_tmp = head_numel * n.grad_bytes if model.tie_word_embeddings else 0
     else:
-        outside = [a for a in adapted_all if a.layer is None and not _is_tower(a.tensor.name)]
+        outside = [a for a in adapted_all if a.layer is None and not _is_tower(model, a.tensor.name)]
         g_head = g_norm = tied_tmp = 0
         g_emb = sum(a.params(o.lora_r) for a in outside) * n.grad_bytes
     if grad_shard > 1:

@@ -180,7 +180,8 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: Gp
     extra = 0
     for layer in model.layers:
         m = layer.mlp
-        experts = [t for t in layer.tensors if ".experts." in t.name]
+        stacks = tuple(t.name for t in layer.tensors if t.role == "expert")    # and their biases:
+        experts = [t for t in layer.tensors if t.role == "expert" or (t.role == "bias" and t.name.startswith(stacks))]
         if m is None or m.kind != "moe" or not m.gated or not any(quantizes(t, q) for t in experts):
             continue
         held = 0
