@@ -285,7 +285,7 @@ class ModelSpec:
                                         # not built by transformers, not counted
     vision: VisionTower | None = None
     warnings: tuple[str, ...] = ()
-    # Where the config was read from (loading.py); not part of the model's identity.
+    # Where the config was read from (loading.py); its path and hash take no part in comparisons.
     source: str = ""                    # how it was found: "bundled", "path", "hub", "dict" ...
     location: str = field(default="", compare=False)        # its path or URL
     config_sha256: str = field(default="", compare=False)   # of its bytes: the trace cache key
