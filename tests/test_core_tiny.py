@@ -44,21 +44,21 @@ def test_gptq_tensor_layout():
     #   qzeros  1 group x ceil(64*4/32)=8 int32 x 4 B      = 32
     #   scales  1 group x 64 x fp16                        = 128
     #   g_idx   64 x int32                                 = 256
-    t = Tensor("model.layers.0.self_attn.q_proj", (64, 64), "linear")
-    q = Quantization("gptq", bits=4, group_size=128)
+    t = Tensor(name="model.layers.0.self_attn.q_proj", shape=(64, 64), role="linear", split="column")
+    q = Quantization(method="gptq", bits=4, group_size=128)
     assert quantized_bytes(t, q) == 2048 + 32 + 128 + 256
-    assert quantized_bytes(t, Quantization("awq", bits=4, group_size=128)) == 2048 + 32 + 128
+    assert quantized_bytes(t, Quantization(method="awq", bits=4, group_size=128)) == 2048 + 32 + 128
 
 
 def test_fp8_and_mxfp4_layouts():
-    t = Tensor("x", (300, 260), "linear")
+    t = Tensor(name="x", shape=(300, 260), role="linear", split="column")
     # block 128x128: ceil(300/128)=3 x ceil(260/128)=3 = 9 fp32 scales
-    assert quantized_bytes(t, Quantization("fp8", block_size=(128, 128))) == 78_000 + 36
-    assert quantized_bytes(t, Quantization("fp8")) == 78_000 + 4
+    assert quantized_bytes(t, Quantization(method="fp8", block_size=(128, 128))) == 78_000 + 36
+    assert quantized_bytes(t, Quantization(method="fp8")) == 78_000 + 4
     # MXFP4: 78,000/2 packed + ceil(78,000/32)=2,438 scales
-    assert quantized_bytes(t, Quantization("mxfp4")) == 39_000 + 2_438
+    assert quantized_bytes(t, Quantization(method="mxfp4")) == 39_000 + 2_438
     # LLM.int8: one byte each + fp32 row scale per output row
-    assert quantized_bytes(t, Quantization("int8")) == 78_000 + 4 * 300
+    assert quantized_bytes(t, Quantization(method="int8")) == 78_000 + 4 * 300
 
 
 def test_kv_per_token(tiny):

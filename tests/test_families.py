@@ -354,7 +354,7 @@ def test_deepseek_v3_structure():
     assert t["self_attn.kv_b_proj"].shape == (128 * 256, 512)
     assert spec.quantization.method == "fp8" and spec.quantization.block_size == (128, 128)
     assert spec.quantization.pre_quantized
-    assert spec.extra["mtp_layers"] == 1
+    assert spec.mtp_layers == 1
 
 
 def test_gpt_oss_layout_and_mxfp4():
@@ -368,7 +368,7 @@ def test_gpt_oss_layout_and_mxfp4():
     q = spec.quantization
     assert q.method == "mxfp4" and q.pre_quantized
     assert q.skip == ("model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head")
-    assert spec.torch_dtype == "fp32" and spec.extra["torch_dtype_assumed"] is True
+    assert spec.torch_dtype == "fp32" and spec.torch_dtype_assumed is True
 
 
 def test_gemma3_vision_tower_and_defaults():
@@ -383,7 +383,7 @@ def test_gemma3_vision_tower_and_defaults():
     assert names["model.multi_modal_projector.mm_input_projection_weight"].shape == (1152, 2560)
     assert "model.multi_modal_projector.mm_soft_emb_norm" in names
     assert not any(".head." in n for n in names)          # vision_use_head false
-    assert spec.extra["vision"]["params"] == 416_866_032 + 2_950_272
+    assert spec.vision.params == 416_866_032 + 2_950_272
     assert spec.layers[0].tensors[0].name == "model.language_model.layers.0.self_attn.q_proj"
 
 
@@ -480,7 +480,7 @@ def test_missing_dtype_is_fp32_with_note():
     del cfg["torch_dtype"]
     spec = parse(cfg)
     # the assumption is recorded; planner.py warns only when a plan really uses fp32
-    assert spec.torch_dtype == "fp32" and spec.extra["torch_dtype_assumed"] is True
+    assert spec.torch_dtype == "fp32" and spec.torch_dtype_assumed is True
     assert parse(dict(cfg, dtype="float16")).torch_dtype == "fp16"     # transformers 5 key
 
 
@@ -521,3 +521,50 @@ def test_awq_fp8_and_compressed_tensors():
 def test_unknown_quant_method_is_badconfig():
     with pytest.raises(BadConfig, match="quant_method 'quark'"):
         parse(dict(TINY, model_type="llama", quantization_config={"quant_method": "quark"}))
+
+
+def test_each_family_types_its_tensor_parallel_splits():
+    """Tensor.split, set by the family modules, is what memory/parallel.py divides by (vLLM's layers)."""
+    def splits(name):
+        spec = spec_of(name)
+        return {t.name.split(".0.", 1)[-1]: t.split for t in (*spec.layers[0].tensors, *spec.tensors)}
+
+    s = splits("meta-llama--Llama-3.1-8B")
+    assert (s["self_attn.q_proj"], s["self_attn.k_proj"], s["self_attn.v_proj"], s["self_attn.o_proj"]) == (
+        "column", "kv_heads", "kv_heads", "row")
+    assert (s["mlp.gate_proj"], s["mlp.down_proj"], s["input_layernorm"]) == ("column", "row", "replicated")
+    assert s["model.embed_tokens"] == s["lm_head"] == "vocab"
+    s = splits("tiiuae--falcon-40b")
+    assert (s["self_attention.query_key_value"], s["self_attention.dense"], s["mlp.dense_4h_to_h"]) == (
+        "qkv", "row", "row")
+    s = splits("openai-community--gpt2")
+    assert (s["attn.c_attn"], s["attn.c_proj"], s["mlp.c_proj"], s["transformer.wpe"]) == (
+        "qkv", "row", "row", "replicated")
+    s = splits("deepseek-ai--DeepSeek-V3")
+    assert (s["self_attn.q_a_proj"], s["self_attn.kv_a_proj_with_mqa"], s["self_attn.kv_b_proj"]) == (
+        "replicated", "replicated", "column")
+    assert splits("openai--gpt-oss-20b")["self_attn.sinks"] == "heads"
+    spec = spec_of("nvidia--Nemotron-H-56B-Base-8K")
+    mamba = next(l for l in spec.layers if isinstance(l.mixer, Recurrent))
+    by_head = {t.leaf for t in mamba.tensors if t.split == "heads"}
+    assert by_head == {"conv1d", "bias", "dt_bias", "A_log", "D", "norm"}
+    assert [t.leaf for t in mamba.tensors if t.split == "row"] == ["out_proj"]
+
+
+def test_each_family_types_its_traits():
+    """The per-architecture facts memory/ and engines/ read (spec.Traits), set by the family modules."""
+    llama, gpt2, falcon = spec_of("meta-llama--Llama-3.1-8B"), spec_of("openai-community--gpt2"), spec_of(
+        "tiiuae--falcon-40b")
+    assert llama.traits.lora_targets == ("q_proj", "v_proj") and llama.traits.attention_module == "self_attn"
+    assert gpt2.traits.residual_tensors == 6 and gpt2.traits.lora_targets == ("c_attn",)
+    assert gpt2.traits.dropout_residual == gpt2.traits.dropout_embedding == 0.1
+    assert falcon.traits.hf_linear_subclass == "FalconLinear" and falcon.traits.fused_qkv_saved_whole
+    assert falcon.traits.lora_targets == ("query_key_value",)
+    assert spec_of("openai--gpt-oss-20b").traits.hf_attention == "eager_sinks"
+    assert spec_of("google--gemma-3-4b-it").traits.norm_fp32
+    assert spec_of("google--gemma-3-4b-it").traits.towers == ("model.vision_tower", "model.multi_modal_projector")
+    assert spec_of("google--gemma-3-4b-it").traits.lora_targets is None      # peft maps gemma3_text only
+    assert dict(spec_of("mistralai--Mixtral-8x7B-v0.1").traits.lora_moe)["w1"] == "gate_up"
+    assert spec_of("nvidia--Nemotron-H-56B-Base-8K").traits.mamba_ssm_cache_dtype == "float32"
+    generic = parse({**json.loads((CONFIGS / "meta-llama--Llama-3.1-8B.json").read_text()), "model_type": "gpt_neox"})
+    assert generic.family == "generic" and generic.traits.lora_targets == ("query_key_value",)

@@ -26,12 +26,11 @@ def load(model: str | dict | ModelSpec) -> Loaded:
         spec = models.parse(model, model_id=str(model.get("_name_or_path", "config")), source="dict")
         return Loaded(model, hashlib.sha256(blob).hexdigest(), spec)
     name = model.id if isinstance(model, ModelSpec) else str(model)
-    if isinstance(model, ModelSpec) and model.extra.get("location"):
-        loc = model.extra["location"]
-        name = loc if not loc.startswith("http") else name
+    if isinstance(model, ModelSpec) and model.location:
+        name = model.location if not model.location.startswith("http") else name
     loaded = sources.load_config(name)
     spec = models.parse(loaded.config, model_id=loaded.id, source=loaded.source)
-    spec = replace(spec, extra={**spec.extra, "location": loaded.location, "sha256": loaded.sha256})
+    spec = replace(spec, location=loaded.location, config_sha256=loaded.sha256)
     return Loaded(loaded.config, loaded.sha256, spec)
 
 

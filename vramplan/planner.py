@@ -58,7 +58,7 @@ def build(model: ModelSpec, target: GpuTarget, workload: Workload,
     b = eng.components(s, batch, ctx)
     max_batch, max_ctx = _limits(s, batch, ctx)
     warnings = list(model.warnings) + list(s.warnings)
-    if s.fmt.base == "fp32" and model.extra.get("torch_dtype_assumed"):
+    if s.fmt.base == "fp32" and model.torch_dtype_assumed:
         warnings.append("config.json names no torch_dtype, so the weights are taken as fp32 "
                         "(transformers' default); pass --dtype bf16 if the checkpoint is 16-bit.")
     mpe = model.max_position_embeddings

@@ -7,7 +7,7 @@ replaces its input. We model the two widest points of each layer and take the wo
 The residual stream costs 4 * T * hidden everywhere: the embedding output (held by the model's
 forward for the whole pass), the layer input (held by the layer loop), the residual and the
 normed input (measured by the trace tier, docs/trace.md gap 1). GPT-2 keeps 6 (its family says
-why: ModelSpec.extra["residual_tensors"]).
+why: ModelSpec.traits.residual_tensors).
 
 attention (SDPA, causal, no padding mask, so no seq x seq scores are materialized):
     residual stream                  4 * T * hidden
@@ -55,7 +55,7 @@ class Transient:
 
 
 RESIDUAL = 4     # hidden-size tensors alive through a layer (see the module docstring); a family
-                 # whose implementation keeps more says so in ModelSpec.extra["residual_tensors"]
+                 # whose implementation keeps more says so in ModelSpec.traits.residual_tensors
 
 # transformers' activations written in Python (activations.py) run as separate elementwise ops.
 # NewGELU ("gelu_new", GPT-2) is 0.5*x*(1+tanh(c*(x+0.044715*x**3))): in a no-grad forward its
@@ -80,8 +80,8 @@ EAGER_SCORES = {"eager_sinks": 3}       # (b, heads, s, s) tensors alive at the 
 
 def attention_impl(model: ModelSpec, requested: str = "sdpa") -> str:
     """The attention transformers really runs: a family without an SDPA path in transformers
-    (ModelSpec.extra["hf_attention"]) falls back to its eager code when SDPA is asked for."""
-    own = model.extra.get("hf_attention")
+    (ModelSpec.traits.hf_attention) falls back to its eager code when SDPA is asked for."""
+    own = model.traits.hf_attention
     return own if own and requested == "sdpa" else requested
 
 
@@ -131,7 +131,7 @@ def _recurrent_elems(r: Recurrent, hidden: int, resid: int, layout: RuntimeLayou
 
 
 def residual_tensors(model: ModelSpec) -> int:
-    return model.extra.get("residual_tensors", RESIDUAL)
+    return model.traits.residual_tensors
 
 
 def layer_peak_elems(layer: LayerSpec, hidden: int, resid: int, *,

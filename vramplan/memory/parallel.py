@@ -2,16 +2,15 @@
 splits layers. Everything here mirrors vLLM's own layers so per-GPU bytes match what each
 worker loads.
 
-Tensor parallel (`tp` ranks), per tensor:
+Tensor parallel (`tp` ranks), per tensor, as its family module set `Tensor.split` (spec/model.py):
 - column/row-parallel linears, MoE experts (each expert's intermediate split), the vocabulary-
-  parallel embedding and lm_head: split `tp` ways;
-- norms, routers (`ReplicatedLinear`), convolutions and MLA's small down-projections
-  (`q_a_proj`, `kv_a_proj_with_mqa`), GPT-2's position table: replicated;
+  parallel embedding and lm_head, Mamba2's per-head tensors: split `tp` ways;
+- norms, routers (`ReplicatedLinear`), convolutions and small down-projections (MLA's
+  `q_a_proj`), GPT-2's position table: replicated;
 - K and V projections split by KV head; when tp exceeds the KV heads every rank keeps one whole
   head (`QKVParallelLinear`, num_kv_head_replicas). A fused QKV (Phi-3 `qkv_proj`, Falcon
   `query_key_value`, GPT-2 `c_attn`) is one `QKVParallelLinear`: its Q rows split `tp` ways and
-  its K/V rows as above, so its divisor is a fraction;
-- Mamba2 mixers (`MambaMixer2`): in_proj, conv1d, A, D, dt_bias and the gated norm split by head.
+  its K/V rows as above, so its divisor is a fraction.
 
 Pipeline parallel (`pp` stages): vLLM's `get_pp_indices` (vllm/distributed/utils.py) gives each
 stage `layers // pp` layers and hands the remainder, one each, to the stages just before the
@@ -26,13 +25,6 @@ from typing import Callable
 
 from vramplan.errors import BadInput
 from vramplan.spec import Attention, ModelSpec, Recurrent, Tensor
-
-_REPLICATED_ROLES = ("norm", "router", "other", "conv")
-_REPLICATED_LEAVES = ("kv_a_proj_with_mqa", "q_a_proj", "wpe")
-_KV_LEAVES = (".k_proj", ".v_proj")
-_FUSED_QKV = (".qkv_proj", ".query_key_value", ".c_attn")
-_SPLIT_BY_HEAD = (".mixer.conv1d", ".mixer.A_log", ".mixer.D", ".mixer.dt_bias", ".mixer.norm",
-                  ".self_attn.sinks")
 
 
 def kv_heads_per_rank(num_kv_heads: int, tp: int) -> int:
@@ -82,17 +74,10 @@ def tp_divisor(model: ModelSpec, tp: int) -> Callable[[Tensor], int]:
     if rows % rank_rows:            # KV heads replicated: not a whole number
         fused = Fraction(rows, rank_rows)
 
+    special = {"replicated": 1, "qkv": fused, "kv_heads": kv_split}
+
     def divisor(t: Tensor) -> int:
-        name = t.name
-        if any(k in name for k in _SPLIT_BY_HEAD):
-            return tp
-        if t.role in _REPLICATED_ROLES or any(f".{leaf}" in f".{name}" for leaf in _REPLICATED_LEAVES):
-            return 1
-        if any(name.endswith(k) or f"{k}." in name for k in _FUSED_QKV):
-            return fused
-        if any(k in name for k in _KV_LEAVES):
-            return kv_split
-        return tp
+        return special.get(t.split, tp)        # column, row, vocab, heads: tp ways
 
     return divisor
 
@@ -111,17 +96,17 @@ def pp_stages(num_layers: int, pp: int) -> list[range]:
 
 def stage_tensors(model: ModelSpec, stage: int, pp: int) -> tuple[Tensor, ...]:
     """The tensors outside the decoder layers that stage `stage` of `pp` holds: embeddings and
-    encoder towers on the first, final norm and lm_head on the last (a tied lm_head there is a
-    second copy of the embedding)."""
+    encoder towers (ModelSpec.traits.towers) on the first, final norm and lm_head on the last (a
+    tied lm_head there is a second copy of the embedding)."""
     if pp == 1:
         return model.tensors
     first, last = stage == 0, stage == pp - 1
     out = []
     token_embedding = next((t for t in model.tensors if t.role == "embedding"), None)
     for t in model.tensors:
-        front = t.role == "embedding" or "vision" in t.name or "multi_modal" in t.name
+        front = t.role == "embedding" or t.name.startswith(model.traits.towers)
         if (front and first) or (not front and last):
             out.append(t)
     if last and model.tie_word_embeddings and token_embedding is not None:
-        out.append(Tensor("lm_head", token_embedding.shape, "lm_head"))
+        out.append(Tensor(name="lm_head", shape=token_embedding.shape, role="lm_head", split="vocab"))
     return tuple(out)

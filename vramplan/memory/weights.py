@@ -30,14 +30,14 @@ DEFAULT_GROUP = 128       # GPTQ/AWQ group size used by --dtype int4 / gptq / aw
 
 # What `--dtype X` means for a checkpoint that is not already quantized.
 _ON_THE_FLY = {
-    "fp8": Quantization("fp8", bits=8),                     # vLLM online FP8: per-tensor scale
-    "int8": Quantization("int8", bits=8),                   # bitsandbytes LLM.int8
-    "int4": Quantization("gptq", bits=4, group_size=DEFAULT_GROUP),
-    "gptq": Quantization("gptq", bits=4, group_size=DEFAULT_GROUP),
-    "awq": Quantization("awq", bits=4, group_size=DEFAULT_GROUP),
-    "nf4": Quantization("nf4", bits=4, double_quant=True),   # QLoRA's recipe: NF4 + double quant
-    "fp4": Quantization("fp4", bits=4, double_quant=True),
-    "mxfp4": Quantization("mxfp4", bits=4),
+    "fp8": Quantization(method="fp8", bits=8),                     # vLLM online FP8: per-tensor scale
+    "int8": Quantization(method="int8", bits=8),                   # bitsandbytes LLM.int8
+    "int4": Quantization(method="gptq", bits=4, group_size=DEFAULT_GROUP),
+    "gptq": Quantization(method="gptq", bits=4, group_size=DEFAULT_GROUP),
+    "awq": Quantization(method="awq", bits=4, group_size=DEFAULT_GROUP),
+    "nf4": Quantization(method="nf4", bits=4, double_quant=True),   # QLoRA's recipe: NF4 + double quant
+    "fp4": Quantization(method="fp4", bits=4, double_quant=True),
+    "mxfp4": Quantization(method="mxfp4", bits=4),
 }
 
 
@@ -65,10 +65,10 @@ def resolve_format(model: ModelSpec, dtype: str) -> WeightFormat:
         q = model.quantization
         if q is not None and q.method != "none":
             return WeightFormat(q, base16, _label(q, base16))
-        return WeightFormat(Quantization("none", bits=8 * FLOAT_BYTES[model.torch_dtype]),
+        return WeightFormat(Quantization(method="none", bits=8 * FLOAT_BYTES[model.torch_dtype]),
                             model.torch_dtype, model.torch_dtype)
     if dtype in ("fp32", "bf16", "fp16"):
-        return WeightFormat(Quantization("none", bits=8 * FLOAT_BYTES[dtype]), dtype, dtype)
+        return WeightFormat(Quantization(method="none", bits=8 * FLOAT_BYTES[dtype]), dtype, dtype)
     if dtype not in _ON_THE_FLY:
         raise BadInput(f"--dtype {dtype!r} is not a weight format vramplan knows.")
     q = _ON_THE_FLY[dtype]
@@ -122,7 +122,7 @@ def transformers_bnb(model: ModelSpec, fmt: WeightFormat, major: int) -> tuple[W
     q = fmt.quant
     if q.method not in BNB_METHODS or q.pre_quantized or major < 5:
         return fmt, ()
-    cls, names = model.extra.get("hf_linear_subclass", ("", ()))
+    cls, names = model.traits.hf_linear_subclass, model.traits.hf_linear_subclass_modules
     new = replace(fmt, quant=replace(q, keep_roles=q.keep_roles + ("expert",), skip=q.skip + tuple(names)))
     kept = [t for t in model.all_tensors() if quantizes(t, q) and not quantizes(t, new.quant)]
     if not kept:

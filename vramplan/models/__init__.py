@@ -7,6 +7,15 @@ Each family module registers the model_type values it reads (`REGISTRY`); an unk
 is parsed as a generic llama-like decoder with a warning when the usual keys are there, and is a
 BadConfig otherwise. Parameter counts match transformers' `from_config` models exactly (see
 docs/families.md for every formula and its source file). Nothing heavy is imported.
+
+Every fact about an architecture lives in its module, so adding one is a new module here plus
+its import line below. The module registers its model_types (`@register`), lists its tensors with
+`Tensors` (each tensor's tensor-parallel `split` defaults by role and by the names families share,
+`_base.default_split`; it passes `split=` for its own, e.g. a fused QKV), and hands `make_spec`
+its `Traits`: `replace(GENERIC_TRAITS, ...)` with what its implementations do differently
+(peft's default LoRA targets, fp32 norms, an attention transformers runs instead of SDPA ...),
+citing the source of each. memory/ and engines/ read these typed facts and never look a model
+type or module name up.
 """
 
 from __future__ import annotations

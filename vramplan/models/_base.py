@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from vramplan.errors import BadConfig
-from vramplan.spec import Attention, LayerSpec, ModelSpec, Quantization, Role, Tensor
+from vramplan.spec import (Attention, LayerSpec, ModelSpec, PerHead, Quantization, Role, Split, Tensor, Traits,
+                           VisionTower)
 
 _MISSING = object()
 
@@ -187,8 +188,34 @@ def torch_dtype(cfg: Cfg, *nested: Cfg) -> str:
 
 # --- tensors ------------------------------------------------------------------------------------
 
+# vLLM's tensor-parallel layer for the module names families share (Tensor.split, read by
+# memory/parallel.py): RowParallelLinear for the projections back to the hidden size
+# (attention o_proj, MLP down_proj, Mamba / SigLIP out_proj, SigLIP fc2), QKVParallelLinear's K
+# and V rows for k_proj / v_proj. A family passes split= for names of its own.
+ROW_PARALLEL = frozenset({"o_proj", "out_proj", "down_proj", "fc2"})
+KV_PROJECTIONS = frozenset({"k_proj", "v_proj"})
+_REPLICATED_ROLES = ("norm", "router", "other", "conv")   # vLLM: RMSNorm / LayerNorm, ReplicatedLinear
+                                                           # routers, conv1d weights, bare parameters
+
+
+def default_split(name: str, role: Role) -> Split:
+    """The split of a tensor whose family says nothing: by role, then by the shared names above."""
+    if role in _REPLICATED_ROLES:
+        return "replicated"
+    if role in ("embedding", "lm_head"):
+        return "vocab"
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in KV_PROJECTIONS:
+        return "kv_heads"
+    if leaf in ROW_PARALLEL:
+        return "row"
+    return "column"
+
+
 class Tensors:
-    """Collects Tensor entries with a name prefix: weights without '.weight', biases as '<m>.bias'."""
+    """Collects Tensor entries with a name prefix: weights without '.weight', biases as '<m>.bias'.
+    `split` (how tensor parallelism splits the tensor) defaults to `default_split`; a bias splits
+    with its module."""
 
     __slots__ = ("prefix", "items")
 
@@ -199,24 +226,36 @@ class Tensors:
     def _name(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
 
-    def add(self, name: str, shape: tuple[int, ...], role: Role, count: int = 1) -> None:
-        self.items.append(Tensor(self._name(name), tuple(shape), role, count))
+    def add(self, name: str, shape: tuple[int, ...], role: Role, count: int = 1,
+            split: Split | None = None) -> None:
+        full = self._name(name)
+        split = split or default_split(full, role)
+        self.items.append(Tensor(name=full, shape=tuple(shape), role=role, split=split, count=count))
 
     def linear(self, name: str, out_features: int, in_features: int, bias: bool = False,
-               role: Role = "linear", count: int = 1, dtype: str = "") -> None:
-        self.items.append(Tensor(self._name(name), (out_features, in_features), role, count, dtype))
+               role: Role = "linear", count: int = 1, dtype: str = "", split: Split | None = None) -> None:
+        full = self._name(name)
+        split = split or default_split(full, role)
+        self.items.append(Tensor(name=full, shape=(out_features, in_features), role=role, split=split,
+                                 count=count, dtype=dtype))
         if bias:
-            self.items.append(Tensor(self._name(name) + ".bias", (out_features,), "bias", count))
+            # a router's bias is counted split (Split "column"), as vramplan always has
+            self.items.append(Tensor(name=full + ".bias", shape=(out_features,), role="bias",
+                                     split="column" if role == "router" else split, count=count))
 
-    def norm(self, name: str, dim: int, bias: bool = False) -> None:
-        """RMSNorm (weight only) or LayerNorm (bias=True: weight and bias)."""
-        self.items.append(Tensor(self._name(name), (dim,), "norm"))
+    def norm(self, name: str, dim: int, bias: bool = False, split: Split = "replicated",
+             per_head: PerHead = "") -> None:
+        """RMSNorm (weight only) or LayerNorm (bias=True: weight and bias). The bias of a LayerNorm
+        is counted split (Split "column"), as vramplan always has; vLLM replicates it (a few KB)."""
+        full = self._name(name)
+        self.items.append(Tensor(name=full, shape=(dim,), role="norm", split=split, per_head=per_head))
         if bias:
-            self.items.append(Tensor(self._name(name) + ".bias", (dim,), "bias"))
+            self.items.append(Tensor(name=full + ".bias", shape=(dim,), role="bias", split="column"))
 
-    def param(self, name: str, shape: tuple[int, ...], role: Role = "other", count: int = 1) -> None:
+    def param(self, name: str, shape: tuple[int, ...], role: Role = "other", count: int = 1,
+              split: Split | None = None) -> None:
         """A bare nn.Parameter (not a module weight): the name is the full parameter path."""
-        self.items.append(Tensor(self._name(name), tuple(shape), role, count))
+        self.add(name, shape, role, count, split)
 
     def extend(self, other: "Tensors") -> None:
         self.items.extend(other.items)
@@ -273,19 +312,43 @@ def attention(layer_type: str, heads: int, kv_heads: int, head_dim: int,
         window = chunk or None
     else:
         window = window if kind == "sliding" else None
-    return Attention(kind, heads, kv_heads, head_dim, head_dim, window=window)
+    return Attention(kind=kind, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, v_head_dim=head_dim,
+                     window=window)
+
+
+# peft's default LoRA targets of most decoders (peft/utils/constants.py
+# TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING: llama, mistral, mixtral, gemma, gemma2,
+# gemma3_text, qwen2, qwen3 ...).
+PEFT_Q_V = ("q_proj", "v_proj")
+# peft 0.21's v4 -> v5 MoE target renaming for qwen2_moe's layout (its _MOE_TARGET_MODULE_MAPPING,
+# keyed through transformers' conversion patterns, which map qwen3_moe and deepseek_v2/v3 to it).
+PEFT_MOE_QWEN2 = (("gate", "router"), ("gate_proj", "gate_up"), ("up_proj", "gate_up"), ("down_proj", "down"))
+
+# What the generic decoder's implementations do; a family replaces the fields that differ
+# (dataclasses.replace), citing its source.
+GENERIC_TRAITS = Traits(
+    residual_tensors=4,            # embedding output, layer input, residual, normed input (trace tier,
+                                   # docs/trace.md gap 1)
+    hf_attention=None,             # transformers runs the requested attention
+    norm_fp32=False,
+    dropout_residual=0.0,          # released decoder configs train without dropout
+    dropout_embedding=0.0,
+    hf_linear_subclass="",         # plain nn.Linear modules
+    hf_linear_subclass_modules=(),
+    mamba_ssm_cache_dtype=None,    # no Mamba state
+    attention_module="self_attn",  # transformers' <Family>DecoderLayer.self_attn
+    fused_qkv_saved_whole=False,   # separate q/k/v projections
+    lora_targets=None,             # a family with an entry in peft's mapping says so
+    lora_moe=(),
+    towers=(),                     # text only
+)
 
 
 def make_spec(cfg: Cfg, *, family: str, hidden: int, vocab: int, layers: list[LayerSpec],
               tensors: list[Tensor], tied: bool, dtype: str, quant: Quantization | None,
-              max_pos: int | None, extra: dict | None = None) -> ModelSpec:
+              max_pos: int | None, traits: Traits = GENERIC_TRAITS, mtp_layers: int = 0,
+              vision: VisionTower | None = None) -> ModelSpec:
     root = cfg.root
-    extra = dict(extra or {})
-    # per layer, what mixes tokens: full / sliding / chunked / mla / mamba2 / none
-    extra.setdefault("layer_types", [l.mixer.kind if l.mixer is not None else "none" for l in layers])
-    extra.setdefault("architectures", root.raw("architectures", default=[]))
-    if getattr(root, "dtype_assumed", False):
-        extra["torch_dtype_assumed"] = True
     return ModelSpec(
         id=root.model,
         model_type=root.model_type,
@@ -296,8 +359,11 @@ def make_spec(cfg: Cfg, *, family: str, hidden: int, vocab: int, layers: list[La
         tensors=tuple(tensors),
         tie_word_embeddings=tied,
         torch_dtype=dtype,
+        torch_dtype_assumed=root.dtype_assumed,
         quantization=quant,
         max_position_embeddings=max_pos,
+        traits=traits,
+        mtp_layers=mtp_layers,
+        vision=vision,
         warnings=tuple(root.warnings),
-        extra=extra,
     )

@@ -2,7 +2,8 @@
 
 One builder, per-family options: Llama, Mistral, Mixtral, Qwen2, Qwen3, Qwen3-MoE, Phi-3, Gemma 2,
 Gemma 3 (text) and the generic fallback differ only in biases, q/k norms, fused projections,
-extra norms, the MoE block and which layers use a sliding window.
+extra norms, the MoE block, which layers use a sliding window, and what their implementations do
+(DecoderOptions.traits: fp32 norms, peft's LoRA defaults ...).
 
 Per layer (transformers' <Family>DecoderLayer, names as `model.named_parameters()` prints them):
     self_attn.q_proj   [heads*hd, H]        k_proj, v_proj [kv*hd, H]      o_proj [H, heads*hd]
@@ -20,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from vramplan.spec import LayerSpec, Mlp, ModelSpec
-from vramplan.models._base import (FULL, SLIDING, Cfg, Tensors, attention, embedding_and_head,
-                    explicit_layer_types, make_spec, torch_dtype)
+from vramplan.spec import LayerSpec, Mlp, ModelSpec, Traits
+from vramplan.models._base import (FULL, GENERIC_TRAITS, SLIDING, Cfg, Tensors, attention, embedding_and_head,
+                                   explicit_layer_types, make_spec, torch_dtype)
 from vramplan.models.quant import parse_quantization
 
 LLAMA_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
@@ -67,13 +68,13 @@ class DecoderOptions:
     fused_qkv: bool = False              # Phi-3 qkv_proj
     fused_gate_up: bool = False          # Phi-3 gate_up_proj
     sandwich_norms: bool = False         # Gemma 2/3 pre/post feed-forward norms
-    norm_fp32: bool = False              # Gemma RMSNorm: x * (1 + weight) in fp32, cast at the end
     moe: str | None = None               # "mixtral" | "qwen3_moe"
     layer_rule: LayerRule = all_full
     window_flag: str | None = None       # a config flag that must be true for any window to apply
     prefix: str = "model"                # "model.language_model" inside Gemma 3 multimodal
     defaults: tuple = ()                 # (key, value) pairs of the family config's defaults that
                                          # Hub files rely on (e.g. Gemma's head_dim 256)
+    traits: Traits = GENERIC_TRAITS      # what the family's implementations do (spec.Traits)
 
 
 def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
@@ -110,22 +111,22 @@ def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
     for i in range(L):
         t = Tensors(f"{opts.prefix}.layers.{i}")
         if opts.fused_qkv:
-            t.linear("self_attn.qkv_proj", (heads + 2 * kv) * hd, H, qkv_bias)
+            t.linear("self_attn.qkv_proj", (heads + 2 * kv) * hd, H, qkv_bias, split="qkv")
         else:
             t.linear("self_attn.q_proj", heads * hd, H, qkv_bias)
             t.linear("self_attn.k_proj", kv * hd, H, qkv_bias)
             t.linear("self_attn.v_proj", kv * hd, H, qkv_bias)
         t.linear("self_attn.o_proj", H, heads * hd, o_bias)
         if opts.qk_norm:
-            t.norm("self_attn.q_norm", hd)
-            t.norm("self_attn.k_norm", hd)
+            t.norm("self_attn.q_norm", hd, per_head="q")
+            t.norm("self_attn.k_norm", hd, per_head="kv")
 
         experts, width, top_k = moe[i]
         if experts:
             t.linear("mlp.gate", experts, H, role="router")
             t.add("mlp.experts.gate_up_proj", (2 * width, H), "expert", count=experts)
             t.add("mlp.experts.down_proj", (H, width), "expert", count=experts)
-            mlp = Mlp("moe", width, gated=True, num_experts=experts, top_k=top_k)
+            mlp = Mlp(kind="moe", intermediate=width, gated=True, num_experts=experts, top_k=top_k)
         else:
             if opts.fused_gate_up:
                 t.linear("mlp.gate_up_proj", 2 * width, H, mlp_bias)
@@ -133,7 +134,7 @@ def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
                 t.linear("mlp.gate_proj", width, H, mlp_bias)
                 t.linear("mlp.up_proj", width, H, mlp_bias)
             t.linear("mlp.down_proj", H, width, mlp_bias)
-            mlp = Mlp("dense", width, gated=True, fused_gate_up=opts.fused_gate_up)
+            mlp = Mlp(kind="dense", intermediate=width, gated=True, fused_gate_up=opts.fused_gate_up)
 
         t.norm("input_layernorm", H)
         t.norm("post_attention_layernorm", H)
@@ -145,7 +146,7 @@ def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
 
     tied = cfg.bool("tie_word_embeddings", default=opts.tie_default)
     outside = embedding_and_head(vocab, H, f"{opts.prefix}.embed_tokens", f"{opts.prefix}.norm", tied)
-    return layers, outside, {"hidden": H, "vocab": vocab, "tied": tied, "head_dim": hd}
+    return layers, outside, {"hidden": H, "vocab": vocab, "tied": tied}
 
 
 def _moe_plan(cfg: Cfg, opts: DecoderOptions, L: int, I: int | None) -> list[tuple[int, int, int]]:
@@ -184,7 +185,7 @@ def parse_decoder(cfg: Cfg, opts: DecoderOptions, *, required: tuple[str, ...] =
         cfg, family=opts.family, hidden=info["hidden"], vocab=info["vocab"], layers=layers,
         tensors=outside, tied=info["tied"], dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
-        extra={"head_dim": info["head_dim"], **({"norm_fp32": True} if opts.norm_fp32 else {})},
+        traits=opts.traits,
     )
 
 

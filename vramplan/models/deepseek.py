@@ -17,12 +17,18 @@ mlp.shared_experts.* of width moe_intermediate_size * n_shared_experts.
 V3's router also holds e_score_correction_bias [E], but transformers registers it as a buffer,
 not a parameter, so it is not counted (the reference count agrees). The multi-token-prediction
 layers (num_nextn_predict_layers) are not built by transformers and are not counted either.
+vLLM (model_executor/models/deepseek_v2.py) keeps the small down-projections q_a_proj and
+kv_a_proj_with_mqa as ReplicatedLinear. peft has no default LoRA targets for it; its MoE target
+renaming for transformers 5 is qwen2_moe's.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan.spec import Attention, LayerSpec, Mlp
-from vramplan.models._base import Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
+from vramplan.models._base import (GENERIC_TRAITS, PEFT_MOE_QWEN2, Cfg, Tensors, embedding_and_head, make_spec,
+                                   register, torch_dtype)
 from vramplan.models.quant import parse_quantization
 
 KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",
@@ -54,17 +60,18 @@ def parse(cfg: Cfg):
         first_dense = cfg.int("first_k_dense_replace", default=0, positive=False)
         freq = cfg.int("moe_layer_freq", default=1)
 
-    mla = Attention("mla", heads, heads, qk, vd, kv_lora_rank=kv_rank, rope_dim=rope)
+    mla = Attention(kind="mla", num_heads=heads, num_kv_heads=heads, head_dim=qk, v_head_dim=vd,
+                    kv_lora_rank=kv_rank, rope_dim=rope)
     layers = []
     for i in range(L):
         t = Tensors(f"model.layers.{i}")
         if q_rank is None:
             t.linear("self_attn.q_proj", heads * qk, H)
         else:
-            t.linear("self_attn.q_a_proj", q_rank, H, bias)
+            t.linear("self_attn.q_a_proj", q_rank, H, bias, split="replicated")
             t.norm("self_attn.q_a_layernorm", q_rank)
             t.linear("self_attn.q_b_proj", heads * qk, q_rank)
-        t.linear("self_attn.kv_a_proj_with_mqa", kv_rank + rope, H, bias)
+        t.linear("self_attn.kv_a_proj_with_mqa", kv_rank + rope, H, bias, split="replicated")
         t.norm("self_attn.kv_a_layernorm", kv_rank)
         t.linear("self_attn.kv_b_proj", heads * (nope + vd), kv_rank)
         t.linear("self_attn.o_proj", H, heads * vd, bias)
@@ -79,12 +86,13 @@ def parse(cfg: Cfg):
                 t.linear("mlp.shared_experts.gate_proj", s, H)
                 t.linear("mlp.shared_experts.up_proj", s, H)
                 t.linear("mlp.shared_experts.down_proj", H, s)
-            mlp = Mlp("moe", moe_I, gated=True, num_experts=E, top_k=top_k, shared_intermediate=s)
+            mlp = Mlp(kind="moe", intermediate=moe_I, gated=True, num_experts=E, top_k=top_k,
+                      shared_intermediate=s)
         else:
             t.linear("mlp.gate_proj", I, H)
             t.linear("mlp.up_proj", I, H)
             t.linear("mlp.down_proj", H, I)
-            mlp = Mlp("dense", I, gated=True)
+            mlp = Mlp(kind="dense", intermediate=I, gated=True)
         t.norm("input_layernorm", H)
         t.norm("post_attention_layernorm", H)
         layers.append(LayerSpec(i, mla, mlp, t.tuple()))
@@ -96,5 +104,6 @@ def parse(cfg: Cfg):
         cfg, family="deepseek_v3" if v3 else "deepseek_v2", hidden=H, vocab=vocab, layers=layers,
         tensors=outside, tied=tied, dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
-        extra={"mtp_layers": mtp},
+        traits=replace(GENERIC_TRAITS, lora_moe=PEFT_MOE_QWEN2),
+        mtp_layers=mtp,
     )

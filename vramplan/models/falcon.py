@@ -16,12 +16,19 @@ Per layer (transformer.h.i):
         otherwise one input_layernorm
 transformer.word_embeddings [V, H], transformer.ln_f (weight + bias), lm_head tied by default.
 head_dim = H // heads. ALiBi adds no parameters. KV heads: kv_heads (new arch), 1 (multi_query), heads.
+
+vLLM (model_executor/models/falcon.py): query_key_value is one QKVParallelLinear, dense and
+dense_4h_to_h RowParallelLinear. With rotary, q and k leave query_key_value as new tensors while v
+stays a view of it (`fused_qkv_saved_whole`, trace tier on Falcon-40B). peft's default LoRA target
+is query_key_value (for all three model types: peft sees the converted transformers config).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan.spec import Attention, LayerSpec, Mlp
-from vramplan.models._base import Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
+from vramplan.models._base import GENERIC_TRAITS, Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
 from vramplan.models.quant import parse_quantization
 
 
@@ -52,15 +59,15 @@ def parse(cfg: Cfg):
     else:
         kv, qkv = heads, 3 * H
 
-    mixer = Attention("full", heads, kv, hd, hd)
-    mlp = Mlp("dense", F, gated=False)
+    mixer = Attention(kind="full", num_heads=heads, num_kv_heads=kv, head_dim=hd, v_head_dim=hd)
+    mlp = Mlp(kind="dense", intermediate=F, gated=False)
     layers = []
     for i in range(L):
         t = Tensors(f"transformer.h.{i}")
-        t.linear("self_attention.query_key_value", qkv, H, bias)
-        t.linear("self_attention.dense", H, H, bias)
+        t.linear("self_attention.query_key_value", qkv, H, bias, split="qkv")
+        t.linear("self_attention.dense", H, H, bias, split="row")
         t.linear("mlp.dense_h_to_4h", F, H, bias)
-        t.linear("mlp.dense_4h_to_h", H, F, bias)
+        t.linear("mlp.dense_4h_to_h", H, F, bias, split="row")
         if not parallel:
             t.norm("input_layernorm", H, bias=True)
             t.norm("post_attention_layernorm", H, bias=True)
@@ -80,9 +87,10 @@ def parse(cfg: Cfg):
         cfg, family="falcon", hidden=H, vocab=vocab, layers=layers, tensors=outside, tied=tied,
         dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None if cfg.bool("alibi") else 2048),
-        extra={"head_dim": hd, "new_decoder_architecture": new_arch, "alibi": cfg.bool("alibi"),
-               # transformers builds these as FalconLinear, an nn.Linear subclass (memory/weights.py
-               # transformers_bnb: bitsandbytes in transformers 5 leaves them 16-bit)
-               "hf_linear_subclass": ("FalconLinear", ("query_key_value", "dense", "dense_h_to_4h",
-                                                       "dense_4h_to_h"))},
+        # transformers builds every projection as FalconLinear, an nn.Linear subclass (memory/weights.py
+        # transformers_bnb: bitsandbytes in transformers 5 leaves them 16-bit)
+        traits=replace(GENERIC_TRAITS, hf_linear_subclass="FalconLinear",
+                       hf_linear_subclass_modules=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+                       attention_module="self_attention", fused_qkv_saved_whole=True,
+                       lora_targets=("query_key_value",)),
     )

@@ -27,8 +27,10 @@ SigLIP vision transformer (SiglipVisionConfig defaults: hidden 768, intermediate
 
 from __future__ import annotations
 
-from vramplan.spec import Tensor
-from vramplan.models._base import Cfg, Tensors, make_spec, register, torch_dtype
+from dataclasses import replace
+
+from vramplan.spec import Tensor, VisionTower
+from vramplan.models._base import GENERIC_TRAITS, PEFT_Q_V, Cfg, Tensors, make_spec, register, torch_dtype
 from vramplan.models.decoder import DecoderOptions, build_decoder, every_nth_full, parse_decoder
 from vramplan.models.quant import parse_quantization
 
@@ -47,21 +49,29 @@ SIGLIP_DEFAULTS = {
 }
 
 
-def _opts(prefix: str) -> DecoderOptions:
+# Gemma3RMSNorm computes x * (1 + weight) in fp32 and casts only its result. peft's default LoRA
+# targets cover gemma3_text (q_proj, v_proj) but not the multimodal gemma3.
+TEXT_TRAITS = replace(GENERIC_TRAITS, norm_fp32=True, lora_targets=PEFT_Q_V)
+MULTIMODAL_TRAITS = replace(GENERIC_TRAITS, norm_fp32=True,
+                            towers=("model.vision_tower", "model.multi_modal_projector"))
+
+
+def _opts(prefix: str, traits) -> DecoderOptions:
     return DecoderOptions(family="gemma3", tie_default=True, attn_bias="config", qk_norm=True,
-                          sandwich_norms=True, norm_fp32=True, layer_rule=every_nth_full(6), prefix=prefix,
-                          defaults=TEXT_DEFAULTS)
+                          sandwich_norms=True, layer_rule=every_nth_full(6), prefix=prefix,
+                          defaults=TEXT_DEFAULTS, traits=traits)
 
 
 @register("gemma3_text")
 def parse_text(cfg: Cfg):
-    return parse_decoder(cfg, _opts("model"), required=TEXT_KEYS)
+    return parse_decoder(cfg, _opts("model", TEXT_TRAITS), required=TEXT_KEYS)
 
 
 @register("gemma3")
 def parse(cfg: Cfg):
     text = cfg.sub("text_config")
-    layers, outside, info = build_decoder(text, _opts("model.language_model"), required=TEXT_KEYS)
+    layers, outside, info = build_decoder(text, _opts("model.language_model", MULTIMODAL_TRAITS),
+                                          required=TEXT_KEYS)
     if cfg.raw("vision_config") is None:
         cfg.warn("config.json has no vision_config; SiglipVisionConfig's defaults (a 224-pixel, "
                  "12-layer SigLIP) are assumed, as transformers does.")
@@ -81,15 +91,12 @@ def parse(cfg: Cfg):
         cfg, family="gemma3", hidden=H, vocab=info["vocab"], layers=layers, tensors=tensors,
         tied=info["tied"], dtype=torch_dtype(cfg, text), quant=parse_quantization(cfg),
         max_pos=text.int("max_position_embeddings", default=131072),
-        extra={
-            "head_dim": info["head_dim"], "norm_fp32": True,
-            "vision": {
-                "hidden_size": Hv, "num_layers": vision.int("num_hidden_layers"),
-                "patches_per_image": patches,
-                "tokens_per_image": cfg.int("mm_tokens_per_image", default=256),
-                "params": sum(t.numel for t in tower) + sum(t.numel for t in proj.items),
-            },
-        },
+        traits=MULTIMODAL_TRAITS,
+        vision=VisionTower(
+            hidden_size=Hv, num_layers=vision.int("num_hidden_layers"), patches_per_image=patches,
+            tokens_per_image=cfg.int("mm_tokens_per_image", default=256),
+            params=sum(t.numel for t in tower) + sum(t.numel for t in proj.items),
+        ),
     )
 
 

@@ -12,14 +12,17 @@ The checkpoint keeps the experts in MXFP4 (quantization_config.quant_method "mxf
 modules_to_not_convert (attention, router, embeddings, lm_head) stay in bf16.
 transformers has no SDPA path for it (`_supports_sdpa = False`: SDPA has no attention sinks), so
 transformers runs eager attention with the sink logit concatenated to the scores and a softmax in
-the input dtype (`hf_attention` "eager_sinks"; vLLM has its own kernel).
+the input dtype (`hf_attention` "eager_sinks"; vLLM has its own kernel, which splits the sinks by
+head). peft has no default LoRA targets for it.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan.spec import LayerSpec, Mlp
-from vramplan.models._base import (FULL, SLIDING, Cfg, Tensors, attention, embedding_and_head, explicit_layer_types,
-                    make_spec, register, torch_dtype)
+from vramplan.models._base import (FULL, GENERIC_TRAITS, SLIDING, Cfg, Tensors, attention, embedding_and_head,
+                                   explicit_layer_types, make_spec, register, torch_dtype)
 from vramplan.models.quant import parse_quantization
 
 KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",
@@ -45,7 +48,7 @@ def parse(cfg: Cfg):
     if types is None:       # GptOssConfig default: sliding, full, sliding, full, ...
         types = [SLIDING if (i + 1) % 2 else FULL for i in range(L)]
 
-    mlp = Mlp("moe", I, gated=True, num_experts=E, top_k=top_k, act="gpt_oss_glu")
+    mlp = Mlp(kind="moe", intermediate=I, gated=True, num_experts=E, top_k=top_k, act="gpt_oss_glu")
     layers = []
     for i in range(L):
         t = Tensors(f"model.layers.{i}")
@@ -53,7 +56,7 @@ def parse(cfg: Cfg):
         t.linear("self_attn.k_proj", kv * hd, H, bias)
         t.linear("self_attn.v_proj", kv * hd, H, bias)
         t.linear("self_attn.o_proj", H, heads * hd, bias)
-        t.param("self_attn.sinks", (heads,), "other")
+        t.param("self_attn.sinks", (heads,), "other", split="heads")
         t.linear("mlp.router", E, H, bias=True, role="router")
         t.param("mlp.experts.gate_up_proj", (E, H, 2 * I), "expert")
         t.param("mlp.experts.gate_up_proj_bias", (E, 2 * I), "bias")
@@ -69,5 +72,5 @@ def parse(cfg: Cfg):
         cfg, family="gpt_oss", hidden=H, vocab=vocab, layers=layers, tensors=outside, tied=tied,
         dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
-        extra={"head_dim": hd, "hf_attention": "eager_sinks"},
+        traits=replace(GENERIC_TRAITS, hf_attention="eager_sinks"),
     )

@@ -17,13 +17,21 @@ character, each `norm` [H] (RMSNorm) + one mixer at model.layers.i.mixer:
        shared_experts.up_proj/down_proj of moe_shared_expert_intermediate_size,
        fc1_latent_proj [D, H] / fc2_latent_proj [H, D] when moe_latent_size is set
 model.embeddings [V, H], model.norm_f [H], lm_head [V, H] (tie_word_embeddings default false).
+
+vLLM's MambaMixer2 (model_executor/layers/mamba/mamba_mixer2.py) splits conv1d, A, D, dt_bias and
+the gated norm by head; in_proj is column-, out_proj row-parallel. mamba_ssm's fused training
+kernel applies out_proj and the gated norm inside itself (the training planner finds them as the
+row-split linear and the head-split norm of a Mamba layer). peft's default LoRA targets are the
+attention projections q/k/v/o_proj.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan.errors import BadConfig
 from vramplan.spec import Attention, LayerSpec, Mlp, Recurrent
-from vramplan.models._base import Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
+from vramplan.models._base import GENERIC_TRAITS, Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
 from vramplan.models.quant import parse_quantization
 
 _CHARS = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
@@ -64,7 +72,8 @@ def parse(cfg: Cfg):
         kv = cfg.int("num_key_value_heads", default=heads)
         hd = cfg.int("head_dim", "attention_head_dim", default=128)
         window = cfg.int("sliding_window", default=0, positive=False) or None
-        attn = Attention("sliding" if window else "full", heads, kv, hd, hd, window=window)
+        attn = Attention(kind="sliding" if window else "full", num_heads=heads, num_kv_heads=kv, head_dim=hd,
+                         v_head_dim=hd, window=window)
     if "mamba" in kinds:
         nh = cfg.int("mamba_num_heads")
         mhd = cfg.int("mamba_head_dim")
@@ -74,14 +83,14 @@ def parse(cfg: Cfg):
         conv_bias = cfg.bool("use_conv_bias", "mamba_conv_bias", default=True)
         d_inner = nh * mhd
         conv_dim = d_inner + 2 * ng * ss
-        rec = Recurrent("mamba2", conv_state_elems=conv_dim * (k - 1), ssm_state_elems=nh * mhd * ss,
+        rec = Recurrent(kind="mamba2", conv_state_elems=conv_dim * (k - 1), ssm_state_elems=nh * mhd * ss,
                         num_heads=nh, head_dim=mhd, state_size=ss, conv_channels=conv_dim, conv_kernel=k,
                         chunk_size=cfg.int("chunk_size", "mamba_chunk_size", default=128))
     use_bias = cfg.bool("use_bias", default=False)
     mlp_bias = cfg.bool("mlp_bias", default=False)
     if "mlp" in kinds:
         I = cfg.int("intermediate_size")
-        dense = Mlp("dense", I, gated=False)
+        dense = Mlp(kind="dense", intermediate=I, gated=False)
     if "moe" in kinds:
         E = cfg.int("n_routed_experts", "num_local_experts")
         Im = cfg.int("moe_intermediate_size")
@@ -89,7 +98,8 @@ def parse(cfg: Cfg):
         top_k = cfg.int("num_experts_per_tok")
         latent = cfg.int("moe_latent_size", default=None)
         D = latent or H
-        moe = Mlp("moe", Im, gated=False, num_experts=E, top_k=top_k, shared_intermediate=Is)
+        moe = Mlp(kind="moe", intermediate=Im, gated=False, num_experts=E, top_k=top_k,
+                  shared_intermediate=Is)
 
     layers = []
     for i, kind in enumerate(kinds):
@@ -98,13 +108,13 @@ def parse(cfg: Cfg):
         mixer = mlp = None
         if kind == "mamba":
             t.linear("mixer.in_proj", 2 * d_inner + 2 * ng * ss + nh, H, use_bias)
-            t.add("mixer.conv1d", (conv_dim, 1, k), "conv")
+            t.add("mixer.conv1d", (conv_dim, 1, k), "conv", split="heads")
             if conv_bias:
-                t.add("mixer.conv1d.bias", (conv_dim,), "bias")
-            t.param("mixer.dt_bias", (nh,), "other")
-            t.param("mixer.A_log", (nh,), "other")
-            t.param("mixer.D", (nh,), "other")
-            t.norm("mixer.norm", d_inner)
+                t.add("mixer.conv1d.bias", (conv_dim,), "bias", split="heads")
+            t.param("mixer.dt_bias", (nh,), "other", split="heads")
+            t.param("mixer.A_log", (nh,), "other", split="heads")
+            t.param("mixer.D", (nh,), "other", split="heads")
+            t.norm("mixer.norm", d_inner, split="heads")
             t.linear("mixer.out_proj", H, d_inner, use_bias)
             mixer = rec
         elif kind == "attention":
@@ -136,6 +146,13 @@ def parse(cfg: Cfg):
         cfg, family="nemotron_h", hidden=H, vocab=vocab, layers=layers, tensors=outside, tied=tied,
         dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
         max_pos=cfg.int("max_position_embeddings", default=None),
-        extra={"block_types": kinds,
-               "mamba_ssm_cache_dtype": cfg.str("mamba_ssm_cache_dtype", default="float32")},
+        traits=replace(
+            GENERIC_TRAITS,
+            # vLLM's NemotronHForCausalLMConfig keeps the SSM state in float32 when the config names
+            # no dtype (PR #39032)
+            mamba_ssm_cache_dtype=cfg.str("mamba_ssm_cache_dtype", default="float32"),
+            # its attention's o_proj (under "mixer") is planned as reading a tensor of its own, not
+            # the attention kernel's output, as vramplan always has
+            attention_module="",
+            lora_targets=("q_proj", "k_proj", "v_proj", "o_proj")),
     )

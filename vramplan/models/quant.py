@@ -35,24 +35,24 @@ def parse_quantization(cfg: Cfg) -> Quantization | None:
     m = method.lower()
     skip = _skip_list(q, "modules_to_not_convert")
     if m == "fp8":
-        return Quantization("fp8", bits=8, block_size=_block(q.get("weight_block_size"), cfg),
+        return Quantization(method="fp8", bits=8, block_size=_block(q.get("weight_block_size"), cfg),
                             skip=skip, pre_quantized=True)
     if m == "fbgemm_fp8":
         # FBGEMM stores fp8 weights with one fp32 scale per output row; the per-row scales are
         # a rounding error next to the weights, so it is read as plain fp8.
         cfg.warn("quant_method fbgemm_fp8 is read as fp8 with per-tensor scales (its per-row scales "
                  "add well under 1% to the weights).")
-        return Quantization("fp8", bits=8, skip=skip, pre_quantized=True)
+        return Quantization(method="fp8", bits=8, skip=skip, pre_quantized=True)
     if m == "mxfp4":
-        return Quantization("mxfp4", bits=4, skip=skip, pre_quantized=True)
+        return Quantization(method="mxfp4", bits=4, skip=skip, pre_quantized=True)
     if m == "gptq":
         bits = _int(q, ("bits",), cfg, method)
-        return Quantization("gptq", bits=bits, group_size=_group(q.get("group_size")),
+        return Quantization(method="gptq", bits=bits, group_size=_group(q.get("group_size")),
                             desc_act=bool(q.get("desc_act", False)), skip=skip, pre_quantized=True)
     if m == "awq":
         bits = _int(q, ("bits", "w_bit"), cfg, method)
         group = q.get("group_size", q.get("q_group_size"))
-        return Quantization("awq", bits=bits, group_size=_group(group), skip=skip, pre_quantized=True)
+        return Quantization(method="awq", bits=bits, group_size=_group(group), skip=skip, pre_quantized=True)
     if m == "bitsandbytes":
         return _bnb(q, cfg)
     if m == "compressed-tensors":
@@ -106,10 +106,10 @@ def _bnb(q: dict, cfg: Cfg) -> Quantization:
         kind = str(q.get("bnb_4bit_quant_type", "fp4")).lower()   # BitsAndBytesConfig default: fp4
         if kind not in ("nf4", "fp4"):
             raise BadConfig(f"bnb_4bit_quant_type {kind!r} in config.json of {cfg.who} is neither nf4 nor fp4.")
-        return Quantization(kind, bits=4, double_quant=bool(q.get("bnb_4bit_use_double_quant", False)),
+        return Quantization(method=kind, bits=4, double_quant=bool(q.get("bnb_4bit_use_double_quant", False)),
                             skip=skip, pre_quantized=True)
     if q.get("load_in_8bit") or q.get("_load_in_8bit"):
-        return Quantization("int8", bits=8, skip=skip, pre_quantized=True)
+        return Quantization(method="int8", bits=8, skip=skip, pre_quantized=True)
     raise BadConfig(f"the bitsandbytes quantization_config in config.json of {cfg.who} sets neither "
                     f"load_in_4bit nor load_in_8bit.")
 
@@ -143,7 +143,7 @@ def _compressed_tensors(q: dict, cfg: Cfg) -> Quantization:
     if weights is None:
         cfg.warn("compressed-tensors quantization_config has no weight scheme vramplan can read; "
                  "the weights are sized as unquantized.")
-        return Quantization("none", skip=skip, pre_quantized=True)
+        return Quantization(method="none", skip=skip, pre_quantized=True)
     bits = weights.get("num_bits", 8)
     typ = str(weights.get("type", "int")).lower()
     strategy = str(weights.get("strategy", "")).lower()
@@ -155,18 +155,18 @@ def _compressed_tensors(q: dict, cfg: Cfg) -> Quantization:
         block = None
         if strategy == "block":
             block = _block(weights.get("block_structure"), cfg)
-        return Quantization("fp8", bits=8, block_size=block, skip=skip, pre_quantized=True)
+        return Quantization(method="fp8", bits=8, block_size=block, skip=skip, pre_quantized=True)
     if typ == "float" and bits == 4:
         cfg.warn("compressed-tensors FP4 (NVFP4) weights are sized as MXFP4 (4-bit values, one 8-bit "
                  "scale per 32); NVFP4 keeps one per 16, about 3% more.")
-        return Quantization("mxfp4", bits=4, skip=skip, pre_quantized=True)
+        return Quantization(method="mxfp4", bits=4, skip=skip, pre_quantized=True)
     if typ == "int" and bits == 8 and strategy in ("channel", "tensor", ""):
-        return Quantization("int8", bits=8, skip=skip, pre_quantized=True)
+        return Quantization(method="int8", bits=8, skip=skip, pre_quantized=True)
     if typ == "int" and bits in (2, 3, 4, 8):
         # pack-quantized: int32-packed values + per-group scales (+ zero points when asymmetric),
         # no g_idx: the AWQ layout is the closest one the weights core knows.
         cfg.warn(f"compressed-tensors int{bits} weights are sized with the AWQ layout (packed values, "
                  f"per-group scales and zeros).")
-        return Quantization("awq", bits=bits, group_size=group, skip=skip, pre_quantized=True)
+        return Quantization(method="awq", bits=bits, group_size=group, skip=skip, pre_quantized=True)
     raise BadConfig(f"the compressed-tensors scheme ({typ}{bits}) in config.json of {cfg.who} is not one "
                     f"vramplan can size.")

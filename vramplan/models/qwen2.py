@@ -3,11 +3,13 @@
 Llama with a bias on q/k/v (not o). Sliding window only when use_sliding_window is true, and
 then for layers >= max_window_layers; released Qwen2.5 configs set it false (all layers full)."""
 
-from vramplan.models._base import Cfg, register
+from dataclasses import replace
+
+from vramplan.models._base import GENERIC_TRAITS, PEFT_Q_V, Cfg, register
 from vramplan.models.decoder import DecoderOptions, parse_decoder, qwen_window_layers
 
 QWEN2 = DecoderOptions(family="qwen2", attn_bias="qkv", layer_rule=qwen_window_layers,
-                      window_flag="use_sliding_window")
+                      window_flag="use_sliding_window", traits=replace(GENERIC_TRAITS, lora_targets=PEFT_Q_V))
 
 
 @register("qwen2")

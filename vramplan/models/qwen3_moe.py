@@ -2,14 +2,17 @@
 
 Qwen3 attention; a layer is sparse when it is not in mlp_only_layers and (i+1) % decoder_sparse_step
 == 0: router mlp.gate [num_experts, H] and num_experts SwiGLU experts of moe_intermediate_size,
-no shared expert. Dense layers use intermediate_size."""
+no shared expert. Dense layers use intermediate_size. peft has no default LoRA targets for it.
+"""
 
-from vramplan.models._base import Cfg, register
+from dataclasses import replace
+
+from vramplan.models._base import GENERIC_TRAITS, PEFT_MOE_QWEN2, Cfg, register
 from vramplan.models.decoder import DecoderOptions, parse_decoder, qwen_window_layers
 
 QWEN3_MOE = DecoderOptions(family="qwen3_moe", attn_bias="config", qk_norm=True, moe="qwen3_moe",
                            layer_rule=qwen_window_layers,
-                           window_flag="use_sliding_window")
+                           window_flag="use_sliding_window", traits=replace(GENERIC_TRAITS, lora_moe=PEFT_MOE_QWEN2))
 KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
         "num_experts", "moe_intermediate_size")
 

@@ -61,7 +61,7 @@ def model_json(m: ModelSpec) -> dict:
         kinds[k] = kinds.get(k, 0) + 1
     q = m.quantization
     return {
-        "id": m.id, "source": m.source, "location": m.extra.get("location", ""),
+        "id": m.id, "source": m.source, "location": m.location,
         "model_type": m.model_type, "family": m.family, "params": m.params,
         "num_layers": m.num_layers, "layer_kinds": kinds, "hidden_size": m.hidden_size,
         "vocab_size": m.vocab_size, "torch_dtype": m.torch_dtype,

@@ -3,9 +3,9 @@ hardware (hardware.py), and the workload and its answer (plan.py). Nothing here 
 
 from vramplan.spec.hardware import GpuSpec, GpuTarget, Price
 from vramplan.spec.model import (Attention, LayerSpec, Mlp, ModelSpec, Quantization, Recurrent, Role,
-                                 Tensor)
+                                 PerHead, Split, Tensor, Traits, VisionTower)
 from vramplan.spec.plan import Mode, Plan, ServeOptions, ServeReport, Suggestion, Workload
 
-__all__ = ["Attention", "GpuSpec", "GpuTarget", "LayerSpec", "Mlp", "Mode", "ModelSpec", "Plan",
-           "Price", "Quantization", "Recurrent", "Role", "ServeOptions", "ServeReport", "Suggestion",
-           "Tensor", "Workload"]
+__all__ = ["Attention", "GpuSpec", "GpuTarget", "LayerSpec", "Mlp", "Mode", "ModelSpec", "PerHead", "Plan",
+           "Price", "Quantization", "Recurrent", "Role", "ServeOptions", "ServeReport", "Split", "Suggestion",
+           "Tensor", "Traits", "VisionTower", "Workload"]

@@ -1,7 +1,10 @@
 """A model as the core sees it: per layer (what mixes tokens: full / sliding / chunked / MLA
 attention or a recurrent state; what follows: a dense or MoE MLP) and as a list of parameter
-tensors with their real shapes and Hugging Face module paths, so quantization skip lists, LoRA
-targets and tensor-parallel splits can all be applied by name. Nothing here does I/O.
+tensors with their real shapes and Hugging Face module paths, so quantization skip lists and LoRA
+targets can be applied by name. What the formulas need to know about a tensor or an architecture
+beyond its shape is typed here (Tensor.split, Tensor.per_head, Traits), set by the family modules
+(vramplan/models/) at parse time, so memory/ and engines/ never match module names themselves.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -14,8 +17,31 @@ from typing import Literal
 # else (embeddings, norms, biases, routers, convolutions, SSM vectors) stays in 16-bit.
 Role = Literal["linear", "expert", "embedding", "lm_head", "norm", "bias", "router", "conv", "other"]
 
+# How vLLM's tensor parallelism lays a tensor over `tp` ranks (memory/parallel.py, tp_divisor):
+#   "column"      split along its output (ColumnParallelLinear; MoE experts' gate/up; biases of
+#                 column-parallel layers). Also, as vramplan has always counted them, the biases
+#                 of norms and routers, which vLLM replicates (a few KB).
+#   "row"         split along its input (RowParallelLinear): the projection that takes a block's
+#                 inner output (attention output, MLP product, Mamba scan output) back to the
+#                 hidden size; o_proj, down_proj, out_proj ... The training planner reads the same
+#                 fact: such a projection's input is not the normalized residual stream.
+#   "vocab"       VocabParallelEmbedding / ParallelLMHead rows
+#   "replicated"  every rank holds all of it (norms, routers, convolutions, small
+#                 down-projections such as MLA's q_a_proj, GPT-2's position table)
+#   "kv_heads"    a K or V projection: split by KV head, one whole head per rank once tp exceeds
+#                 them (QKVParallelLinear, num_kv_head_replicas)
+#   "qkv"         a fused QKV projection (one QKVParallelLinear): its Q rows split tp ways, its
+#                 K/V rows as "kv_heads"
+#   "heads"       split by Mamba (or attention-sink) head (MambaMixer2: conv1d, A, D, dt_bias, the
+#                 gated norm). In a Mamba layer, the gated norm is the one norm split this way.
+Split = Literal["column", "row", "vocab", "replicated", "kv_heads", "qkv", "heads"]
 
-@dataclass(frozen=True)
+# A norm applied to each query ("q") or key ("kv") head rather than to the hidden state (Qwen3 and
+# Gemma 3 q_norm / k_norm); "" for every other tensor.
+PerHead = Literal["", "q", "kv"]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Tensor:
     """One parameter tensor of the checkpoint (or `count` identical ones, e.g. MoE experts).
 
@@ -27,9 +53,12 @@ class Tensor:
     name: str
     shape: tuple[int, ...]
     role: Role
+    split: Split        # how tensor parallelism splits it (see Split)
     count: int = 1
     dtype: str = ""     # the dtype transformers keeps it in whatever the model's (DeepSeek's fp32
                         # router); "" = the model dtype. vLLM's own layers ignore it.
+    per_head: PerHead = ""  # a per-head q/k norm (PerHead): the training planner sizes what it
+                            # saves by the heads it normalizes
 
     @property
     def numel(self) -> int:
@@ -41,7 +70,7 @@ class Tensor:
         return self.name.rsplit(".", 1)[-1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Attention:
     """Token mixing by attention. `kind` decides what the KV cache holds per token."""
 
@@ -66,7 +95,7 @@ class Attention:
         return self.num_kv_heads * (self.head_dim + self.v_head_dim)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recurrent:
     """A Mamba-style layer: a fixed state per sequence, whatever the context length."""
 
@@ -103,7 +132,7 @@ class Recurrent:
         return self.conv_state_elems + self.ssm_state_elems
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Mlp:
     """The feed-forward part of a layer. For MoE, `intermediate` is one expert's width."""
 
@@ -130,7 +159,7 @@ class LayerSpec:
         return sum(t.numel for t in self.tensors)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Quantization:
     """How a checkpoint's (or a requested) weights are stored.
 
@@ -151,7 +180,90 @@ class Quantization:
     desc_act: bool = False                     # GPTQ act-order (adds g_idx, always stored)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class Traits:
+    """What an architecture's implementations (transformers, peft, vLLM) do that its layers and
+    tensors do not show. Each family module sets these at parse time from the generic defaults
+    (vramplan/models/_base.py, GENERIC_TRAITS), so the formulas in memory/ and engines/ read them
+    here and never look a model type up."""
+
+    residual_tensors: int
+    """Hidden-size tensors alive through a decoder layer in a forward (memory/activations.py,
+    residual_tensors: the inference peak and the training recomputation). 4 in general; GPT-2
+    keeps 6 (trace tier, docs/trace.md)."""
+
+    hf_attention: str | None
+    """The attention transformers runs when SDPA is asked for, where the family has no SDPA path
+    (memory/activations.py, attention_impl): "eager_sinks" for gpt-oss; None runs what is asked."""
+
+    norm_fp32: bool
+    """Gemma's RMSNorm computes x * (1 + weight) in fp32 and casts only its result, so a trained
+    norm saves an fp32 tensor (engines/hf_trainer/saved_activations.py)."""
+
+    dropout_residual: float
+    """Training-mode residual dropout (GPT-2 resid_pdrop): > 0 keeps a 1-byte mask on the attention
+    and the MLP outputs of every layer (saved_activations.dropout_masks)."""
+
+    dropout_embedding: float
+    """Training-mode embedding dropout (GPT-2 embd_pdrop): > 0 keeps one mask on the embeddings
+    (saved_activations.dropout_masks)."""
+
+    hf_linear_subclass: str
+    """An nn.Linear subclass transformers builds the model's projections from (Falcon's
+    FalconLinear): transformers 5's bitsandbytes conversion skips it (memory/weights.py,
+    transformers_bnb); "" when the model uses plain nn.Linear."""
+
+    hf_linear_subclass_modules: tuple[str, ...]
+    """The module names built as `hf_linear_subclass`, as skip patterns (memory/weights.py)."""
+
+    mamba_ssm_cache_dtype: str | None
+    """The dtype vLLM keeps the Mamba SSM state in, as the config names it (engines/vllm/serving.py);
+    None: the model dtype."""
+
+    attention_module: str
+    """The attention block's module name inside a layer ("self_attn"; GPT-2 "attn", Falcon
+    "self_attention"): its row-parallel output projection reads the attention kernel's output,
+    which SDPA already keeps for its own backward (saved_activations._linears). "" where no
+    projection is planned that way (Nemotron-H: its attention sits at "mixer")."""
+
+    fused_qkv_saved_whole: bool
+    """A fused QKV projection whose q and k are rotated into new tensors while v stays a view of
+    its output, so the attention kernel saving v keeps the whole fused output alive (Phi-3
+    qkv_proj, Falcon query_key_value; trace tier). GPT-2's c_attn has no rotary: q, k and v are
+    all views and nothing more is kept (saved_activations._fused_qkv_extra)."""
+
+    lora_targets: tuple[str, ...] | None
+    """peft's default LoRA target_modules for this model type (peft/utils/constants.py
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING), used when none are named
+    (engines/hf_trainer/lora.py); None where peft has none and raises "Please specify
+    `target_modules`"."""
+
+    lora_moe: tuple[tuple[str, str], ...]
+    """peft's renaming of MoE targets for transformers 5, which fuses the experts: v4 module name
+    -> the fused parameter it becomes ("router", "gate_up", "down"), as peft 0.21's
+    _MOE_TARGET_MODULE_MAPPING keys it through transformers' conversion patterns
+    (peft/utils/transformers_weight_conversion.py; engines/hf_trainer/lora.py). () where peft
+    converts nothing."""
+
+    towers: tuple[str, ...]
+    """Name prefixes of the encoder towers and their projectors (vision, audio): vLLM places them
+    on the first pipeline stage (memory/parallel.py, stage_tensors) and a text-only training
+    step runs none of them (engines/hf_trainer/step_setup.py)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisionTower:
+    """A summary of a multimodal checkpoint's vision encoder (its tensors are in ModelSpec.tensors).
+    No formula reads it yet: text-only workloads run no tower."""
+
+    hidden_size: int
+    num_layers: int
+    patches_per_image: int
+    tokens_per_image: int        # image tokens the projector hands the language model
+    params: int                  # tower and projector
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """Everything the core needs to know about a model, parsed from config.json."""
 
@@ -164,11 +276,19 @@ class ModelSpec:
     tensors: tuple[Tensor, ...]         # outside the decoder layers: embeddings, final norm, lm_head, towers
     tie_word_embeddings: bool
     torch_dtype: str                    # the checkpoint's floating dtype: "bf16", "fp16", "fp32"
+    torch_dtype_assumed: bool = False   # the config names no dtype, so fp32 (transformers' default) is
+                                        # assumed; planner.py warns when a plan really uses it
     quantization: Quantization | None = None
     max_position_embeddings: int | None = None
-    source: str = ""                    # where the config came from (path or "bundled" ...)
+    traits: Traits
+    mtp_layers: int = 0                 # DeepSeek's multi-token-prediction layers: in the checkpoint,
+                                        # not built by transformers, not counted
+    vision: VisionTower | None = None
     warnings: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    # Where the config was read from (loading.py); its path and hash take no part in comparisons.
+    source: str = ""                    # how it was found: "bundled", "path", "hub", "dict" ...
+    location: str = field(default="", compare=False)        # its path or URL
+    config_sha256: str = field(default="", compare=False)   # of its bytes: the trace cache key
 
     @property
     def num_layers(self) -> int:

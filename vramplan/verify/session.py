@@ -270,10 +270,7 @@ def _raw_config(model, spec) -> tuple[dict, str]:
     if isinstance(model, str):
         loaded = sources.load_config(model)
         return loaded.config, loaded.id
-    raw = spec.extra.get("raw_config")
-    if raw is None:
-        raise BadInput("--level run needs MODEL as a config path or id, not a parsed ModelSpec.")
-    return raw, spec.id
+    raise BadInput("--level run needs MODEL as a config path or id, not a parsed ModelSpec.")
 
 
 def _scenario(plan):

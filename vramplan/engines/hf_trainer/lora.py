@@ -4,18 +4,18 @@ Why from the tensors and not a parameter fraction: LoRA adds r x (in + out) valu
 module, so the count depends on the real shapes (GQA k/v projections are narrow, MLP ones wide).
 Target names follow peft: a target matches a module whose name equals it or ends in "." + it;
 "all-linear" is every linear module except the output layer (peft
-`_maybe_include_all_linear_layers`); None means peft's default for the model_type
-(`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`, peft/utils/constants.py).
+`_maybe_include_all_linear_layers`); None means peft's default for the model_type, which the
+model's family records (ModelSpec.traits.lora_targets).
 
 Only tensors with role "linear" are nn.Linear modules in transformers 5: its MoE blocks hold the
 experts as fused 3-D parameters and the router as a custom module. peft (>= 0.18, with
 transformers 5: peft/utils/transformers_weight_conversion.py) translates the v4 names of the
 experts and the router into `target_parameters` for the model types whose layout changed
-(PEFT_V5_MOE), and wraps those parameters in `ParamWrapper`: one adapter over the whole expert
-stack (rank r per expert, 2r for the fused gate_up when both of its halves are targeted), whose
-forward folds W + B A into a new weight tensor that the grouped matmul saves for the backward
-(`merged`). peft refuses lora_dropout > 0 there. Under transformers 4 the experts and the router
-were nn.Linear modules, wrapped one by one.
+(ModelSpec.traits.lora_moe), and wraps those parameters in `ParamWrapper`: one adapter over the
+whole expert stack (rank r per expert, 2r for the fused gate_up when both of its halves are
+targeted), whose forward folds W + B A into a new weight tensor that the grouped matmul saves
+for the backward (`merged`). peft refuses lora_dropout > 0 there. Under transformers 4 the
+experts and the router were nn.Linear modules, wrapped one by one.
 """
 
 from __future__ import annotations
@@ -27,20 +27,6 @@ from vramplan.errors import BadInput
 from vramplan.spec import ModelSpec, Tensor
 
 ALL_LINEAR = "all-linear"
-
-# peft/utils/constants.py TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING (entries for the
-# model types vramplan parses; peft raises "Please specify `target_modules`" for the others).
-PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "llama": ("q_proj", "v_proj"), "llama4": ("q_proj", "v_proj"),
-    "mistral": ("q_proj", "v_proj"), "mixtral": ("q_proj", "v_proj"),
-    "gemma": ("q_proj", "v_proj"), "gemma2": ("q_proj", "v_proj"), "gemma3_text": ("q_proj", "v_proj"),
-    "qwen2": ("q_proj", "v_proj"), "qwen3": ("q_proj", "v_proj"),
-    "gpt2": ("c_attn",), "falcon": ("query_key_value",), "phi": ("q_proj", "v_proj", "fc1", "fc2"),
-    "opt": ("q_proj", "v_proj"), "gptj": ("q_proj", "v_proj"), "gpt_neox": ("query_key_value",),
-    "stablelm": ("q_proj", "v_proj"), "bloom": ("query_key_value",),
-    "nemotron_h": ("q_proj", "k_proj", "v_proj", "o_proj"),
-}
-
 
 def normalize_targets(targets) -> tuple[str, ...] | None:
     """None, "all-linear", "q_proj,v_proj" or a sequence of names -> a tuple (or None)."""
@@ -64,24 +50,12 @@ def normalize_targets(targets) -> tuple[str, ...] | None:
 
 
 def default_targets(model: ModelSpec) -> tuple[str, ...]:
-    """peft's target_modules for this model_type when the user names none. Old config spellings
-    (RefinedWeb) are looked up under the family transformers maps them to (falcon), as peft sees
-    the transformers config."""
-    t = PEFT_DEFAULT_TARGETS.get(model.model_type) or PEFT_DEFAULT_TARGETS.get(model.family)
+    """peft's target_modules for this model_type when the user names none."""
+    t = model.traits.lora_targets
     if t is None:
         raise BadInput(f"peft has no default LoRA targets for model_type '{model.model_type}' "
                        f"({model.id or 'this model'}); pass --lora-targets, e.g. all-linear.")
     return t
-
-
-# Model types whose MoE names peft 0.21 converts for transformers 5 (its _MOE_TARGET_MODULE_MAPPING
-# keyed through transformers' conversion patterns: qwen3_moe and deepseek_v2/v3 use qwen2_moe's):
-# v4 name -> the fused v5 parameter it becomes.
-PEFT_V5_MOE: dict[str, dict[str, str]] = {
-    "mixtral": {"gate": "router", "w1": "gate_up", "w3": "gate_up", "w2": "down"},
-    **{t: {"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up", "down_proj": "down"}
-       for t in ("qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")},
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,7 +90,7 @@ def _adapted(t: Tensor, layer: int | None) -> Adapted:
 
 def _moe_targets(model: ModelSpec, names: tuple[str, ...], every: bool) -> tuple[set[str], set[str]]:
     """(module names left, fused parameters targeted) after peft's v4 -> v5 name conversion."""
-    mapping = PEFT_V5_MOE[model.model_type]
+    mapping = dict(model.traits.lora_moe)
     if every:
         names = tuple({t.leaf for t in model.all_tensors() if t.role == "linear"} | set(mapping))
     params: dict[str, set[str]] = {}
@@ -156,7 +130,7 @@ def adapted_modules(model: ModelSpec, targets: tuple[str, ...] | None,
     names = default_targets(model) if targets is None else targets
     every = names == (ALL_LINEAR,)
     params: set[str] = set()
-    if model.model_type in PEFT_V5_MOE and targets is not None:
+    if model.traits.lora_moe and targets is not None:
         modules, params = _moe_targets(model, names, every)
         if transformers >= 5:          # the converted names replace the given ones
             names, every = tuple(modules), False
@@ -172,7 +146,7 @@ def adapted_modules(model: ModelSpec, targets: tuple[str, ...] | None,
             elif t.role == "router" and "router" in params:
                 out.append(replace(_adapted(t, layer.index), merged=transformers >= 5))
             elif t.role == "expert" and layer.mlp is not None:
-                kind = "gate_up" if "gate_up" in t.leaf else "down"
+                kind = "down" if t.split == "row" else "gate_up"     # the fused parameter it is
                 if kind in params:
                     out += _expert_adapters(t, layer.index, kind, layer.mlp.num_experts, transformers)
     if not out:

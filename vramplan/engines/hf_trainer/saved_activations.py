@@ -22,11 +22,6 @@ LSE_BYTES = 4
 # gpt-oss eager attention's backward: score-sized gradients alive at once (softmax, max and cat
 # backward), in the compute dtype; fitted to the trace tier on gpt-oss-20b (docs/trace.md gap 5).
 EAGER_SINKS_BWD = 3
-# Module names whose input is the output of the block before them (attention output, MLP
-# product), not the normalized residual stream.
-_OUT_NAMES = frozenset({"o_proj", "out_proj", "dense", "c_proj", "down_proj", "fc2",
-                        "dense_4h_to_h", "w2", "wo"})
-_ATTN_PARENTS = frozenset({"self_attn", "attn", "self_attention", "attention"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,17 +60,16 @@ def _norm_saved(width: int, rows: int, x: int, layer_norm: bool, n: Numerics, fp
 
 
 def fp32_norms(model: ModelSpec) -> bool:
-    return bool(model.extra.get("norm_fp32"))
+    return model.traits.norm_fp32
 
 
 def _norm_cost(t: Tensor, layer: LayerSpec, names: set[str], h: int, n: Numerics, fp32: bool) -> int:
     """A norm inside a layer: the residual norms, per-head q/k norms, or a narrower one (MLA)."""
     w = t.shape[0]
     m = layer.mixer
-    leaf = t.leaf
-    if isinstance(m, Attention) and leaf == "q_norm":
+    if isinstance(m, Attention) and t.per_head == "q":
         width, rows, x = m.num_heads * m.head_dim, m.num_heads, n.lin_out
-    elif isinstance(m, Attention) and leaf == "k_norm":
+    elif isinstance(m, Attention) and t.per_head == "kv":
         width, rows, x = m.num_kv_heads * m.head_dim, m.num_kv_heads, n.lin_out
     elif w == h:
         width, rows, x = h, 1, n.resid
@@ -154,7 +148,7 @@ def _mlp(m: Mlp, h: int, n: Numerics) -> tuple[int, int]:
 
 
 def _linears(layer: LayerSpec, o: TrainOptions, n: Numerics, adapted: dict[str, Adapted],
-             sdpa_like: bool) -> int:
+             sdpa_like: bool, attention_module: str) -> int:
     """Bytes per token saved for the projections: their inputs (when a weight needs a gradient)
     and the adapters' inputs and rank-r intermediates."""
     shared: dict[tuple, int] = {}
@@ -164,12 +158,12 @@ def _linears(layer: LayerSpec, o: TrainOptions, n: Numerics, adapted: dict[str, 
     for t in layer.tensors:
         if t.role not in ("linear", "router") or len(t.shape) < 2:
             continue
-        if fused_mamba and t.leaf == "out_proj":
-            continue        # inside mamba_ssm's fused kernel, which recomputes its input
+        if fused_mamba and t.split == "row":
+            continue        # out_proj, inside mamba_ssm's fused kernel, which recomputes its input
         inp = t.shape[-1]
         parent = _parent(t.name)
-        is_out = t.leaf in _OUT_NAMES
-        attn_out = is_out and attn_mixer and parent.rsplit(".", 1)[-1] in _ATTN_PARENTS
+        is_out = t.split == "row"      # reads the block's inner output, not the normalized residual
+        attn_out = is_out and attn_mixer and parent.rsplit(".", 1)[-1] == attention_module
         x_e = n.attn if attn_out else (n.lin_out if is_out else n.norm_out)
         key = (parent, inp, is_out)
         free = attn_out and sdpa_like          # the kernel already keeps this tensor (its `out`)
@@ -204,22 +198,17 @@ def dropout_masks(model: ModelSpec) -> tuple[int, int]:
     native_dropout: one bool per element): (per decoder layer, outside the layers). A config's
     residual dropout acts on the attention and the MLP outputs (2 x hidden per layer), its
     embedding dropout once on the embeddings (GPT-2's resid_pdrop, embd_pdrop)."""
-    p = model.extra.get("dropout", {})
+    t = model.traits
     h = model.hidden_size
-    return (2 * h if p.get("residual", 0) > 0 else 0), (h if p.get("embedding", 0) > 0 else 0)
-
-
-# Fused q/k/v projections followed by rotary embeddings (Phi-3 qkv_proj, Falcon query_key_value):
-# q and k are rotated into new tensors, but v stays a view of the fused output, so the kernel
-# saving v keeps the whole fused output alive, q and k widths included (trace tier: Phi-3 and
-# Falcon-40B). GPT-2's c_attn has no rotary: its q, k, v are all views, nothing more is kept.
-_FUSED_ROTARY_QKV = frozenset({"qkv_proj", "query_key_value"})
+    return (2 * h if t.dropout_residual > 0 else 0), (h if t.dropout_embedding > 0 else 0)
 
 
 def _fused_qkv_extra(layer: LayerSpec, a: Attention, impl: str, n: Numerics) -> int:
+    """The q and k widths of a fused QKV output the kernel keeps whole, because v stays a view of
+    it (ModelSpec.traits.fused_qkv_saved_whole: Phi-3, Falcon; trace tier)."""
     if n.attn != n.lin_out or impl not in ("sdpa", "flash_attention_2") or a.kind == "mla":
         return 0           # v is cast (a copy of its own) or repeated by eager attention
-    if not any(t.leaf in _FUSED_ROTARY_QKV for t in layer.tensors):
+    if not any(t.split == "qkv" for t in layer.tensors):
         return 0
     return (a.num_heads + a.num_kv_heads) * a.head_dim * n.lin_out
 
@@ -235,15 +224,16 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     eager = impl in ("eager", "eager_sinks")
     math = (isinstance(m, Attention) and impl == "sdpa" and n.attn == 4 and m.num_kv_heads < m.num_heads)
     sdpa_like = not eager and not math     # the kernel keeps its output (o_proj's input)
-    saved = _linears(layer, o, n, adapted, sdpa_like) + dropout_masks(model)[0]
+    saved = _linears(layer, o, n, adapted, sdpa_like, model.traits.attention_module) + dropout_masks(model)[0]
     for t in layer.tensors:
-        if t.role == "norm" and not (isinstance(m, Recurrent) and t.name.endswith("mixer.norm")):
+        # a Mamba layer's gated norm (split by head) runs inside mamba_ssm's fused kernel
+        if t.role == "norm" and not (isinstance(m, Recurrent) and t.split == "heads"):
             saved += _norm_cost(t, layer, names, h, n, fp32_norms(model))
     saved_q = bwd_q = window = 0
     bwd_mix = bwd_mlp = 0
     if isinstance(m, Attention):
         core = _attention(m, impl, n)
-        saved += core.saved + _fused_qkv_extra(layer, m, impl, n)
+        saved += core.saved + (_fused_qkv_extra(layer, m, impl, n) if model.traits.fused_qkv_saved_whole else 0)
         saved_q, bwd_mix, bwd_q, window = core.saved_q, core.bwd, core.bwd_q, core.window
     elif isinstance(m, Recurrent):
         # mamba_ssm's fused training kernel (MambaSplitConv1dScanCombinedFn) saves the in_proj

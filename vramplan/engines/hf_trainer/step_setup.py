@@ -23,10 +23,6 @@ from vramplan.engines.hf_trainer.numerics import Numerics, numerics, qlora_base,
 from vramplan.engines.hf_trainer.options import TRAIN_MODES, Method, TrainOptions
 from vramplan.memory.weights import WeightFormat, quantizes, shared_state_bytes
 
-# Tensor names of vision/audio towers: a text-only step runs none of them.
-_TOWER_WORDS = ("vision", "visual", "multi_modal", "audio")
-
-
 @dataclass(frozen=True, kw_only=True)
 class StepSetup:
     """What the phase walk (phases.training_peak) reads for every batch and context: per-layer
@@ -79,7 +75,7 @@ def _qlora_base_checked(model: ModelSpec, fmt: WeightFormat, o: TrainOptions, tr
                        f"{name} (not exact nn.Linear modules, or on its skip list), so --mode qlora would "
                        f"train an unquantized base. Plan it with --kbit-prepare none (the base stays "
                        f"16-bit), with --transformers 4, or as --mode lora.")
-    if any(isinstance(l.mixer, Recurrent) and t.leaf == "out_proj" for l, t in decoder):
+    if any(isinstance(l.mixer, Recurrent) and t.split == "row" for l, t in decoder):     # out_proj
         raise BadInput(f"QLoRA cannot train {name}'s Mamba layers: mamba_ssm's fused training kernel "
                        f"applies out_proj to its raw weight, which bitsandbytes 4-bit cannot provide, so "
                        f"the step fails. Use --mode lora.")
@@ -96,8 +92,9 @@ def _frozen_prefix(method: Method, o: TrainOptions, adapted: tuple[Adapted, ...]
     return min((a.layer for a in adapted if a.layer is not None), default=0)
 
 
-def _is_tower(name: str) -> bool:
-    return any(w in name for w in _TOWER_WORDS)
+def _is_tower(model: ModelSpec, name: str) -> bool:
+    """A vision/audio tower tensor (ModelSpec.traits.towers): a text-only step runs none of them."""
+    return name.startswith(model.traits.towers)
 
 
 def _param(t: Tensor) -> Param:
@@ -202,7 +199,7 @@ def _trainable(model: ModelSpec, method: Method, o: TrainOptions, text: list[Ten
         return tuple(_param(t) for t in trainable), sum(t.numel for t in trainable)
     # Adapters in a vision/audio tower exist (trainable memory) but a text-only step gives
     # them no gradient, so torch never creates their optimizer state.
-    live = [a for a in adapted if not _is_tower(a.tensor.name)]
+    live = [a for a in adapted if not _is_tower(model, a.tensor.name)]
     params = tuple(p for a in live for p in
                    (param_of((o.lora_r * a.rank_mult, a.in_features), a.matrices),
                     param_of((a.out_features, o.lora_r * a.rank_mult), a.matrices)))
@@ -256,7 +253,7 @@ def _outside_grads(model: ModelSpec, method: Method, o: TrainOptions, n: Numeric
                     and t not in head) * n.grad_bytes,
             tied_tmp=head_numel * n.grad_bytes if model.tie_word_embeddings else 0)
     else:
-        outside = [a for a in adapted if a.layer is None and not _is_tower(a.tensor.name)]
+        outside = [a for a in adapted if a.layer is None and not _is_tower(model, a.tensor.name)]
         g = OutsideGrads(head=0, norm=0, emb=sum(a.params(o.lora_r) for a in outside) * n.grad_bytes,
                          tied_tmp=0)
     if shards.grads > 1:
@@ -347,7 +344,7 @@ def step_setup(model: ModelSpec, method: Method, o: TrainOptions, weight_dtype: 
     wbytes = _memoized(stored)
     adapted = _adapters(model, method, o, transformers)
     layers = _layer_costs(model, o, n, adapted, wbytes)
-    text = [t for t in model.tensors if not _is_tower(t.name)]
+    text = [t for t in model.tensors if not _is_tower(model, t.name)]
 
     params, n_train = _trainable(model, method, o, text, adapted)
     n_adapter = sum(a.params(o.lora_r) for a in adapted)

@@ -196,7 +196,8 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: Gp
     extra = 0
     for layer in model.layers:
         m = layer.mlp
-        experts = [t for t in layer.tensors if ".experts." in t.name]
+        stacks = tuple(t.name for t in layer.tensors if t.role == "expert")    # and their biases:
+        experts = [t for t in layer.tensors if t.role == "expert" or (t.role == "bias" and t.name.startswith(stacks))]
         if m is None or m.kind != "moe" or not m.gated or not any(quantizes(t, q) for t in experts):
             continue
         held = 0
@@ -214,7 +215,7 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: Gp
 def _ssm_elem(model: ModelSpec, act_elem: int) -> int:
     """SSM state dtype: the config's mamba_ssm_cache_dtype (NemotronH: float32 when absent, vLLM
     NemotronHForCausalLMConfig since PR #39032), else the model dtype."""
-    name = config_dtype(model.extra.get("mamba_ssm_cache_dtype"))
+    name = config_dtype(model.traits.mamba_ssm_cache_dtype)
     return FLOAT_BYTES[name] if name else act_elem
 
 
