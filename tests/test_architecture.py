@@ -32,7 +32,13 @@ HEAVY = {"torch", "transformers", "peft", "accelerate", "bitsandbytes", "pynvml"
 MODES = {"serve", "infer", "full", "lora", "qlora"}
 MODE_EDGE = ("vramplan.request", "vramplan.api", "vramplan.cli", "vramplan.render")
 # The HF Trainer engine's own training methods are spelled like the modes that select it.
-ENGINE_OWN_WORDS = {"vramplan.engines.hf_trainer": {"full", "lora", "qlora"}}
+# Words an engine owns: the HF Trainer's training methods. The trace tier replays the trainer's
+# step (trace/training.py, trace/recipe.py) and names the program it runs by the same word
+# (trace/run.py's Scenario.mode, which verify --level run executes too), so it shares them.
+ENGINE_OWN_WORDS = {"vramplan.engines.hf_trainer": {"full", "lora", "qlora"},
+                    "vramplan.trace.training": {"full", "lora", "qlora"},
+                    "vramplan.trace.recipe": {"full", "lora", "qlora"},
+                    "vramplan.trace.run": {"infer", "serve", "full", "lora", "qlora"}}
 
 
 # -- reading the graph ------------------------------------------------------------------------

@@ -23,22 +23,26 @@ from dataclasses import asdict, is_dataclass, replace
 
 from vramplan import catalog, loading
 from vramplan import planner as core_plan
-from vramplan.engines.hf_trainer.phases import TrainOptions
+from vramplan.engines.hf_trainer.options import ADAPTER_METHODS, TrainOptions
 from vramplan.engines.hf_trainer.step import ALLOCATOR_SLACK_TRAIN
 from vramplan.errors import BadInput, MissingExtra
 from vramplan.request import transformers_major
 from vramplan.spec import GpuTarget, ModelSpec, Plan, Workload
 from vramplan.trace import assemble, cache, recipe
 
-__all__ = ["plan", "require", "scenario_for", "TRAIN_MODES"]
+__all__ = ["plan", "require", "scenario_for"]
 
-TRAIN_MODES = ("full", "lora", "qlora")
+# The engines whose program the trace replays (trace/scenarios.py): vLLM's profile forward,
+# transformers' generate(), one HF Trainer step. Others are planned by the analytic tier only.
+TRACED_ENGINES = ("vllm", "transformers", "hf_trainer")
 TRACEABLE_WEIGHTS = ("none", "nf4", "fp4")
 
 
-def require(mode: str = "infer") -> None:
-    """MissingExtra("trace", module) unless the trace's libraries are importable."""
-    needed = ("torch", "transformers") + (("peft",) if mode in ("lora", "qlora") else ())
+def require(workload: Workload | None = None) -> None:
+    """MissingExtra("trace", module) unless the trace's libraries are importable (peft too when
+    the workload trains adapters)."""
+    adapters = workload is not None and workload.train is not None and workload.mode in ADAPTER_METHODS
+    needed = ("torch", "transformers") + (("peft",) if adapters else ())
     for module in needed:
         if importlib.util.find_spec(module) is None:
             raise MissingExtra("trace", module)
@@ -66,7 +70,7 @@ def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
     a workload the trace cannot run (naming why), MissingExtra without torch/transformers."""
     loaded = loading.load(model)
     raw, sha, spec = loaded.config, loaded.sha256, loaded.spec
-    if workload.mode in TRAIN_MODES:
+    if workload.engine == "hf_trainer":
         opts = train_options or workload.train or TrainOptions()
         workload = replace(workload, train=opts)
     analytic = core_plan.build(spec, target, workload, catalog=catalog.load_gpus(), suggest=False)
@@ -76,7 +80,7 @@ def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
     key = cache.key(sha, _jsonable(scenario_fields))
     result = None if no_cache else cache.load(key)
     if result is None:
-        require(workload.mode)
+        require(workload)
         say = Progress(progress)
         say("importing torch and transformers")
         from vramplan.trace import run
@@ -85,9 +89,9 @@ def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
         say(f"done: peak {result.peak_bytes / 2**30:.2f} GiB in {result.where}")
         cache.store(key, result)
 
-    if workload.mode == "infer":
+    if workload.engine == "transformers":
         return assemble.inference(setup, result, analytic)
-    if workload.mode == "serve":
+    if workload.engine == "vllm":
         return assemble.serve(setup, result, analytic)
     return assemble.training(setup, result, analytic, ALLOCATOR_SLACK_TRAIN)
 
@@ -97,7 +101,7 @@ def scenario_for(spec: ModelSpec, target: GpuTarget, workload: Workload):
     `vramplan verify --level run` executes on real tensors, so both run one program."""
     from vramplan.trace import run
 
-    if workload.mode in TRAIN_MODES and workload.train is None:
+    if workload.engine == "hf_trainer" and workload.train is None:
         workload = replace(workload, train=TrainOptions())
     setup = core_plan.setup(spec, target, workload)
     return run.Scenario(**_scenario(spec, target, workload, setup))
@@ -105,6 +109,9 @@ def scenario_for(spec: ModelSpec, target: GpuTarget, workload: Workload):
 
 def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
     """The traced program for this workload, or BadInput saying why the trace cannot run it."""
+    if w.engine not in TRACED_ENGINES:
+        raise BadInput(f"The trace replays vLLM, transformers generate() and the HF Trainer; the "
+                       f"{w.engine} engine is planned by --method analytic only.")
     if target.count > 1:
         raise BadInput("The trace measures one GPU; for several use --method analytic "
                        "(or trace one card with --gpu ID).")
@@ -113,18 +120,18 @@ def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
         raise BadInput(f"The trace lays out 16-bit and bitsandbytes 4-bit (nf4, fp4) weights; "
                        f"{s.fmt.label} is planned by the analytic tier only. Use --method analytic, "
                        f"or --dtype bf16 to trace the 16-bit model.")
-    if w.mode != "serve":
+    if w.engine != "vllm":
         installed = transformers_major()
         if w.transformers != installed:
             raise BadInput(f"--transformers {w.transformers}: the trace runs the installed transformers "
                            f"(major version {installed}); plan another version with --method analytic.")
     fields = dict(mode=w.mode, batch=w.batch, ctx=w.ctx, dtype=s.fmt.base, quant=q.method,
                   double_quant=q.double_quant, skip=tuple(q.skip))
-    if w.mode == "serve":
+    if w.engine == "vllm":
         if w.serve.tp > 1 or w.serve.pp > 1:
             raise BadInput("The trace runs one process: --tp/--pp > 1 is analytic only.")
         fields.update(batch=0, ctx=0, serve_tokens=s.state.batched_tokens)
-    elif w.mode == "infer":
+    elif w.engine == "transformers":
         if s.kv_dtype != s.fmt.base:
             raise BadInput(f"transformers' cache holds the compute dtype ({s.fmt.base}); the trace "
                            f"cannot run --kv-dtype {s.kv_dtype}. Use --method analytic.")

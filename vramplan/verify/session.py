@@ -276,7 +276,7 @@ def _raw_config(model, spec) -> tuple[dict, str]:
 def _scenario(plan):
     """The trace scenario of this plan, from the trace tier's own mapping (the one
     `--method trace` uses), so both tiers run one program with one set of options."""
-    trace.require(plan.workload.mode)
+    trace.require(plan.workload)
     return trace.scenario_for(plan.model, plan.target, plan.workload)
 
 

@@ -19,6 +19,7 @@ from vramplan.engines.hf_trainer.optimizers import resolve_optim
 # At the CLI/API edge this is the workload's mode; inside the engine it is the `method`.
 Method = Literal["full", "lora", "qlora"]
 TRAIN_MODES: tuple[Method, ...] = get_args(Method)
+ADAPTER_METHODS: tuple[Method, ...] = ("lora", "qlora")     # peft trains adapters, the base is frozen
 PRECISIONS = ("bf16", "mixed")
 ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2")
 KBIT_PREPARE = ("peft", "trl", "none")
