@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from vramplan import api, catalog
+from vramplan import catalog
 from vramplan import planner as core_plan
+from vramplan.loading import load_model
 from vramplan.memory.weights import weight_bytes
 from vramplan.errors import BadInput
+from vramplan.request import TRAINING_MODES, PlanRequest, build_workload, with_train
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan, Workload
 from vramplan.compare import prices as price_mod
 from vramplan.compare import throughput as th
@@ -24,7 +26,7 @@ SERVE_COUNTS = (1, 2, 4, 8)
 TRAIN_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Row:
     gpu: GpuSpec
     one_card: Plan                  # the workload on one card: the "fits" column and the bar
@@ -70,7 +72,7 @@ class Row:
         return cost / rate * 1e6 / 3600
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Comparison:
     model: ModelSpec
     workload: Workload              # as planned on one card
@@ -80,6 +82,8 @@ class Comparison:
     efficiency: float               # serve: share of the roofline; training: MFU
     step_overhead_s: float          # serve only
     decode_context: int             # serve: KV tokens each sequence holds in the estimate
+    max_gpus: int                   # the most cards of one kind tried
+    pcie_tp_penalty: float = th.PCIE_TP_PENALTY     # serve: tensor parallel over PCIe, in the estimate
 
     @property
     def cheapest(self) -> Row | None:
@@ -95,13 +99,13 @@ def _gpus(gpus) -> tuple[GpuSpec, ...]:
         if not name:
             continue
         if ":" in name:
-            raise BadInput(f"--gpus {name!r}: compare finds the number of cards itself; give ids only, "
-                           f"e.g. --gpus l40s,h100.")
+            raise BadInput(f"{{gpus}} {name!r}: compare finds the number of cards itself; give ids only, "
+                           f"e.g. {{gpus}} l40s,h100.")
         g = catalog.find_gpu(name)
         if g not in out:
             out.append(g)
     if not out:
-        raise BadInput("--gpus names no GPU; give catalog ids such as l40s,h100,a100-80gb.")
+        raise BadInput("{gpus} names no GPU; give catalog ids such as l40s,h100,a100-80gb.")
     return tuple(out)
 
 
@@ -117,19 +121,16 @@ class _Planner:
     """Builds the workload for n cards of one kind and plans it (errors of the user's own
     flags surface at n = 1; a split the model cannot take only skips that n)."""
 
-    def __init__(self, model: ModelSpec, mode: str, batch, ctx, dtype, kv_dtype, options: dict):
-        self.model, self.mode, self.options = model, mode, dict(options)
-        self.args = (mode, batch, ctx, dtype, kv_dtype)
-        self.zero = self.options.pop("zero", None)
-        self.counts = (1,) if mode == "infer" else SERVE_COUNTS if mode == "serve" else TRAIN_COUNTS
+    def __init__(self, model: ModelSpec, request: PlanRequest):
+        self.model, self.request, self.mode = model, request, request.mode
+        self.zero = request.train.zero
+        self.counts = (1,) if self.mode == "infer" else SERVE_COUNTS if self.mode == "serve" else TRAIN_COUNTS
 
     def workload(self, n: int) -> Workload:
-        extra = dict(self.options)
-        if self.mode in api.TRAINING_MODES:
-            extra["zero"] = self.zero if self.zero is not None else (3 if n > 1 else 0)
-        elif self.zero is not None:
-            extra["zero"] = self.zero          # make_workload says it is a training flag
-        return api.make_workload(*self.args, gpu_count=n, **extra)
+        request = self.request          # outside training a given zero stays: build_workload refuses it
+        if self.mode in TRAINING_MODES:
+            request = with_train(request, zero=self.zero if self.zero is not None else (3 if n > 1 else 0))
+        return build_workload(request, n)
 
     @property
     def zero_stage(self) -> int:
@@ -166,19 +167,30 @@ def compare(model: str | ModelSpec, gpus=None, *, mode: str = "serve", batch: in
     keywords are those of `vramplan.api.plan` (serve engine flags, training options), except
     the layout (`tp`, `pp`), which compare chooses itself.
     """
-    layout = {k: options.pop(k) for k in ("tp", "pp", "gpu", "gpu_mem", "gpu_free", "gpu_count") if k in options}
-    if any(v is not None and not (k == "pp" and v == 1) for k, v in layout.items()):
-        raise BadInput("--tp, --pp and --gpu fix the layout; compare chooses the cards and the "
+    request = PlanRequest.from_keywords(model, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
+                                        kv_dtype=kv_dtype, **options)
+    return compare_request(request, gpus, prices=prices, price_source=price_source,
+                           efficiency=efficiency, step_overhead_s=step_overhead_s)
+
+
+def compare_request(request: PlanRequest, gpus=None, *, prices=None,
+                    price_source: str = price_mod.DEFAULT_SOURCE, efficiency: float | None = None,
+                    step_overhead_s: float = th.STEP_OVERHEAD_S) -> Comparison:
+    """`compare` of a PlanRequest that names no GPU and no parallel layout."""
+    layout = (request.gpu, request.gpu_mem, request.gpu_free, request.serve.tp)
+    if any(v is not None for v in layout) or request.serve.pp != 1:
+        raise BadInput("{tp}, {pp} and {gpu} fix the layout; compare chooses the cards and the "
                        "parallelism itself (use `vramplan fit` for one layout).")
+    mode = request.mode
     default_eff = th.EFFICIENCY if mode == "serve" else th.TRAIN_MFU
     eff = default_eff if efficiency is None else float(efficiency)
     if not 0 < eff <= 1:
-        raise BadInput(f"--efficiency must be in (0, 1] (a share of the hardware peak), got {efficiency}.")
-    spec = api.load_model(model)
+        raise BadInput(f"{{efficiency}} must be in (0, 1] (a share of the hardware peak), got {efficiency}.")
+    spec = load_model(request.model)
     cards = _gpus(gpus)
     overrides = price_mod.parse_overrides(prices)
     source = price_mod.check_source(price_source, catalog.load_gpus())
-    planner = _Planner(spec, mode, batch, ctx, dtype, kv_dtype, options)
+    planner = _Planner(spec, request)
     base = planner.workload(1)                      # validates every flag once
     decode_context = max(1, base.ctx // 2)
 
@@ -190,18 +202,21 @@ def compare(model: str | ModelSpec, gpus=None, *, mode: str = "serve", batch: in
         if needed is not None and mode == "serve":
             s = core_plan.setup(spec, plan.target, plan.workload)
             speed = th.decode(s, g, base.batch, decode_context, eff, step_overhead_s)
-        elif needed is not None and mode in api.TRAINING_MODES:
+        elif needed is not None and mode in TRAINING_MODES:
             s = core_plan.setup(spec, plan.target, plan.workload)
             o = plan.workload.train
             speed = th.training(spec, g, n, mode, base.batch, base.ctx, o.grad_ckpt, o.zero if n > 1 else 0,
                                 weight_bytes(spec, s.fmt).total, eff)
-        rows.append(Row(g, one, plan, needed, _parallelism(mode, n, planner.zero_stage),
-                        price_mod.choose(g, source, overrides), speed))
+        rows.append(Row(gpu=g, one_card=one, plan=plan, gpus_needed=needed,
+                        parallelism=_parallelism(mode, n, planner.zero_stage),
+                        price=price_mod.choose(g, source, overrides), speed=speed))
     rows.sort(key=_rank)
     if rows and rows[0].gpus_needed is not None:
         rows[0] = replace(rows[0], cheapest=True)
-    return Comparison(spec, base, tuple(rows), source, overrides, eff,
-                      step_overhead_s if mode == "serve" else 0.0, decode_context if mode == "serve" else 0)
+    return Comparison(model=spec, workload=base, rows=tuple(rows), price_source=source,
+                      price_overrides=overrides, efficiency=eff,
+                      step_overhead_s=step_overhead_s if mode == "serve" else 0.0,
+                      decode_context=decode_context if mode == "serve" else 0, max_gpus=planner.counts[-1])
 
 
 def _rank(r: Row) -> tuple:

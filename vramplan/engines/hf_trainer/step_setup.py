@@ -72,13 +72,13 @@ def _qlora_base_checked(model: ModelSpec, fmt, o: TrainOptions, transformers: in
     decoder = [(l, t) for l in model.layers for t in l.tensors if quantizes(t, fmt.quant)]
     if not decoder and o.kbit_prepare != "none":
         raise BadInput(f"transformers {transformers}'s bitsandbytes quantizes none of the decoder matmuls of "
-                       f"{name} (not exact nn.Linear modules, or on its skip list), so --mode qlora would "
-                       f"train an unquantized base. Plan it with --kbit-prepare none (the base stays "
-                       f"16-bit), with --transformers 4, or as --mode lora.")
+                       f"{name} (not exact nn.Linear modules, or on its skip list), so {{mode}} qlora would "
+                       f"train an unquantized base. Plan it with {{kbit_prepare}} none (the base stays "
+                       f"16-bit), with {{transformers}} 4, or as {{mode}} lora.")
     if any(isinstance(l.mixer, Recurrent) and t.leaf == "out_proj" for l, t in decoder):
         raise BadInput(f"QLoRA cannot train {name}'s Mamba layers: mamba_ssm's fused training kernel "
                        f"applies out_proj to its raw weight, which bitsandbytes 4-bit cannot provide, so "
-                       f"the step fails. Use --mode lora.")
+                       f"the step fails. Use {{mode}} lora.")
     return bool(decoder)
 
 
@@ -106,7 +106,7 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
     """Everything of a training step that batch and context do not change, for the module
     layout of that transformers major version."""
     if mode not in TRAIN_MODES:
-        raise BadInput(f"--mode {mode!r} is not a training mode; use one of: {', '.join(TRAIN_MODES)}.")
+        raise BadInput(f"{{mode}} {mode!r} is not a training mode; use one of: {', '.join(TRAIN_MODES)}.")
     base = qlora_base(model, weight_dtype, transformers) if mode == "qlora" else None
     bnb_linears = base is not None and _qlora_base_checked(model, base, o, transformers)
     n = numerics(mode, o, weight_dtype, _uses_layer_norm(model), bnb_linears)
@@ -117,8 +117,8 @@ def step_setup(model: ModelSpec, mode: str, o: TrainOptions, weight_dtype: str,
     adapted_all = () if mode == "full" else adapted_modules(model, o.lora_targets, transformers)
     if o.lora_dropout > 0 and any(a.merged for a in adapted_all):
         raise BadInput(f"peft wraps the fused MoE experts of {model.id or 'this model'} with ParamWrapper, "
-                       f"which refuses --lora-dropout {o.lora_dropout:g}; pass --lora-dropout 0 (or target "
-                       f"the attention projections only, e.g. --lora-targets q_proj,v_proj).")
+                       f"which refuses {{lora_dropout}} {o.lora_dropout:g}; pass {{lora_dropout}} 0 (or target "
+                       f"the attention projections only, e.g. {{lora_targets}} q_proj,v_proj).")
     by_layer: dict[int | None, dict[str, Adapted]] = {}
     for a in adapted_all:
         by_layer.setdefault(a.layer, {})[a.tensor.name] = a
