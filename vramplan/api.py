@@ -24,20 +24,18 @@ from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan
 from vramplan.spec.reports import BundledModel, KvReport
 from vramplan.targets import auto_target, resolve_target
 
-__all__ = [
-    "plan", "plan_request", "preflight", "load_model", "kv_report", "bundled_models", "gpus",
-    "compare", "compare_request", "sweep", "sweep_request", "probe", "verify",
-    "PlanRequest", "ServeFlags", "TrainFlags", "make_workload", "resolve_target", "auto_target",
-    "transformers_major", "BadInput", "ENGINE_OF_MODE", "METHODS", "MODES", "TRAINING_MODES",
-    "TRANSFORMERS_MAJORS",
-]
-
 # The tools beyond the analytic planner, loaded on first use.
 _TOOLS = {
     "compare": "vramplan.compare.table", "compare_request": "vramplan.compare.table",
     "sweep": "vramplan.compare.grid", "sweep_request": "vramplan.compare.grid",
     "probe": "vramplan.probe.read", "verify": "vramplan.verify.session",
 }
+__all__ = [
+    "plan", "plan_request", "preflight", "load_model", "kv_report", "bundled_models", "gpus",
+    "PlanRequest", "ServeFlags", "TrainFlags", "make_workload", "resolve_target", "auto_target",
+    "transformers_major", "BadInput", "ENGINE_OF_MODE", "METHODS", "MODES", "TRAINING_MODES",
+    "TRANSFORMERS_MAJORS", *_TOOLS,
+]
 KV_DTYPES_SHOWN = ("bf16", "fp8", "fp32")       # `vramplan kv`: bytes per token in each cache dtype
 
 

@@ -10,15 +10,14 @@ import typer
 from vramplan import api, render
 from vramplan.cli import options as O
 from vramplan.cli.output import emit
-from vramplan.errors import BadInput
 
 
 def _format(fmt: str, as_json: bool) -> str:
     fmt = fmt.strip().lower()
     if fmt not in render.compare.FORMATS:
-        raise BadInput(f"--format {fmt!r} is not one of: {', '.join(render.compare.FORMATS)}.")
+        raise api.BadInput(f"--format {fmt!r} is not one of: {', '.join(render.compare.FORMATS)}.")
     if as_json and fmt not in ("table", "json"):
-        raise BadInput(f"--json and --format {fmt} ask for two outputs; give one.")
+        raise api.BadInput(f"--json and --format {fmt} ask for two outputs; give one.")
     return "json" if as_json else fmt
 
 

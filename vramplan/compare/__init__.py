@@ -5,24 +5,19 @@
     >>> c.cheapest.gpu.id, c.cheapest.gpus_needed
     ('a100-80gb', 1)
 
-Importing this package loads nothing: cli.py imports `compare.commands` on every start-up, so
-the planning modules are imported by the two functions below on first use.
+The functions load their modules on first use (PEP 562): the renderers import the result types
+(compare.result) without the planner behind them.
 """
 
 from __future__ import annotations
 
-__all__ = ["compare", "sweep"]
+import importlib
+
+_WHERE = {"compare": "table", "compare_request": "table", "sweep": "grid", "sweep_request": "grid"}
+__all__ = list(_WHERE)
 
 
-def compare(model, gpus=None, **kwargs):
-    """Plan one workload on every catalog GPU and rank them; see `vramplan.compare.table.compare`."""
-    from vramplan.compare.table import compare as _compare
-
-    return _compare(model, gpus, **kwargs)
-
-
-def sweep(model, gpu=None, **kwargs):
-    """Fit or not over a ctx x batch grid on one card; see `vramplan.compare.grid.sweep`."""
-    from vramplan.compare.grid import sweep as _sweep
-
-    return _sweep(model, gpu, **kwargs)
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,13 +3,14 @@ context lengths and batch sizes, with the largest batch that fits at each contex
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from vramplan import planner as core_plan
 from vramplan.errors import BadInput
 from vramplan.loading import load_model
+from vramplan.compare.result import Cell, Sweep
 from vramplan.request import PlanRequest, build_workload
-from vramplan.spec import GpuTarget, ModelSpec, Workload
+from vramplan.spec import GpuTarget, ModelSpec
 from vramplan.targets import resolve_target
 from vramplan.units import parse_tokens
 
@@ -40,30 +41,6 @@ def parse_range(text: str | int, what: str) -> tuple[int, ...]:
     if len(points) > MAX_POINTS:
         raise BadInput(f"{what} {text!r} has {len(points)} points; at most {MAX_POINTS} (a range doubles).")
     return tuple(points)
-
-
-@dataclass(frozen=True)
-class Cell:
-    total_bytes: int
-    fits: bool
-
-
-@dataclass(frozen=True, kw_only=True)
-class Sweep:
-    model: ModelSpec
-    target: GpuTarget
-    workload: Workload              # the first grid point; batch and ctx vary
-    capacity_bytes: int
-    ctxs: tuple[int, ...]
-    batches: tuple[int, ...]
-    cells: tuple[tuple[Cell, ...], ...]     # [ctx index][batch index]
-    max_batch: tuple[int, ...]              # largest batch that fits at each ctx (0: none)
-    weight_dtype: str = ""                  # resolved, as in Plan
-    kv_dtype: str = ""
-
-    @property
-    def any_fits(self) -> bool:
-        return any(c.fits for row in self.cells for c in row)
 
 
 def sweep(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, ctx: str = "4k..128k",

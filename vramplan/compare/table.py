@@ -8,7 +8,7 @@ sorted by cost per unit of work, the cheapest configuration that fits first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from vramplan import catalog
 from vramplan import planner as core_plan
@@ -19,75 +19,12 @@ from vramplan.request import TRAINING_MODES, PlanRequest, build_workload, with_t
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan, Workload
 from vramplan.compare import prices as price_mod
 from vramplan.compare import throughput as th
+from vramplan.compare.result import Comparison, Row
 
 # Serving: the tensor-parallel sizes deployments use inside one 8-GPU node (vLLM also needs the
 # heads to divide). Training: ZeRO-3 / FSDP worlds up to the catalog's 64-GPU limit.
 SERVE_COUNTS = (1, 2, 4, 8)
 TRAIN_COUNTS = (1, 2, 4, 8, 16, 32, 64)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Row:
-    gpu: GpuSpec
-    one_card: Plan                  # the workload on one card: the "fits" column and the bar
-    plan: Plan                      # on `gpus_needed` cards, else on the most cards tried
-    gpus_needed: int | None         # None: no configuration tried fits
-    parallelism: str                # "none", "tp" (serving), "zero3" (or the --zero stage), "ddp"
-    price: price_mod.PriceChoice | None
-    speed: th.Throughput | None     # of the configuration on `gpus_needed` cards
-    cheapest: bool = False
-
-    @property
-    def fits(self) -> bool:
-        return self.one_card.fits
-
-    @property
-    def needs_nvlink(self) -> bool:
-        """The cards' traffic per step (TP all-reduces, ZeRO gathers) would take longer over PCIe
-        than the step's own work (docs/compare.md); without an estimate, any multi-GPU layout."""
-        if self.gpus_needed is None or self.gpus_needed == 1:
-            return False
-        return self.speed.needs_nvlink if self.speed else True
-
-    @property
-    def price_per_hour(self) -> float | None:
-        return self.price.usd_per_hour if self.price else None
-
-    @property
-    def cost_per_hour(self) -> float | None:
-        if self.price is None or self.gpus_needed is None:
-            return None
-        return self.price.usd_per_hour * self.gpus_needed
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.speed.tokens_per_s if self.speed else None
-
-    @property
-    def usd_per_million_tokens(self) -> float | None:
-        """The seeds' formula: hourly x cards / tokens per second x 1e6 / 3600."""
-        cost, rate = self.cost_per_hour, self.tokens_per_s
-        if cost is None or not rate:
-            return None
-        return cost / rate * 1e6 / 3600
-
-
-@dataclass(frozen=True, kw_only=True)
-class Comparison:
-    model: ModelSpec
-    workload: Workload              # as planned on one card
-    rows: tuple[Row, ...]
-    price_source: str
-    price_overrides: dict
-    efficiency: float               # serve: share of the roofline; training: MFU
-    step_overhead_s: float          # serve only
-    decode_context: int             # serve: KV tokens each sequence holds in the estimate
-    max_gpus: int                   # the most cards of one kind tried
-    pcie_tp_penalty: float = th.PCIE_TP_PENALTY     # serve: tensor parallel over PCIe, in the estimate
-
-    @property
-    def cheapest(self) -> Row | None:
-        return next((r for r in self.rows if r.cheapest), None)
 
 
 def _gpus(gpus) -> tuple[GpuSpec, ...]:
@@ -216,7 +153,8 @@ def compare_request(request: PlanRequest, gpus=None, *, prices=None,
     return Comparison(model=spec, workload=base, rows=tuple(rows), price_source=source,
                       price_overrides=overrides, efficiency=eff,
                       step_overhead_s=step_overhead_s if mode == "serve" else 0.0,
-                      decode_context=decode_context if mode == "serve" else 0, max_gpus=planner.counts[-1])
+                      decode_context=decode_context if mode == "serve" else 0, max_gpus=planner.counts[-1],
+                      pcie_tp_penalty=th.PCIE_TP_PENALTY)
 
 
 def _rank(r: Row) -> tuple:

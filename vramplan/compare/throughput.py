@@ -20,13 +20,14 @@ on a card without NVLink the step then takes at least the transfer time.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from vramplan.spec import Attention, GpuSpec, ModelSpec
 from vramplan.memory import kv_cache as kv
 from vramplan.memory.parallel import tp_divisor
 from vramplan.memory.setup import Setup
 from vramplan.memory.weights import weight_bytes
+from vramplan.compare.result import Throughput
 
 # Fitted (least squares on log error) to the seeds' vLLM figures for Llama-3.1-8B FP16: L40S
 # 46 and 336 tok/s at batch 1 and 8, A100-80GB 1.9x and 1.93x that (seeds/000), each sequence
@@ -49,18 +50,6 @@ PCIE_GBS_PER_LANE = {3: 1.0, 4: 2.0, 5: 4.0}
 # Model-FLOPs utilisation of a training step: Llama 3 reached 38-43% BF16 MFU on H100s
 # (Dubey et al. 2024, "The Llama 3 Herd of Models", table 4); we take 0.40.
 TRAIN_MFU = 0.40
-
-
-@dataclass(frozen=True)
-class Throughput:
-    tokens_per_s: float
-    bound: str                  # "memory" or "compute" (which side of the roofline binds)
-    step_s: float               # decode: one step; training: one micro-batch step
-    bytes_per_step: int         # decode, per GPU (0 for training)
-    flops_per_token: float      # per token, whole model
-    efficiency: float
-    comm_s: float = 0.0         # inter-GPU traffic of one step over PCIe, per GPU
-    needs_nvlink: bool = False  # comm_s exceeds the step's own work
 
 
 def pcie_gbs(gpu: GpuSpec) -> float:

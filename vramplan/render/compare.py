@@ -11,8 +11,7 @@ from dataclasses import asdict
 from tabulate import tabulate
 
 from vramplan import __version__
-from vramplan.compare.grid import Sweep
-from vramplan.compare.table import Comparison, Row
+from vramplan.compare.result import Comparison, Row, Sweep
 from vramplan.render.json import gpu_json, model_json
 from vramplan.spec import Plan
 from vramplan.units import GiB, fmt_tokens

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from vramplan.errors import BadInput, MissingExtra
 from vramplan.units import GiB
-from vramplan.compare.grid import Sweep
-from vramplan.compare.table import Comparison
+from vramplan.compare.result import Comparison, Sweep
 
 SUFFIXES = (".png", ".svg", ".pdf")
 FIT, NO_FIT, BEST, OTHER, MUTED = "#4c9a5f", "#c0504d", "#2e75b6", "#9dc3e6", "#7f7f7f"
