@@ -4,8 +4,9 @@ The adapter between the user's words ("meta-llama/Llama-3.1-8B", "l40s:2", "32k"
 core's dataclasses. The CLI is a thin shell around it: it builds a `PlanRequest` from its flags,
 calls a function here, and renders what comes back (vramplan.render).
 
-`compare`, `sweep`, `probe` and `verify` load their packages on first use (PEP 562), so that
-`import vramplan.api`, and with it `vramplan fit`, pays only for the analytic planner.
+`kv_report`, `bundled_models`, `compare`, `sweep`, `probe` and `verify` load their modules on
+first use (PEP 562), so that `import vramplan.api`, and with it `vramplan fit`, pays only for
+the analytic planner.
 """
 
 from __future__ import annotations
@@ -15,28 +16,25 @@ import importlib
 from vramplan import catalog, models
 from vramplan.errors import BadInput, DoesNotFit
 from vramplan.loading import load_model
-from vramplan.memory import kv_cache
-from vramplan.memory.dtypes import FLOAT_BYTES
 from vramplan.methods import plan as plan_request
 from vramplan.request import (ENGINE_OF_MODE, METHODS, MODES, TRAINING_MODES, TRANSFORMERS_MAJORS,
                               PlanRequest, ServeFlags, TrainFlags, make_workload, transformers_major)
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan
-from vramplan.spec.reports import BundledModel, KvReport
 from vramplan.targets import auto_target, resolve_target
 
-# The tools beyond the analytic planner, loaded on first use.
+# The questions beyond the analytic plan, loaded on first use.
 _TOOLS = {
+    "kv_report": "vramplan.reports", "bundled_models": "vramplan.reports",
     "compare": "vramplan.compare.table", "compare_request": "vramplan.compare.table",
     "sweep": "vramplan.compare.grid", "sweep_request": "vramplan.compare.grid",
     "probe": "vramplan.probe.read", "verify": "vramplan.verify.session",
 }
 __all__ = [
-    "plan", "plan_request", "preflight", "load_model", "kv_report", "bundled_models", "gpus",
+    "plan", "plan_request", "preflight", "load_model", "gpus",
     "PlanRequest", "ServeFlags", "TrainFlags", "make_workload", "resolve_target", "auto_target",
     "transformers_major", "BadInput", "ENGINE_OF_MODE", "METHODS", "MODES", "TRAINING_MODES",
     "TRANSFORMERS_MAJORS", *_TOOLS,
 ]
-KV_DTYPES_SHOWN = ("bf16", "fp8", "fp32")       # `vramplan kv`: bytes per token in each cache dtype
 
 
 def __getattr__(name: str):
@@ -91,27 +89,6 @@ def preflight(model: str | ModelSpec | dict, mode: str = "lora", batch: int | st
     change = f" Cheapest change that fits: {fixes[0]}." if fixes else ""
     raise DoesNotFit(f"{w.mode} of {p.model.id} at batch {w.batch} x {w.ctx:,} tokens needs "
                      f"{need:.2f} GiB per GPU but {cap:.2f} GiB is available. {limits}{change}", p)
-
-
-def kv_report(model: str | ModelSpec) -> KvReport:
-    """KV cache bytes per token in each cache dtype, and per layer kind at the checkpoint's
-    16-bit width, with the fixed state of recurrent layers in the checkpoint's dtype."""
-    m = load_model(model)
-    state = FLOAT_BYTES["fp32" if m.torch_dtype == "fp32" else m.torch_dtype]
-    per_token = {d: kv_cache.kv_bytes_per_token(m, FLOAT_BYTES[d]) for d in KV_DTYPES_SHOWN}
-    return KvReport(model=m, kv_bytes_per_token=per_token,
-                    recurrent_state_bytes_per_sequence=kv_cache.recurrent_bytes_per_sequence(m, state),
-                    kinds=tuple(kv_cache.kv_kinds(m, 2, state)))
-
-
-def bundled_models(query: str | None = None) -> tuple[BundledModel, ...]:
-    """The model configs shipped with vramplan (no network), those whose id contains `query`."""
-    ids = [i for i in catalog.bundled_model_ids() if not query or query.lower() in i.lower()]
-    rows = []
-    for i in ids:
-        m = load_model(i)
-        rows.append(BundledModel(i, m.model_type, m.params, kv_cache.kv_bytes_per_token(m, 2)))
-    return tuple(rows)
 
 
 def gpus() -> tuple[GpuSpec, ...]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, fields, replace
-from importlib import metadata
 
 from vramplan.errors import BadInput
 from vramplan.memory.dtypes import KV_FORMATS, WEIGHT_FORMATS, normalize
@@ -185,6 +184,9 @@ def transformers_major(value: int | str | None = None) -> int:
     """--transformers 4|5; None: the installed transformers' major version (read from package
     metadata, no import), else the newest we model. Infer and training plans depend on it."""
     if value is None:
+        # importlib.metadata costs ~10 ms (it loads the email parser); serve plans never ask.
+        from importlib import metadata
+
         try:
             installed = metadata.version("transformers").split(".")[0]
         except metadata.PackageNotFoundError:

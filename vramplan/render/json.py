@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from vramplan import __version__
 from vramplan.spec import GpuSpec, ModelSpec, Plan
-from vramplan.spec.reports import BundledModel, KvReport
+
+if TYPE_CHECKING:       # the catalog reports load with the commands that make them
+    from vramplan.spec.reports import BundledModel, KvReport
 
 
 def layer_kinds(m: ModelSpec) -> dict[str, int]:

@@ -3,13 +3,17 @@ figure against torch or nvidia-smi."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tabulate import tabulate
 
 from vramplan.render.bar import glyph, memory_bar
 from vramplan.render.json import layer_kinds
 from vramplan.spec import GpuSpec, Plan
-from vramplan.spec.reports import BundledModel, KvReport
 from vramplan.units import GiB, fmt_bytes, fmt_gib, fmt_tokens
+
+if TYPE_CHECKING:       # the catalog reports load with the commands that make them
+    from vramplan.spec.reports import BundledModel, KvReport
 
 _LABELS = {
     "weights": "weights",
