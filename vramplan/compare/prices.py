@@ -12,6 +12,7 @@ import re
 import statistics
 from dataclasses import dataclass
 
+from vramplan.catalog import find_gpu
 from vramplan.errors import BadInput
 from vramplan.spec import GpuSpec, Price
 
@@ -108,8 +109,6 @@ def parse_overrides(items) -> dict[str, float]:
         items = [f"{k}={v}" for k, v in items.items()]
     elif isinstance(items, str):
         items = [items]
-    from vramplan.catalog import find_gpu
-
     out: dict[str, float] = {}
     for item in items:
         for part in str(item).split(","):

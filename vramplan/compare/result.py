@@ -10,7 +10,7 @@ from vramplan.compare.prices import PriceChoice
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan, Workload
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Throughput:
     tokens_per_s: float
     bound: str                  # "memory" or "compute" (which side of the roofline binds)
@@ -29,8 +29,8 @@ class Row:
     plan: Plan                      # on `gpus_needed` cards, else on the most cards tried
     gpus_needed: int | None         # None: no configuration tried fits
     parallelism: str                # "none", "tp" (serving), "zero3" (or the --zero stage), "ddp"
-    price: PriceChoice | None
-    speed: Throughput | None     # of the configuration on `gpus_needed` cards
+    price: PriceChoice | None       # None: no quote from the price source, no --price
+    speed: Throughput | None        # of the configuration on `gpus_needed` cards
     cheapest: bool = False
 
     @property

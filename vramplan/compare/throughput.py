@@ -143,7 +143,8 @@ def decode(s: Setup, gpu: GpuSpec, batch: int, context: int, efficiency: float =
         step = max(work, comm)
         rate = batch / step * (1 - PCIE_TP_PENALTY)
     bound = "pcie" if link_bound and not gpu.nvlink else "compute" if compute_s > memory_s else "memory"
-    return Throughput(rate, bound, step, nbytes, per_token, efficiency, comm, link_bound)
+    return Throughput(tokens_per_s=rate, bound=bound, step_s=step, bytes_per_step=nbytes,
+                      flops_per_token=per_token, efficiency=efficiency, comm_s=comm, needs_nvlink=link_bound)
 
 
 def training_flops_per_token(model: ModelSpec, mode: str, seq: int, grad_ckpt: bool) -> float:
@@ -175,5 +176,6 @@ def training(model: ModelSpec, gpu: GpuSpec, gpus: int, mode: str, batch: int, s
     comm = traffic / (pcie_gbs(gpu) * 1e9)
     step = compute if gpu.nvlink or gpus == 1 else max(compute, comm)
     rate = gpus * batch * seq / step
-    return Throughput(rate, "compute" if step == compute else "pcie", step, 0, per_token, efficiency,
-                      comm, gpus > 1 and comm > compute)
+    return Throughput(tokens_per_s=rate, bound="compute" if step == compute else "pcie", step_s=step,
+                      bytes_per_step=0, flops_per_token=per_token, efficiency=efficiency, comm_s=comm,
+                      needs_nvlink=gpus > 1 and comm > compute)
