@@ -1,6 +1,6 @@
 """Flags shared by the commands that plan a workload (fit, compare, sweep, verify), declared
-once so their names, defaults and help stay identical across commands. Each command turns them
-into a `vramplan.api.PlanRequest`, naming every field."""
+once so their names, defaults and help stay identical across commands. fit, compare and sweep
+turn them into a `vramplan.api.PlanRequest`, naming every field."""
 
 from __future__ import annotations
 
