@@ -203,9 +203,10 @@ def test_every_nvml_name_finds_its_own_gpu():
 def test_unknown_gpu_lists_ids_and_suggests():
     with pytest.raises(UnknownGpu) as err:
         catalog.find_gpu("h10")
-    message = str(err.value)
+    message = err.value.for_cli()
     assert isinstance(err.value, BadInput) and err.value.exit_code == 2
     assert "did you mean 'h100'" in message and "--gpu-mem 48GB" in message
+    assert "e.g. gpu_mem 48GB" in str(err.value)           # the Python API names its keyword
     for g in catalog.load_gpus():
         assert g.id in message
     with pytest.raises(UnknownGpu) as err:

@@ -99,6 +99,35 @@ def test_bad_input_is_exit_2_without_traceback(args, needle):
     assert len(err.strip().splitlines()) <= 3
 
 
+@pytest.mark.parametrize("args, keywords, cli, python", [
+    (["--gpu-memory-utilization", "1.5"], {"gpu_memory_utilization": 1.5},
+     "--gpu-memory-utilization must be in (0, 1], got 1.5.", "gpu_memory_utilization must be in (0, 1], got 1.5."),
+    (["--mode", "infer", "--optim", "sgd"], {"mode": "infer", "optim": "sgd"},
+     "--optim only applies to the training modes (--mode full, lora or qlora).",
+     "optim only applies to the training modes (mode full, lora or qlora)."),
+    (["--gpu", "l40s", "--gpu-mem", "48GB"], {"gpu": "l40s", "gpu_mem": "48GB"},
+     "Give either --gpu or --gpu-mem, not both.", "Give either gpu or gpu_mem, not both."),
+])
+def test_one_mistake_phrased_by_each_edge(args, keywords, cli, python):
+    """The CLI names flags, the Python API names keywords: the same BadInput, phrased twice."""
+    from vramplan import api
+    from vramplan.errors import BadInput
+
+    code, _, err = run(["fit", "meta-llama/Llama-3.1-8B", *args])
+    assert code == 2 and err == f"vramplan: {cli}\n"
+    with pytest.raises(BadInput) as e:
+        api.plan("meta-llama/Llama-3.1-8B", **keywords)
+    assert str(e.value) == python and e.value.for_cli() == cli
+
+
+def test_the_api_names_an_unknown_keyword():
+    from vramplan import api
+    from vramplan.errors import BadInput
+
+    with pytest.raises(BadInput, match=r"'lora_rank' is not a keyword vramplan plans with \(did you mean lora_r\?\)"):
+        api.plan("meta-llama/Llama-3.1-8B", mode="lora", lora_rank=8)
+
+
 def test_bad_configs(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

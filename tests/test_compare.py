@@ -275,7 +275,7 @@ def test_plot_without_matplotlib_exits_3(monkeypatch, tmp_path):
     code, _, err = run(["compare", L8, "--gpus", "l40s", "--plot", str(tmp_path / "c.png")])
     assert code == 3 and "pip install 'vramplan[plot]'" in err
     assert run(["sweep", L8, "--plot", str(tmp_path / "s.png")])[0] == 3
-    from vramplan.compare.plot import check_target
+    from vramplan.render.plot import check_target
 
     with pytest.raises(MissingExtra):
         check_target(str(tmp_path / "c.svg"))

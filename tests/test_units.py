@@ -16,12 +16,27 @@ def test_parse_tokens(text, expected):
 def test_parse_tokens_rejects(text):
     with pytest.raises(BadInput) as e:
         parse_tokens(text)
-    assert "--ctx" in str(e.value)
+    assert "--ctx" in e.value.for_cli()
+    assert str(e.value).startswith("ctx ") and "--" not in str(e.value)
 
 
 def test_batch_limit_is_named():
-    with pytest.raises(BadInput, match="--batch"):
-        parse_tokens("2000000", "--batch")
+    with pytest.raises(BadInput) as e:
+        parse_tokens("2000000", "{batch}")
+    assert "--batch" in e.value.for_cli() and "limit 1,048,576" in str(e.value)
+
+
+def test_one_error_phrased_for_the_cli_and_for_python():
+    with pytest.raises(BadInput) as e:
+        parse_bytes("48", "{gpu_mem}")
+    assert e.value.for_cli().startswith("--gpu-mem '48' is not a memory size.")
+    assert str(e.value).startswith("gpu_mem '48' is not a memory size.")
+    e = BadInput("{gpu_memory_utilization} must be in (0, 1], got 1.5; {tp} x {pp} too.")
+    assert e.for_cli() == "--gpu-memory-utilization must be in (0, 1], got 1.5; --tp x --pp too."
+    assert str(e) == "gpu_memory_utilization must be in (0, 1], got 1.5; tp x pp too."
+    assert BadInput("{prices} 'x' is not ID=USD").for_cli() == "--price 'x' is not ID=USD"
+    quoted = BadInput("{gpu} '{l40s}' names no GPU")         # a user's value in quotes stays as typed
+    assert quoted.for_cli() == "--gpu '{l40s}' names no GPU" and str(quoted) == "gpu '{l40s}' names no GPU"
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -1,13 +1,16 @@
 """vramplan: plan GPU memory for large language models.
 
 Public API only; importing this package loads nothing heavy (no torch, no transformers, no
-huggingface_hub): `plan` and friends import their modules on first use.
+huggingface_hub): `plan`, `preflight` and `load_model` come from vramplan.api on first use
+(PEP 562), so that importing any vramplan module stays as cheap as that module.
 """
 
 from __future__ import annotations
 
+import importlib
+
 from vramplan.errors import (BadConfig, BadInput, DoesNotFit, EnvironmentProblem, MissingExtra,
-                     ModelNotFound, UnknownGpu, VramplanError)
+                             ModelNotFound, UnknownGpu, VramplanError)
 
 __version__ = "0.1.0"
 
@@ -17,23 +20,10 @@ __all__ = [
     "EnvironmentProblem", "MissingExtra", "DoesNotFit",
 ]
 
-
-def plan(model, gpu=None, **kwargs):
-    """Plan a workload; see `vramplan.api.plan` for the arguments. Returns a `Plan`."""
-    from vramplan.api import plan as _plan
-
-    return _plan(model, gpu, **kwargs)
+_FROM_API = ("plan", "preflight", "load_model")
 
 
-def preflight(model, mode="lora", batch=4, ctx=2048, gpu="auto", **options):
-    """Raise `DoesNotFit` unless the training step fits; see `vramplan.api.preflight`."""
-    from vramplan.api import preflight as _preflight
-
-    return _preflight(model, mode=mode, batch=batch, ctx=ctx, gpu=gpu, **options)
-
-
-def load_model(model):
-    """Resolve MODEL (Hub id, bundled id, path) and parse it into a `ModelSpec`."""
-    from vramplan.api import load_model as _load
-
-    return _load(model)
+def __getattr__(name: str):
+    if name in _FROM_API:
+        return getattr(importlib.import_module("vramplan.api"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -171,7 +171,7 @@ def find_gpu(text: str) -> GpuSpec:
     ids = ", ".join(g.id for g in load_gpus())
     raise UnknownGpu(
         f"Unknown GPU '{text.strip()}'{hint}; the catalog has: {ids}. "
-        "For another card, give its memory instead, e.g. --gpu-mem 48GB."
+        "For another card, give its memory instead, e.g. {gpu_mem} 48GB."
     )
 
 
@@ -182,11 +182,11 @@ def parse_gpu_arg(text: str) -> GpuTarget:
         name, count_text = count_text, "1"
     name, count_text = name.strip(), count_text.strip()
     if not name:
-        raise BadInput(f"--gpu '{text}' names no GPU; use an id and an optional count, e.g. --gpu h100:8.")
+        raise BadInput(f"{{gpu}} '{text}' names no GPU; use an id and an optional count, e.g. {{gpu}} h100:8.")
     if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_GPU_COUNT:
         raise BadInput(
-            f"The GPU count in --gpu '{text.strip()}' must be a whole number from 1 to "
-            f"{MAX_GPU_COUNT}, e.g. --gpu {name}:2."
+            f"The GPU count in {{gpu}} '{text.strip()}' must be a whole number from 1 to "
+            f"{MAX_GPU_COUNT}, e.g. {{gpu}} {name}:2."
         )
     return GpuTarget(gpu=find_gpu(name), count=int(count_text))
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from vramplan.api import preflight
+
 logger = logging.getLogger("vramplan")
 
 
@@ -49,8 +51,6 @@ def _model_config(model) -> dict:
 
 def _build_callback_class():
     from transformers import TrainerCallback
-
-    from vramplan.api import preflight
 
     class VramplanCallback(TrainerCallback):
         """Pre-flight check at train start; predicted vs measured after the first step."""

@@ -27,8 +27,9 @@ MAX_TOKENS = 2**24
 MAX_BATCH = 2**20
 
 
-def parse_tokens(text: str | int, what: str = "--ctx") -> int:
-    """'32k' -> 32768, '4096' -> 4096, '1.5k' -> 1536. Rejects zero, negatives and junk."""
+def parse_tokens(text: str | int, what: str = "{ctx}") -> int:
+    """'32k' -> 32768, '4096' -> 4096, '1.5k' -> 1536. Rejects zero, negatives and junk; `what`
+    names the parameter in the message (a BadInput placeholder such as "{batch}")."""
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
     else:
@@ -45,13 +46,13 @@ def parse_tokens(text: str | int, what: str = "--ctx") -> int:
             raise BadInput(f"{what} {text!r} is not a whole number of tokens ({exact:g}).")
     if value <= 0:
         raise BadInput(f"{what} must be at least 1, got {value}.")
-    limit = MAX_BATCH if what == "--batch" else MAX_TOKENS
+    limit = MAX_BATCH if what == "{batch}" else MAX_TOKENS
     if value > limit:
         raise BadInput(f"{what} {value:,} is beyond any real workload (limit {limit:,}); check the number.")
     return value
 
 
-def parse_bytes(text: str | int, what: str = "--gpu-mem") -> int:
+def parse_bytes(text: str | int, what: str = "{gpu_mem}") -> int:
     """'48GB' -> 48e9, '44.5GiB' -> 47781511168. A bare number is refused: say GB or GiB."""
     if isinstance(text, int) and not isinstance(text, bool):
         value = text

@@ -1,28 +1,23 @@
-"""`vramplan compare` and `vramplan sweep` as plain functions with typer signatures;
-cli/__init__.py registers them with its error-to-exit-code wrapper (`command(compare)`), so
-importing this module costs only typer. Exit codes: 0 when some configuration fits, 1 when none
-does."""
+"""`vramplan compare` and `vramplan sweep`. Exit codes: 0 when some configuration fits, 1 when
+none does."""
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import List, Optional
 
 import typer
 
+from vramplan import api, render
 from vramplan.cli import options as O
+from vramplan.cli.output import emit
 
 
 def _format(fmt: str, as_json: bool) -> str:
-    from vramplan.errors import BadInput
-    from vramplan.render.compare import FORMATS
-
     fmt = fmt.strip().lower()
-    if fmt not in FORMATS:
-        raise BadInput(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}.")
+    if fmt not in render.compare.FORMATS:
+        raise api.BadInput(f"--format {fmt!r} is not one of: {', '.join(render.compare.FORMATS)}.")
     if as_json and fmt not in ("table", "json"):
-        raise BadInput(f"--json and --format {fmt} ask for two outputs; give one.")
+        raise api.BadInput(f"--json and --format {fmt} ask for two outputs; give one.")
     return "json" if as_json else fmt
 
 
@@ -47,23 +42,27 @@ def compare(
 ) -> None:
     """The same workload on every catalog GPU: fits on one card, GPUs needed, max batch and ctx,
     $/h, estimated tok/s and $/M tokens, cheapest first. Exit 0 when some GPU fits, 1 when none."""
-    from vramplan.render import compare as render
-    from vramplan.compare.table import compare as run
-
     out = _format(fmt, as_json)
     if plot:
-        from vramplan.compare.plot import check_target
-
-        check_target(plot)
-    opts = O.plan_options_from(locals())
-    c = run(model, gpus, mode=mode, batch=batch, ctx=ctx, dtype=dtype, kv_dtype=kv_dtype, prices=price,
-            price_source=price_source, efficiency=efficiency, **opts)
-    _print(out, lambda: render.comparison_json(c), lambda: render.comparison_table(c),
-           lambda: render.comparison_csv(c), lambda: render.comparison_markdown(c))
+        render.plot.check_target(plot)
+    request = api.PlanRequest(
+        model=model, mode=mode, batch=batch, ctx=ctx, dtype=dtype, kv_dtype=kv_dtype,
+        transformers=transformers,
+        serve=api.ServeFlags(
+            gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs, block_size=block_size, enforce_eager=enforce_eager,
+            vllm_version=vllm_version, kv_cache_memory=kv_cache_memory),
+        train=api.TrainFlags(
+            optim=optim, grad_ckpt=grad_ckpt or None, lora_r=lora_r, lora_alpha=lora_alpha,
+            lora_targets=lora_targets, lora_dropout=lora_dropout, precision=precision, zero=zero,
+            attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare),
+    )
+    c = api.compare_request(request, gpus, prices=price, price_source=price_source, efficiency=efficiency)
+    table = render.compare
+    emit(out, lambda: table.comparison_json(c), lambda: table.comparison_table(c),
+         lambda: table.comparison_csv(c), lambda: table.comparison_markdown(c))
     if plot:
-        from vramplan.compare.plot import comparison_chart
-
-        comparison_chart(c, plot)
+        render.plot.comparison_chart(c, plot)
         typer.echo(f"vramplan: wrote {plot}", err=True)
     raise typer.Exit(0 if c.cheapest is not None else 1)
 
@@ -89,31 +88,26 @@ def sweep(
 ) -> None:
     """Where a workload fits on a card: every context x batch of a grid, fit or not, and the
     largest batch at each context. Exit 0 when some point fits, 1 when none does."""
-    from vramplan.render import compare as render
-    from vramplan.compare.grid import sweep as run
-
     out = _format(fmt, as_json)
     if plot:
-        from vramplan.compare.plot import check_target
-
-        check_target(plot)
-    opts = O.plan_options_from(locals())
-    s = run(model, gpu, ctx=ctx, batch=batch, gpu_mem=gpu_mem, mode=mode,
-            dtype=dtype, kv_dtype=kv_dtype, tp=tp, pp=pp, **opts)
-    _print(out, lambda: render.sweep_json(s), lambda: render.sweep_table(s), lambda: render.sweep_csv(s),
-           lambda: render.sweep_table(s, markdown=True))
+        render.plot.check_target(plot)
+    request = api.PlanRequest(
+        model=model, gpu=gpu, gpu_mem=gpu_mem, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
+        kv_dtype=kv_dtype, transformers=transformers,
+        serve=api.ServeFlags(
+            gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs, block_size=block_size, tp=tp, pp=pp, enforce_eager=enforce_eager,
+            vllm_version=vllm_version, kv_cache_memory=kv_cache_memory),
+        train=api.TrainFlags(
+            optim=optim, grad_ckpt=grad_ckpt or None, lora_r=lora_r, lora_alpha=lora_alpha,
+            lora_targets=lora_targets, lora_dropout=lora_dropout, precision=precision, zero=zero,
+            attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare),
+    )
+    s = api.sweep_request(request)
+    table = render.compare
+    emit(out, lambda: table.sweep_json(s), lambda: table.sweep_table(s), lambda: table.sweep_csv(s),
+         lambda: table.sweep_table(s, markdown=True))
     if plot:
-        from vramplan.compare.plot import sweep_heatmap
-
-        sweep_heatmap(s, plot)
+        render.plot.sweep_heatmap(s, plot)
         typer.echo(f"vramplan: wrote {plot}", err=True)
     raise typer.Exit(0 if s.any_fits else 1)
-
-
-def _print(fmt: str, as_json, table, as_csv, markdown) -> None:
-    if fmt == "json":
-        sys.stdout.write(json.dumps(as_json(), indent=2) + "\n")
-    elif fmt == "csv":
-        sys.stdout.write(as_csv())
-    else:
-        print(markdown() if fmt == "markdown" else table())

@@ -1,5 +1,6 @@
-"""Flags shared by every command that plans a workload (fit, compare, sweep, verify), declared
-once so their names, defaults and help stay identical across commands."""
+"""Flags shared by the commands that plan a workload (fit, compare, sweep, verify), declared
+once so their names, defaults and help stay identical across commands. fit, compare and sweep
+turn them into a `vramplan.api.PlanRequest`, naming every field."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ BATCH = typer.Option("1", "--batch", help="Concurrent sequences (training: per-d
 MODE = typer.Option("serve", "--mode", help="serve (vLLM engine), infer (transformers generate), or one training step: full, lora, qlora.")
 DTYPE = typer.Option("auto", "--dtype", help="Weights: auto|bf16|fp16|fp32|fp8|int8|int4|gptq|awq|nf4|fp4|mxfp4.")
 KV = typer.Option("auto", "--kv-dtype", help="KV cache: auto|bf16|fp16|fp32|fp8|int8.")
+METHOD = typer.Option("analytic", "--method", help="analytic (closed form, ~0.1 s) or trace (the real transformers model on fake tensors; needs the 'trace' extra).")
+NO_CACHE = typer.Option(False, "--no-cache", help="trace: ignore the on-disk cache of earlier traces.")
 JSON = typer.Option(False, "--json", help="Print one JSON object (docs/json-schema.md, docs/compare.md).")
 FORMAT = typer.Option("table", "--format", help="table, csv, markdown or json.")
 PLOT = typer.Option(None, "--plot", help="Also draw a chart to FILE.png or FILE.svg (needs the 'plot' extra: matplotlib).")
@@ -39,23 +42,3 @@ LORA_DTYPE = typer.Option(None, "--lora-dtype", help="lora/qlora: adapter dtype,
 KBIT = typer.Option(None, "--kbit-prepare", help="qlora: peft (prepare_model_for_kbit_training: fp32 embeddings/norms), trl, or none.")
 HF = typer.Option(None, "--transformers", help="infer/train: the transformers major version planned, 4 or 5 (default: the installed one, else 5). Under 5, bitsandbytes leaves fused MoE experts and FalconLinear in 16 bits.")
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
-
-SERVE_FLAGS = ("gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs", "block_size",
-               "enforce_eager", "vllm_version", "kv_cache_memory")
-TRAIN_FLAGS = ("optim", "grad_ckpt", "lora_r", "lora_alpha", "lora_targets", "lora_dropout",
-               "precision", "zero", "attn", "lora_dtype", "kbit_prepare")
-
-
-def plan_options_from(args: dict) -> dict:
-    """plan_options() of the serve and training flags among a command's arguments (its locals())."""
-    return plan_options(**{k: args[k] for k in SERVE_FLAGS + TRAIN_FLAGS + ("transformers",) if k in args})
-
-
-def plan_options(**kw) -> dict:
-    """Keyword arguments for api.plan: serve flags always (the API validates them in every
-    mode); training flags only when given, so serve/infer never see them."""
-    out = {k: kw.pop(k) for k in SERVE_FLAGS if k in kw}
-    if "grad_ckpt" in kw:
-        kw["grad_ckpt"] = kw["grad_ckpt"] or None
-    out.update({k: v for k, v in kw.items() if v is not None})
-    return out

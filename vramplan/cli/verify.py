@@ -1,5 +1,4 @@
-"""`vramplan verify` as a plain function with a typer signature; cli/__init__.py registers it
-with its error-to-exit-code wrapper (`command(verify)`). Imports only typer at module level.
+"""`vramplan verify`: allocate or run the planned workload on a device and compare.
 
 Exit codes: 0 the run completed (read the errors in the report), 1 it would not fit in free
 memory (refused) or ran out of memory, 2 bad input, 3 no usable device / timeout.
@@ -7,13 +6,13 @@ memory (refused) or ran out of memory, 2 bad input, 3 no usable device / timeout
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Optional
 
 import typer
 
+from vramplan import api, render
 from vramplan.cli import options as O
+from vramplan.cli.output import emit_json
 
 
 def verify(
@@ -39,16 +38,12 @@ def verify(
 ) -> None:
     """Allocate or run the planned workload on the device and compare predicted with measured
     memory, per component and in total. Refuses (exit 1) when NVML says it will not fit."""
-    from vramplan.render.verify import result_text
-    from vramplan.verify.session import verify as run_verify
-
-    train = {k: v for k, v in {"optim": optim, "grad_ckpt": grad_ckpt or None, "lora_r": lora_r,
-                                "lora_targets": lora_targets}.items() if v is not None}
-    result = run_verify(model, level=level, device=device, force=force, timeout=timeout,
+    result = api.verify(model, level=level, device=device, force=force, timeout=timeout,
                         record=record, gpu=gpu, gpu_mem=gpu_mem, mode=mode, batch=batch, ctx=ctx,
-                        dtype=dtype, kv_dtype=kv_dtype, **train)
+                        dtype=dtype, kv_dtype=kv_dtype, optim=optim, grad_ckpt=grad_ckpt or None,
+                        lora_r=lora_r, lora_targets=lora_targets)
     if as_json:
-        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+        emit_json(result.to_json())
     else:
-        print(result_text(result))
+        print(render.verify.result_text(result))
     raise typer.Exit(0 if result.completed else 1)

@@ -5,13 +5,19 @@
     >>> c.cheapest.gpu.id, c.cheapest.gpus_needed
     ('a100-80gb', 1)
 
-The CLI imports its command module (`vramplan.cli.compare`) on every start-up but this package
-only when `compare` or `sweep` runs, so `vramplan fit` never pays for it.
+The functions load their modules on first use (PEP 562): the renderers import the result types
+(compare.result) without the planner behind them.
 """
 
 from __future__ import annotations
 
-from vramplan.compare.grid import sweep
-from vramplan.compare.table import compare
+import importlib
 
-__all__ = ["compare", "sweep"]
+_WHERE = {"compare": "table", "compare_request": "table", "sweep": "grid", "sweep_request": "grid"}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,12 +3,15 @@ context lengths and batch sizes, with the largest batch that fits at each contex
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from vramplan import api
 from vramplan import planner as core_plan
 from vramplan.errors import BadInput
-from vramplan.spec import GpuTarget, ModelSpec, Workload
+from vramplan.loading import load_model
+from vramplan.compare.result import Cell, Sweep
+from vramplan.request import PlanRequest, build_workload
+from vramplan.spec import GpuTarget, ModelSpec
+from vramplan.targets import resolve_target
 from vramplan.units import parse_tokens
 
 MAX_POINTS = 24       # per axis: a longer list is a typo, and the table would not fit a screen
@@ -16,7 +19,7 @@ MAX_POINTS = 24       # per axis: a longer list is a typo, and the table would n
 
 def parse_range(text: str | int, what: str) -> tuple[int, ...]:
     """"4k..128k" doubles from 4,096 up to 131,072 (the end is always included); "1,8,32" is a
-    list; a single value is a one-point axis."""
+    list; a single value is a one-point axis. `what` names the parameter: "{ctx}", "{batch}"."""
     if isinstance(text, int):
         return (parse_tokens(text, what),)
     s = str(text).strip()
@@ -40,40 +43,21 @@ def parse_range(text: str | int, what: str) -> tuple[int, ...]:
     return tuple(points)
 
 
-@dataclass(frozen=True)
-class Cell:
-    total_bytes: int
-    fits: bool
-
-
-@dataclass(frozen=True)
-class Sweep:
-    model: ModelSpec
-    target: GpuTarget
-    workload: Workload              # the first grid point; batch and ctx vary
-    capacity_bytes: int
-    ctxs: tuple[int, ...]
-    batches: tuple[int, ...]
-    cells: tuple[tuple[Cell, ...], ...]     # [ctx index][batch index]
-    max_batch: tuple[int, ...]              # largest batch that fits at each ctx (0: none)
-    weight_dtype: str = ""                  # resolved, as in Plan
-    kv_dtype: str = ""
-
-    @property
-    def any_fits(self) -> bool:
-        return any(c.fits for row in self.cells for c in row)
-
-
 def sweep(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, ctx: str = "4k..128k",
           batch: str = "1..64", gpu_mem: str | int | None = None, mode: str = "serve",
           dtype: str = "auto", kv_dtype: str = "auto", **options) -> Sweep:
     """Plan every (ctx, batch) of the grid on `gpu` ("l40s", "h100:2"; default l40s) or a card of
-    `gpu_mem` bytes. Other
-    keywords are those of `vramplan.api.plan`."""
-    ctxs, batches = parse_range(ctx, "--ctx"), parse_range(batch, "--batch")
-    spec = api.load_model(model)
-    target = api.resolve_target(gpu, gpu_mem)
-    base = api.make_workload(mode, batches[0], ctxs[0], dtype, kv_dtype, gpu_count=target.count, **options)
+    `gpu_mem` bytes. Other keywords are those of `vramplan.api.plan`."""
+    return sweep_request(PlanRequest.from_keywords(model, gpu, ctx=ctx, batch=batch, gpu_mem=gpu_mem,
+                                                   mode=mode, dtype=dtype, kv_dtype=kv_dtype, **options))
+
+
+def sweep_request(request: PlanRequest) -> Sweep:
+    """`sweep` of a PlanRequest whose `ctx` and `batch` are ranges or lists ("4k..128k", "1,8")."""
+    ctxs, batches = parse_range(request.ctx, "{ctx}"), parse_range(request.batch, "{batch}")
+    spec = load_model(request.model)
+    target = resolve_target(request.gpu, request.gpu_mem, request.gpu_free)
+    base = build_workload(replace(request, batch=batches[0], ctx=ctxs[0]), target.count)
     cells, limits, plan = [], [], None
     for c in ctxs:
         at_ctx = replace(base, ctx=c)
@@ -84,5 +68,6 @@ def sweep(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, ctx: st
             total, fits = core_plan.evaluate(spec, target, replace(at_ctx, batch=b))
             row.append(Cell(total, fits))
         cells.append(tuple(row))
-    return Sweep(spec, target, base, plan.capacity_bytes, ctxs, batches, tuple(cells), tuple(limits),
-                 plan.weight_dtype, plan.kv_dtype)
+    return Sweep(model=spec, target=target, workload=base, capacity_bytes=plan.capacity_bytes, ctxs=ctxs,
+                 batches=batches, cells=tuple(cells), max_batch=tuple(limits),
+                 weight_dtype=plan.weight_dtype, kv_dtype=plan.kv_dtype)

@@ -89,11 +89,11 @@ def check_source(source: str, gpus: tuple[GpuSpec, ...]) -> str:
     if s.lower() in SOURCES:
         return s.lower()
     if not _key(s):
-        raise BadInput(f"--price-source {source!r} is empty; use {', '.join(SOURCES)} or a provider name.")
+        raise BadInput(f"{{price_source}} {source!r} is empty; use {', '.join(SOURCES)} or a provider name.")
     providers = sorted({p.provider for g in gpus for p in g.prices})
     matches = [p for p in providers if _key(s) in _key(p)]
     if not matches:
-        raise BadInput(f"--price-source {source!r} matches no provider in the catalog. Use "
+        raise BadInput(f"{{price_source}} {source!r} matches no provider in the catalog. Use "
                        f"{', '.join(SOURCES)} or one of: {', '.join(providers)}.")
     if len(matches) == 1:
         return matches[0]
@@ -120,6 +120,6 @@ def parse_overrides(items) -> dict[str, float]:
             except ValueError:
                 usd = -1.0
             if not eq or not name.strip() or not 0 < usd < float("inf"):
-                raise BadInput(f"--price {part.strip()!r} is not ID=USD_PER_HOUR, e.g. --price l40s=0.79.")
+                raise BadInput(f"{{prices}} {part.strip()!r} is not ID=USD_PER_HOUR, e.g. {{prices}} l40s=0.79.")
             out[find_gpu(name).id] = usd
     return out

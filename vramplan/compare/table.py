@@ -8,82 +8,24 @@ sorted by cost per unit of work, the cheapest configuration that fits first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from vramplan import api, catalog
+from vramplan import catalog
 from vramplan import planner as core_plan
+from vramplan.loading import load_model
 from vramplan.memory.weights import weight_bytes
 from vramplan.errors import BadInput
+from vramplan.engines.hf_trainer.options import ADAPTER_METHODS
+from vramplan.request import ENGINE_OF_MODE, PlanRequest, build_workload, with_train
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan, Workload
 from vramplan.compare import prices as price_mod
 from vramplan.compare import throughput as th
+from vramplan.compare.result import Comparison, Row
 
 # Serving: the tensor-parallel sizes deployments use inside one 8-GPU node (vLLM also needs the
 # heads to divide). Training: ZeRO-3 / FSDP worlds up to the catalog's 64-GPU limit.
 SERVE_COUNTS = (1, 2, 4, 8)
 TRAIN_COUNTS = (1, 2, 4, 8, 16, 32, 64)
-
-
-@dataclass(frozen=True)
-class Row:
-    gpu: GpuSpec
-    one_card: Plan                  # the workload on one card: the "fits" column and the bar
-    plan: Plan                      # on `gpus_needed` cards, else on the most cards tried
-    gpus_needed: int | None         # None: no configuration tried fits
-    parallelism: str                # "none", "tp" (serving), "zero3" (or the --zero stage), "ddp"
-    price: price_mod.PriceChoice | None
-    speed: th.Throughput | None     # of the configuration on `gpus_needed` cards
-    cheapest: bool = False
-
-    @property
-    def fits(self) -> bool:
-        return self.one_card.fits
-
-    @property
-    def needs_nvlink(self) -> bool:
-        """The cards' traffic per step (TP all-reduces, ZeRO gathers) would take longer over PCIe
-        than the step's own work (docs/compare.md); without an estimate, any multi-GPU layout."""
-        if self.gpus_needed is None or self.gpus_needed == 1:
-            return False
-        return self.speed.needs_nvlink if self.speed else True
-
-    @property
-    def price_per_hour(self) -> float | None:
-        return self.price.usd_per_hour if self.price else None
-
-    @property
-    def cost_per_hour(self) -> float | None:
-        if self.price is None or self.gpus_needed is None:
-            return None
-        return self.price.usd_per_hour * self.gpus_needed
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.speed.tokens_per_s if self.speed else None
-
-    @property
-    def usd_per_million_tokens(self) -> float | None:
-        """The seeds' formula: hourly x cards / tokens per second x 1e6 / 3600."""
-        cost, rate = self.cost_per_hour, self.tokens_per_s
-        if cost is None or not rate:
-            return None
-        return cost / rate * 1e6 / 3600
-
-
-@dataclass(frozen=True)
-class Comparison:
-    model: ModelSpec
-    workload: Workload              # as planned on one card
-    rows: tuple[Row, ...]
-    price_source: str
-    price_overrides: dict
-    efficiency: float               # serve: share of the roofline; training: MFU
-    step_overhead_s: float          # serve only
-    decode_context: int             # serve: KV tokens each sequence holds in the estimate
-
-    @property
-    def cheapest(self) -> Row | None:
-        return next((r for r in self.rows if r.cheapest), None)
 
 
 def _gpus(gpus) -> tuple[GpuSpec, ...]:
@@ -95,20 +37,25 @@ def _gpus(gpus) -> tuple[GpuSpec, ...]:
         if not name:
             continue
         if ":" in name:
-            raise BadInput(f"--gpus {name!r}: compare finds the number of cards itself; give ids only, "
-                           f"e.g. --gpus l40s,h100.")
+            raise BadInput(f"{{gpus}} {name!r}: compare finds the number of cards itself; give ids only, "
+                           f"e.g. {{gpus}} l40s,h100.")
         g = catalog.find_gpu(name)
         if g not in out:
             out.append(g)
     if not out:
-        raise BadInput("--gpus names no GPU; give catalog ids such as l40s,h100,a100-80gb.")
+        raise BadInput("{gpus} names no GPU; give catalog ids such as l40s,h100,a100-80gb.")
     return tuple(out)
 
 
-def _parallelism(mode: str, n: int, zero: int) -> str:
-    if n == 1 or mode == "infer":
+# How many cards compare tries, per engine: vLLM splits by tensor parallelism, the trainer by
+# data parallelism / ZeRO; transformers' generate() is planned on one card.
+COUNTS = {"vllm": SERVE_COUNTS, "hf_trainer": TRAIN_COUNTS}
+
+
+def _parallelism(engine: str, n: int, zero: int) -> str:
+    if n == 1 or engine not in COUNTS:
         return "none"
-    if mode == "serve":
+    if engine == "vllm":
         return "tp"
     return f"zero{zero}" if zero else "ddp"
 
@@ -117,19 +64,17 @@ class _Planner:
     """Builds the workload for n cards of one kind and plans it (errors of the user's own
     flags surface at n = 1; a split the model cannot take only skips that n)."""
 
-    def __init__(self, model: ModelSpec, mode: str, batch, ctx, dtype, kv_dtype, options: dict):
-        self.model, self.mode, self.options = model, mode, dict(options)
-        self.args = (mode, batch, ctx, dtype, kv_dtype)
-        self.zero = self.options.pop("zero", None)
-        self.counts = (1,) if mode == "infer" else SERVE_COUNTS if mode == "serve" else TRAIN_COUNTS
+    def __init__(self, model: ModelSpec, request: PlanRequest):
+        self.model, self.request = model, request
+        self.engine = ENGINE_OF_MODE.get(request.mode, "")
+        self.zero = request.train.zero
+        self.counts = COUNTS.get(self.engine, (1,))
 
     def workload(self, n: int) -> Workload:
-        extra = dict(self.options)
-        if self.mode in api.TRAINING_MODES:
-            extra["zero"] = self.zero if self.zero is not None else (3 if n > 1 else 0)
-        elif self.zero is not None:
-            extra["zero"] = self.zero          # make_workload says it is a training flag
-        return api.make_workload(*self.args, gpu_count=n, **extra)
+        request = self.request          # outside training a given zero stays: build_workload refuses it
+        if self.engine == "hf_trainer":
+            request = with_train(request, zero=self.zero if self.zero is not None else (3 if n > 1 else 0))
+        return build_workload(request, n)
 
     @property
     def zero_stage(self) -> int:
@@ -166,19 +111,30 @@ def compare(model: str | ModelSpec, gpus=None, *, mode: str = "serve", batch: in
     keywords are those of `vramplan.api.plan` (serve engine flags, training options), except
     the layout (`tp`, `pp`), which compare chooses itself.
     """
-    layout = {k: options.pop(k) for k in ("tp", "pp", "gpu", "gpu_mem", "gpu_free", "gpu_count") if k in options}
-    if any(v is not None and not (k == "pp" and v == 1) for k, v in layout.items()):
-        raise BadInput("--tp, --pp and --gpu fix the layout; compare chooses the cards and the "
+    request = PlanRequest.from_keywords(model, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
+                                        kv_dtype=kv_dtype, **options)
+    return compare_request(request, gpus, prices=prices, price_source=price_source,
+                           efficiency=efficiency, step_overhead_s=step_overhead_s)
+
+
+def compare_request(request: PlanRequest, gpus=None, *, prices=None,
+                    price_source: str = price_mod.DEFAULT_SOURCE, efficiency: float | None = None,
+                    step_overhead_s: float = th.STEP_OVERHEAD_S) -> Comparison:
+    """`compare` of a PlanRequest that names no GPU and no parallel layout."""
+    layout = (request.gpu, request.gpu_mem, request.gpu_free, request.serve.tp)
+    if any(v is not None for v in layout) or request.serve.pp != 1:
+        raise BadInput("{tp}, {pp} and {gpu} fix the layout; compare chooses the cards and the "
                        "parallelism itself (use `vramplan fit` for one layout).")
-    default_eff = th.EFFICIENCY if mode == "serve" else th.TRAIN_MFU
+    serving = ENGINE_OF_MODE.get(request.mode) == "vllm"
+    default_eff = th.EFFICIENCY if serving else th.TRAIN_MFU
     eff = default_eff if efficiency is None else float(efficiency)
     if not 0 < eff <= 1:
-        raise BadInput(f"--efficiency must be in (0, 1] (a share of the hardware peak), got {efficiency}.")
-    spec = api.load_model(model)
+        raise BadInput(f"{{efficiency}} must be in (0, 1] (a share of the hardware peak), got {efficiency}.")
+    spec = load_model(request.model)
     cards = _gpus(gpus)
     overrides = price_mod.parse_overrides(prices)
     source = price_mod.check_source(price_source, catalog.load_gpus())
-    planner = _Planner(spec, mode, batch, ctx, dtype, kv_dtype, options)
+    planner = _Planner(spec, request)
     base = planner.workload(1)                      # validates every flag once
     decode_context = max(1, base.ctx // 2)
 
@@ -187,21 +143,26 @@ def compare(model: str | ModelSpec, gpus=None, *, mode: str = "serve", batch: in
         one, plan, needed = planner.row(g)
         n = plan.target.count
         speed = None
-        if needed is not None and mode == "serve":
+        if needed is not None and base.engine == "vllm":
             s = core_plan.setup(spec, plan.target, plan.workload)
             speed = th.decode(s, g, base.batch, decode_context, eff, step_overhead_s)
-        elif needed is not None and mode in api.TRAINING_MODES:
+        elif needed is not None and base.engine == "hf_trainer":
             s = core_plan.setup(spec, plan.target, plan.workload)
             o = plan.workload.train
-            speed = th.training(spec, g, n, mode, base.batch, base.ctx, o.grad_ckpt, o.zero if n > 1 else 0,
+            weight_grads = base.mode not in ADAPTER_METHODS      # full fine-tuning
+            speed = th.training(spec, g, n, weight_grads, base.batch, base.ctx, o.grad_ckpt, o.zero if n > 1 else 0,
                                 weight_bytes(spec, s.fmt, layout="vllm").total, eff)
-        rows.append(Row(g, one, plan, needed, _parallelism(mode, n, planner.zero_stage),
-                        price_mod.choose(g, source, overrides), speed))
+        rows.append(Row(gpu=g, one_card=one, plan=plan, gpus_needed=needed,
+                        parallelism=_parallelism(base.engine, n, planner.zero_stage),
+                        price=price_mod.choose(g, source, overrides), speed=speed))
     rows.sort(key=_rank)
     if rows and rows[0].gpus_needed is not None:
         rows[0] = replace(rows[0], cheapest=True)
-    return Comparison(spec, base, tuple(rows), source, overrides, eff,
-                      step_overhead_s if mode == "serve" else 0.0, decode_context if mode == "serve" else 0)
+    return Comparison(model=spec, workload=base, rows=tuple(rows), price_source=source,
+                      price_overrides=overrides, efficiency=eff,
+                      step_overhead_s=step_overhead_s if serving else 0.0,
+                      decode_context=decode_context if serving else 0, max_gpus=planner.counts[-1],
+                      pcie_tp_penalty=th.PCIE_TP_PENALTY)
 
 
 def _rank(r: Row) -> tuple:

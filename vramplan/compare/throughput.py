@@ -20,13 +20,14 @@ on a card without NVLink the step then takes at least the transfer time.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from vramplan.spec import Attention, GpuSpec, ModelSpec
 from vramplan.memory import kv_cache as kv
 from vramplan.memory.parallel import tp_divisor
 from vramplan.memory.setup import Setup
 from vramplan.memory.weights import weight_bytes
+from vramplan.compare.result import Throughput
 
 # Fitted (least squares on log error) to the seeds' vLLM figures for Llama-3.1-8B FP16: L40S
 # 46 and 336 tok/s at batch 1 and 8, A100-80GB 1.9x and 1.93x that (seeds/000), each sequence
@@ -49,18 +50,6 @@ PCIE_GBS_PER_LANE = {3: 1.0, 4: 2.0, 5: 4.0}
 # Model-FLOPs utilisation of a training step: Llama 3 reached 38-43% BF16 MFU on H100s
 # (Dubey et al. 2024, "The Llama 3 Herd of Models", table 4); we take 0.40.
 TRAIN_MFU = 0.40
-
-
-@dataclass(frozen=True)
-class Throughput:
-    tokens_per_s: float
-    bound: str                  # "memory" or "compute" (which side of the roofline binds)
-    step_s: float               # decode: one step; training: one micro-batch step
-    bytes_per_step: int         # decode, per GPU (0 for training)
-    flops_per_token: float      # per token, whole model
-    efficiency: float
-    comm_s: float = 0.0         # inter-GPU traffic of one step over PCIe, per GPU
-    needs_nvlink: bool = False  # comm_s exceeds the step's own work
 
 
 def pcie_gbs(gpu: GpuSpec) -> float:
@@ -155,24 +144,25 @@ def decode(s: Setup, gpu: GpuSpec, batch: int, context: int, efficiency: float =
         step = max(work, comm)
         rate = batch / step * (1 - PCIE_TP_PENALTY)
     bound = "pcie" if link_bound and not gpu.nvlink else "compute" if compute_s > memory_s else "memory"
-    return Throughput(rate, bound, step, nbytes, per_token, efficiency, comm, link_bound)
+    return Throughput(tokens_per_s=rate, bound=bound, step_s=step, bytes_per_step=nbytes,
+                      flops_per_token=per_token, efficiency=efficiency, comm_s=comm, needs_nvlink=link_bound)
 
 
-def training_flops_per_token(model: ModelSpec, mode: str, seq: int, grad_ckpt: bool) -> float:
+def training_flops_per_token(model: ModelSpec, weight_grads: bool, seq: int, grad_ckpt: bool) -> float:
     """PaLM's model FLOPs (appendix B): 6N + 12 x layers x heads x head_dim x seq per token,
     attention counted per layer over the tokens it sees. LoRA and QLoRA skip the frozen
     weights' gradients (4N); gradient checkpointing runs the forward twice (+2N and +4/12 of
     attention)."""
     n = active_matmul_params(model)
     attention = sum(6 * _attention_width(a) * kv.kept_tokens(a, seq) for a in kv.attention_layers(model))
-    dense = (6 if mode == "full" else 4) * n
+    dense = (6 if weight_grads else 4) * n
     if grad_ckpt:
         dense += 2 * n
         attention += attention // 3
     return float(dense + attention)
 
 
-def training(model: ModelSpec, gpu: GpuSpec, gpus: int, mode: str, batch: int, seq: int,
+def training(model: ModelSpec, gpu: GpuSpec, gpus: int, weight_grads: bool, batch: int, seq: int,
              grad_ckpt: bool, zero: int, model_bytes: int, efficiency: float = TRAIN_MFU) -> Throughput | None:
     """Training tokens per second of `gpus` cards, compute-bound at `efficiency` MFU; None when
     the catalog has no BF16 rate for the card. Per step each GPU sends (ZeRO paper, 7.2): plain
@@ -180,12 +170,13 @@ def training(model: ModelSpec, gpu: GpuSpec, gpus: int, mode: str, batch: int, s
     (forward and backward). Gradients are 16-bit and only full fine-tuning has many."""
     if not gpu.bf16_tflops:
         return None
-    per_token = training_flops_per_token(model, mode, seq, grad_ckpt)
+    per_token = training_flops_per_token(model, weight_grads, seq, grad_ckpt)
     compute = batch * seq * per_token / (gpu.bf16_tflops * 1e12 * efficiency)
-    grads = 2 * model.params if mode == "full" else 0
+    grads = 2 * model.params if weight_grads else 0
     traffic = (2 * model_bytes + grads if zero == 3 else 2 * grads) * (gpus - 1) / gpus
     comm = traffic / (pcie_gbs(gpu) * 1e9)
     step = compute if gpu.nvlink or gpus == 1 else max(compute, comm)
     rate = gpus * batch * seq / step
-    return Throughput(rate, "compute" if step == compute else "pcie", step, 0, per_token, efficiency,
-                      comm, gpus > 1 and comm > compute)
+    return Throughput(tokens_per_s=rate, bound="compute" if step == compute else "pcie", step_s=step,
+                      bytes_per_step=0, flops_per_token=per_token, efficiency=efficiency, comm_s=comm,
+                      needs_nvlink=gpus > 1 and comm > compute)

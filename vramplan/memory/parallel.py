@@ -41,20 +41,20 @@ def check_parallel(model: ModelSpec, tp: int, pp: int) -> None:
     QKVParallelLinear, MambaMixer2)."""
     a = _attention(model)
     if a is not None and a.num_heads % tp:
-        raise BadInput(f"--tp {tp} does not divide the {a.num_heads} attention heads of {model.id}; vLLM "
+        raise BadInput(f"{{tp}} {tp} does not divide the {a.num_heads} attention heads of {model.id}; vLLM "
                        f"requires it (\"Total number of attention heads ({a.num_heads}) must be divisible "
-                       f"by tensor parallel size ({tp}).\"). Use --tp {_divisors(a.num_heads, tp)}.")
+                       f"by tensor parallel size ({tp}).\"). Use {{tp}} {_divisors(a.num_heads, tp)}.")
     if a is not None and a.kind != "mla":
         kv = a.num_kv_heads
         if (kv >= tp and kv % tp) or (kv < tp and tp % kv):
-            raise BadInput(f"--tp {tp} cannot split the {kv} KV heads of {model.id}: vLLM needs tp to "
-                           f"divide them or be a multiple of them. Use --tp {_divisors(kv, tp)}.")
+            raise BadInput(f"{{tp}} {tp} cannot split the {kv} KV heads of {model.id}: vLLM needs tp to "
+                           f"divide them or be a multiple of them. Use {{tp}} {_divisors(kv, tp)}.")
     r = next((l.mixer for l in model.layers if isinstance(l.mixer, Recurrent)), None)
     if r is not None and r.num_heads % tp:
-        raise BadInput(f"--tp {tp} does not divide the {r.num_heads} Mamba heads of {model.id}, which "
-                       f"vLLM's MambaMixer2 requires. Use --tp {_divisors(r.num_heads, tp)}.")
+        raise BadInput(f"{{tp}} {tp} does not divide the {r.num_heads} Mamba heads of {model.id}, which "
+                       f"vLLM's MambaMixer2 requires. Use {{tp}} {_divisors(r.num_heads, tp)}.")
     if pp > model.num_layers:
-        raise BadInput(f"--pp {pp} exceeds the {model.num_layers} layers of {model.id}.")
+        raise BadInput(f"{{pp}} {pp} exceeds the {model.num_layers} layers of {model.id}.")
 
 
 def _divisors(n: int, tp: int) -> str:

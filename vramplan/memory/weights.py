@@ -70,7 +70,7 @@ def resolve_format(model: ModelSpec, dtype: str) -> WeightFormat:
     if dtype in ("fp32", "bf16", "fp16"):
         return WeightFormat(Quantization(method="none", bits=8 * FLOAT_BYTES[dtype]), dtype, dtype)
     if dtype not in _ON_THE_FLY:
-        raise BadInput(f"--dtype {dtype!r} is not a weight format vramplan knows.")
+        raise BadInput(f"{{dtype}} {dtype!r} is not a weight format vramplan knows.")
     q = _ON_THE_FLY[dtype]
     # Keep the checkpoint's own skip list (e.g. gpt-oss keeps attention and router in bf16).
     if model.quantization is not None and model.quantization.skip:

@@ -8,13 +8,13 @@ import io
 import sys
 from dataclasses import asdict
 
+from tabulate import tabulate
+
 from vramplan import __version__
-from vramplan.render import gpu_json, model_json
+from vramplan.compare.result import Comparison, Row, Sweep
+from vramplan.render.json import gpu_json, model_json
 from vramplan.spec import Plan
 from vramplan.units import GiB, fmt_tokens
-from vramplan.compare import throughput as th
-from vramplan.compare.grid import Sweep
-from vramplan.compare.table import SERVE_COUNTS, TRAIN_COUNTS, Comparison, Row
 
 FORMATS = ("table", "csv", "markdown", "json")
 _ASCII = {"✓": "yes", "✗": "no", "█": "#", "▒": "+", "·": ".", "│": "|", "◀": "<-", "»": ">", "×": "x"}
@@ -34,7 +34,7 @@ def _workload_json(p: Plan) -> dict:
     w = p.workload
     out = {"mode": w.mode, "batch": w.batch, "ctx": w.ctx, "dtype": p.weight_dtype,
            "dtype_requested": w.dtype, "kv_dtype": p.kv_dtype, "kv_dtype_requested": w.kv_dtype}
-    if w.mode == "serve":
+    if p.serve is not None:
         out.update({k: v for k, v in asdict(w.serve).items() if k not in ("tp", "pp")})
     if w.train is not None:
         out.update({k: v for k, v in asdict(w.train).items() if k != "world"})
@@ -107,10 +107,10 @@ def row_json(r: Row) -> dict:
 def comparison_json(c: Comparison) -> dict:
     w = c.workload
     model = None                                    # infer: no speed model
-    if w.mode == "serve":
+    if c.rows[0].one_card.serve is not None:
         model = {"kind": "decode roofline", "estimate": True, "efficiency": c.efficiency,
                  "step_overhead_s": c.step_overhead_s, "decode_context": c.decode_context,
-                 "pcie_tp_penalty": th.PCIE_TP_PENALTY}
+                 "pcie_tp_penalty": c.pcie_tp_penalty}
     elif w.train is not None:
         model = {"kind": "training compute", "estimate": True, "efficiency": c.efficiency}
     return {
@@ -135,10 +135,6 @@ def _cells(r: Row, max_count: int) -> list[str]:
             "◀ cheapest" if r.cheapest else ""]
 
 
-def _max_count(c: Comparison) -> int:
-    return 1 if c.workload.mode == "infer" else SERVE_COUNTS[-1] if c.workload.mode == "serve" else TRAIN_COUNTS[-1]
-
-
 def bar(p: Plan, width: int = BAR_WIDTH) -> str:
     """Memory needed on one card against its capacity ('│'); past it, '▒' up to 1.5x, then '»'."""
     ratio = p.total_bytes / p.capacity_bytes if p.capacity_bytes else float("inf")
@@ -153,11 +149,11 @@ def bar(p: Plan, width: int = BAR_WIDTH) -> str:
 def notes(c: Comparison) -> list[str]:
     w = c.workload
     out = []
-    if w.mode == "serve":
+    if c.rows[0].one_card.serve is not None:
         out.append(f"est. tok/s: output tokens per second, an estimate: decode roofline at batch {w.batch}, each "
                    f"sequence holding {c.decode_context:,} tokens of KV (ctx/2), {c.efficiency:.0%} of peak bandwidth "
                    f"+ {c.step_overhead_s * 1e3:.2f} ms per step, calibrated on the seeds' vLLM figures "
-                   f"(docs/compare.md); TP over PCIe -{th.PCIE_TP_PENALTY:.0%}.")
+                   f"(docs/compare.md); TP over PCIe -{c.pcie_tp_penalty:.0%}.")
     elif w.train is not None:
         out.append(f"est. tok/s: training tokens per second, an estimate: dense BF16 peak x {c.efficiency:.0%} MFU / "
                    f"model FLOPs per token, or the PCIe transfer time where that is longer (docs/compare.md).")
@@ -176,13 +172,11 @@ def notes(c: Comparison) -> list[str]:
 
 
 def comparison_table(c: Comparison) -> str:
-    from tabulate import tabulate
-
     top = c.rows[0].one_card
     m = c.model
     lines = [f"model     {m.id}  {m.params / 1e9:,.2f} B params",
              f"workload  {_workload_line(top)}", ""]
-    rows = [_cells(r, _max_count(c)) for r in c.rows]
+    rows = [_cells(r, c.max_gpus) for r in c.rows]
     lines.append(tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True,
                           colalign=("left", "center", "right", "left", "right", "right", "right", "right", "right", "left")))
     lines += ["", "memory on one card: needed vs capacity (│)"]
@@ -197,9 +191,7 @@ def comparison_table(c: Comparison) -> str:
 
 
 def comparison_markdown(c: Comparison) -> str:
-    from tabulate import tabulate
-
-    rows = [_cells(r, _max_count(c)) for r in c.rows]
+    rows = [_cells(r, c.max_gpus) for r in c.rows]
     head = f"**{c.model.id}**, {_workload_line(c.rows[0].one_card)}\n\n"
     table = tabulate(rows, headers=_HEADERS, tablefmt="github", disable_numparse=True)
     return head + table + "\n\n" + "\n\n".join(notes(c))
@@ -251,8 +243,6 @@ def _sweep_rows(s: Sweep) -> list[list[str]]:
 
 
 def sweep_table(s: Sweep, markdown: bool = False) -> str:
-    from tabulate import tabulate
-
     headers = ["ctx \\ batch"] + [str(b) for b in s.batches] + ["max batch"]
     table = tabulate(_sweep_rows(s), headers=headers, tablefmt="github" if markdown else "simple",
                      disable_numparse=True, colalign=("left",) + ("right",) * (len(headers) - 1))

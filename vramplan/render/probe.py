@@ -6,6 +6,7 @@ the JSON carries exact bytes.
 
 from __future__ import annotations
 
+from vramplan import __version__
 from vramplan.probe.model import GpuInfo, MemoryInfo, MigInstance, ProbeReport, ProcessInfo
 
 MiB, GiB = 2**20, 2**30
@@ -45,8 +46,6 @@ def gpu_json(g: GpuInfo) -> dict:
 
 
 def report_json(r: ProbeReport) -> dict:
-    from vramplan import __version__
-
     return {"vramplan_version": __version__, "driver_version": r.driver_version,
             "cuda_driver_version": r.cuda_driver_version,
             "cuda_visible_devices": r.cuda_visible_devices,

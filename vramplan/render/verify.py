@@ -4,6 +4,8 @@ torch.cuda.memory_stats() or nvidia-smi."""
 
 from __future__ import annotations
 
+from tabulate import tabulate
+
 from vramplan.verify.result import VerifyResult, rel_error
 
 GiB, MiB = 2**30, 2**20
@@ -18,8 +20,6 @@ def _pct(e: float | None) -> str:
 
 
 def result_text(r: VerifyResult) -> str:
-    from tabulate import tabulate
-
     p, w = r.plan, r.plan.workload
     lines = [f"verify    {p.model.id}: {w.mode} batch {w.batch} x ctx {w.ctx:,}, weights "
              f"{p.weight_dtype}, KV {p.kv_dtype}; --level {r.level} on {r.device}"]

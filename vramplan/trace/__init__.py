@@ -111,30 +111,30 @@ def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
     """The traced program for this workload, or BadInput saying why the trace cannot run it."""
     if w.engine not in TRACED_ENGINES:
         raise BadInput(f"The trace replays vLLM, transformers generate() and the HF Trainer; the "
-                       f"{w.engine} engine is planned by --method analytic only.")
+                       f"{w.engine} engine is planned by {{method}} analytic only.")
     if target.count > 1:
-        raise BadInput("The trace measures one GPU; for several use --method analytic "
-                       "(or trace one card with --gpu ID).")
+        raise BadInput("The trace measures one GPU; for several use {method} analytic "
+                       "(or trace one card with {gpu} ID).")
     q = s.fmt.quant
     if q.method not in TRACEABLE_WEIGHTS:
         raise BadInput(f"The trace lays out 16-bit and bitsandbytes 4-bit (nf4, fp4) weights; "
-                       f"{s.fmt.label} is planned by the analytic tier only. Use --method analytic, "
-                       f"or --dtype bf16 to trace the 16-bit model.")
+                       f"{s.fmt.label} is planned by the analytic tier only. Use {{method}} analytic, "
+                       f"or {{dtype}} bf16 to trace the 16-bit model.")
     if w.engine != "vllm":
         installed = transformers_major()
         if w.transformers != installed:
-            raise BadInput(f"--transformers {w.transformers}: the trace runs the installed transformers "
-                           f"(major version {installed}); plan another version with --method analytic.")
+            raise BadInput(f"{{transformers}} {w.transformers}: the trace runs the installed transformers "
+                           f"(major version {installed}); plan another version with {{method}} analytic.")
     fields = dict(mode=w.mode, batch=w.batch, ctx=w.ctx, dtype=s.fmt.base, quant=q.method,
                   double_quant=q.double_quant, skip=tuple(q.skip))
     if w.engine == "vllm":
         if w.serve.tp > 1 or w.serve.pp > 1:
-            raise BadInput("The trace runs one process: --tp/--pp > 1 is analytic only.")
+            raise BadInput("The trace runs one process: {tp}/{pp} > 1 is analytic only.")
         fields.update(batch=0, ctx=0, serve_tokens=s.state.batched_tokens)
     elif w.engine == "transformers":
         if s.kv_dtype != s.fmt.base:
             raise BadInput(f"transformers' cache holds the compute dtype ({s.fmt.base}); the trace "
-                           f"cannot run --kv-dtype {s.kv_dtype}. Use --method analytic.")
+                           f"cannot run {{kv_dtype}} {s.kv_dtype}. Use {{method}} analytic.")
     else:
         recipe.check(w.train)
         fields.update(train=w.train, dtype=recipe.build_dtype(w.mode, w.train, w.dtype))

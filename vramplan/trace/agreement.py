@@ -13,6 +13,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from vramplan import methods, trace
+from vramplan.request import PlanRequest
+from vramplan.targets import resolve_target
+
 TOLERANCE = {"serve": 0.03, "infer": 0.03, "full": 0.08, "lora": 0.08, "qlora": 0.08}
 
 
@@ -128,11 +132,10 @@ DEFAULT = [
 
 
 def compare(case: Case, no_cache: bool = False) -> Row:
-    from vramplan import api, trace
-
     kw = dict(case.options)
-    target = api.resolve_target(case.gpu)
-    analytic = api.plan(case.model, target, mode=case.mode, batch=case.batch, ctx=case.ctx, **kw)
+    target = resolve_target(case.gpu)
+    analytic = methods.plan(PlanRequest.from_keywords(case.model, target, mode=case.mode, batch=case.batch,
+                                                      ctx=case.ctx, **kw))
     start = time.perf_counter()
     traced = trace.plan(case.model, target, analytic.workload, no_cache=no_cache, progress=False)
     seconds = time.perf_counter() - start

@@ -45,7 +45,7 @@ def hf_config(raw: dict, model_id: str = "", dtype: str = "bf16"):
     if model_type not in CONFIG_MAPPING:
         raise BadInput(
             f"The trace cannot build {model_id or 'this model'}: model_type {model_type!r} is not part of "
-            f"the installed transformers, and vramplan never runs remote code. Use --method analytic.")
+            f"the installed transformers, and vramplan never runs remote code. Use {{method}} analytic.")
     d["dtype"] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
     d.pop("torch_dtype", None)
     return AutoConfig.for_model(model_type, **d)

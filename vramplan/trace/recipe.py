@@ -9,11 +9,11 @@ from vramplan.errors import BadInput
 def check(opts) -> None:
     """A clear message instead of a wrong number for what the trace cannot run."""
     if opts.world > 1 or opts.zero > 0:
-        raise BadInput("The trace runs one process: --zero and multi-GPU training are analytic only "
-                       "(use --method analytic).")
+        raise BadInput("The trace runs one process: {zero} and multi-GPU training are analytic only "
+                       "(use {method} analytic).")
     if opts.attn == "flash_attention_2":
-        raise BadInput("--attn flash_attention_2 needs CUDA kernels the trace cannot run; trace with "
-                       "--attn sdpa (same memory class: no seq x seq scores) or use --method analytic.")
+        raise BadInput("{attn} flash_attention_2 needs CUDA kernels the trace cannot run; trace with "
+                       "{attn} sdpa (same memory class: no seq x seq scores) or use {method} analytic.")
 
 
 def autocast_on(mode: str, opts) -> bool:

@@ -129,7 +129,7 @@ def _run(model, s: Scenario, tr: MemoryTracker, say, fake: bool) -> None:
             raise
         raise BadInput(f"transformers cannot run this workload as configured: {str(e).splitlines()[0]} "
                        f"(a training or inference script with the same settings fails the same way). "
-                       f"Use --method analytic, or change the settings.") from e
+                       f"Use {{method}} analytic, or change the settings.") from e
 
 
 def _program(model, s: Scenario, tr: MemoryTracker, say) -> None:

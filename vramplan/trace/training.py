@@ -56,7 +56,7 @@ def prepare_model(model: nn.Module, opts, mode: str) -> nn.Module:
 
         raise BadInput(f"peft {peft.__version__} refuses this LoRA setup for {model.config.model_type}: "
                        f"{e} (a training script with the same settings would fail the same way; "
-                       f"try explicit --lora-targets or --lora-dropout 0).") from None
+                       f"try explicit {{lora_targets}} or {{lora_dropout}} 0).") from None
 
 
 def cast_for_kbit(model: nn.Module, opts) -> None:

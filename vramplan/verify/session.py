@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import inspect
 
-from vramplan import sources, trace
+from vramplan import methods, sources, trace
 from vramplan.errors import BadInput, EnvironmentProblem, MissingExtra
+from vramplan.loading import load_model
 from vramplan.probe import nvml as N
 from vramplan.probe.read import probe
 from vramplan.probe.target import target_from
+from vramplan.request import PlanRequest
+from vramplan.targets import resolve_target
 from vramplan.verify import alloc, guard
 from vramplan.verify import record as rec
 from vramplan.verify.meter import CpuMeter, CudaMeter, NvmlView
@@ -36,7 +39,7 @@ def parse_device(device: str) -> str:
         return "cuda:0"
     if d.startswith("cuda:") and d[5:].isdigit():
         return d
-    raise BadInput(f"--device {device!r} is not cpu or cuda:N (e.g. cuda:0).")
+    raise BadInput(f"{{device}} {device!r} is not cpu or cuda:N (e.g. cuda:0).")
 
 
 def _torch(extra: str):
@@ -53,13 +56,12 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
     """Plan MODEL with `plan_options` (the `fit` flags), then allocate or run it on `device`
     and measure. Raises DoesNotFit (exit 1) when it would not fit in free memory (unless
     `force`), EnvironmentProblem (exit 3) without a usable device, BadInput on bad flags."""
-    from vramplan import api
-
+    plan_options = {k: v for k, v in plan_options.items() if v is not None}   # None: not given
     if level not in LEVELS:
-        raise BadInput(f"--level {level!r} is not one of: {', '.join(LEVELS)}.")
+        raise BadInput(f"{{level}} {level!r} is not one of: {', '.join(LEVELS)}.")
     device = parse_device(device)
     if timeout is not None and timeout <= 0:
-        raise BadInput("--timeout must be a positive number of seconds.")
+        raise BadInput("{timeout} must be a positive number of seconds.")
     torch = _torch("gpu" if device != "cpu" else "trace")
     notes: list[str] = []
     flags = {"level": level, "device": device, "force": force, "timeout": timeout,
@@ -68,16 +70,16 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
     cuda = None
     try:
         if device == "cpu":
-            target = api.resolve_target(gpu, gpu_mem)
+            target = resolve_target(gpu, gpu_mem)
             free, where = guard.host_available_bytes(), "this host"
         else:
             if level == "run":
                 _check_gpu_run()
             cuda = _CudaDevice(torch, device, backend, environ)
-            target = api.resolve_target(gpu, gpu_mem) if (gpu or gpu_mem) else cuda.target
+            target = resolve_target(gpu, gpu_mem) if (gpu or gpu_mem) else cuda.target
             free, where = cuda.target.free_bytes, f"{device} ({cuda.gpu['name']})"
-        spec = api.load_model(model)
-        plan = api.plan(spec, target, **plan_options)
+        spec = load_model(model)
+        plan = methods.plan(PlanRequest.from_keywords(spec, target, **plan_options))
         note = guard.check_free(_needed(plan, level, device), free, force, where)
         if note:
             notes.append(note)
@@ -144,7 +146,7 @@ def _check_gpu_run() -> None:
 def _refuse_managed(plan) -> None:
     optim = getattr(getattr(plan.workload, "train", None), "optim", "") or ""
     if optim.startswith("paged_"):
-        raise BadInput(f"--optim {optim} keeps its state in CUDA managed memory, which verify never "
+        raise BadInput(f"{{optim}} {optim} keeps its state in CUDA managed memory, which verify never "
                        "uses; verify with the unpaged variant (e.g. adamw_8bit).")
 
 
@@ -270,7 +272,7 @@ def _raw_config(model, spec) -> tuple[dict, str]:
     if isinstance(model, str):
         loaded = sources.load_config(model)
         return loaded.config, loaded.id
-    raise BadInput("--level run needs MODEL as a config path or id, not a parsed ModelSpec.")
+    raise BadInput("{level} run needs MODEL as a config path or id, not a parsed ModelSpec.")
 
 
 def _scenario(plan):

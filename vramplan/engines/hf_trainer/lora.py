@@ -38,13 +38,13 @@ def normalize_targets(targets) -> tuple[str, ...] | None:
         try:
             items = [str(s).strip() for s in targets]
         except TypeError:
-            raise BadInput(f"--lora-targets {targets!r} is not a list of module names.") from None
+            raise BadInput(f"{{lora_targets}} {targets!r} is not a list of module names.") from None
         items = [s for s in items if s]
     if not items:
-        raise BadInput("--lora-targets is empty; give all-linear or module names such as q_proj,v_proj.")
+        raise BadInput("{lora_targets} is empty; give all-linear or module names such as q_proj,v_proj.")
     if any(s.lower() == ALL_LINEAR for s in items):
         if len(items) > 1:
-            raise BadInput("--lora-targets all-linear cannot be combined with module names.")
+            raise BadInput("{lora_targets} all-linear cannot be combined with module names.")
         return (ALL_LINEAR,)
     return tuple(dict.fromkeys(items))
 
@@ -54,7 +54,7 @@ def default_targets(model: ModelSpec) -> tuple[str, ...]:
     t = model.traits.lora_targets
     if t is None:
         raise BadInput(f"peft has no default LoRA targets for model_type '{model.model_type}' "
-                       f"({model.id or 'this model'}); pass --lora-targets, e.g. all-linear.")
+                       f"({model.id or 'this model'}); pass {{lora_targets}}, e.g. all-linear.")
     return t
 
 
@@ -151,7 +151,7 @@ def adapted_modules(model: ModelSpec, targets: tuple[str, ...] | None,
                     out += _expert_adapters(t, layer.index, kind, layer.mlp.num_experts, transformers)
     if not out:
         leaves = sorted({t.leaf for t in model.all_tensors() if t.role == "linear"})
-        raise BadInput(f"--lora-targets {','.join(names)} matches no linear module of "
+        raise BadInput(f"{{lora_targets}} {','.join(names)} matches no linear module of "
                        f"{model.id or 'this model'}; its linear modules are: {', '.join(leaves)}.")
     return tuple(out)
 
@@ -159,5 +159,5 @@ def adapted_modules(model: ModelSpec, targets: tuple[str, ...] | None,
 def lora_params(model: ModelSpec, targets, r: int, transformers: int = 5) -> int:
     """Exact LoRA parameter count: r x (in + out) for every wrapped module (bias="none")."""
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise BadInput(f"--lora-r must be a whole number of at least 1, got {r!r}.")
+        raise BadInput(f"{{lora_r}} must be a whole number of at least 1, got {r!r}.")
     return sum(a.params(r) for a in adapted_modules(model, normalize_targets(targets), transformers))

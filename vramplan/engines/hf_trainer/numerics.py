@@ -49,8 +49,8 @@ def float_bytes(weight_dtype: str, method: Method) -> int:
         return 2
     if wd in ("fp32", "float32"):
         return 4
-    raise BadInput(f"--dtype {weight_dtype!r} does not apply to --mode {method}: "
-                   f"it trains 16- or 32-bit weights (bf16, fp16, fp32); for a 4-bit base use --mode qlora.")
+    raise BadInput(f"{{dtype}} {weight_dtype!r} does not apply to {{mode}} {method}: "
+                   f"it trains 16- or 32-bit weights (bf16, fp16, fp32); for a 4-bit base use {{mode}} qlora.")
 
 
 def qlora_base(model: ModelSpec, weight_dtype: str | None, transformers: int = 5) -> WeightFormat:
@@ -58,7 +58,7 @@ def qlora_base(model: ModelSpec, weight_dtype: str | None, transformers: int = 5
     that transformers version's bitsandbytes conversion leaves in 16 bits (weights.transformers_bnb)."""
     wd = "nf4" if weight_dtype in ("auto", None) else weight_dtype.strip().lower()
     if wd not in QLORA_BASES:
-        raise BadInput(f"--dtype {weight_dtype!r} does not apply to --mode qlora; use nf4 (default), fp4 or int8.")
+        raise BadInput(f"{{dtype}} {weight_dtype!r} does not apply to {{mode}} qlora; use nf4 (default), fp4 or int8.")
     return transformers_bnb(model, resolve_format(model, wd), transformers)[0]
 
 

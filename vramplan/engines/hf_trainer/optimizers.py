@@ -63,7 +63,7 @@ def resolve_optim(name: str) -> Optim:
     key = str(name).strip().lower().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key not in _OPTIMS:
-        raise BadInput(f"--optim {name!r} is not an optimizer vramplan models; use one of: "
+        raise BadInput(f"{{optim}} {name!r} is not an optimizer vramplan models; use one of: "
                        f"{', '.join(OPTIM_NAMES)} (HF spellings such as adamw_8bit are accepted).")
     return _OPTIMS[key]
 

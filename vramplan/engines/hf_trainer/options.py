@@ -54,12 +54,12 @@ class TrainOptions:
     kbit_prepare: str = "peft"
 
 
-# The flag each option is set by, for error messages (and the list of known options).
-_FLAGS = {"optim": "--optim", "grad_ckpt": "--grad-ckpt", "lora_r": "--lora-r",
-          "lora_alpha": "--lora-alpha", "lora_targets": "--lora-targets",
-          "lora_dropout": "--lora-dropout", "precision": "--precision", "zero": "--zero",
-          "world": "the GPU count (--gpu ID:COUNT)", "attn": "--attn",
-          "lora_dtype": "--lora-dtype", "kbit_prepare": "--kbit-prepare"}
+# The parameter each option is set by, as BadInput names it (and the list of known options).
+_FLAGS = {"optim": "{optim}", "grad_ckpt": "{grad_ckpt}", "lora_r": "{lora_r}",
+          "lora_alpha": "{lora_alpha}", "lora_targets": "{lora_targets}",
+          "lora_dropout": "{lora_dropout}", "precision": "{precision}", "zero": "{zero}",
+          "world": "the GPU count ({gpu} ID:COUNT)", "attn": "{attn}",
+          "lora_dtype": "{lora_dtype}", "kbit_prepare": "{kbit_prepare}"}
 
 
 def _int(value, flag: str, low: int, high: int | None = None) -> int:
@@ -128,19 +128,19 @@ def normalize_train_options(**kwargs) -> TrainOptions:
         out["lora_dropout"] = _real(d["lora_dropout"], _FLAGS["lora_dropout"], lambda p: 0.0 <= p < 1.0,
                                     "a probability in [0, 1)")
     if "precision" in d:
-        out["precision"] = _choice(d["precision"], "--precision", PRECISIONS,
+        out["precision"] = _choice(d["precision"], "{precision}", PRECISIONS,
                                    {"bfloat16": "bf16", "pure": "bf16", "amp": "mixed", "fp32-master": "mixed"})
     if "zero" in d:
-        out["zero"] = _int(d["zero"], "--zero", 0, 3)
+        out["zero"] = _int(d["zero"], "{zero}", 0, 3)
     if "world" in d:
         out["world"] = _int(d["world"], _FLAGS["world"], 1, 65536)
     if "attn" in d:
-        out["attn"] = _choice(d["attn"], "--attn", ATTN_IMPLS,
+        out["attn"] = _choice(d["attn"], "{attn}", ATTN_IMPLS,
                               {"flash": "flash_attention_2", "fa2": "flash_attention_2",
                                "flash_attention": "flash_attention_2"})
     if "lora_dtype" in d:
-        out["lora_dtype"] = _choice(d["lora_dtype"], "--lora-dtype", LORA_DTYPES,
+        out["lora_dtype"] = _choice(d["lora_dtype"], "{lora_dtype}", LORA_DTYPES,
                                     {"float32": "fp32", "bfloat16": "bf16", "fp16": "bf16"})
     if "kbit_prepare" in d:
-        out["kbit_prepare"] = _choice(d["kbit_prepare"], "--kbit-prepare", KBIT_PREPARE)
+        out["kbit_prepare"] = _choice(d["kbit_prepare"], "{kbit_prepare}", KBIT_PREPARE)
     return TrainOptions(**out)

@@ -86,8 +86,8 @@ def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: 
                   weight_dtype: str = "auto", transformers: int = 5) -> TrainingPeak:
     """Peak bytes per GPU of one training step and the phase where it falls, with the module
     layout of that transformers major version."""
-    _check_count(batch, "--batch")
-    _check_count(ctx, "--ctx")
+    _check_count(batch, "{batch}")
+    _check_count(ctx, "{ctx}")
     s = _setup(model, method, opts, weight_dtype or "auto", transformers)
     T = batch * ctx
     gc = opts.grad_ckpt

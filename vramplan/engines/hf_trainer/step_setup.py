@@ -72,13 +72,13 @@ def _qlora_base_checked(model: ModelSpec, fmt: WeightFormat, o: TrainOptions, tr
     decoder = [(l, t) for l in model.layers for t in l.tensors if quantizes(t, fmt.quant)]
     if not decoder and o.kbit_prepare != "none":
         raise BadInput(f"transformers {transformers}'s bitsandbytes quantizes none of the decoder matmuls of "
-                       f"{name} (not exact nn.Linear modules, or on its skip list), so --mode qlora would "
-                       f"train an unquantized base. Plan it with --kbit-prepare none (the base stays "
-                       f"16-bit), with --transformers 4, or as --mode lora.")
+                       f"{name} (not exact nn.Linear modules, or on its skip list), so {{mode}} qlora would "
+                       f"train an unquantized base. Plan it with {{kbit_prepare}} none (the base stays "
+                       f"16-bit), with {{transformers}} 4, or as {{mode}} lora.")
     if any(isinstance(l.mixer, Recurrent) and t.split == "row" for l, t in decoder):     # out_proj
         raise BadInput(f"QLoRA cannot train {name}'s Mamba layers: mamba_ssm's fused training kernel "
                        f"applies out_proj to its raw weight, which bitsandbytes 4-bit cannot provide, so "
-                       f"the step fails. Use --mode lora.")
+                       f"the step fails. Use {{mode}} lora.")
     return bool(decoder)
 
 
@@ -141,7 +141,7 @@ class OutsideGrads:
 def _check_method(method: str) -> None:
     """The trainer plans full, lora and qlora only; anything else is a caller's mistake."""
     if method not in TRAIN_MODES:
-        raise BadInput(f"--mode {method!r} is not a training mode; use one of: {', '.join(TRAIN_MODES)}.")
+        raise BadInput(f"{{mode}} {method!r} is not a training mode; use one of: {', '.join(TRAIN_MODES)}.")
 
 
 def _adapters(model: ModelSpec, method: Method, o: TrainOptions, transformers: int) -> tuple[Adapted, ...]:
@@ -152,8 +152,8 @@ def _adapters(model: ModelSpec, method: Method, o: TrainOptions, transformers: i
     adapted = adapted_modules(model, o.lora_targets, transformers)
     if o.lora_dropout > 0 and any(a.merged for a in adapted):
         raise BadInput(f"peft wraps the fused MoE experts of {model.id or 'this model'} with ParamWrapper, "
-                       f"which refuses --lora-dropout {o.lora_dropout:g}; pass --lora-dropout 0 (or target "
-                       f"the attention projections only, e.g. --lora-targets q_proj,v_proj).")
+                       f"which refuses {{lora_dropout}} {o.lora_dropout:g}; pass {{lora_dropout}} 0 (or target "
+                       f"the attention projections only, e.g. {{lora_targets}} q_proj,v_proj).")
     return adapted
 
 

@@ -113,9 +113,9 @@ def engine_era(version: str) -> str:
     try:
         major, minor = (int(x) for x in version.strip().lstrip("v").split(".")[:2])
     except ValueError:
-        raise BadInput(f"--vllm-version {version!r} is not a version like 0.10 or 0.21.") from None
+        raise BadInput(f"{{vllm_version}} {version!r} is not a version like 0.10 or 0.21.") from None
     if (major, minor) < (0, 9):
-        raise BadInput(f"--vllm-version {version}: vLLM before 0.9 (V0 and early V1) sized its cache "
+        raise BadInput(f"{{vllm_version}} {version}: vLLM before 0.9 (V0 and early V1) sized its cache "
                        f"differently and is not modelled; use 0.9 or later.")
     return "0.9-0.10" if (major, minor) < (0, 11) else "0.11-0.20" if (major, minor) <= (0, 20) else "0.21+"
 

@@ -1,5 +1,5 @@
 """Charts for `compare --plot` and `sweep --plot`. matplotlib is the optional `plot` extra and is
-imported only here, inside the functions: `vramplan compare` without --plot never loads it.
+imported inside the functions that draw: `vramplan compare` without --plot never loads it.
 Figures are drawn on a bare `Figure` (no pyplot), so no GUI backend or global state is touched."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from pathlib import Path
 
 from vramplan.errors import BadInput, MissingExtra
 from vramplan.units import GiB
-from vramplan.compare.grid import Sweep
-from vramplan.compare.table import Comparison
+from vramplan.compare.result import Comparison, Sweep
 
 SUFFIXES = (".png", ".svg", ".pdf")
 FIT, NO_FIT, BEST, OTHER, MUTED = "#4c9a5f", "#c0504d", "#2e75b6", "#9dc3e6", "#7f7f7f"
@@ -20,9 +19,9 @@ def check_target(path: str) -> None:
     """Fail before any work: a file type matplotlib writes, a directory that exists, the extra."""
     p = Path(path)
     if p.suffix.lower() not in SUFFIXES:
-        raise BadInput(f"--plot {path!r}: give a file ending in {', '.join(SUFFIXES)}.")
+        raise BadInput(f"{{plot}} {path!r}: give a file ending in {', '.join(SUFFIXES)}.")
     if not p.parent.is_dir():
-        raise BadInput(f"--plot {path!r}: the directory {str(p.parent)!r} does not exist.")
+        raise BadInput(f"{{plot}} {path!r}: the directory {str(p.parent)!r} does not exist.")
     if importlib.util.find_spec("matplotlib") is None:
         raise MissingExtra("plot", "matplotlib")
 
@@ -84,7 +83,7 @@ def comparison_chart(c: Comparison, path: str) -> None:
         cost.text((v or 0) + span * 0.01, i, text, va="center", fontsize=8, color=colour,
                   fontweight="bold" if r.cheapest else "normal")
     cost.set_xlim(0, span * 1.9)
-    unit = "output" if w.mode == "serve" else "training"
+    unit = "output" if top.serve is not None else "training"
     cost.set_title(rf"\$ per million {unit} tokens (estimated speed)" if per_m else r"\$ per hour", fontsize=10)
     cost.tick_params(axis="y", length=0)
 

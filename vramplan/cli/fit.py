@@ -1,0 +1,48 @@
+"""`vramplan fit`: will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from vramplan import api, render
+from vramplan.cli import options as O
+from vramplan.cli.output import emit_json
+
+
+def fit(
+    model: str = O.MODEL, gpu: Optional[str] = O.GPU, gpu_mem: Optional[str] = O.GPU_MEM,
+    ctx: str = O.CTX, batch: str = O.BATCH, mode: str = O.MODE, dtype: str = O.DTYPE,
+    kv_dtype: str = O.KV, method: str = O.METHOD, no_cache: bool = O.NO_CACHE,
+    as_json: bool = O.JSON, gpu_free: Optional[str] = O.GPU_FREE,
+    gpu_memory_utilization: float = O.UTIL, max_num_batched_tokens: Optional[str] = O.MNBT,
+    max_num_seqs: Optional[str] = O.MNS, tp: Optional[int] = O.TP, pp: int = O.PP,
+    block_size: int = O.BLOCK, enforce_eager: bool = O.EAGER, vllm_version: Optional[str] = O.VLLM,
+    kv_cache_memory: Optional[str] = O.KVMEM,
+    optim: Optional[str] = O.OPTIM, grad_ckpt: bool = O.CKPT, lora_r: Optional[int] = O.LORA_R,
+    lora_alpha: Optional[int] = O.LORA_ALPHA, lora_targets: Optional[str] = O.LORA_TARGETS,
+    lora_dropout: Optional[float] = O.LORA_DROPOUT, precision: Optional[str] = O.PRECISION,
+    zero: Optional[int] = O.ZERO, attn: Optional[str] = O.ATTN,
+    lora_dtype: Optional[str] = O.LORA_DTYPE, kbit_prepare: Optional[str] = O.KBIT,
+    transformers: Optional[int] = O.HF, debug: bool = O.DEBUG,
+) -> None:
+    """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
+    request = api.PlanRequest(
+        model=model, gpu=gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx,
+        dtype=dtype, kv_dtype=kv_dtype, method=method, no_cache=no_cache, transformers=transformers,
+        serve=api.ServeFlags(
+            gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs, block_size=block_size, tp=tp, pp=pp, enforce_eager=enforce_eager,
+            vllm_version=vllm_version, kv_cache_memory=kv_cache_memory),
+        train=api.TrainFlags(
+            optim=optim, grad_ckpt=grad_ckpt or None, lora_r=lora_r, lora_alpha=lora_alpha,
+            lora_targets=lora_targets, lora_dropout=lora_dropout, precision=precision, zero=zero,
+            attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare),
+    )
+    p = api.plan_request(request)
+    if as_json:
+        emit_json(render.plan_json(p))
+    else:
+        print(render.plan_table(p))
+    raise typer.Exit(0 if p.fits else 1)

@@ -1,0 +1,42 @@
+"""The GPU a plan is for, from the user's words: a catalog id with a count ("l40s:2"), "auto"
+(the attached card, probed through NVML), or any card by its memory ("48GB")."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vramplan import catalog, probe
+from vramplan.errors import BadInput
+from vramplan.spec import GpuTarget
+from vramplan.units import parse_bytes
+
+DEFAULT_GPU = "l40s"
+
+
+def resolve_target(gpu: str | GpuTarget | None = None, gpu_mem: str | int | None = None,
+                   gpu_free: str | int | None = None, default: str = DEFAULT_GPU) -> GpuTarget:
+    """`gpu` ID[:COUNT] or `gpu_mem` SIZE (not both); neither means the default card.
+    `gpu_free` says how much of each card is free now (other processes hold the rest)."""
+    if isinstance(gpu, GpuTarget):
+        return gpu
+    if gpu is not None and gpu_mem is not None:
+        raise BadInput("Give either {gpu} or {gpu_mem}, not both.")
+    if gpu_mem is not None:
+        target = GpuTarget(gpu=None, count=1, memory_bytes=parse_bytes(gpu_mem))
+    elif isinstance(gpu, str) and gpu.strip().lower() == "auto":
+        target = auto_target()
+    else:
+        target = catalog.parse_gpu_arg(gpu or default)
+    if gpu_free is not None:
+        free = parse_bytes(gpu_free, "{gpu_free}")
+        if free > target.per_gpu_bytes:
+            raise BadInput(f"{{gpu_free}} {gpu_free} is more than the card's CUDA total "
+                           f"({target.per_gpu_bytes / 2**30:.2f} GiB).")
+        target = replace(target, free_bytes=free)
+    return target
+
+
+def auto_target() -> GpuTarget:
+    """`gpu="auto"`: the first CUDA-visible GPU through NVML (vramplan.probe), with its real
+    capacity and current free memory; an EnvironmentProblem (exit 3) when there is none."""
+    return probe.auto_target(0)
