@@ -329,6 +329,8 @@ ALLOWED_TODAY_LOCAL: set[tuple[str, str]] = {
     ("vramplan.catalog", "difflib"),                     # only for "did you mean" in error messages
     ("vramplan.request", "importlib"),                   # importlib.metadata: the installed transformers
     ("vramplan.request", "vramplan.engines.hf_trainer.options"),   # training flags: serve never loads the trainer
+    ("vramplan.methods", "vramplan.trace"),              # the trace tier: only for --method trace
+    ("vramplan.targets", "vramplan.probe"),              # NVML probing: only for --gpu auto
 }
 # (importer, mode word)
 ALLOWED_TODAY_MODES: set[tuple[str, str]] = set()

@@ -4,7 +4,7 @@ same request and return the same Plan."""
 
 from __future__ import annotations
 
-from vramplan import catalog, planner, trace
+from vramplan import catalog, planner
 from vramplan.errors import BadInput
 from vramplan.loading import load_model
 from vramplan.request import METHODS, PlanRequest, build_workload
@@ -19,5 +19,7 @@ def plan(request: PlanRequest) -> Plan:
     target = resolve_target(request.gpu, request.gpu_mem, request.gpu_free)
     workload = build_workload(request, target.count)
     if request.method == "trace":
+        from vramplan import trace      # the trace tier loads only when asked for
+
         return trace.plan(request.model, target, workload, no_cache=request.no_cache)
     return planner.build(load_model(request.model), target, workload, catalog=catalog.load_gpus())

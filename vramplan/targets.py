@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vramplan import catalog, probe
+from vramplan import catalog
 from vramplan.errors import BadInput
 from vramplan.spec import GpuTarget
 from vramplan.units import parse_bytes
@@ -39,4 +39,6 @@ def resolve_target(gpu: str | GpuTarget | None = None, gpu_mem: str | int | None
 def auto_target() -> GpuTarget:
     """`gpu="auto"`: the first CUDA-visible GPU through NVML (vramplan.probe), with its real
     capacity and current free memory; an EnvironmentProblem (exit 3) when there is none."""
+    from vramplan import probe      # NVML machinery, only for --gpu auto
+
     return probe.auto_target(0)
