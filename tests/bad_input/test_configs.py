@@ -306,6 +306,7 @@ QUANT = [
     ("bnb-type-number", {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": 4},
      "bnb_4bit_quant_type"),
     ("bnb-neither", {"quant_method": "bitsandbytes"}, "load_in_4bit"),
+    ("bnb-load-string", {"quant_method": "bitsandbytes", "load_in_4bit": "yes"}, "load_in_4bit"),
     ("bnb-double-quant-string", {"quant_method": "bitsandbytes", "load_in_4bit": True,
                                  "bnb_4bit_use_double_quant": "no"}, "bnb_4bit_use_double_quant"),
     ("skip-not-list", {**GPTQ, "modules_to_not_convert": 5}, "modules_to_not_convert"),
@@ -489,3 +490,14 @@ def test_skip_pattern_of_many_stars_does_not_hang(tmp_path):
 def test_at_least_130_cases():
     n = (len(list(size_cases())) + len(OVER) + len(RULES) + len(QUANT) + len(RAW) + len(API) + 6)
     assert n >= 130, n
+
+
+def test_every_bound_is_written_in_the_docs_with_its_reason():
+    """docs/validation.md lists every key that has a bound, and each bound's reason (the text the
+    refusal prints)."""
+    doc = (ROOT / "docs/validation.md").read_text()
+    section = doc[doc.index("## Model configs"):]
+    missing = [key for key in BOUNDS if key.lstrip("_") not in section]
+    assert not missing, missing
+    for bound in {*BOUNDS.values(), PARAMS}:
+        assert bound.reason.split(",")[0].split("(")[0].strip() in section, bound.reason

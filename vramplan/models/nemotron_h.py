@@ -46,19 +46,21 @@ def _block_types(cfg: Cfg) -> list[str]:
     """One block kind per layer; the list's length is the layer count, bounded like num_hidden_layers."""
     pattern = cfg.raw("hybrid_override_pattern")
     if pattern is not None:
+        if isinstance(pattern, str):
+            _bounded(cfg, "hybrid_override_pattern", len(pattern))
         if not isinstance(pattern, str) or not pattern or any(c not in _CHARS for c in pattern):
             raise cfg.bad("hybrid_override_pattern", f"must be a string of M (Mamba2), * (attention), "
                           f"- (MLP) and E (MoE), got {show(pattern)}.")
-        _bounded(cfg, "hybrid_override_pattern", len(pattern))
         return [_CHARS[c] for c in pattern]
     key = cfg.key("layers_block_type", "layer_types")
     lst = cfg.raw("layers_block_type", "layer_types")
     if lst is None:
         raise BadConfig(f"config.json of {cfg.who} has no 'hybrid_override_pattern' (or "
                         f"'layers_block_type'), which says which blocks are Mamba, attention or MLP.")
+    if isinstance(lst, list):
+        _bounded(cfg, key, len(lst))
     if not isinstance(lst, list) or not lst or any(not isinstance(x, str) or x not in _NAMES for x in lst):
         raise cfg.bad(key, f"must list mamba, attention, mlp or moe blocks, got {show(lst)}.")
-    _bounded(cfg, key, len(lst))
     return [_NAMES[x] for x in lst]
 
 

@@ -162,6 +162,8 @@ def _skip_list(q: dict, *keys: str, cfg: Cfg) -> tuple[str, ...]:
 
 def _bnb(q: dict, cfg: Cfg) -> Quantization:
     skip = _skip_list(q, "llm_int8_skip_modules", "modules_to_not_convert", cfg=cfg)
+    for key in ("load_in_4bit", "_load_in_4bit", "load_in_8bit", "_load_in_8bit"):
+        _flag(q, key, cfg)          # BitsAndBytesConfig.post_init: "load_in_4bit must be a boolean"
     if q.get("load_in_4bit") or q.get("_load_in_4bit"):
         kind = q.get("bnb_4bit_quant_type") or "fp4"      # BitsAndBytesConfig default: fp4
         if not isinstance(kind, str) or kind.lower() not in ("nf4", "fp4"):
