@@ -486,8 +486,8 @@ def test_missing_dtype_is_fp32_with_note():
 
 def test_gptq_quantization():
     q = parse(dict(TINY, model_type="llama", quantization_config={
-        "quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True, "sym": True})).quantization
-    assert (q.method, q.bits, q.group_size, q.desc_act, q.pre_quantized) == ("gptq", 4, 128, True, True)
+        "quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": True})).quantization
+    assert (q.method, q.bits, q.group_size, q.desc_act, q.pre_quantized) == ("gptq", 4, 32, True, True)
     q = parse(dict(TINY, model_type="llama", quantization_config={
         "quant_method": "gptq", "bits": 8, "group_size": -1})).quantization
     assert q.group_size is None and q.bits == 8 and not q.desc_act
@@ -505,8 +505,8 @@ def test_bnb_4bit_quantization():
 
 def test_awq_fp8_and_compressed_tensors():
     q = parse(dict(TINY, model_type="llama", quantization_config={
-        "quant_method": "awq", "bits": 4, "group_size": 128, "modules_to_not_convert": ["gate"]})).quantization
-    assert (q.method, q.group_size, q.skip) == ("awq", 128, ("gate",))
+        "quant_method": "awq", "bits": 4, "group_size": 64, "modules_to_not_convert": ["gate"]})).quantization
+    assert (q.method, q.group_size, q.skip) == ("awq", 64, ("gate",))
     q = parse(dict(TINY, model_type="llama", quantization_config={
         "quant_method": "fp8", "weight_block_size": [128, 128]})).quantization
     assert q.block_size == (128, 128) and q.bits == 8

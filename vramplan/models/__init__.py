@@ -24,7 +24,7 @@ from dataclasses import replace
 
 from vramplan.errors import BadConfig
 from vramplan.spec import ModelSpec
-from vramplan.models._base import REGISTRY, Cfg
+from vramplan.models._base import REGISTRY, Cfg, _clip, show
 from vramplan.models import (deepseek, falcon, gemma2, gemma3, gpt2, gpt_oss, llama, mistral, mixtral,  # noqa: F401
                nemotron_h, phi3, qwen2, qwen3, qwen3_moe)
 from vramplan.models.decoder import LLAMA_KEYS
@@ -38,26 +38,26 @@ def known_model_types() -> tuple[str, ...]:
 
 def parse(config: dict, model_id: str = "", source: str = "") -> ModelSpec:
     """Turn a Hugging Face config.json (already parsed to a dict) into a per-layer ModelSpec."""
+    who = _clip(model_id) or "this model"
     if not isinstance(config, dict):
-        raise BadConfig(f"config.json of {model_id or 'this model'} is not a JSON object.")
+        raise BadConfig(f"config.json of {who} is not a JSON object.")
     model_type = config.get("model_type")
     if model_type is not None and not isinstance(model_type, str):
-        raise BadConfig(f"model_type in config.json of {model_id or 'this model'} must be a string, "
-                        f"got {model_type!r}.")
+        raise BadConfig(f"model_type in config.json of {who} must be a string, got {show(model_type)}.")
     model_type = model_type or ""
     cfg = Cfg(config, model_id, model_type)
     fn = REGISTRY.get(model_type)
     if fn is None:
         missing = [k for k in LLAMA_KEYS if config.get(k) is None]
-        what = f"model_type '{model_type}'" if model_type else "a config.json without a model_type"
+        what = f"model_type '{_clip(model_type)}'" if model_type else "a config.json without a model_type"
         if missing:
             raise BadConfig(
-                f"{what} ({model_id or 'this model'}) is not a family vramplan knows, and the file lacks "
+                f"{what} ({who}) is not a family vramplan knows, and the file lacks "
                 f"{', '.join(repr(k) for k in missing)} needed to read it as a generic decoder. "
                 f"Known model types: {', '.join(known_model_types())}."
             )
         if model_type:
-            cfg.warn(f"model_type '{model_type}' is not a known family; parsed as a generic decoder "
+            cfg.warn(f"model_type '{_clip(model_type)}' is not a known family; parsed as a generic decoder "
                      f"(llama-like). Check the result.")
         else:
             cfg.warn("config.json has no model_type; parsed as a generic decoder (llama-like). "

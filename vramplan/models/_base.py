@@ -5,9 +5,11 @@ Nothing here imports torch or transformers: a config.json is parsed as plain dat
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from vramplan.errors import BadConfig
+from vramplan.models.bounds import PARAMS, bound_of, describe
 from vramplan.spec import (Attention, LayerSpec, ModelSpec, PerHead, Quantization, Role, Split, Tensor, Traits,
                            VisionTower)
 
@@ -25,11 +27,42 @@ def register(*model_types: str):
     return deco
 
 
+def show(v: Any) -> str:
+    """A config value as a message quotes it: short, and safe for anything JSON can hold (a
+    5,000-digit integer, which str() refuses; NaN; a string of a million characters; a list
+    nested ten thousand deep, which repr() cannot print)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        if v.bit_length() > 64:
+            digits = int(v.bit_length() * 0.30103) + 1
+            return f"{'a negative' if v < 0 else 'a'} number of about {digits:,} digits"
+        return f"{v:,}"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "NaN"
+        if math.isinf(v):
+            return "Infinity" if v > 0 else "-Infinity"
+        return repr(v)
+    if isinstance(v, str):
+        return repr(v) if len(v) <= 40 else repr(v[:40]) + f"... ({len(v):,} characters)"
+    if isinstance(v, list):
+        if len(v) <= 4 and all(x is None or isinstance(x, (bool, int, float, str)) for x in v):
+            return "[" + ", ".join(show(x) for x in v) + "]"
+        return f"a list of {len(v):,} item{'s' if len(v) != 1 else ''}"
+    if isinstance(v, dict):
+        return f"an object with {len(v):,} key{'s' if len(v) != 1 else ''}"
+    return f"a {type(v).__name__}"
+
+
 class Cfg:
     """A config dict with helpers that raise BadConfig naming the key and the model.
 
     `path` says where in the file the dict sits ("" for the top level, "text_config" for a nested
-    one) so error messages point at the right place.
+    one) so error messages point at the right place. Every integer is checked against its bound
+    (models/bounds.py) as it is read, so every family refuses an absurd size the same way.
     """
 
     __slots__ = ("d", "model", "model_type", "path", "root", "warnings", "dtype_assumed")
@@ -37,7 +70,7 @@ class Cfg:
     def __init__(self, d: dict, model: str, model_type: str, path: str = "", root: "Cfg | None" = None):
         if not isinstance(d, dict):
             where = f"'{path}' in " if path else ""
-            raise BadConfig(f"{where}config.json of {model or 'this model'} is not a JSON object.")
+            raise BadConfig(f"{where}config.json of {_clip(model) or 'this model'} is not a JSON object.")
         self.d = d
         self.model = model
         self.model_type = model_type
@@ -53,7 +86,7 @@ class Cfg:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise BadConfig(f"'{key}' in config.json of {self.who} must be an object, got {raw!r}.")
+            raise BadConfig(f"'{key}' in config.json of {self.who} must be an object, got {show(raw)}.")
         merged = dict(defaults or {})
         merged.update(raw)      # an explicit null overrides a default, as in transformers
         return Cfg(merged, self.model, self.model_type, key, self.root)
@@ -72,20 +105,30 @@ class Cfg:
 
     @property
     def who(self) -> str:
-        return f"{self.model} (model_type '{self.model_type}')" if self.model else f"model_type '{self.model_type}'"
+        mt = _clip(self.model_type)
+        return f"{_clip(self.model)} (model_type '{mt}')" if self.model else f"model_type '{mt}'"
 
     def _key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
+    def key(self, *names: str) -> str:
+        """The key as a message names it: the alias the file uses, under its path ("text_config.x")."""
+        return self._key(self._find(names)[0])
+
     def has(self, *names: str) -> bool:
         return any(self.d.get(n) is not None for n in names)
 
-    def raw(self, *names: str, default: Any = None) -> Any:
+    def _find(self, names: tuple[str, ...]) -> tuple[str, Any]:
+        """The first of `names` the file sets (not null) and its value; (names[0], None) if none."""
         for n in names:
             v = self.d.get(n)
             if v is not None:
-                return v
-        return default
+                return n, v
+        return names[0], None
+
+    def raw(self, *names: str, default: Any = None) -> Any:
+        v = self._find(names)[1]
+        return default if v is None else v
 
     def _missing(self, names: tuple[str, ...]) -> BadConfig:
         alts = " or ".join(f"'{self._key(n)}'" for n in names)
@@ -94,52 +137,78 @@ class Cfg:
             f"Check that the file is a complete Hugging Face config.json."
         )
 
+    def bad(self, name: str, text: str) -> BadConfig:
+        """BadConfig "'<key>' in config.json of <model> <text>"."""
+        return BadConfig(f"'{self._key(name)}' in config.json of {self.who} {text}")
+
     def int(self, *names: str, default: Any = _MISSING, positive: bool = True) -> int:
-        v = self.raw(*names)
+        """An integer (not a float, not a boolean), positive (or >= 0) and within its bound."""
+        name, v = self._find(names)
         if v is None:
             if default is _MISSING:
                 raise self._missing(names)
             return default
         if isinstance(v, bool) or not isinstance(v, int):
-            if isinstance(v, float) and v.is_integer():
-                v = int(v)
-            else:
-                raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must be an integer, got {v!r}.")
+            # transformers 5's strict configs refuse a float here too (32.0 included)
+            raise self.bad(name, f"must be an integer, got {show(v)}.")
         if positive and v <= 0:
-            raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must be positive, got {v}.")
+            raise self.bad(name, f"must be positive, got {show(v)}.")
         if not positive and v < 0:
-            raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must not be negative, got {v}.")
+            raise self.bad(name, f"must not be negative, got {show(v)}.")
+        bound = bound_of(name)
+        if v > bound.limit:
+            raise self.bad(name, f"is {show(v)}; vramplan refuses {describe(bound)}.")
         return v
 
     def opt_int(self, *names: str) -> int | None:
         return self.int(*names, default=None)
 
+    def int_list(self, name: str, limit: int) -> list[int]:
+        """A list of integers in [0, limit) such as layer numbers (absent or null: empty)."""
+        v = self.d.get(name)
+        if v is None:
+            return []
+        if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in v):
+            raise self.bad(name, f"must be a list of layer numbers, got {show(v)}.")
+        out = [x for x in v if not 0 <= x < limit]
+        if out:
+            raise self.bad(name, f"lists layer {show(out[0])}, but the layers are numbered 0 to {limit - 1:,}.")
+        return v
+
+    def fraction(self, *names: str, default: float = 1.0) -> float:
+        """A number in (0, 1] such as partial_rotary_factor."""
+        name, v = self._find(names)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise self.bad(name, f"must be a fraction in (0, 1], got {show(v)}.")
+        return float(v)
+
     def bool(self, *names: str, default: bool = False) -> bool:
-        v = self.raw(*names)
+        name, v = self._find(names)
         if v is None:
             return default
         if isinstance(v, bool):
             return v
-        if v in (0, 1):
+        if isinstance(v, int) and v in (0, 1):
             return bool(v)
-        raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must be true or false, got {v!r}.")
+        raise self.bad(name, f"must be true or false, got {show(v)}.")
 
     def str(self, *names: str, default: str | None = None) -> str | None:
-        v = self.raw(*names)
+        name, v = self._find(names)
         if v is None:
             return default
         if not isinstance(v, str):
-            raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must be a string, got {v!r}.")
+            raise self.bad(name, f"must be a string, got {show(v)}.")
         return v
 
     def prob(self, *names: str, default: float = 0.0) -> float:
         """A probability in [0, 1) such as a dropout rate."""
-        v = self.raw(*names)
+        name, v = self._find(names)
         if v is None:
             return default
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-            raise BadConfig(f"'{self._key(names[0])}' in config.json of {self.who} must be a probability "
-                            f"in [0, 1), got {v!r}.")
+            raise self.bad(name, f"must be a probability in [0, 1), got {show(v)}.")
         return float(v)
 
     def require_all(self, names: tuple[str, ...]) -> None:
@@ -155,6 +224,14 @@ class Cfg:
     def warn(self, text: str) -> None:
         if text not in self.warnings:
             self.warnings.append(text)
+
+
+def _clip(name: str, most: int = 120) -> str:
+    """A model id or model_type as a message prints it: at most `most` characters, printable
+    (a lone surrogate from a Python caller's string is escaped)."""
+    name = name if isinstance(name, str) else show(name)
+    name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return name if len(name) <= most else name[:most] + "..."
 
 
 # --- dtypes -------------------------------------------------------------------------------------
@@ -179,10 +256,10 @@ def torch_dtype(cfg: Cfg, *nested: Cfg) -> str:
         # Not a warning here: it matters only when a plan really uses fp32 (planner.py says so then).
         cfg.root.dtype_assumed = True
         return "fp32"
-    key = str(value).strip().lower().removeprefix("torch.")
+    key = value.strip().lower().removeprefix("torch.") if isinstance(value, str) else None
     if key not in _DTYPES:
-        raise BadConfig(f"torch_dtype {value!r} in config.json of {cfg.who} is not a dtype vramplan knows "
-                        f"(bfloat16, float16, float32).")
+        raise BadConfig(f"'torch_dtype' in config.json of {cfg.who} is {show(value)}, not a dtype vramplan "
+                        f"knows (bfloat16, float16, float32).")
     return _DTYPES[key]
 
 
@@ -288,14 +365,14 @@ def explicit_layer_types(cfg: Cfg, n_layers: int) -> list[str] | None:
     if lt is None:
         return None
     if not isinstance(lt, list) or not all(isinstance(x, str) for x in lt):
-        raise BadConfig(f"'layer_types' in config.json of {cfg.who} must be a list of strings.")
+        raise cfg.bad("layer_types", f"must be a list of strings, got {show(lt)}.")
     if len(lt) != n_layers:
-        raise BadConfig(f"'layer_types' in config.json of {cfg.who} has {len(lt)} entries for "
-                        f"{n_layers} layers; the two must agree.")
+        raise cfg.bad("layer_types", f"has {len(lt):,} entries for {n_layers:,} layers; the two must agree "
+                      f"(transformers' validate_layer_type).")
     bad = sorted({x for x in lt if x not in _KIND})
     if bad:
-        raise BadConfig(f"'layer_types' in config.json of {cfg.who} holds {', '.join(map(repr, bad))}; "
-                        f"vramplan knows full_attention, sliding_attention and chunked_attention here.")
+        raise cfg.bad("layer_types", f"holds {', '.join(show(x) for x in bad[:3])}; vramplan knows "
+                      f"full_attention, sliding_attention and chunked_attention here.")
     return lt
 
 
@@ -349,7 +426,7 @@ def make_spec(cfg: Cfg, *, family: str, hidden: int, vocab: int, layers: list[La
               max_pos: int | None, traits: Traits = GENERIC_TRAITS, mtp_layers: int = 0,
               vision: VisionTower | None = None) -> ModelSpec:
     root = cfg.root
-    return ModelSpec(
+    spec = ModelSpec(
         id=root.model,
         model_type=root.model_type,
         family=family,
@@ -367,3 +444,8 @@ def make_spec(cfg: Cfg, *, family: str, hidden: int, vocab: int, layers: list[La
         vision=vision,
         warnings=tuple(root.warnings),
     )
+    # Each key within its bound can still multiply into an absurd model (1,000 layers of width 2**20).
+    if spec.params > PARAMS.limit:
+        raise BadConfig(f"config.json of {root.who} describes a model of {spec.params:,} parameters; "
+                        f"vramplan refuses {describe(PARAMS)}.")
+    return spec

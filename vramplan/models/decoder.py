@@ -24,6 +24,7 @@ from typing import Callable
 from vramplan.spec import LayerSpec, Mlp, ModelSpec, Traits
 from vramplan.models._base import (FULL, GENERIC_TRAITS, SLIDING, Cfg, Tensors, attention, embedding_and_head,
                                    explicit_layer_types, make_spec, torch_dtype)
+from vramplan.models import rules
 from vramplan.models.quant import parse_quantization
 
 LLAMA_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
@@ -75,6 +76,10 @@ class DecoderOptions:
     defaults: tuple = ()                 # (key, value) pairs of the family config's defaults that
                                          # Hub files rely on (e.g. Gemma's head_dim 256)
     traits: Traits = GENERIC_TRAITS      # what the family's implementations do (spec.Traits)
+    hidden_per_head: str = ""            # the transformers code that requires hidden_size % heads == 0
+                                         # even with an explicit head_dim ("": only when head_dim is
+                                         # derived, models/rules.py)
+    rope: bool = True                    # rotary embeddings: an odd, fully rotated head is refused
 
 
 def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
@@ -86,7 +91,13 @@ def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
     L = cfg.int("num_hidden_layers")
     heads = cfg.int("num_attention_heads")
     kv = cfg.int("num_key_value_heads", default=heads)
-    hd = cfg.int("head_dim", default=None) or H // heads
+    rules.kv_heads(cfg, heads, kv)
+    explicit_hd = cfg.int("head_dim", default=None)
+    if opts.hidden_per_head or explicit_hd is None:
+        rules.hidden_per_head(cfg, H, heads, opts.hidden_per_head)
+    hd = explicit_hd or H // heads
+    if opts.rope:
+        rules.rotary_head(cfg, hd, "head_dim" if explicit_hd else None)
     I = cfg.int("intermediate_size", default=None)
     vocab = cfg.int("vocab_size")
     window = cfg.int("sliding_window", default=0, positive=False) or None
@@ -158,6 +169,7 @@ def _moe_plan(cfg: Cfg, opts: DecoderOptions, L: int, I: int | None) -> list[tup
     if opts.moe == "mixtral":
         E = cfg.int("num_local_experts")
         k = cfg.int("num_experts_per_tok")
+        rules.top_k(cfg, k, E, ("num_experts_per_tok",), ("num_local_experts",))
         return [(E, cfg.int("intermediate_size"), k)] * L
     if opts.moe == "qwen3_moe":
         # Qwen3MoeDecoderLayer: MoE when the layer is not in mlp_only_layers and
@@ -166,7 +178,9 @@ def _moe_plan(cfg: Cfg, opts: DecoderOptions, L: int, I: int | None) -> list[tup
         k = cfg.int("num_experts_per_tok")
         w = cfg.int("moe_intermediate_size")
         step = cfg.int("decoder_sparse_step", default=1)
-        only = cfg.raw("mlp_only_layers", default=[]) or []
+        only = set(cfg.int_list("mlp_only_layers", L))
+        if E > 0:
+            rules.top_k(cfg, k, E, ("num_experts_per_tok",), ("num_experts",))
         plan = []
         for i in range(L):
             if i not in only and E > 0 and (i + 1) % step == 0:

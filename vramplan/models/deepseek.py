@@ -27,12 +27,23 @@ from __future__ import annotations
 from dataclasses import replace
 
 from vramplan.spec import Attention, LayerSpec, Mlp
+from vramplan.models import rules
 from vramplan.models._base import (GENERIC_TRAITS, PEFT_MOE_QWEN2, Cfg, Tensors, embedding_and_head, make_spec,
                                    register, torch_dtype)
 from vramplan.models.quant import parse_quantization
 
 KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",
         "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+
+
+def _routing_groups(cfg: Cfg, v3: bool, experts: int, top_k: int) -> None:
+    """V3's router (DeepseekV3TopkRouter) always routes by groups, n_group 8 and topk_group 4 by
+    default (DeepseekV3Config), scoring a group by its two best experts; V2's does only with
+    topk_method "group_limited_greedy" (a group's best expert), with no default groups."""
+    if v3:
+        rules.expert_groups(cfg, experts, top_k, cfg.int("n_group", default=8), cfg.int("topk_group", default=4), 2)
+    elif cfg.str("topk_method", default="greedy") == "group_limited_greedy":
+        rules.expert_groups(cfg, experts, top_k, cfg.int("n_group"), cfg.int("topk_group"), 1)
 
 
 @register("deepseek_v2", "deepseek_v3")
@@ -51,6 +62,10 @@ def parse(cfg: Cfg):
     vd = cfg.int("v_head_dim")
     bias = cfg.bool("attention_bias", default=False)
     qk = nope + rope
+    if not v3:      # DeepseekV2Config.validate_architecture; V3's config has no such rule
+        rules.hidden_per_head(cfg, H, heads, "transformers' DeepseekV2Config.validate_architecture")
+    # transformers rotates qk_rope_head_dim dimensions of each head (its config's head_dim)
+    rules.rotary_head(cfg, rope, "qk_rope_head_dim")
 
     E = cfg.int("n_routed_experts", default=0, positive=False)
     if E:
@@ -59,6 +74,8 @@ def parse(cfg: Cfg):
         shared = cfg.int("n_shared_experts", default=0, positive=False)
         first_dense = cfg.int("first_k_dense_replace", default=0, positive=False)
         freq = cfg.int("moe_layer_freq", default=1)
+        rules.top_k(cfg, top_k, E, ("num_experts_per_tok",), ("n_routed_experts",))
+        _routing_groups(cfg, v3, E, top_k)
 
     mla = Attention(kind="mla", num_heads=heads, num_kv_heads=heads, head_dim=qk, v_head_dim=vd,
                     kv_lora_rank=kv_rank, rope_dim=rope)

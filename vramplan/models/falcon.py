@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from vramplan.spec import Attention, LayerSpec, Mlp
+from vramplan.models import rules
 from vramplan.models._base import GENERIC_TRAITS, Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
 from vramplan.models.quant import parse_quantization
 
@@ -38,7 +39,12 @@ def parse(cfg: Cfg):
     L = cfg.int("num_hidden_layers", "n_layer")
     heads = cfg.int("num_attention_heads", "n_head")
     vocab = cfg.int("vocab_size")
+    # FalconAttention raises unless hidden_size is a multiple of the heads
+    rules.hidden_per_head(cfg, H, heads, "transformers' FalconAttention", ("hidden_size", "n_embed"),
+                          ("num_attention_heads", "n_head"))
     hd = H // heads
+    if not cfg.bool("alibi"):
+        rules.rotary_head(cfg, hd, None)
     if cfg.model_type == "RefinedWeb":
         new_arch = True
     elif cfg.model_type == "RefinedWebModel":
@@ -53,6 +59,7 @@ def parse(cfg: Cfg):
 
     if new_arch:
         kv = cfg.int("num_kv_heads", "n_head_kv", default=heads)
+        rules.kv_heads(cfg, heads, kv, ("num_attention_heads", "n_head"), ("num_kv_heads", "n_head_kv"))
         qkv = (heads + 2 * kv) * hd
     elif multi_query:
         kv, qkv = 1, H + 2 * hd

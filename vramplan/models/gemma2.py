@@ -16,6 +16,7 @@ GEMMA2 = DecoderOptions(
     defaults=(("head_dim", 256), ("sliding_window", 4096), ("vocab_size", 256000),
               ("max_position_embeddings", 8192)),
     traits=replace(GENERIC_TRAITS, norm_fp32=True, lora_targets=PEFT_Q_V),
+    hidden_per_head="transformers' Gemma2Config.validate_architecture",
 )
 
 

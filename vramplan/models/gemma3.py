@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from vramplan.spec import Tensor, VisionTower
+from vramplan.errors import BadConfig
+from vramplan.models import rules
 from vramplan.models._base import GENERIC_TRAITS, PEFT_Q_V, Cfg, Tensors, make_spec, register, torch_dtype
 from vramplan.models.decoder import DecoderOptions, build_decoder, every_nth_full, parse_decoder
 from vramplan.models.quant import parse_quantization
@@ -59,7 +61,8 @@ MULTIMODAL_TRAITS = replace(GENERIC_TRAITS, norm_fp32=True,
 def _opts(prefix: str, traits) -> DecoderOptions:
     return DecoderOptions(family="gemma3", tie_default=True, attn_bias="config", qk_norm=True,
                           sandwich_norms=True, layer_rule=every_nth_full(6), prefix=prefix,
-                          defaults=TEXT_DEFAULTS, traits=traits)
+                          defaults=TEXT_DEFAULTS, traits=traits,
+                          hidden_per_head="transformers' Gemma3TextConfig.validate_architecture")
 
 
 @register("gemma3_text")
@@ -86,7 +89,7 @@ def parse(cfg: Cfg):
     head = [t for t in outside if t.role == "lm_head"]
     body = [t for t in outside if t.role != "lm_head"]
     tensors = body + tower + proj.items + head
-    patches = (vision.int("image_size") // vision.int("patch_size")) ** 2
+    patches = (vision.int("image_size") // vision.int("patch_size")) ** 2      # checked in siglip_vision_tensors
     return make_spec(
         cfg, family="gemma3", hidden=H, vocab=info["vocab"], layers=layers, tensors=tensors,
         tied=info["tied"], dtype=torch_dtype(cfg, text), quant=parse_quantization(cfg),
@@ -106,7 +109,13 @@ def siglip_vision_tensors(v: Cfg, prefix: str) -> list[Tensor]:
     Lv = v.int("num_hidden_layers")
     C = v.int("num_channels")
     p = v.int("patch_size")
-    n_pos = (v.int("image_size") // p) ** 2
+    image = v.int("image_size")
+    # SiglipAttention raises unless the hidden size is a multiple of the heads
+    rules.hidden_per_head(v, Hv, v.int("num_attention_heads"), "transformers' SiglipAttention")
+    if p > image:
+        raise BadConfig(f"'{v.key('patch_size')}' ({p:,}) in config.json of {v.who} is larger than "
+                        f"'{v.key('image_size')}' ({image:,}); an image must hold at least one patch.")
+    n_pos = (image // p) ** 2
     t = Tensors(prefix)
     t.add("embeddings.patch_embedding", (Hv, C, p, p), "conv")
     t.add("embeddings.patch_embedding.bias", (Hv,), "bias")

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from vramplan.spec import Attention, LayerSpec, Mlp, Tensor
+from vramplan.models import rules
 from vramplan.models._base import GENERIC_TRAITS, Cfg, Tensors, make_spec, register, torch_dtype
 from vramplan.models.quant import parse_quantization
 
@@ -34,6 +35,9 @@ def parse(cfg: Cfg):
     vocab = cfg.int("vocab_size")
     n_pos = cfg.int("n_positions", "max_position_embeddings")
     I = cfg.int("n_inner", default=None) or 4 * H
+    # GPT2Attention raises unless n_embd is a multiple of n_head
+    rules.hidden_per_head(cfg, H, heads, "transformers' GPT2Attention", ("n_embd", "hidden_size"),
+                          ("n_head", "num_attention_heads"))
     hd = H // heads
     mixer = Attention(kind="full", num_heads=heads, num_kv_heads=heads, head_dim=hd, v_head_dim=hd)
     mlp = Mlp(kind="dense", intermediate=I, gated=False,

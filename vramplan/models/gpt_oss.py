@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from vramplan.spec import LayerSpec, Mlp
+from vramplan.models import rules
 from vramplan.models._base import (FULL, GENERIC_TRAITS, SLIDING, Cfg, Tensors, attention, embedding_and_head,
                                    explicit_layer_types, make_spec, register, torch_dtype)
 from vramplan.models.quant import parse_quantization
@@ -36,11 +37,17 @@ def parse(cfg: Cfg):
     L = cfg.int("num_hidden_layers")
     heads = cfg.int("num_attention_heads")
     kv = cfg.int("num_key_value_heads", default=heads)
-    hd = cfg.int("head_dim", default=None) or H // heads
+    rules.kv_heads(cfg, heads, kv)
+    explicit_hd = cfg.int("head_dim", default=None)
+    if explicit_hd is None:
+        rules.hidden_per_head(cfg, H, heads)
+    hd = explicit_hd or H // heads
+    rules.rotary_head(cfg, hd, "head_dim" if explicit_hd else None)
     vocab = cfg.int("vocab_size")
     I = cfg.int("intermediate_size")
     E = cfg.int("num_local_experts")
     top_k = cfg.int("num_experts_per_tok", "experts_per_token")
+    rules.top_k(cfg, top_k, E, ("num_experts_per_tok", "experts_per_token"), ("num_local_experts",))
     window = cfg.int("sliding_window", default=0, positive=False) or None
     bias = cfg.bool("attention_bias", default=True)
 

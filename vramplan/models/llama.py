@@ -11,8 +11,11 @@ from vramplan.models._base import GENERIC_TRAITS, PEFT_MOE_QWEN2, PEFT_Q_V, Cfg,
 from vramplan.models.decoder import DecoderOptions, parse_decoder
 
 LLAMA = DecoderOptions(family="llama", attn_bias="config", mlp_bias="config",
-                       traits=replace(GENERIC_TRAITS, lora_targets=PEFT_Q_V))
-GENERIC = DecoderOptions(family="generic", attn_bias="config", mlp_bias="config")
+                       traits=replace(GENERIC_TRAITS, lora_targets=PEFT_Q_V),
+                       hidden_per_head="transformers' LlamaConfig.validate_architecture")
+# An unknown family: only what any decoder needs (whole heads, kv dividing heads); whether it
+# uses rotary embeddings is not known.
+GENERIC = DecoderOptions(family="generic", attn_bias="config", mlp_bias="config", rope=False)
 
 # peft's defaults for model types vramplan reads as a generic decoder (peft/utils/constants.py
 # TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING; peft raises for the others) and its MoE

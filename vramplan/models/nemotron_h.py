@@ -31,7 +31,10 @@ from dataclasses import replace
 
 from vramplan.errors import BadConfig
 from vramplan.spec import Attention, LayerSpec, Mlp, Recurrent
-from vramplan.models._base import GENERIC_TRAITS, Cfg, Tensors, embedding_and_head, make_spec, register, torch_dtype
+from vramplan.models import rules
+from vramplan.models._base import (GENERIC_TRAITS, Cfg, Tensors, embedding_and_head, make_spec, register, show,
+                                   torch_dtype)
+from vramplan.models.bounds import LAYERS, describe
 from vramplan.models.quant import parse_quantization
 
 _CHARS = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
@@ -40,20 +43,30 @@ _NAMES = {"mamba": "mamba", "linear_attention": "mamba", "attention": "attention
 
 
 def _block_types(cfg: Cfg) -> list[str]:
+    """One block kind per layer; the list's length is the layer count, bounded like num_hidden_layers."""
     pattern = cfg.raw("hybrid_override_pattern")
     if pattern is not None:
+        if isinstance(pattern, str):
+            _bounded(cfg, "hybrid_override_pattern", len(pattern))
         if not isinstance(pattern, str) or not pattern or any(c not in _CHARS for c in pattern):
-            raise BadConfig(f"'hybrid_override_pattern' in config.json of {cfg.who} must be a string of "
-                            f"M (Mamba2), * (attention), - (MLP) and E (MoE), got {pattern!r}.")
+            raise cfg.bad("hybrid_override_pattern", f"must be a string of M (Mamba2), * (attention), "
+                          f"- (MLP) and E (MoE), got {show(pattern)}.")
         return [_CHARS[c] for c in pattern]
+    key = cfg.key("layers_block_type", "layer_types")
     lst = cfg.raw("layers_block_type", "layer_types")
     if lst is None:
         raise BadConfig(f"config.json of {cfg.who} has no 'hybrid_override_pattern' (or "
                         f"'layers_block_type'), which says which blocks are Mamba, attention or MLP.")
-    if not isinstance(lst, list) or any(x not in _NAMES for x in lst):
-        raise BadConfig(f"'layers_block_type' in config.json of {cfg.who} must list mamba, attention, "
-                        f"mlp or moe blocks, got {lst!r}.")
+    if isinstance(lst, list):
+        _bounded(cfg, key, len(lst))
+    if not isinstance(lst, list) or not lst or any(not isinstance(x, str) or x not in _NAMES for x in lst):
+        raise cfg.bad(key, f"must list mamba, attention, mlp or moe blocks, got {show(lst)}.")
     return [_NAMES[x] for x in lst]
+
+
+def _bounded(cfg: Cfg, key: str, n: int) -> None:
+    if n > LAYERS.limit:
+        raise cfg.bad(key, f"has {n:,} blocks; vramplan refuses {describe(LAYERS)}.")
 
 
 @register("nemotron_h")
@@ -71,6 +84,7 @@ def parse(cfg: Cfg):
         heads = cfg.int("num_attention_heads")
         kv = cfg.int("num_key_value_heads", default=heads)
         hd = cfg.int("head_dim", "attention_head_dim", default=128)
+        rules.kv_heads(cfg, heads, kv)          # no rotary embeddings in Nemotron-H's attention
         window = cfg.int("sliding_window", default=0, positive=False) or None
         attn = Attention(kind="sliding" if window else "full", num_heads=heads, num_kv_heads=kv, head_dim=hd,
                          v_head_dim=hd, window=window)
@@ -80,6 +94,10 @@ def parse(cfg: Cfg):
         ss = cfg.int("ssm_state_size")
         ng = cfg.int("n_groups", "mamba_n_groups", default=8)
         k = cfg.int("conv_kernel", "mamba_d_conv", default=4)
+        if nh % ng:     # each group's B and C serve mamba_num_heads / n_groups heads (repeat_interleave)
+            raise BadConfig(f"'{cfg.key('mamba_num_heads')}' ({nh:,}) in config.json of {cfg.who} is not a "
+                            f"multiple of '{cfg.key('n_groups', 'mamba_n_groups')}' ({ng:,}); every group of the "
+                            f"Mamba2 state serves the same number of heads.")
         conv_bias = cfg.bool("use_conv_bias", "mamba_conv_bias", default=True)
         d_inner = nh * mhd
         conv_dim = d_inner + 2 * ng * ss
@@ -96,6 +114,7 @@ def parse(cfg: Cfg):
         Im = cfg.int("moe_intermediate_size")
         Is = cfg.int("moe_shared_expert_intermediate_size", default=0, positive=False)
         top_k = cfg.int("num_experts_per_tok")
+        rules.top_k(cfg, top_k, E, ("num_experts_per_tok",), ("n_routed_experts", "num_local_experts"))
         latent = cfg.int("moe_latent_size", default=None)
         D = latent or H
         moe = Mlp(kind="moe", intermediate=Im, gated=False, num_experts=E, top_k=top_k,

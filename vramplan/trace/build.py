@@ -14,12 +14,14 @@ embeddings once), exactly as a checkpoint loads them.
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from vramplan.trace import device
 from torch import nn
 
-from vramplan.errors import BadInput
+from vramplan.errors import BadConfig, BadInput, VramplanError
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -49,6 +51,41 @@ def hf_config(raw: dict, model_id: str = "", dtype: str = "bf16"):
     d["dtype"] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
     d.pop("torch_dtype", None)
     return AutoConfig.for_model(model_type, **d)
+
+
+def build(raw: dict, model_id: str, dtype: str, attn: str = "sdpa"):
+    """(config, model on the meta device). Whatever transformers raises while it builds them is
+    about this config.json (nothing else has run yet), so it becomes one BadConfig sentence
+    naming the problem, not a traceback. The analytic reader (models/) refuses most such configs
+    first; this catches what transformers checks beyond it (e.g. its strict field types)."""
+    try:
+        config = hf_config(raw, model_id, dtype)
+        return config, meta_model(config, dtype, attn)
+    except (VramplanError, ImportError, MemoryError):
+        raise
+    except Exception as e:      # noqa: BLE001 - any refusal by transformers' config or model code
+        raise refusal(e, model_id) from e
+
+
+def refusal(e: BaseException, model_id: str) -> BadConfig:
+    """transformers' refusal as one sentence: the innermost cause (huggingface_hub's strict
+    dataclass errors wrap the ValueError that says what is wrong, and name the field or validator
+    on their first line), first sentence, clipped."""
+    inner, seen = e, {id(e)}
+    while inner.__cause__ is not None and id(inner.__cause__) not in seen:
+        inner = inner.__cause__
+        seen.add(id(inner))
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    text = lines[0] if lines else type(inner).__name__
+    text = re.split(r"(?<=[.!?])\s+(?=[A-Z])", text)[0].rstrip(".")
+    outer = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    if inner is not e and outer.endswith(":") and "'" in outer:     # "Validation error for field 'x':"
+        text = f"{outer} {text}"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return BadConfig(f"transformers cannot build {model_id or 'this model'} from its config.json: {text} "
+                     f"({type(inner).__name__}).")
 
 
 def meta_model(config, dtype: str, attn: str = "sdpa") -> nn.Module:

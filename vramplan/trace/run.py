@@ -70,8 +70,7 @@ def _execute(raw_config: dict, scenario: Scenario, model_id: str, fake: bool, pr
     start = time.perf_counter()
     s = scenario
     say("building the model on the meta device")
-    config = build.hf_config(raw_config, model_id, s.dtype)
-    model = build.meta_model(config, s.dtype, s.attn)
+    config, model = build.build(raw_config, model_id, s.dtype, s.attn)
     if s.train is not None:
         model = training.prepare_model(model, s.train, s.mode)
     if s.quant != "none":
