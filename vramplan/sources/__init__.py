@@ -51,7 +51,7 @@ MAX_NAME_CHARS = 255
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _HUB_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")
-_REVISION = re.compile(r"(?P<id>[^:@\\]+/[^:@/\\]+)[:@](?P<rev>[^/\\]*)")
+_REVISION = re.compile(r"(?P<id>[^:@\\]+/[^:@/\\]+)[:@](?P<rev>[^/\\]+)")
 _DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 
 
@@ -161,7 +161,7 @@ def _read_local(model: str, path: str, kind: str) -> LoadedConfig:
 
 def _not_found(model: str) -> BadInput:
     """The refusal for a MODEL that is on no disk and cannot be an id: say what it looks like."""
-    windows = ("\\" in model or _DRIVE.match(model)) and os.sep == "/"
+    windows = "\\" in model and os.sep == "/"
     if _looks_like_path(model):
         note = " (this system separates directories with '/')" if windows else ""
         return ModelNotFound(

@@ -53,6 +53,8 @@ def _ref(repo: Path) -> str | None:
         return None
     raw = read_small_file(ref, REF_LIMIT, "the Hugging Face cache ref", EnvironmentProblem, _hint(repo))
     text = raw.decode("ascii", "replace").strip()
+    if not text:
+        return None          # an empty ref names nothing: the newest snapshot answers
     if not _COMMIT.fullmatch(text):
         raise EnvironmentProblem(
             f"The Hugging Face cache ref {shown(str(ref))} holds '{shown(text, 60)}', not a commit "
