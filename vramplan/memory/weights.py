@@ -89,9 +89,10 @@ def _label(q: Quantization, base: str) -> str:
 
 
 # Bounds on a checkpoint's skip list (quantization_config.modules_to_not_convert and kin): real
-# entries are module names or short globs ("model.layers.*.mlp.router", 25 characters; module
-# names are under 200), and the longest lists name every layer's gate explicitly (a few hundred
-# entries; one per expert per layer would be some 10,000). Matching costs entries x tensors.
+# entries are module names or short globs ("model.layers.*.mlp.router", 25 characters; the
+# longest tensor name of a bundled model is 73), and lists naming modules one by one run to one
+# entry per layer and module kind (even one per expert per layer, 128 x 61, fits). Matching
+# costs entries x tensors. docs/validation.md, "Skip patterns".
 MAX_SKIP_PATTERN_CHARS = 1024
 MAX_SKIP_PATTERNS = 20_000
 
@@ -107,7 +108,7 @@ def _compile_skip(pattern: str) -> tuple[tuple[str, ...], bool]:
     if len(pattern) > MAX_SKIP_PATTERN_CHARS:
         raise BadInput(f"A module pattern in the checkpoint's quantization_config is {len(pattern):,} "
                        f"characters long; vramplan reads patterns of at most {MAX_SKIP_PATTERN_CHARS} "
-                       f"(module names are under 200).")
+                       f"(module names are far shorter).")
     return tuple(pattern.split("*")), ("?" in pattern or "[" in pattern)
 
 
@@ -116,8 +117,8 @@ def _segments_match(name: str, pieces: tuple[str, ...]) -> bool:
 
     Without backtracking: the run starts at the first segment start where the first piece fits
     (an earlier start leaves at least as much room), the middle pieces take their leftmost places
-    (str.find), and any segment end that leaves room for the last piece closes it. Time is
-    linear in len(name) times the number of pieces, whatever the pattern."""
+    (str.find), and any segment end that leaves room for the last piece closes it. Time grows
+    with len(name) times the number of pieces, never exponentially, whatever the pattern."""
     starts = [0] + [i + 1 for i, c in enumerate(name) if c == "."]
     ends = [i for i, c in enumerate(name) if c == "."] + [len(name)]
     first, last = pieces[0], pieces[-1]

@@ -156,7 +156,7 @@ def _read_local(model: str, path: str, kind: str) -> LoadedConfig:
         where = str(file.resolve())
     except (OSError, RuntimeError):
         where = str(file)
-    return _loaded(path, "path", where, raw)
+    return _loaded(str(Path(path)), "path", where, raw)
 
 
 def _not_found(model: str) -> BadInput:
@@ -164,6 +164,8 @@ def _not_found(model: str) -> BadInput:
     windows = "\\" in model and os.sep == "/"
     if _looks_like_path(model):
         note = " (this system separates directories with '/')" if windows else ""
+        if is_hub_id(model.rstrip("/")) and model.endswith("/"):
+            note = f" (for the Hub id, drop the trailing '/': {model.rstrip('/')})"
         return ModelNotFound(
             f"No such file or directory: {shown(model)}{note}. "
             "Pass an existing config.json, a directory holding one, or a Hub id (org/name)."

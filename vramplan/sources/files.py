@@ -35,8 +35,10 @@ REF_LIMIT = 1 * KiB
 # configs/gpus.toml and aliases.toml ship with vramplan: 30 KiB today.
 TOML_LIMIT = 4 * MiB
 
-_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-               | getattr(os, "O_BINARY", 0))
+# O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer; O_NOCTTY: a
+# terminal device swapped in is never made our controlling terminal.
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+               | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
 
 
 def shown(text: str, limit: int = 120) -> str:
@@ -100,8 +102,15 @@ def _what_it_is(mode: int) -> str:
     return "not a regular file"
 
 
-def _size(n: int) -> str:
-    return f"{n / MiB:.0f} MiB" if n >= MiB else f"{n / KiB:.0f} KiB" if n >= KiB else f"{n} bytes"
+def _size(n: int, limit: int | None = None) -> str:
+    """Round units for limits and for sizes far above one; exact bytes near a limit, so that a
+    file one byte over 4 MiB does not read as "4 MiB, over the 4 MiB limit"."""
+    if limit is not None and n < 2 * limit:
+        return f"{n:,} bytes"
+    for unit, name in ((2**30, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
+        if n >= unit:
+            return f"{n / unit:.0f} {name}" if n % unit == 0 or n >= 10 * unit else f"{n / unit:.1f} {name}"
+    return f"{n} bytes"
 
 
 def read_small_file(path: str | os.PathLike, limit: int, what: str,
@@ -120,7 +129,7 @@ def read_small_file(path: str | os.PathLike, limit: int, what: str,
         if not stat.S_ISREG(st.st_mode):
             raise refuse(f"it is {_what_it_is(st.st_mode)}, not a regular file")
         if st.st_size > limit:
-            raise refuse(f"it is {_size(st.st_size)}, over vramplan's {_size(limit)} limit for this kind of file")
+            raise refuse(f"it is {_size(st.st_size, limit)}, over vramplan's {_size(limit)} limit for this kind of file")
         fd = os.open(path, _OPEN_FLAGS)
         try:
             st = os.fstat(fd)         # the file opened, which may not be the one stat saw
@@ -169,7 +178,7 @@ def read_resource(node, limit: int, what: str, error: type[VramplanError], hint:
     except OSError as e:
         raise error(f"Cannot read {what} {shown(str(node))}: {_os_reason(e)}.{(' ' + hint) if hint else ''}") from None
     if len(raw) > limit:
-        raise error(f"Cannot read {what} {shown(str(node))}: it is {_size(len(raw))}, over vramplan's "
+        raise error(f"Cannot read {what} {shown(str(node))}: it is {_size(len(raw), limit)}, over vramplan's "
                     f"{_size(limit)} limit for this kind of file.{(' ' + hint) if hint else ''}")
     return raw
 
