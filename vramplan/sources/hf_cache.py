@@ -68,8 +68,9 @@ def _hint(repo: Path) -> str:
 
 def _confined(file: Path, repo: Path) -> Path:
     """`file`, after checking that every link it follows stays inside the repo's cache folder
-    (huggingface_hub links snapshots/<commit>/config.json to ../../blobs/<sha256>)."""
-    if not is_within(file, repo):
+    (huggingface_hub links snapshots/<commit>/config.json to ../../blobs/<sha256>). A path we
+    may not even stat cannot be resolved, nor read: `read_config` says "permission denied"."""
+    if kind_of(file) != Kind.DENIED and not is_within(file, repo):
         try:
             where = f" (to {shown(str(file.resolve()))})"
         except (OSError, RuntimeError):
