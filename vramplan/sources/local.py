@@ -7,8 +7,6 @@ from pathlib import Path
 from vramplan.errors import BadInput
 from vramplan.sources.files import CONFIG_LIMIT, Kind, kind_of, read_small_file, shown
 
-# Kept for callers that knew the old name; the bound and its reason live in files.py.
-MAX_CONFIG_BYTES = CONFIG_LIMIT
 _HINT = "Pass the model's config.json (not a weights file), or the directory that holds it."
 
 
