@@ -384,3 +384,66 @@ def test_real_catalog_if_present(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", _no_network)
     got = load_config("meta-llama/Llama-3.1-8B")
     assert (got.source, got.id, got.config["model_type"]) == ("bundled", "meta-llama/Llama-3.1-8B", "llama")
+
+
+# --- issue #15: ids, paths and the reader (the hostile cases are in tests/bad_input/test_files.py)
+
+
+def test_hub_id_problem_names_the_rule():
+    from vramplan.sources import hub_id_problem
+
+    assert hub_id_problem("meta-llama/Llama-3.1-8B") is None
+    assert hub_id_problem("a/b/c") == "a Hub id is exactly two parts, org/name"
+    assert hub_id_problem("a/") == "a Hub id is exactly two parts, org/name"
+    assert hub_id_problem("a/" + "x" * 97) == "each part of a Hub id is at most 96 characters"
+    assert hub_id_problem("a b/c") == "a Hub id holds only letters, digits, '-', '_' and '.'"
+    assert hub_id_problem("-a/b") == "each part of a Hub id starts and ends with a letter, a digit or '_'"
+    assert hub_id_problem("a--b/c") == hub_id_problem("a/b..c") == "a Hub id cannot contain '--' or '..'"
+    assert hub_id_problem("a/b.git") == "a Hub id cannot end in '.git'"
+    # every id is_hub_id refuses gets a reason, and every reason belongs to a refused id
+    for bad in ("gpt2", "a/b/c", "-a/b", "a/b.", "a--b/c", "a/b..c", "a/b.git", "a/" + "x" * 97, "a b/c"):
+        assert not is_hub_id(bad) and hub_id_problem(bad), bad
+
+
+def test_shown_escapes_what_stderr_cannot_print():
+    from vramplan.sources.files import shown
+
+    assert shown("meta-llama/Llama-3.1-8B") == "meta-llama/Llama-3.1-8B"
+    assert shown("a\x00b\ud800\x07") == "a\\x00b\\ud800\\x07"
+    assert shown("héllo") == "héllo"
+    long = shown("x" * 500)
+    assert len(long) < 140 and long.endswith("(500 characters)")
+    shown("\ud800" * 10).encode("ascii")          # printable as plain ASCII
+
+
+def test_kind_of_every_kind(tmp_path):
+    import os
+
+    from vramplan.sources.files import Kind, kind_of
+
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    os.mkfifo(tmp_path / "fifo")
+    assert [kind_of(tmp_path / n) for n in ("f", "d", "loop", "dangling", "fifo", "nothing")] == [
+        Kind.FILE, Kind.DIR, Kind.LOOP, Kind.DANGLING, Kind.OTHER, Kind.MISSING]
+    assert kind_of("a\x00b") == kind_of("\ud800") == Kind.INVALID
+    assert kind_of("x" * 300) == Kind.TOO_LONG
+    assert kind_of(tmp_path / "f" / "under-a-file") == Kind.MISSING
+
+
+def test_read_small_file_reads_exactly_the_bytes(tmp_path):
+    from vramplan.sources.files import read_small_file
+
+    data = bytes(range(256)) * 4096 + b"tail"          # 1 MiB + 4 bytes: crosses the 1 MiB chunks
+    (tmp_path / "f").write_bytes(data)
+    assert read_small_file(tmp_path / "f", len(data), "the file") == data
+    with pytest.raises(BadInput, match="1,048,580 bytes, over vramplan's 1 MiB limit"):
+        read_small_file(tmp_path / "f", len(data) - 4, "the file")
+
+
+def test_path_ids_are_normalised_as_before(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(TINY))
+    assert load_config("./model/").id == "model"

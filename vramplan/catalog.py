@@ -26,6 +26,7 @@ else:  # pragma: no cover - Python 3.10
 from importlib import resources
 
 from vramplan.errors import BadInput, EnvironmentProblem, ModelNotFound, UnknownGpu
+from vramplan.sources.files import CONFIG_LIMIT, TOML_LIMIT, read_resource
 from vramplan.spec import GpuSpec, GpuTarget, Price
 
 MiB = 2**20
@@ -57,11 +58,19 @@ def configs_dir() -> Traversable:
     )
 
 
+_REINSTALL = "Reinstall vramplan: pip install --force-reinstall vramplan"
+
+
 def _read_toml(*parts: str) -> dict:
+    """A data file of the install, read like every file (regular, bounded); broken is exit 3."""
     node = configs_dir()
     for part in parts:
         node = node / part
-    return tomllib.loads(node.read_text(encoding="utf-8"))
+    raw = read_resource(node, TOML_LIMIT, "vramplan's data file", EnvironmentProblem, _REINSTALL)
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise EnvironmentProblem(f"vramplan's data file {node} is not valid TOML ({e}). {_REINSTALL}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,4 +272,8 @@ def load_bundled_text(model_id: str) -> str:
         near = nearest_bundled(model_id)
         hint = f" Nearest bundled ids: {', '.join(near)}." if near else " Run `vramplan models` to list them."
         raise ModelNotFound(f"No bundled config for '{model_id.strip()}'.{hint}")
-    return hit[1].read_text(encoding="utf-8")
+    raw = read_resource(hit[1], CONFIG_LIMIT, "the bundled config", EnvironmentProblem, _REINSTALL)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EnvironmentProblem(f"The bundled config {hit[1]} is not UTF-8 text. {_REINSTALL}") from None

@@ -8,7 +8,6 @@ skip pattern names; embeddings, lm_head, norms, biases and routers keep the 16-b
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from functools import lru_cache
@@ -89,18 +88,67 @@ def _label(q: Quantization, base: str) -> str:
     return f"{q.method}{extra} + {base}"
 
 
+# Bounds on a checkpoint's skip list (quantization_config.modules_to_not_convert and kin): real
+# entries are module names or short globs ("model.layers.*.mlp.router", 25 characters; the
+# longest tensor name of a bundled model is 73), and lists naming modules one by one run to one
+# entry per layer and module kind (even one per expert per layer, 128 x 61, fits). Matching
+# costs entries x tensors. docs/validation.md, "Skip patterns".
+MAX_SKIP_PATTERN_CHARS = 1024
+MAX_SKIP_PATTERNS = 20_000
+
+
 @lru_cache(maxsize=4096)
-def _compile_skip(pattern: str) -> re.Pattern:
-    """A skip entry matches a module and everything under it: "lm_head", "model.layers.*.self_attn",
-    or a bare leaf name such as "gate" (transformers matches these as name fragments)."""
-    if "*" in pattern or "." in pattern:
-        body = "".join(".*" if c == "*" else re.escape(c) for c in pattern)
-        return re.compile(rf"(^|.*\.){body}(\..*)?$")
-    return re.compile(rf"(^|.*\.){re.escape(pattern)}(\..*)?$")
+def _compile_skip(pattern: str) -> tuple[tuple[str, ...], bool]:
+    """A skip entry as (its literal pieces between '*', whether fnmatch's '?' and '[...]' apply).
+
+    An entry matches a module and everything under it: "lm_head", "model.layers.*.self_attn", or
+    a bare leaf name such as "gate" (transformers matches these as name fragments): some run of
+    whole dotted segments of the name matches the entry, '*' standing for any text, dots
+    included. An entry with '?' or '[' also matches as an fnmatch glob of the whole name."""
+    if len(pattern) > MAX_SKIP_PATTERN_CHARS:
+        raise BadInput(f"A module pattern in the checkpoint's quantization_config is {len(pattern):,} "
+                       f"characters long; vramplan reads patterns of at most {MAX_SKIP_PATTERN_CHARS} "
+                       f"(module names are far shorter).")
+    return tuple(pattern.split("*")), ("?" in pattern or "[" in pattern)
+
+
+def _segments_match(name: str, pieces: tuple[str, ...]) -> bool:
+    """Some run of whole dotted segments of `name` matches the glob '*'.join(pieces).
+
+    Without backtracking: the run starts at the first segment start where the first piece fits
+    (an earlier start leaves at least as much room), the middle pieces take their leftmost places
+    (str.find), and any segment end that leaves room for the last piece closes it. Time grows
+    with len(name) times the number of pieces, never exponentially, whatever the pattern."""
+    starts = [0] + [i + 1 for i, c in enumerate(name) if c == "."]
+    ends = [i for i, c in enumerate(name) if c == "."] + [len(name)]
+    first, last = pieces[0], pieces[-1]
+    if len(pieces) == 1:
+        return any(name.startswith(first, s) and s + len(first) in ends for s in starts)
+    start = next((s for s in starts if name.startswith(first, s)), None)
+    if start is None:
+        return False
+    pos = start + len(first)
+    for piece in pieces[1:-1]:
+        found = name.find(piece, pos)
+        if found < 0:
+            return False
+        pos = found + len(piece)
+    return any(e - len(last) >= pos and name.startswith(last, e - len(last)) for e in ends)
 
 
 def is_skipped(name: str, skip: tuple[str, ...]) -> bool:
-    return any(_compile_skip(p).match(name) or fnmatchcase(name, p) for p in skip)
+    """True when an entry of the skip list names module `name` or a module above it.
+
+    fnmatchcase is used only for '?' and '[...]', and is safe from catastrophic backtracking
+    since CPython 3.9 (bpo-40480: its regexes commit to each '*' piece's first match)."""
+    if len(skip) > MAX_SKIP_PATTERNS:
+        raise BadInput(f"The checkpoint's quantization_config lists {len(skip):,} modules to keep "
+                       f"unquantized; vramplan reads at most {MAX_SKIP_PATTERNS:,}.")
+    for p in skip:
+        pieces, glob = _compile_skip(p)
+        if _segments_match(name, pieces) or (glob and fnmatchcase(name, p)):
+            return True
+    return False
 
 
 def quantizes(t: Tensor, q: Quantization) -> bool:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from vramplan import catalog
+from vramplan.errors import EnvironmentProblem
+from vramplan.sources.files import CONFIG_LIMIT, read_resource
 
 
 def find(model: str):
     """(canonical Hub id, config resource) for a bundled model, else None."""
     return catalog.find_bundled(model)
+
+
+def read(resource) -> bytes:
+    """A bundled config's bytes; a missing or broken data file is a broken install (exit 3)."""
+    return read_resource(resource, CONFIG_LIMIT, "the bundled config", EnvironmentProblem,
+                         "Reinstall vramplan: pip install --force-reinstall vramplan")
 
 
 def did_you_mean(model: str) -> str:

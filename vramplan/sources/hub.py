@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vramplan.errors import BadConfig, EnvironmentProblem, ModelNotFound
 from vramplan.sources import bundled
+from vramplan.sources.files import CONFIG_LIMIT, read_small_file
 
 
 def unreachable(model: str, why: str) -> ModelNotFound:
@@ -82,3 +83,9 @@ def fetch(model: str) -> tuple[Path, str]:
             raise unreachable(model, "the Hub could not be reached (check the connection or HF_ENDPOINT)") from e
         raise
     return Path(path), url
+
+
+def read_config(file: Path) -> bytes:
+    """The downloaded config.json, read like every other file (regular, at most CONFIG_LIMIT)."""
+    return read_small_file(file, CONFIG_LIMIT, "the downloaded config", EnvironmentProblem,
+                           "Delete it from the Hugging Face cache and run again.")

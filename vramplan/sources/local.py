@@ -4,35 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vramplan.errors import BadConfig, BadInput
+from vramplan.errors import BadInput
+from vramplan.sources.files import CONFIG_LIMIT, Kind, kind_of, read_small_file, shown
 
-# A config.json is a few KiB; anything this large is a weights file passed by mistake, and
-# reading it whole would only waste memory before failing to parse.
-MAX_CONFIG_BYTES = 16 * 2**20
+_HINT = "Pass the model's config.json (not a weights file), or the directory that holds it."
 
 
 def config_file(path: Path) -> Path:
-    """The config.json that `path` (an existing file or directory) stands for."""
-    if not path.is_dir():
-        return path
+    """The config.json that the directory `path` stands for (a file stands for itself)."""
     candidate = path / "config.json"
-    if not candidate.is_file():
+    kind = kind_of(candidate)
+    if kind == Kind.MISSING and path.name == "config.json":
+        raise BadInput(f"{shown(str(path))} is a directory, not a config.json file, and holds no "
+                       "config.json. Pass the model's config.json file or the directory that holds it.")
+    if kind == Kind.MISSING:
         raise BadInput(
-            f"Directory {path} has no config.json. "
+            f"Directory {shown(str(path))} has no config.json. "
             "Pass the model's directory (the one with config.json) or the path to the file itself."
         )
-    return candidate
+    if kind == Kind.DANGLING:
+        raise BadInput(f"{shown(str(candidate))} is a symbolic link to a file that does not exist. "
+                       "Download the model's config.json again, or pass another path.")
+    return candidate       # anything else: read_config_bytes says what is wrong with it
 
 
 def read_config_bytes(path: Path) -> bytes:
-    """Read a local config file, refusing files too large to be one."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise BadConfig(
-                f"{path} is {size / 2**20:.0f} MiB, far too large for a config.json. "
-                "Pass the model's config.json, not a weights file."
-            )
-        return path.read_bytes()
-    except OSError as e:
-        raise BadInput(f"Cannot read {path}: {e.strerror or e}. Check the path and its permissions.") from None
+    """Read a local config file: a regular file of at most CONFIG_LIMIT bytes, else BadInput."""
+    return read_small_file(path, CONFIG_LIMIT, "the config file", BadInput, _HINT)

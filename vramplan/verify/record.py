@@ -14,6 +14,8 @@ import platform
 from pathlib import Path
 
 from vramplan import __version__
+from vramplan.errors import BadInput
+from vramplan.sources.files import read_small_file, shown
 
 SCHEMA = "vramplan.verify/1"
 
@@ -51,12 +53,32 @@ def append(path: str | Path, record: dict) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+# A record is 3-6 KiB; 64 MiB holds some ten thousand runs, more than any calibration needs.
+READ_LIMIT = 64 * 2**20
+
+
 def read(path: str | Path) -> list[dict]:
-    """Every record in a results file (lines of other schemas skipped)."""
+    """Every record in a results file (lines of other schemas skipped). The file is read like
+    every file (regular, at most READ_LIMIT bytes); a line that is not a JSON object is
+    BadInput naming the line, never a record silently lost."""
+    raw = read_small_file(path, READ_LIMIT, "the results file", BadInput,
+                          "Pass the file that verify --record wrote.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"The results file {shown(str(path))} is not UTF-8 text. "
+                       "Pass the file that verify --record wrote.") from None
     out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             rec = json.loads(line)
-            if rec.get("schema") == SCHEMA:
-                out.append(rec)
+        except (ValueError, RecursionError):
+            rec = None
+        if not isinstance(rec, dict):
+            raise BadInput(f"Line {number} of the results file {shown(str(path))} is not a JSON "
+                           "object. Remove or repair that line (each line is one record).")
+        if rec.get("schema") == SCHEMA:
+            out.append(rec)
     return out
