@@ -406,7 +406,7 @@ def test_hub_id_problem_names_the_rule():
 
 
 def test_shown_escapes_what_stderr_cannot_print():
-    from vramplan.sources.files import shown
+    from vramplan.files import shown
 
     assert shown("meta-llama/Llama-3.1-8B") == "meta-llama/Llama-3.1-8B"
     assert shown("a\x00b\ud800\x07") == "a\\x00b\\ud800\\x07"
@@ -419,7 +419,7 @@ def test_shown_escapes_what_stderr_cannot_print():
 def test_kind_of_every_kind(tmp_path):
     import os
 
-    from vramplan.sources.files import Kind, kind_of
+    from vramplan.files import Kind, kind_of
 
     (tmp_path / "f").write_text("x")
     (tmp_path / "d").mkdir()
@@ -434,7 +434,7 @@ def test_kind_of_every_kind(tmp_path):
 
 
 def test_read_small_file_reads_exactly_the_bytes(tmp_path):
-    from vramplan.sources.files import read_small_file
+    from vramplan.files import read_small_file
 
     data = bytes(range(256)) * 4096 + b"tail"          # 1 MiB + 4 bytes: crosses the 1 MiB chunks
     (tmp_path / "f").write_bytes(data)

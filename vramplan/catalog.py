@@ -26,7 +26,7 @@ else:  # pragma: no cover - Python 3.10
 from importlib import resources
 
 from vramplan.errors import BadInput, EnvironmentProblem, ModelNotFound, UnknownGpu
-from vramplan.sources.files import CONFIG_LIMIT, TOML_LIMIT, read_resource
+from vramplan.files import CONFIG_LIMIT, TOML_LIMIT, read_resource
 from vramplan.spec import GpuSpec, GpuTarget, Price
 
 MiB = 2**20

@@ -32,7 +32,7 @@ from vramplan.errors import BadInput, EnvironmentProblem
 from vramplan.memory.weights import (MAX_SKIP_PATTERN_CHARS, MAX_SKIP_PATTERNS, _compile_skip,
                                      is_skipped)
 from vramplan.sources import bundled, load_config
-from vramplan.sources.files import CONFIG_LIMIT, REF_LIMIT, read_small_file
+from vramplan.files import CONFIG_LIMIT, REF_LIMIT, read_small_file
 from vramplan.trace import cache
 from vramplan.trace.result import TensorRow, TraceResult
 from vramplan.verify import record

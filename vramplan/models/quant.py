@@ -24,9 +24,11 @@ SUPPORTED = ("fp8", "mxfp4", "gptq", "awq", "bitsandbytes", "compressed-tensors"
 PACKED_BITS = (2, 3, 4, 8)          # GPTQConfig / AwqConfig post_init
 DEFAULT_GROUP = 128                 # GPTQConfig / AwqConfig: group_size=128 when the file names none
 # Skip patterns: many more, or longer, than any checkpoint lists (DeepSeek-style files list a few
-# hundred module names of under 100 characters) are not a skip list.
-MOST_SKIP_PATTERNS = 100_000
-LONGEST_SKIP_PATTERN = 1_000
+# hundred module names of under 100 characters) are not a skip list. The same bounds as the
+# matcher's own (memory/weights.py MAX_SKIP_PATTERNS, MAX_SKIP_PATTERN_CHARS), checked here first
+# so a config is refused while it is read; docs/validation.md gives the reasons.
+MOST_SKIP_PATTERNS = 20_000
+LONGEST_SKIP_PATTERN = 1_024
 
 
 def parse_quantization(cfg: Cfg) -> Quantization | None:
@@ -153,9 +155,9 @@ def _skip_list(q: dict, *keys: str, cfg: Cfg) -> tuple[str, ...]:
                             f"names, got {show(v)}.")
         if len(v) > MOST_SKIP_PATTERNS or any(len(x) > LONGEST_SKIP_PATTERN for x in v):
             raise BadConfig(f"quantization_config.{k} in config.json of {cfg.who} holds {len(v):,} module "
-                            f"patterns of up to {max(map(len, v)):,} characters; vramplan refuses more than "
-                            f"{MOST_SKIP_PATTERNS:,} or longer than {LONGEST_SKIP_PATTERN:,}, far beyond any "
-                            f"checkpoint's list.")
+                            f"patterns of up to {max(map(len, v), default=0):,} characters; vramplan reads at most "
+                            f"{MOST_SKIP_PATTERNS:,} patterns of at most {LONGEST_SKIP_PATTERN} characters, far "
+                            f"beyond any checkpoint's list.")
         out.extend(re.sub(r"\*{2,}", "*", x) for x in v if x)
     return tuple(dict.fromkeys(out))
 

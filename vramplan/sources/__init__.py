@@ -17,7 +17,7 @@ from typing import Literal
 
 from vramplan.errors import BadInput, ModelNotFound
 from vramplan.sources import bundled, hf_cache, hub, local
-from vramplan.sources.files import Kind, kind_of, shown
+from vramplan.files import Kind, kind_of, shown
 from vramplan.sources.parse import parse_config
 
 __all__ = ["LoadedConfig", "load_config", "is_hub_id", "hub_id_problem"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vramplan import catalog
 from vramplan.errors import EnvironmentProblem
-from vramplan.sources.files import CONFIG_LIMIT, read_resource
+from vramplan.files import CONFIG_LIMIT, read_resource
 
 
 def find(model: str):

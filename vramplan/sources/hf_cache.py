@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from vramplan.errors import EnvironmentProblem
-from vramplan.sources.files import CONFIG_LIMIT, REF_LIMIT, Kind, is_within, kind_of, read_small_file, shown
+from vramplan.files import CONFIG_LIMIT, REF_LIMIT, Kind, is_within, kind_of, read_small_file, shown
 
 # huggingface_hub writes a 40-hex-digit commit hash into refs/<branch>; we accept letters and
 # digits up to 64 (a SHA-256 object id), and nothing that could be a path (no '/', '.', '\\').

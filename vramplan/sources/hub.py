@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vramplan.errors import BadConfig, EnvironmentProblem, ModelNotFound
 from vramplan.sources import bundled
-from vramplan.sources.files import CONFIG_LIMIT, read_small_file
+from vramplan.files import CONFIG_LIMIT, read_small_file
 
 
 def unreachable(model: str, why: str) -> ModelNotFound:

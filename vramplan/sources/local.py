@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vramplan.errors import BadInput
-from vramplan.sources.files import CONFIG_LIMIT, Kind, kind_of, read_small_file, shown
+from vramplan.files import CONFIG_LIMIT, Kind, kind_of, read_small_file, shown
 
 _HINT = "Pass the model's config.json (not a weights file), or the directory that holds it."
 

@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from vramplan.errors import VramplanError
-from vramplan.sources.files import read_small_file
+from vramplan.files import read_small_file
 from vramplan.trace.result import TraceResult
 
 TRACE_VERSION = 9

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vramplan import __version__
 from vramplan.errors import BadInput
-from vramplan.sources.files import read_small_file, shown
+from vramplan.files import read_small_file, shown
 
 SCHEMA = "vramplan.verify/1"
 
