@@ -123,3 +123,44 @@ def test_directory_with_two_models_is_refused(tmp_path):
     write_llama(tmp_path / "b.gguf")
     with pytest.raises(BadInput, match="holds 2 GGUF models"):
         load_model(str(tmp_path))
+
+
+# ------------------------------------------------------------------ 4. the quantizer's choices
+
+SNAPSHOTS = Path(__file__).parent / "data" / "llama_cpp"
+
+
+def _snapshot(path: Path) -> dict:
+    sections, cur = {}, None
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            cur = sections[line[1:line.index("]")]] = {"default": line.split()[-1], "over": {}}
+        else:
+            name, type_ = line.rsplit(" ", 1)
+            cur["over"][name] = type_
+    return sections
+
+
+@pytest.mark.parametrize("model_id, snapshot", [
+    ("Qwen/Qwen3-14B", "qwen3-14b"),
+    ("meta-llama/Llama-3.1-70B", "meta-llama-3.1-70b-instruct"),   # the 70B attn_v rule
+    ("google/gemma-3-4b-it", "gemma-3-4b-it"),                     # tied embeddings
+    ("openai/gpt-oss-120b", "gpt-oss-120b"),                       # MoE, rows of 2880: fallbacks
+])
+def test_quantizer_matches_llama_cpp_snapshots(model_id, snapshot):
+    """Every quantizable tensor, every mix: the type llama.cpp's own test suite pins
+    (tests/snapshots, made from the real GGUF headers) equals the one planned from the HF config."""
+    from vramplan.engines.llama_cpp import quantize as qz
+
+    model = load_model(model_id)
+    checked = 0
+    for mix, section in _snapshot(SNAPSHOTS / f"{snapshot}.schema").items():
+        planned = qz.plan_file(model, mix)
+        ours = {t.name: t.type for t in planned.tensors if qz.allows_quantization(t.name, len(t.shape))}
+        assert set(section["over"]) <= set(ours), mix
+        for name, type_ in ours.items():
+            assert type_.lower() == section["over"].get(name, section["default"]).lower(), (mix, name)
+            checked += 1
+    assert checked > 7000
