@@ -62,8 +62,8 @@ class LlamaOptions:
     cache_type_v: str
     flash_attn: bool                     # auto resolves to on: CUDA has FA kernels for the usual head sizes
     flash_attn_asked: str
-    ubatch: int
-    batch: int
+    ubatch: int | None                   # None: the engine's default (llama.cpp 512; Ollama by context)
+    batch: int | None
     kv_unified: bool
     ram: int | None
     ram_gbs: float
@@ -127,8 +127,8 @@ def normalize(flags: LlamaFlags, kv_dtype: str = "auto", *, ollama: bool = False
         # llama-context.cpp: "quantized V cache was requested, but this requires Flash Attention"
         raise BadInput(f"{{cache_type_v}} {ctv} needs flash attention, and {{flash_attn}} is off: llama.cpp "
                        f"refuses a quantized V cache without it.")
-    batch = parse_tokens(f.batch_size, "{batch_size}") if f.batch_size is not None else DEFAULT_BATCH
-    ubatch = parse_tokens(f.ubatch_size, "{ubatch_size}") if f.ubatch_size is not None else DEFAULT_UBATCH
+    batch = parse_tokens(f.batch_size, "{batch_size}") if f.batch_size is not None else None
+    ubatch = parse_tokens(f.ubatch_size, "{ubatch_size}") if f.ubatch_size is not None else None
     ram = parse_bytes(f.ram, "{ram}") if f.ram is not None else None
     gbs = DEFAULT_RAM_GBS if f.ram_bandwidth is None else float(f.ram_bandwidth)
     if gbs <= 0:
