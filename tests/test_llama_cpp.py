@@ -164,3 +164,157 @@ def test_quantizer_matches_llama_cpp_snapshots(model_id, snapshot):
             assert type_.lower() == section["over"].get(name, section["default"]).lower(), (mix, name)
             checked += 1
     assert checked > 7000
+
+
+# ------------------------------------------------------------------ 2. llama.cpp's buffers
+
+from vramplan import api  # noqa: E402
+from vramplan.engines.llama_cpp import buffers as B  # noqa: E402
+from tests.bad_input.contract import assert_api_refuses, assert_cli_refuses  # noqa: E402
+
+MiB = 2**20
+
+
+def test_q4_k_m_8b_on_a_4090(tmp_path):
+    """Llama-3.1-8B at Q4_K_M, planned from its config, all 33 layers on an RTX 4090 at 8k."""
+    p = api.plan("meta-llama/Llama-3.1-8B", "rtx-4090", ctx="8k", engine="llama.cpp", dtype="q4_k_m")
+    r = p.local
+    assert p.fits and r.n_gpu_layers == r.n_layers == 33 and r.solved
+    gpu, cpu = r.devices
+    # token_embd (128256 x 4096 q4_K: 128256 x 16 blocks x 144 B = 295,501,824 B) stays on the CPU
+    assert cpu.model == cpu.mapped == 295_501_824
+    # every other tensor on CUDA0, each padded to 128 B (rows of 4096 and 14336 divide by 512)
+    assert gpu.model == r.file_bytes - 295_501_824 == p.components["weights"] == 4_617_396_224
+    # KV: 32 layers x 8192 cells x (K + V) 8 heads x 128 x 2 B = 1 GiB exactly
+    assert gpu.kv == p.components["kv_cache"] == 32 * 8192 * 2 * 8 * 128 * 2 == 2**30
+    assert p.kv_bytes_per_token == 32 * 2 * 8 * 128 * 2 == 131_072
+    # output buffer: f32 logits for one sequence, 128256 x 4 B, on the host
+    assert cpu.output == 513_024
+
+
+def test_ngl_solved_and_the_rest_in_ram():
+    p = api.plan("meta-llama/Llama-3.1-70B", "rtx-4090", ctx="8k", engine="llama.cpp", dtype="q4_k_m")
+    r = p.local
+    assert not p.fits                                  # the whole model does not fit one 4090
+    assert 0 < r.n_gpu_layers < r.n_layers == 81
+    gpu, cpu = r.devices
+    assert r.gpu_bytes[0] <= p.capacity_bytes           # the solved split fits ...
+    one_more = api.plan("meta-llama/Llama-3.1-70B", "rtx-4090", ctx="8k", engine="llama.cpp", dtype="q4_k_m",
+                        n_gpu_layers=r.n_gpu_layers + 1)
+    assert one_more.total_bytes > p.capacity_bytes     # ... and one more layer does not
+    # the layers not on the GPU are on the CPU with their KV; weights split exactly
+    assert len(gpu.layers) + len(cpu.layers) == 80 and cpu.layers == tuple(range(len(cpu.layers)))
+    assert gpu.model + cpu.model == r.file_bytes + sum(  # GPU tensors padded to 128 B
+        B.pad(t.nbytes, 128) - t.nbytes for t in load_model_gguf_plan(p) if t.layer in gpu.layers or t.name.startswith("output"))
+    assert gpu.kv + cpu.kv == 80 * 8192 * 2 * 8 * 128 * 2
+    assert r.host_ram_bytes == cpu.model + cpu.kv + cpu.compute + cpu.output
+    fitting = [s for s in p.suggestions if s.fits]
+    assert fitting[0].flags == {"n_gpu_layers": r.n_gpu_layers}
+
+
+def load_model_gguf_plan(p):
+    from vramplan.engines.llama_cpp.engine import gguf_file
+    return gguf_file(p.model, p.workload.dtype)[0].tensors
+
+
+def test_tensor_split_and_cpu_moe():
+    two = api.plan("meta-llama/Llama-3.1-70B", "rtx-4090:2", ctx="4k", engine="llama.cpp", dtype="q4_k_m",
+                   n_gpu_layers="all", tensor_split="3,1")
+    g0, g1, cpu = two.local.devices
+    # load_tensors: upper_bound over the cumulative split (0.75, 1.0) of (il - 0) / 81
+    assert len(g0.layers) == 61 and len(g1.layers) == 19 and not cpu.layers
+    assert g1.model > 0 and g0.model > g1.model
+    moe = api.plan("mistralai/Mixtral-8x7B-v0.1", "rtx-4090", ctx="4k", engine="llama.cpp", dtype="q4_k_m",
+                   n_gpu_layers="all", n_cpu_moe=32)
+    allgpu = api.plan("mistralai/Mixtral-8x7B-v0.1", "rtx-4090", ctx="4k", engine="llama.cpp", dtype="q4_k_m",
+                      n_gpu_layers="all")
+    experts = sum(t.nbytes for t in load_model_gguf_plan(moe) if "_exps" in t.name)
+    assert moe.local.devices[-1].model == experts + next(t.nbytes for t in load_model_gguf_plan(moe)
+                                                          if t.name == "token_embd.weight")
+    assert moe.fits and not allgpu.fits               # all experts in RAM: Mixtral Q4_K_M runs on a 4090
+    # the decode estimate reads the routed experts (2 of 8) from RAM: slower than all-GPU would be
+    assert 0 < moe.local.decode_tokens_per_s < 200
+
+
+def test_kv_cache_types_and_swa(tmp_path):
+    (path,) = write_llama(tmp_path / "g.gguf", arch="gemma3", n_layer=12, swa=512, tied=True)
+    p = api.plan(str(path), "rtx-4090", ctx="8k", cache_type_k="q8_0", cache_type_v="q8_0")
+    gpu = p.local.devices[0]
+    # 2 full layers x 8192 cells + 10 sliding layers x pad(512 + 512, 256) = 1024 cells; K and V rows of
+    # 2 heads x 32 = 64 q8_0 values = 2 blocks x 34 B = 68 B each
+    assert gpu.kv == (2 * 8192 + 10 * 1024) * 2 * 68
+    # tied embeddings: the output layer gets a copy of token_embd on the GPU (TENSOR_DUPLICATED)
+    embd = next(t for t in p.model.gguf.tensors if t.name == "token_embd.weight")
+    assert p.local.devices[-1].model == embd.nbytes
+    with_copy = gpu.model
+    assert with_copy >= embd.nbytes
+
+
+def test_slots_share_the_context():
+    a = api.plan("Qwen/Qwen3-8B", "rtx-4090", ctx="16k", engine="llama.cpp", dtype="q4_k_m", parallel=4)
+    b = api.plan("Qwen/Qwen3-8B", "rtx-4090", ctx="16k", engine="llama.cpp", dtype="q4_k_m", parallel=1)
+    assert a.local.n_ctx_seq == 4096 and a.local.devices[0].kv == b.local.devices[0].kv
+    # 5000 tokens over 3 slots: 5120 / 3 = 1706 -> padded to 1792 per slot, 5376 cells (llama.cpp logs
+    # "n_ctx is not divisible by n_seq_max - rounding down to 5376")
+    c = api.plan("Qwen/Qwen3-8B", "rtx-4090", ctx=5000, engine="llama.cpp", dtype="q4_k_m", parallel=3)
+    assert (c.local.n_ctx, c.local.n_ctx_seq) == (5376, 1792)
+
+
+def test_ollama_names_defaults_and_file_sizes():
+    """Ollama's docs list llama3.2:latest at 2,019,393,189 B and deepseek-r1:latest at 4,683,075,271 B
+    (docs/api.md): the Q4_K_M planned from the HF config is within 1 % (the rest is the header,
+    mostly the tokenizer)."""
+    for name, size in (("llama3.2", 2_019_393_189), ("deepseek-r1:latest", 4_683_075_271)):
+        p = api.plan(name, "rtx-4090", ctx="4k")
+        assert p.local.engine == "ollama" and p.local.file_type == "Q4_K_M"
+        assert 0 < size - p.local.file_bytes < 0.01 * size
+    p = api.plan("qwen3:32b-q8_0", "rtx-4090", ctx="8k", parallel=2)
+    r = p.local
+    assert r.file_type == "Q8_0" and r.n_seq == 2 and r.n_ctx == 16384      # -c num_ctx x parallel
+    assert r.n_ubatch == 1024                        # num_batch 1024 above 4,096 tokens (sched.go)
+    assert any("default num_ctx" in w and "32,768" in w for w in p.warnings)   # 24 GiB tier
+    assert api.plan("mistral", "rtx-4090").local.file_type == "Q4_0"
+
+
+def test_json_keys_added(tmp_path):
+    from vramplan.render import plan_json
+
+    (path,) = write_llama(tmp_path / "m.gguf")
+    out = plan_json(api.plan(str(path), "rtx-4090", ctx="4k"))
+    assert out["engine"] == "llama.cpp" and out["n_gpu_layers"] == 5
+    assert out["host_ram_bytes"] == out["local"]["host_ram_bytes"] > 0
+    assert [d["name"] for d in out["local"]["devices"]] == ["CUDA0", "CPU"]
+    assert out["components"]["kv_cache"] == out["local"]["devices"][0]["kv"] == 4 * 4096 * 2 * 64 * 2
+
+
+def test_bad_input(tmp_path):
+    (path,) = write_llama(tmp_path / "m.gguf")
+    assert_cli_refuses(["fit", str(path), "--engine", "vllm"], 2, "GGUF file")
+    assert_cli_refuses(["fit", "meta-llama/Llama-3.1-8B", "--n-gpu-layers", "4"], 2, "--engine llama.cpp")
+    assert_cli_refuses(["fit", str(path), "--cache-type-k", "fp8"], 2, "cache types")
+    assert_cli_refuses(["fit", str(path), "--flash-attn", "off", "--cache-type-v", "q8_0"], 2, "flash attention")
+    assert_cli_refuses(["fit", str(path), "--dtype", "q4_k_m"], 2, "already a GGUF")
+    assert_cli_refuses(["fit", "meta-llama/Llama-3.1-8B", "--engine", "llama.cpp", "--dtype", "q9_k"], 2,
+                       "not a llama.cpp quantization mix")
+    assert_cli_refuses(["fit", str(path), "--ctx", "256", "--parallel", "300"], 2, "n_ctx_seq == 0")
+    assert_cli_refuses(["fit", "meta-llama/Llama-3.1-8B", "--mode", "infer", "--engine", "ollama"], 2,
+                       "does not plan")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
+    assert_cli_refuses(["fit", str(tmp_path / "junk.gguf")], 2, "not a GGUF file")
+    assert_api_refuses(api.plan, str(path), "rtx-4090", tensor_split="a,b", exc=BadInput, needle="tensor_split")
+
+
+def test_llama_cpp_oracle_when_installed(tmp_path):
+    """llama.cpp itself (llama-cpp-python) logs the same model, KV and output buffers, and its
+    quantizer writes the planned Q4_K_M byte for byte (benchmarks/llama_cpp_oracle.py)."""
+    pytest.importorskip("llama_cpp")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import llama_cpp_oracle as oracle
+
+    path = tmp_path / "dense.gguf"
+    oracle.write_model(path)
+    args = dict(path=str(path), ctx=8192, np=4, fa="on")
+    real, plan = oracle.llama_log(args), oracle.vramplan_cpu(args)
+    assert (real["model"], real["kv"], real["output"]) == (round(plan["model"], 2), round(plan["kv"], 2),
+                                                          round(plan["output"], 2))
+    assert abs(real["compute"] - plan["compute"]) <= 0.05
