@@ -318,3 +318,17 @@ def test_llama_cpp_oracle_when_installed(tmp_path):
     assert (real["model"], real["kv"], real["output"]) == (round(plan["model"], 2), round(plan["kv"], 2),
                                                           round(plan["output"], 2))
     assert abs(real["compute"] - plan["compute"]) <= 0.05
+
+
+def test_readme_llama_cpp_example_is_current():
+    from typer.testing import CliRunner
+    from vramplan.cli import app
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("  $ vramplan fit llama3.3:70b"):]
+    block = block[:block.index("  ```")]
+    command, _, shown = block.partition("\n  ...\n")
+    result = CliRunner().invoke(app, command.split()[2:])      # after "$ vramplan"
+    assert result.exit_code == 1
+    for line in shown.rstrip().splitlines():
+        assert line[2:] in result.stdout
