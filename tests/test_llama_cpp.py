@@ -332,3 +332,8 @@ def test_readme_llama_cpp_example_is_current():
     assert result.exit_code == 1
     for line in shown.rstrip().splitlines():
         assert line[2:] in result.stdout
+
+
+def test_trace_refuses_a_gguf_file(tmp_path):
+    (path,) = write_llama(tmp_path / "m.gguf")
+    assert_cli_refuses(["fit", str(path), "--method", "trace"], 2, "GGUF file is planned with --method analytic")

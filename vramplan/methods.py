@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from vramplan import catalog, planner, trace
 from vramplan.errors import BadInput
-from vramplan.loading import load_model
+from vramplan.loading import is_gguf, load_model
 from vramplan.request import LOCAL_ENGINES, METHODS, PlanRequest, build_workload
 from vramplan.sources import ollama
 from vramplan.spec import Plan
@@ -23,6 +23,9 @@ def plan(request: PlanRequest) -> Plan:
     request = local_request(request)
     workload = build_workload(request, target.count)
     if request.method == "trace":
+        if isinstance(request.model, str) and is_gguf(request.model):
+            raise BadInput("{method} trace runs the transformers model of a config.json; a GGUF file is "
+                           "planned with {method} analytic.")
         return trace.plan(request.model, target, workload, no_cache=request.no_cache)
     model = load_model(request.model)
     if model.gguf is not None and workload.engine not in LOCAL_ENGINES:
