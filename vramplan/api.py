@@ -17,7 +17,7 @@ from vramplan import catalog, models
 from vramplan.errors import BadInput, DoesNotFit
 from vramplan.loading import load_model
 from vramplan.methods import plan as plan_request
-from vramplan.request import (ENGINE_OF_MODE, METHODS, MODES, TRAINING_MODES, TRANSFORMERS_MAJORS,
+from vramplan.request import (ENGINE_OF_MODE, METHODS, MODES, TRAINING_MODES, TRANSFORMERS_MAJORS, LlamaFlags,
                               PlanRequest, ServeFlags, TrainFlags, make_workload, transformers_major)
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan
 from vramplan.targets import auto_target, resolve_target
@@ -31,7 +31,7 @@ _TOOLS = {
 }
 __all__ = [
     "plan", "plan_request", "preflight", "load_model", "gpus",
-    "PlanRequest", "ServeFlags", "TrainFlags", "make_workload", "resolve_target", "auto_target",
+    "PlanRequest", "ServeFlags", "TrainFlags", "LlamaFlags", "make_workload", "resolve_target", "auto_target",
     "transformers_major", "BadInput", "ENGINE_OF_MODE", "METHODS", "MODES", "TRAINING_MODES",
     "TRANSFORMERS_MAJORS", *_TOOLS,
 ]

@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, replace
 
 from vramplan import models, sources
+from vramplan.models.gguf import parse_header
+from vramplan.sources import gguf as gguf_source
 from vramplan.spec import ModelSpec
 
 
@@ -35,7 +37,23 @@ def load(model: str | dict | ModelSpec) -> Loaded:
 
 
 def load_model(model: str | ModelSpec) -> ModelSpec:
-    """A Hub id, a bundled id, a local directory or config.json path -> ModelSpec."""
+    """A Hub id, a bundled id, a local directory or config.json path -> ModelSpec; a GGUF file
+    (or a directory or Hub repo of them) is read by its header (load_gguf)."""
     if isinstance(model, ModelSpec):
         return model
+    if is_gguf(model):
+        return load_gguf(model)
     return load(model).spec
+
+
+def is_gguf(model: str) -> bool:
+    """A local .gguf file or a directory of them, or a Hub GGUF repo ("org/X-GGUF", "org/X:Q4_K_M")."""
+    return gguf_source.is_gguf_path(model) or gguf_source.is_hub_gguf(model)
+
+
+def load_gguf(model: str) -> ModelSpec:
+    """The header of a GGUF model (never its tensor data) -> ModelSpec with every tensor's type."""
+    local = gguf_source.is_gguf_path(model)
+    h = gguf_source.read_local(model) if local else gguf_source.read_hub(model)
+    return replace(parse_header(h.metadata, h.tensors, path=h.path, files=h.files, size_bytes=h.size_bytes,
+                                model_id=model), source="path" if local else "hub")

@@ -4,10 +4,13 @@ same request and return the same Plan."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan import catalog, planner
 from vramplan.errors import BadInput
-from vramplan.loading import load_model
-from vramplan.request import METHODS, PlanRequest, build_workload
+from vramplan.loading import is_gguf, load_model
+from vramplan.request import LOCAL_ENGINES, METHODS, PlanRequest, build_workload
+from vramplan.sources import ollama
 from vramplan.spec import Plan
 from vramplan.targets import resolve_target
 
@@ -17,9 +20,28 @@ def plan(request: PlanRequest) -> Plan:
     if request.method not in METHODS:
         raise BadInput(f"{{method}} {request.method!r} is not one of: {', '.join(METHODS)}.")
     target = resolve_target(request.gpu, request.gpu_mem, request.gpu_free)
+    request = local_request(request)
     workload = build_workload(request, target.count)
     if request.method == "trace":
+        if isinstance(request.model, str) and is_gguf(request.model):
+            raise BadInput("{method} trace runs the transformers model of a config.json; a GGUF file is "
+                           "planned with {method} analytic.")
         from vramplan import trace      # the trace tier loads only when asked for
 
         return trace.plan(request.model, target, workload, no_cache=request.no_cache)
-    return planner.build(load_model(request.model), target, workload, catalog=catalog.load_gpus())
+    model = load_model(request.model)
+    if model.gguf is not None and workload.engine not in LOCAL_ENGINES:
+        raise BadInput(f"{model.id} is a GGUF file: plan it with {{engine}} llama.cpp or ollama.")
+    return planner.build(model, target, workload, catalog=catalog.load_gpus())
+
+
+def local_request(request: PlanRequest) -> PlanRequest:
+    """An Ollama model name ("qwen3:32b-q4_K_M") is its bundled HF config at the tag's GGUF mix,
+    planned by Ollama unless another engine is named."""
+    if not isinstance(request.model, str):
+        return request
+    if not ollama.is_ollama_name(request.model):
+        return request
+    found = ollama.resolve(request.model)
+    return replace(request, model=found.hf, engine=request.engine or "ollama",
+                   dtype=found.mix.lower() if request.dtype == "auto" else request.dtype)

@@ -14,7 +14,7 @@ from vramplan.engines.registry import engine as engine_named
 from vramplan.memory import kv_cache as kv
 from vramplan.memory.setup import Breakdown, Setup
 from vramplan.memory.solve import largest_fitting
-from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan, Workload
+from vramplan.spec import GpuSpec, GpuTarget, LocalReport, ModelSpec, Plan, Workload
 from vramplan.suggestions import suggestions
 from vramplan.units import MAX_BATCH, MAX_TOKENS
 
@@ -71,8 +71,11 @@ def build(model: ModelSpec, target: GpuTarget, workload: Workload,
         model=model, target=target, workload=workload, weight_dtype=s.fmt.label,
         kv_dtype=s.kv_dtype, components=b.parts, component_notes=b.notes,
         peak_allocated_bytes=b.peak_allocated, total_bytes=b.total, capacity_bytes=s.capacity,
-        kv_bytes_per_token=kv.kv_bytes_per_token(model, s.kv_elem, s.tp),
-        max_batch=max_batch, max_ctx=max_ctx, serve=report,
+        kv_bytes_per_token=(report.kv_bytes_per_token if isinstance(report, LocalReport)
+                            else kv.kv_bytes_per_token(model, s.kv_elem, s.tp)),
+        max_batch=max_batch, max_ctx=max_ctx,
+        serve=None if isinstance(report, LocalReport) else report,
+        local=report if isinstance(report, LocalReport) else None,
         warnings=tuple(warnings), phase=b.phase,
     )
     if suggest and not plan.fits:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field, fields, replace
 
+from vramplan.engines.llama_cpp.options import LlamaFlags, normalize as llama_options
 from vramplan.errors import BadInput
+from vramplan.loading import is_gguf
 from vramplan.memory.dtypes import KV_FORMATS, WEIGHT_FORMATS, normalize
 from vramplan.spec import GpuTarget, ModelSpec, ServeOptions, Workload
 from vramplan.units import parse_bytes, parse_tokens
@@ -23,6 +25,10 @@ ENGINE_OF_MODE = {
     "lora": "hf_trainer",       # peft LoRA adapters on a 16-bit base
     "qlora": "hf_trainer",      # peft LoRA adapters on a bitsandbytes 4-bit base
 }
+# --engine: whose rules apply within a mode (DESIGN.md), by the names users type
+ENGINES = {"vllm": "vllm", "llama.cpp": "llama_cpp", "llamacpp": "llama_cpp", "llama_cpp": "llama_cpp",
+           "ollama": "ollama", "transformers": "transformers", "hf-trainer": "hf_trainer", "hf_trainer": "hf_trainer"}
+LOCAL_ENGINES = ("llama_cpp", "ollama")     # take the llama.cpp flags and GGUF mixes
 MODES = tuple(ENGINE_OF_MODE)
 TRAINING_MODES = tuple(m for m, e in ENGINE_OF_MODE.items() if e == "hf_trainer")
 METHODS = ("analytic", "trace")
@@ -87,13 +93,15 @@ class PlanRequest:
     transformers: int | str | None = None   # infer/train: transformers major version (None: installed, else 5)
     serve: ServeFlags = field(default_factory=ServeFlags)
     train: TrainFlags = field(default_factory=TrainFlags)
+    engine: str | None = None               # --engine; None: the mode's (a GGUF model: llama.cpp)
+    llama: LlamaFlags = field(default_factory=LlamaFlags)
 
     @classmethod
     def from_keywords(cls, model: str | ModelSpec, gpu: str | GpuTarget | None = None,
                       **keywords) -> PlanRequest:
         """The Python API's flat keywords (`plan(model, gpu, ctx=..., tp=..., optim=...)`) sorted
         into the request and its ServeFlags and TrainFlags; an unknown keyword is BadInput."""
-        sections = {"serve": {}, "train": {}, "": {}}
+        sections = {"serve": {}, "train": {}, "llama": {}, "": {}}
         for name, value in keywords.items():
             section = _SECTION_OF.get(name)
             if section is None:
@@ -103,11 +111,12 @@ class PlanRequest:
                                f"{', '.join(_SECTION_OF)}.")
             sections[section][name] = value
         return cls(model=model, gpu=gpu, **sections[""], serve=ServeFlags(**sections["serve"]),
-                   train=TrainFlags(**sections["train"]))
+                   train=TrainFlags(**sections["train"]), llama=LlamaFlags(**sections["llama"]))
 
 
 _SECTION_OF = {
-    **{f.name: "" for f in fields(PlanRequest) if f.name not in ("model", "gpu", "serve", "train")},
+    **{f.name: "" for f in fields(PlanRequest) if f.name not in ("model", "gpu", "serve", "train", "llama")},
+    **{f.name: "llama" for f in fields(LlamaFlags)},
     **{f.name: "serve" for f in fields(ServeFlags)},
     **{f.name: "train" for f in fields(TrainFlags)},
 }
@@ -148,13 +157,41 @@ def build_workload(request: PlanRequest, gpu_count: int = 1) -> Workload:
         kv_cache_memory=(parse_bytes(s.kv_cache_memory, "{kv_cache_memory}")
                          if s.kv_cache_memory is not None else None),
     )
+    engine, llama = _engine(request)
+    if llama is not None:
+        return Workload(mode=mode, batch=parse_tokens(request.batch, "{batch}"),
+                        ctx=parse_tokens(request.ctx, "{ctx}"), dtype=request.dtype.strip().lower(),
+                        kv_dtype=request.kv_dtype, serve=serve, engine=engine, llama=llama)
     return Workload(
         mode=mode, batch=parse_tokens(request.batch, "{batch}"), ctx=parse_tokens(request.ctx, "{ctx}"),
         dtype=normalize(request.dtype, WEIGHT_FORMATS, "{dtype}"),
         kv_dtype=normalize(request.kv_dtype, KV_FORMATS, "{kv_dtype}"), serve=serve, train=train,
         transformers=transformers_major(request.transformers) if mode != "serve" else TRANSFORMERS_MAJORS[-1],
-        engine=ENGINE_OF_MODE[mode],
+        engine=engine,
     )
+
+
+def _engine(request: PlanRequest):
+    """(engine, llama.cpp options or None): --engine within the mode (serve: vllm, llama.cpp,
+    ollama); the llama.cpp flags only with those engines."""
+    default = ENGINE_OF_MODE[request.mode]
+    if request.mode == "serve" and isinstance(request.model, str) and is_gguf(request.model):
+        default = "llama_cpp"                 # a GGUF file is served by llama.cpp unless --engine says
+    given = request.engine
+    engine = default if given is None else ENGINES.get(str(given).strip().lower())
+    serving = ("vllm", *LOCAL_ENGINES)
+    if engine is None or (engine != ENGINE_OF_MODE[request.mode] and (request.mode != "serve" or engine not in serving)):
+        allowed = "vllm, llama.cpp or ollama" if request.mode == "serve" else default.replace("_", "-")
+        raise BadInput(f"{{engine}} {given!r} does not plan {{mode}} {request.mode}; it takes {allowed}.")
+    flags = request.llama.given()
+    if engine not in LOCAL_ENGINES:
+        if flags:
+            names = ", ".join("{" + k + "}" for k in flags)
+            raise BadInput(f"{names} {'is' if len(flags) == 1 else 'are'} llama.cpp's; add {{engine}} llama.cpp "
+                           f"or ollama.")
+        return engine, None
+    return engine, llama_options(request.llama, normalize(request.kv_dtype, KV_FORMATS, "{kv_dtype}"),
+                                 ollama=engine == "ollama")
 
 
 def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 4096,

@@ -26,6 +26,11 @@ def fit(
     zero: Optional[int] = O.ZERO, attn: Optional[str] = O.ATTN,
     lora_dtype: Optional[str] = O.LORA_DTYPE, kbit_prepare: Optional[str] = O.KBIT,
     transformers: Optional[int] = O.HF, debug: bool = O.DEBUG,
+    engine: Optional[str] = O.ENGINE, parallel: Optional[str] = O.PARALLEL, n_gpu_layers: Optional[str] = O.NGL,
+    tensor_split: Optional[str] = O.TS, n_cpu_moe: Optional[int] = O.NCMOE, cpu_moe: bool = O.CPUMOE,
+    override_tensor: Optional[str] = O.OT, cache_type_k: Optional[str] = O.CTK, cache_type_v: Optional[str] = O.CTV,
+    flash_attn: Optional[str] = O.FA, ubatch_size: Optional[str] = O.UB, batch_size: Optional[str] = O.BS,
+    kv_unified: Optional[bool] = O.KVU, ram: Optional[str] = O.RAM, ram_bandwidth: Optional[float] = O.RAMBW,
 ) -> None:
     """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
     request = api.PlanRequest(
@@ -39,6 +44,11 @@ def fit(
             optim=optim, grad_ckpt=grad_ckpt or None, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_targets=lora_targets, lora_dropout=lora_dropout, precision=precision, zero=zero,
             attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare),
+        engine=engine, llama=api.LlamaFlags(
+            parallel=parallel, n_gpu_layers=n_gpu_layers, tensor_split=tensor_split, n_cpu_moe=n_cpu_moe,
+            cpu_moe=cpu_moe or None, override_tensor=override_tensor, cache_type_k=cache_type_k,
+            cache_type_v=cache_type_v, flash_attn=flash_attn, ubatch_size=ubatch_size, batch_size=batch_size,
+            kv_unified=kv_unified, ram=ram, ram_bandwidth=ram_bandwidth),
     )
     p = api.plan_request(request)
     if as_json:

@@ -12,6 +12,8 @@ PACKAGES = {
     "vllm": "vramplan.engines.vllm",                   # vLLM V1 serving
     "transformers": "vramplan.engines.transformers",   # transformers generate()
     "hf_trainer": "vramplan.engines.hf_trainer",       # HF Trainer + peft + bitsandbytes
+    "llama_cpp": "vramplan.engines.llama_cpp.engine",  # llama.cpp (llama-server): GGUF, partial offload
+    "ollama": "vramplan.engines.ollama",               # Ollama: llama-server with Ollama's defaults
 }
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from vramplan import __version__
+from vramplan.render.local import local_json
 from vramplan.spec import GpuSpec, ModelSpec, Plan
 
 if TYPE_CHECKING:       # the catalog reports load with the commands that make them
@@ -78,6 +79,13 @@ def plan_json(p: Plan) -> dict:
     }
     if p.serve is not None:
         out["serve"] = dict(p.serve.__dict__)
+    if p.local is not None:             # llama.cpp / Ollama: added keys only
+        out["engine"] = p.local.engine
+        out["n_gpu_layers"] = p.local.n_gpu_layers
+        out["host_ram_bytes"] = p.local.host_ram_bytes
+        out["local"] = local_json(p.local)
+        out["workload"].pop("transformers", None)
+        out["workload"]["engine"] = p.local.engine
     if getattr(p, "trace", None) is not None:
         out["workload"]["method"] = "trace"
         out["trace"] = p.trace.to_json()

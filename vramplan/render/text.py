@@ -9,6 +9,7 @@ from tabulate import tabulate
 
 from vramplan.render.bar import glyph, memory_bar
 from vramplan.render.json import layer_kinds
+from vramplan.render.local import local_lines
 from vramplan.spec import GpuSpec, Plan
 from vramplan.units import GiB, fmt_bytes, fmt_gib, fmt_tokens
 
@@ -34,6 +35,7 @@ _LABELS = {
     "autocast_copies": "autocast weight copies",
     "zero3_gather": "ZeRO-3 gather buffer",
     "ddp_buckets": "DDP gradient buckets",
+    "compute_buffer": "compute buffer",
 }
 def plan_table(p: Plan) -> str:
     m, t, w = p.model, p.target, p.workload
@@ -60,6 +62,9 @@ def plan_table(p: Plan) -> str:
             extras.append(f"LoRA r={o.lora_r}")
         lines.append(f"workload  {w.mode}: micro-batch {w.batch} x seq {fmt_tokens(w.ctx)}; weights "
                      f"{p.weight_dtype}; {', '.join(extras)}")
+    elif p.local is not None:
+        lines.append(f"workload  {p.local.engine}: {p.local.n_seq} slot(s), ctx {fmt_tokens(w.ctx)}; weights "
+                     f"{p.weight_dtype}; KV {p.kv_dtype}, {fmt_bytes(p.kv_bytes_per_token)} B/token")
     else:
         lines.append(f"workload  {w.mode}: batch {w.batch} x ctx {fmt_tokens(w.ctx)}{par}; weights {p.weight_dtype}; "
                      f"KV {p.kv_dtype}, {fmt_bytes(p.kv_bytes_per_token)} B/token")
@@ -95,7 +100,7 @@ def plan_table(p: Plan) -> str:
                             f"{fmt_gib(p.capacity_bytes)} (short by {fmt_gib(-p.headroom_bytes)})"))
     lines.append(f"limits    max batch at ctx {w.ctx:,}: {p.max_batch:,}   "
                  f"max ctx at batch {w.batch}: {p.max_ctx:,}")
-    if p.phase and not serve:           # vLLM pre-allocates its whole budget: no such peak
+    if p.phase and not serve and p.local is None:   # vLLM and llama.cpp pre-allocate: no such peak
         lines.append(f"peak      {p.phase}; torch.cuda.max_memory_allocated() would read "
                      f"{fmt_gib(p.peak_allocated_bytes)}")
     if p.serve is not None:
@@ -120,6 +125,7 @@ def plan_table(p: Plan) -> str:
             mark = glyph("✓" if sug.fits else "✗")
             lines.append(f"  {mark} {sug.change:<40} total {fmt_gib(sug.total_bytes)}")
     lines += _trace_lines(p)
+    lines += local_lines(p)
     for warning in p.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)

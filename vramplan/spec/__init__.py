@@ -4,8 +4,9 @@ hardware (hardware.py), and the workload and its answer (plan.py). Nothing here 
 from vramplan.spec.hardware import GpuSpec, GpuTarget, Price
 from vramplan.spec.model import (Attention, LayerSpec, Mlp, ModelSpec, Quantization, Recurrent, Role,
                                  PerHead, Split, Tensor, Traits, VisionTower)
+from vramplan.spec.local import DeviceBuffers, LocalReport
 from vramplan.spec.plan import Mode, Plan, ServeOptions, ServeReport, Suggestion, Workload
 
-__all__ = ["Attention", "GpuSpec", "GpuTarget", "LayerSpec", "Mlp", "Mode", "ModelSpec", "PerHead", "Plan",
+__all__ = ["DeviceBuffers", "LocalReport", "Attention", "GpuSpec", "GpuTarget", "LayerSpec", "Mlp", "Mode", "ModelSpec", "PerHead", "Plan",
            "Price", "Quantization", "Recurrent", "Role", "ServeOptions", "ServeReport", "Split", "Suggestion",
            "Tensor", "Traits", "VisionTower", "Workload"]

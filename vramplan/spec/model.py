@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
+
+from vramplan.spec.gguf import GgufFile
 from typing import Literal
 
 # Roles a parameter tensor can play. Quantizers only touch "linear" and "expert"; everything
@@ -284,6 +286,8 @@ class ModelSpec:
     mtp_layers: int = 0                 # DeepSeek's multi-token-prediction layers: in the checkpoint,
                                         # not built by transformers, not counted
     vision: VisionTower | None = None
+    gguf: GgufFile | None = None        # read from a GGUF file (or planned as one): every tensor's
+                                        # ggml type and bytes (spec/gguf.py)
     warnings: tuple[str, ...] = ()
     # Where the config was read from (loading.py); its path and hash take no part in comparisons.
     source: str = ""                    # how it was found: "bundled", "path", "hub", "dict" ...

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vramplan.spec.hardware import GpuTarget
+from vramplan.spec.local import LocalReport
 from vramplan.spec.model import ModelSpec
 
 
@@ -41,6 +42,7 @@ class Workload:
                                  # layout is planned (what bitsandbytes converts differs, 4 vs 5)
     engine: str = ""             # the engine that answers (vramplan.engines.registry), chosen at
                                  # the edge from the mode (vramplan.request.ENGINE_OF_MODE)
+    llama: object = None         # --engine llama.cpp / ollama: engines.llama_cpp.options.LlamaOptions
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,13 @@ class Plan:
     suggestions: tuple[Suggestion, ...] = ()
     warnings: tuple[str, ...] = ()
     phase: str = ""                    # where the peak falls (training: forward/backward/step)
+    local: LocalReport | None = None   # llama.cpp / Ollama: layers on the GPU, buffers per device
 
     @property
     def fits(self) -> bool:
         inside = self.total_bytes <= self.capacity_bytes
-        return inside and (self.serve is None or self.serve.headroom_ok)
+        return (inside and (self.serve is None or self.serve.headroom_ok)
+                and (self.local is None or self.local.ram_ok))
 
     @property
     def headroom_bytes(self) -> int:
