@@ -26,6 +26,8 @@ class ServeOptions:
     kv_cache_memory: int | None = None          # explicit KV bytes, bypassing the profile
     vllm_version: str = ""                      # whose accounting: "" = 0.11-0.20; "0.10" (NCCL inside
                                                 # the budget) or "0.21" (CUDA graphs inside it)
+    allow_long_max_model_len: bool = False      # as vLLM with VLLM_ALLOW_LONG_MAX_MODEL_LEN=1: a max
+                                                # model length above the config's is allowed (warned)
 
 
 @dataclass(frozen=True)
