@@ -65,7 +65,7 @@ class ServeReport:
     max_num_batched_tokens: int
     max_num_seqs: int
     engine: str                   # the vLLM version whose accounting is modelled
-    starts: bool                  # False: vLLM refuses to start (one request cannot fit)
+    starts: bool                  # False: vLLM refuses to start or runs out of memory starting
     max_model_len_that_starts: int
     outside_budget: dict = field(default_factory=dict)   # context, graphs, NCCL: in total x (1 - util)
     headroom_ok: bool = True      # the outside-budget memory fits in total x (1 - util)
@@ -101,8 +101,10 @@ class Plan:
 
     @property
     def fits(self) -> bool:
+        """The engine's verdict (engines/base.py, Engine.fits) read back from the plan: the total
+        within the capacity, and the program starts (vLLM: its report's `starts`)."""
         inside = self.total_bytes <= self.capacity_bytes
-        return inside and (self.serve is None or self.serve.headroom_ok)
+        return inside and (self.serve is None or self.serve.starts)
 
     @property
     def headroom_bytes(self) -> int:
