@@ -296,8 +296,11 @@ def test_b10_qwen3_coder_480b_refusal_and_estimated_length():
     # token; 48.66 GiB // (16 x 248 KiB) = 12,858 blocks -> 205,728 tokens. The log rounds the
     # memory to 0.01 GiB: 55.65 GiB exactly gives 14,705 blocks = 235,280 tokens, one block short
     # of the logged 235,296, which needs at least 55.6502 GiB (within the rounding).
+    # --kv-cache-memory pins the logged available memory; the card is given 1 TiB so that the 480B
+    # FP8 weights fit beside that cache (on one real H200 vLLM would run out of memory allocating
+    # it, and nothing would start: test_kv_cache_memory_larger_than_the_card).
     for logged, longest, ours in (("48.66GiB", 205_728, 205_728), ("55.65GiB", 235_296, 235_280)):
-        p = serve(QWEN3_CODER_480B_FP8, "h200", ctx=262144, kv_cache_memory=logged)
+        p = serve(QWEN3_CODER_480B_FP8, "h200", memory=2**40, ctx=262144, kv_cache_memory=logged)
         r = p.serve.refusal
         assert r.startswith("To serve at least one request with the models's max seq len (262144), "
                             "(62.0 GiB KV cache is needed, which is larger than the available KV cache memory "
@@ -305,7 +308,7 @@ def test_b10_qwen3_coder_480b_refusal_and_estimated_length():
                             f"length is {ours}. Try increasing")
         assert abs(ours - longest) <= 16
         assert p.serve.max_model_len_that_starts == ours and not p.fits and not p.serve.starts
-    assert serve(QWEN3_CODER_480B_FP8, "h200", ctx=262144,
+    assert serve(QWEN3_CODER_480B_FP8, "h200", memory=2**40, ctx=262144,
                  kv_cache_memory="55.6502GiB").serve.max_model_len_that_starts == 235_296
 
 

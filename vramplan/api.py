@@ -4,23 +4,30 @@ The adapter between the user's words ("meta-llama/Llama-3.1-8B", "l40s:2", "32k"
 core's dataclasses. The CLI is a thin shell around it: it builds a `PlanRequest` from its flags,
 calls a function here, and renders what comes back (vramplan.render).
 
+Every function checks its arguments first: a wrong type or value raises BadInput (a ValueError)
+naming the keyword, never a TypeError or AttributeError from deep inside.
+
 `kv_report`, `bundled_models`, `compare`, `sweep`, `probe` and `verify` load their modules on
-first use (PEP 562), so that `import vramplan.api`, and with it `vramplan fit`, pays only for
-the analytic planner.
+first use, so that `import vramplan.api`, and with it `vramplan fit`, pays only for the
+analytic planner.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+from collections.abc import Mapping
 
-from vramplan import catalog, models
+from vramplan import catalog, loading
+from vramplan.catalog import MAX_GPU_COUNT
 from vramplan.errors import BadInput, DoesNotFit
-from vramplan.loading import load_model
-from vramplan.methods import plan as plan_request
+from vramplan.methods import plan as _plan_request
 from vramplan.request import (ENGINE_OF_MODE, METHODS, MODES, TRAINING_MODES, TRANSFORMERS_MAJORS, LlamaFlags,
-                              PlanRequest, ServeFlags, TrainFlags, make_workload, transformers_major)
+                              PlanRequest, ServeFlags, TrainFlags, build_workload, check_model,
+                              make_workload, transformers_major)
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan
 from vramplan.targets import auto_target, resolve_target
+from vramplan.units import parse_bytes, real, shown
 
 # The questions beyond the analytic plan, loaded on first use.
 _TOOLS = {
@@ -35,12 +42,58 @@ __all__ = [
     "transformers_major", "BadInput", "ENGINE_OF_MODE", "METHODS", "MODES", "TRAINING_MODES",
     "TRANSFORMERS_MAJORS", *_TOOLS,
 ]
+MAX_VERIFY_SECONDS = 24 * 3600      # verify --timeout: a day; a longer run is no memory check
 
 
-def __getattr__(name: str):
-    if name in _TOOLS:
-        return getattr(importlib.import_module(_TOOLS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _tool(name: str):
+    return getattr(importlib.import_module(_TOOLS[name]), name)
+
+
+def _request(request) -> PlanRequest:
+    if not isinstance(request, PlanRequest):
+        raise BadInput(f"{{request}} must be a PlanRequest, got {shown(request)}.")
+    check_model(request.model)
+    return request
+
+
+def _text(value, name: str, what: str, optional: bool = False):
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise BadInput(f"{{{name}}} must be {what}, got {shown(value)}.")
+    return value
+
+
+def _ids(value, name: str, example: str):
+    """None, "a,b" or a list/tuple of strings."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return value
+    raise BadInput(f"{{{name}}} must be a comma-separated string or a list of strings such as {example}, "
+                   f"got {shown(value)}.")
+
+
+def _check_words(model, gpu=None, **keywords) -> None:
+    """What can be checked before the model is read and the GPU looked up: `preflight` with
+    gpu="auto" probes NVML and `verify` imports torch, and a mistyped keyword must not wait for
+    either (or be hidden behind their environment problem)."""
+    check_model(model)
+    if gpu is not None and (isinstance(gpu, bool) or not isinstance(gpu, (str, int, GpuTarget))):
+        raise BadInput(f"{{gpu}} must be 'auto', a catalog id such as 'l40s' or 'h100:8', a GpuTarget "
+                       f"or a size in bytes, got {shown(gpu)}.")
+    build_workload(PlanRequest.from_keywords(model, **keywords), MAX_GPU_COUNT)   # any card count
+
+
+def load_model(model: str | ModelSpec | dict) -> ModelSpec:
+    """A Hub id, a bundled id, a local directory or config.json path, or a config dict -> ModelSpec."""
+    check_model(model)
+    return loading.load_model(model)
+
+
+def plan_request(request: PlanRequest) -> Plan:
+    """Answer one PlanRequest (what the CLI builds from its flags) with its method."""
+    return _plan_request(_request(request))
 
 
 def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem: str | int | None = None,
@@ -72,11 +125,10 @@ def preflight(model: str | ModelSpec | dict, mode: str = "lora", batch: int | st
     of `DoesNotFit` names the largest batch and context that fit and the cheapest change that
     would. Bad arguments raise `BadInput`, a ValueError.
     """
+    _check_words(model, gpu, mode=mode, batch=batch, ctx=ctx, **options)
     if isinstance(model, dict):
-        model = models.parse(model, model_id=str(model.get("_name_or_path", "config")), source="dict")
-    if isinstance(gpu, bool) or not isinstance(gpu, (str, int, GpuTarget)):
-        raise BadInput(f"gpu={gpu!r}: give 'auto', a catalog id such as 'l40s', or a size in bytes.")
-    target = resolve_target(gpu_mem=gpu) if isinstance(gpu, int) else resolve_target(gpu)
+        model = loading.load(model).spec
+    target = resolve_target(gpu_mem=parse_bytes(gpu, "{gpu}")) if isinstance(gpu, int) else resolve_target(gpu)
     p = plan(model, target, mode=mode, batch=batch, ctx=ctx, **options)
     if p.fits:
         return p
@@ -94,3 +146,86 @@ def preflight(model: str | ModelSpec | dict, mode: str = "lora", batch: int | st
 def gpus() -> tuple[GpuSpec, ...]:
     """The GPU catalog: memory, bandwidth, compute and dated prices."""
     return catalog.load_gpus()
+
+
+def kv_report(model: str | ModelSpec | dict):
+    """KV cache bytes per token of MODEL, per layer kind and cache dtype (`vramplan kv`)."""
+    check_model(model)
+    return _tool("kv_report")(model)
+
+
+def bundled_models(query: str | None = None):
+    """The model configs shipped with vramplan, those whose id contains `query`."""
+    return _tool("bundled_models")(_text(query, "query", "a substring of a model id such as 'llama'", True))
+
+
+def _compare_options(gpus, prices, price_source, efficiency, step_overhead_s) -> dict:
+    if prices is not None and not isinstance(prices, (str, dict, list, tuple)):
+        raise BadInput(f"{{prices}} must be 'ID=USD,...', a dict or a list of 'ID=USD', got {shown(prices)}.")
+    return dict(prices=prices, price_source=_text(price_source, "price_source", "a string such as 'median'"),
+                efficiency=None if efficiency is None else real(
+                    efficiency, "{efficiency}", lambda x: 0 < x <= 1, "in (0, 1] (a share of the hardware peak)"),
+                step_overhead_s=real(step_overhead_s, "{step_overhead_s}", lambda x: 0 <= x <= 1,
+                                     "a number of seconds in [0, 1]"))
+
+
+def compare(model: str | ModelSpec, gpus=None, *, prices=None, price_source: str = "median",
+            efficiency: float | None = None, step_overhead_s: float | None = None, **options):
+    """The same workload on every catalog GPU (or `gpus`), ranked; see vramplan.compare.table.
+    Other keywords are those of `plan`, except the layout (tp, pp), which compare chooses."""
+    check_model(model)
+    extra = _compare_options(_ids(gpus, "gpus", "'l40s,h100'"), prices, price_source, efficiency,
+                             0.0 if step_overhead_s is None else step_overhead_s)
+    if step_overhead_s is None:
+        extra.pop("step_overhead_s")
+    return _tool("compare")(model, gpus, **extra, **options)
+
+
+def compare_request(request: PlanRequest, gpus=None, *, prices=None, price_source: str = "median",
+                    efficiency: float | None = None, step_overhead_s: float | None = None):
+    """`compare` of a PlanRequest that names no GPU and no parallel layout."""
+    extra = _compare_options(_ids(gpus, "gpus", "'l40s,h100'"), prices, price_source, efficiency,
+                             0.0 if step_overhead_s is None else step_overhead_s)
+    if step_overhead_s is None:
+        extra.pop("step_overhead_s")
+    return _tool("compare_request")(_request(request), gpus, **extra)
+
+
+def sweep(model: str | ModelSpec, gpu: str | GpuTarget | None = None, **options):
+    """Every (ctx, batch) of a grid on one card or set of cards (`vramplan sweep`); `ctx` and
+    `batch` are ranges ("4k..128k") or lists ("1,8,32"); other keywords are those of `plan`."""
+    check_model(model)
+    return _tool("sweep")(model, gpu, **options)
+
+
+def sweep_request(request: PlanRequest):
+    """`sweep` of a PlanRequest whose ctx and batch are ranges or lists."""
+    return _tool("sweep_request")(_request(request))
+
+
+def probe(backend=None, environ: Mapping[str, str] | None = None):
+    """The attached GPUs through NVML (`vramplan probe`); `backend` replaces NVML in tests."""
+    if environ is not None and not isinstance(environ, Mapping):
+        raise BadInput(f"{{environ}} must be a mapping of environment variables, got {shown(environ)}.")
+    return _tool("probe")(backend, environ)
+
+
+def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool = False,
+           timeout: float | None = None, record: str | os.PathLike | None = None, **options):
+    """Plan MODEL, then allocate or run it on `device` and measure (`vramplan verify`)."""
+    _check_words(model, **options)
+    for name in ("gpu", "gpu_mem"):
+        if options.get(name) is not None and not isinstance(options[name], str):
+            raise BadInput(f"{{{name}}} must be a string such as {'l40s' if name == 'gpu' else '48GB'!r}, "
+                           f"got {shown(options[name])}.")
+    _text(level, "level", "'alloc' or 'run'")
+    _text(device, "device", "'cpu' or 'cuda:N'")
+    if not isinstance(force, bool):
+        raise BadInput(f"{{force}} must be True or False, got {shown(force)}.")
+    if timeout is not None:
+        timeout = real(timeout, "{timeout}", lambda x: 0 < x <= MAX_VERIFY_SECONDS,
+                       f"a positive number of seconds up to {MAX_VERIFY_SECONDS:,}")
+    if record is not None and not isinstance(record, (str, os.PathLike)):
+        raise BadInput(f"{{record}} must be a file path, got {shown(record)}.")
+    return _tool("verify")(model, level=level, device=device, force=force, timeout=timeout,
+                           record=record, **options)

@@ -192,7 +192,7 @@ def parse_gpu_arg(text: str) -> GpuTarget:
     name, count_text = name.strip(), count_text.strip()
     if not name:
         raise BadInput(f"{{gpu}} '{text}' names no GPU; use an id and an optional count, e.g. {{gpu}} h100:8.")
-    if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_GPU_COUNT:
+    if not (count_text.isascii() and count_text.isdigit()) or len(count_text) > 3 or not 1 <= int(count_text) <= MAX_GPU_COUNT:
         raise BadInput(
             f"The GPU count in {{gpu}} '{text.strip()}' must be a whole number from 1 to "
             f"{MAX_GPU_COUNT}, e.g. {{gpu}} {name}:2."

@@ -12,6 +12,18 @@ from vramplan import models, sources
 from vramplan.models.gguf import parse_header
 from vramplan.sources import gguf as gguf_source
 from vramplan.spec import ModelSpec
+from vramplan.spec.model import ContextLimit
+
+# The config keys vLLM reads a model's length from, in its order; the smallest wins (vllm/config/
+# model.py, _get_and_verify_max_len, v0.11.0 lines 1774-1791), then model_max_length overrides.
+_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
+                "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
+# RoPE types whose configured length already includes the scaling (ibid. lines 1845-1863).
+_PRESCALED_ROPE = ("su", "longrope", "llama3")
+# Configs vLLM reads with its own class, which has no length key, so any --max-model-len is
+# accepted: Falcon's RefinedWeb (vllm/transformers_utils/configs/falcon.py, RWConfig; config.py
+# _CONFIG_REGISTRY, v0.11.0 lines 73-74).
+_NO_LENGTH = ("RefinedWeb", "RefinedWebModel")
 
 
 @dataclass(frozen=True)
@@ -26,13 +38,15 @@ def load(model: str | dict | ModelSpec) -> Loaded:
     if isinstance(model, dict):
         blob = json.dumps(model, sort_keys=True).encode()
         spec = models.parse(model, model_id=str(model.get("_name_or_path", "config")), source="dict")
+        spec = replace(spec, context_limit=context_limit(model, spec))
         return Loaded(model, hashlib.sha256(blob).hexdigest(), spec)
     name = model.id if isinstance(model, ModelSpec) else str(model)
     if isinstance(model, ModelSpec) and model.location:
         name = model.location if not model.location.startswith("http") else name
     loaded = sources.load_config(name)
     spec = models.parse(loaded.config, model_id=loaded.id, source=loaded.source)
-    spec = replace(spec, location=loaded.location, config_sha256=loaded.sha256)
+    spec = replace(spec, location=loaded.location, config_sha256=loaded.sha256,
+                   context_limit=context_limit(loaded.config, spec))
     return Loaded(loaded.config, loaded.sha256, spec)
 
 
@@ -57,3 +71,47 @@ def load_gguf(model: str) -> ModelSpec:
     h = gguf_source.read_local(model) if local else gguf_source.read_hub(model)
     return replace(parse_header(h.metadata, h.tensors, path=h.path, files=h.files, size_bytes=h.size_bytes,
                                 model_id=model), source="path" if local else "hub")
+
+
+def context_limit(config: dict, spec: ModelSpec) -> ContextLimit:
+    """The longest context vLLM accepts for this config without VLLM_ALLOW_LONG_MAX_MODEL_LEN, derived
+    as vLLM 0.11 derives it (vllm/config/model.py, _get_and_verify_max_len, lines 1763-1912): the
+    smallest length key of the text config, model_max_length if set, times the RoPE factor unless
+    the RoPE type is already scaled (llama3, longrope, su) or the model is Gemma 3, from
+    original_max_position_embeddings for YaRN. No length key at all: tokens None (vLLM then
+    accepts any --max-model-len it is given). vLLM also reads a tokenizer_config.json's model_max_length; we
+    read no tokenizer files (docs/validation.md)."""
+    unlimited = ContextLimit(tokens=None, key="", shown="")
+    if config.get("model_type") in _NO_LENGTH:
+        return unlimited
+    text = config.get("text_config")
+    text = text if isinstance(text, dict) else config
+    derived, key = None, ""
+    for k in _LENGTH_KEYS:
+        v = _positive(text.get(k))
+        if v is not None and (derived is None or v < derived):
+            derived, key = v, k
+    longest = _positive(text.get("model_max_length"))
+    if longest is not None:
+        derived, key = longest, "model_max_length"
+    if derived is None:
+        if spec.max_position_embeddings is None:
+            return unlimited
+        derived, key = spec.max_position_embeddings, "max_position_embeddings"   # a family default
+    rope = text.get("rope_scaling")
+    if isinstance(rope, dict) and "gemma3" not in str(config.get("model_type", "")):
+        kind = rope.get("rope_type", rope.get("type"))
+        if kind not in _PRESCALED_ROPE:
+            if kind == "yarn" and _positive(rope.get("original_max_position_embeddings")) is not None:
+                derived = rope["original_max_position_embeddings"]
+            derived = derived * (_positive(rope.get("factor")) or 1.0)
+    tokens = int(derived)
+    mml = int(longest) if longest is not None else None
+    return ContextLimit(tokens=max(tokens, mml or 0), key=key, shown=str(derived), model_max_length=mml)
+
+
+def _positive(value) -> int | float | None:
+    """A positive finite number from a config, else None (a junk value is not a length)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if 0 < value < float("inf") else None

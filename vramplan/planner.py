@@ -35,10 +35,20 @@ def total_bytes(s: Setup, batch: int, ctx: int) -> int:
     return components(s, batch, ctx).total
 
 
-def _limits(s: Setup, batch: int, ctx: int) -> tuple[int, int]:
-    ctx_cap = MAX_TOKENS
-    max_batch = largest_fitting(lambda b: total_bytes(s, b, ctx) <= s.capacity, MAX_BATCH)
-    max_ctx = largest_fitting(lambda c: total_bytes(s, batch, c) <= s.capacity, ctx_cap)
+def verdict(eng: Engine, s: Setup, batch: int, ctx: int) -> bool:
+    """The one rule: the engine's verdict on this batch and context. The plan, its limits, the
+    suggestions, compare and sweep all ask it."""
+    return eng.fits(s, eng.components(s, batch, ctx), ctx)
+
+
+def _limits(eng: Engine, s: Setup, batch: int, ctx: int) -> tuple[int, int]:
+    """The largest batch at `ctx` and the largest context at `batch` that the one rule accepts.
+    What does not depend on batch and context (vLLM's headroom, its free-memory and cache-size
+    refusals) fails the first probe, so such a plan answers (0, 0) after two evaluations."""
+    if not verdict(eng, s, 1, 1):
+        return 0, 0
+    max_batch = largest_fitting(lambda b: verdict(eng, s, b, ctx), MAX_BATCH)
+    max_ctx = largest_fitting(lambda c: verdict(eng, s, batch, c), MAX_TOKENS)
     return max_batch, max_ctx
 
 
@@ -47,7 +57,7 @@ def evaluate(model: ModelSpec, target: GpuTarget, workload: Workload) -> tuple[i
     eng = engine_of(workload)
     s = eng.prepare(model, target, workload)
     b = eng.components(s, workload.batch, workload.ctx)
-    return b.total, eng.fits(s, b, eng.report(s, b, workload.ctx))
+    return b.total, eng.fits(s, b, workload.ctx)
 
 
 def build(model: ModelSpec, target: GpuTarget, workload: Workload,
@@ -56,16 +66,16 @@ def build(model: ModelSpec, target: GpuTarget, workload: Workload,
     s = eng.prepare(model, target, workload)
     batch, ctx = workload.batch, workload.ctx
     b = eng.components(s, batch, ctx)
-    max_batch, max_ctx = _limits(s, batch, ctx)
+    max_batch, max_ctx = _limits(eng, s, batch, ctx)
     warnings = list(model.warnings) + list(s.warnings)
     if s.fmt.base == "fp32" and model.torch_dtype_assumed:
         warnings.append("config.json names no torch_dtype, so the weights are taken as fp32 "
                         "(transformers' default); pass --dtype bf16 if the checkpoint is 16-bit.")
+    report = eng.report(s, b, ctx)
     mpe = model.max_position_embeddings
-    if mpe and ctx > mpe:
+    if mpe and ctx > mpe and report is None:     # an engine with a start-up report judges ctx itself
         warnings.append(f"--ctx {ctx:,} exceeds the model's max_position_embeddings ({mpe:,}); "
                         f"quality past it is not guaranteed and vLLM refuses it by default.")
-    report = eng.report(s, b, ctx)
     warnings += eng.warnings(s, report)
     plan = Plan(
         model=model, target=target, workload=workload, weight_dtype=s.fmt.label,

@@ -16,7 +16,8 @@ from vramplan.errors import BadInput
 from vramplan.loading import is_gguf
 from vramplan.memory.dtypes import KV_FORMATS, WEIGHT_FORMATS, normalize
 from vramplan.spec import GpuTarget, ModelSpec, ServeOptions, Workload
-from vramplan.units import parse_bytes, parse_tokens
+from vramplan.catalog import MAX_GPU_COUNT
+from vramplan.units import parse_bytes, parse_tokens, real, shown, whole
 
 ENGINE_OF_MODE = {
     "serve": "vllm",            # a vLLM server
@@ -38,18 +39,29 @@ TRANSFORMERS_MAJORS = (4, 5)
 
 @dataclass(frozen=True, kw_only=True)
 class ServeFlags:
-    """vLLM's engine flags as given. They are checked in every mode (a bad value is a mistake
-    whatever the mode), but only serve plans use them."""
+    """vLLM's engine flags as given. None means not given (vLLM's default, in SERVE_DEFAULTS);
+    giving any of them outside {mode} serve is an error, as training flags are outside training:
+    the other engines would ignore it and print the same answer."""
 
-    gpu_memory_utilization: float = 0.9
-    max_num_batched_tokens: int | str | None = None     # None: the engine default
+    gpu_memory_utilization: float | str | None = None   # None: 0.9
+    max_num_batched_tokens: int | str | None = None     # None: the engine default for this card
     max_num_seqs: int | str | None = None
-    block_size: int = 16
+    block_size: int | None = None                       # None: 16
     tp: int | None = None                               # None: the GPU count
-    pp: int = 1
-    enforce_eager: bool = False
+    pp: int | None = None                               # None: 1
+    enforce_eager: bool | None = None                   # None: CUDA graphs captured
     vllm_version: str | None = None                     # None: the default era (0.11-0.20)
     kv_cache_memory: int | str | None = None            # explicit KV bytes per GPU, e.g. "20GiB"
+    allow_long_max_model_len: bool | None = None        # as VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
+
+    def given(self) -> dict:
+        """The flags that were given, in declaration order."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+# vLLM's own defaults for the flags above (vllm/engine/arg_utils.py EngineArgs).
+SERVE_DEFAULTS = {"gpu_memory_utilization": 0.9, "block_size": 16, "pp": 1}
+VLLM_BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,39 +136,26 @@ _SECTION_OF = {
 
 def build_workload(request: PlanRequest, gpu_count: int = 1) -> Workload:
     """Check every knob of `request` for `gpu_count` GPUs and build the Workload; a bad value
-    raises BadInput naming its parameter."""
-    mode, s = request.mode, request.serve
-    if mode not in MODES:
-        raise BadInput(f"{{mode}} {mode!r} is not one of: {', '.join(MODES)}.")
-    given = request.train.given()
+    raises BadInput naming its parameter. A flag of another engine (a training setting in serve,
+    a vLLM flag in infer or training, --transformers in serve) is refused, not ignored."""
+    check_request(request)
+    mode = request.mode
+    if not isinstance(request.serve, ServeFlags) or not isinstance(request.train, TrainFlags):
+        raise BadInput("A PlanRequest's serve and train must be ServeFlags and TrainFlags.")
+    trained, served = request.train.given(), request.serve.given()
     train = None
     if mode in TRAINING_MODES:
-        train = _train_options(world=gpu_count, **given)
-    elif given:
-        names = ", ".join("{" + k + "}" for k in given)
-        verb = "applies" if len(given) == 1 else "apply"
-        raise BadInput(f"{names} only {verb} to the training modes ({{mode}} full, lora or qlora).")
-    if not 0.0 < s.gpu_memory_utilization <= 1.0:
-        raise BadInput(f"{{gpu_memory_utilization}} must be in (0, 1], got {s.gpu_memory_utilization}.")
-    if s.block_size not in (1, 8, 16, 32, 64, 128, 256):
-        raise BadInput(f"{{block_size}} must be a power of two from 1 to 256 (vLLM's choices), "
-                       f"got {s.block_size}.")
-    tp = (gpu_count if mode == "serve" else 1) if s.tp is None else s.tp
-    if tp < 1 or s.pp < 1:
-        raise BadInput("{tp} and {pp} must be at least 1.")
-    if mode == "serve" and tp * s.pp > gpu_count:
-        raise BadInput(f"{{tp}} {tp} x {{pp}} {s.pp} needs {tp * s.pp} GPUs but {{gpu}} gives {gpu_count}; "
-                       f"ask for them with {{gpu}} ID:{tp * s.pp}.")
-    serve = ServeOptions(
-        gpu_memory_utilization=s.gpu_memory_utilization,
-        max_num_batched_tokens=(parse_tokens(s.max_num_batched_tokens, "{max_num_batched_tokens}")
-                                if s.max_num_batched_tokens is not None else None),
-        max_num_seqs=parse_tokens(s.max_num_seqs, "{max_num_seqs}") if s.max_num_seqs is not None else None,
-        block_size=s.block_size, tp=tp, pp=s.pp, enforce_eager=s.enforce_eager,
-        vllm_version=s.vllm_version or "",
-        kv_cache_memory=(parse_bytes(s.kv_cache_memory, "{kv_cache_memory}")
-                         if s.kv_cache_memory is not None else None),
-    )
+        train = _train_options(world=gpu_count, **trained)
+    elif trained:
+        raise BadInput(f"{_names(trained)} only {_verb(trained)} to the training modes "
+                       f"({{mode}} full, lora or qlora).")
+    if mode != "serve" and served:
+        raise BadInput(f"{_names(served)} only {_verb(served)} to {{mode}} serve (the vLLM engine); "
+                       f"{{mode}} {mode} does not read {'it' if len(served) == 1 else 'them'}.")
+    if mode == "serve" and request.transformers is not None:
+        raise BadInput("{transformers} only applies to {mode} infer and the training modes; "
+                       "{mode} serve plans vLLM, whatever transformers is installed.")
+    serve = _serve_options(request.serve, gpu_count, mode == "serve")
     engine, llama = _engine(request)
     if llama is not None:
         return Workload(mode=mode, batch=parse_tokens(request.batch, "{batch}"),
@@ -194,6 +193,74 @@ def _engine(request: PlanRequest):
                                  ollama=engine == "ollama")
 
 
+def check_request(request: PlanRequest) -> None:
+    """The types of a request's own fields (the flags are checked where they are converted):
+    a wrong type is BadInput naming the parameter, never a TypeError from deep inside."""
+    if not isinstance(request, PlanRequest):
+        raise BadInput(f"Expected a PlanRequest, got {type(request).__name__}.")
+    if not isinstance(request.mode, str) or request.mode not in MODES:
+        raise BadInput(f"{{mode}} {shown(request.mode)} is not one of: {', '.join(MODES)}.")
+    if not isinstance(request.method, str) or request.method not in METHODS:
+        raise BadInput(f"{{method}} {shown(request.method)} is not one of: {', '.join(METHODS)}.")
+    for name in ("dtype", "kv_dtype"):
+        if not isinstance(getattr(request, name), str):
+            raise BadInput(f"{{{name}}} must be a string such as 'auto' or 'bf16', got {shown(getattr(request, name))}.")
+    if not isinstance(request.no_cache, bool):
+        raise BadInput(f"{{no_cache}} must be True or False, got {shown(request.no_cache)}.")
+
+
+def check_model(model) -> None:
+    """A model as the user may name it: a Hub id, a bundled id, a local path (str), a config
+    dict or a ModelSpec."""
+    if not isinstance(model, (str, ModelSpec, dict)) or isinstance(model, str) and not model.strip():
+        raise BadInput(f"{{model}} must be a Hub id, a bundled id, a local path or config.json, a config "
+                       f"dict or a ModelSpec, got {shown(model)}.")
+
+
+def _names(given: dict) -> str:
+    return ", ".join("{" + k + "}" for k in given)
+
+
+def _verb(given: dict) -> str:
+    return "applies" if len(given) == 1 else "apply"
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadInput(f"{{{name}}} must be True or False, got {shown(value)}.")
+    return value
+
+
+def _serve_options(s: ServeFlags, gpu_count: int, serving: bool) -> ServeOptions:
+    """vLLM's flags, checked and with vLLM's defaults filled in (the other engines get the
+    defaults, which they do not read)."""
+    v = {**SERVE_DEFAULTS, **s.given()}
+    util = real(v["gpu_memory_utilization"], "{gpu_memory_utilization}", lambda x: 0.0 < x <= 1.0, "in (0, 1]")
+    block = whole(v["block_size"], "{block_size}", 1, VLLM_BLOCK_SIZES[-1])
+    if block not in VLLM_BLOCK_SIZES:
+        raise BadInput(f"{{block_size}} must be a power of two from 1 to 256 (vLLM's choices), got {block}.")
+    pp = whole(v["pp"], "{pp}", 1, MAX_GPU_COUNT)
+    tp = whole(v["tp"], "{tp}", 1, MAX_GPU_COUNT) if "tp" in v else (gpu_count if serving else 1)
+    if serving and tp * pp > gpu_count:
+        raise BadInput(f"{{tp}} {tp} x {{pp}} {pp} needs {tp * pp} GPUs but {{gpu}} gives {gpu_count}; "
+                       f"ask for them with {{gpu}} ID:{tp * pp}.")
+    version = v.get("vllm_version")
+    if version is not None and (not isinstance(version, str) or not version.strip()):
+        raise BadInput(f"{{vllm_version}} must be a version string such as '0.10' or '0.21', got {shown(version)}.")
+    return ServeOptions(
+        gpu_memory_utilization=util,
+        max_num_batched_tokens=(parse_tokens(v["max_num_batched_tokens"], "{max_num_batched_tokens}")
+                                if "max_num_batched_tokens" in v else None),
+        max_num_seqs=parse_tokens(v["max_num_seqs"], "{max_num_seqs}") if "max_num_seqs" in v else None,
+        block_size=block, tp=tp, pp=pp,
+        enforce_eager=_flag(v.get("enforce_eager", False), "enforce_eager"),
+        vllm_version=version or "",
+        kv_cache_memory=(parse_bytes(v["kv_cache_memory"], "{kv_cache_memory}")
+                         if "kv_cache_memory" in v else None),
+        allow_long_max_model_len=_flag(v.get("allow_long_max_model_len", False), "allow_long_max_model_len"),
+    )
+
+
 def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 4096,
                   dtype: str = "auto", kv_dtype: str = "auto", *, gpu_count: int = 1,
                   **flags) -> Workload:
@@ -201,7 +268,7 @@ def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 40
     The workload does not depend on the model, so the request names none."""
     request = PlanRequest.from_keywords("", mode=mode, batch=batch, ctx=ctx, dtype=dtype,
                                         kv_dtype=kv_dtype, **flags)
-    return build_workload(request, gpu_count)
+    return build_workload(request, whole(gpu_count, "{gpu_count}", 1, MAX_GPU_COUNT))
 
 
 def with_train(request: PlanRequest, **changes) -> PlanRequest:
@@ -231,7 +298,7 @@ def transformers_major(value: int | str | None = None) -> int:
         if not installed.isdigit():
             return TRANSFORMERS_MAJORS[-1]
         return min(max(int(installed), TRANSFORMERS_MAJORS[0]), TRANSFORMERS_MAJORS[-1])
-    major = str(value).strip().split(".")[0]
-    if not major.isdigit() or int(major) not in TRANSFORMERS_MAJORS:
-        raise BadInput(f"{{transformers}} {value!r}: give the major version to plan for, 4 or 5.")
+    major = str(value).strip().split(".")[0] if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    if not (major.isascii() and major.isdigit()) or len(major) > 2 or int(major) not in TRANSFORMERS_MAJORS:
+        raise BadInput(f"{{transformers}} {shown(value)}: give the major version to plan for, 4 or 5.")
     return int(major)

@@ -122,7 +122,7 @@ def compare_request(request: PlanRequest, gpus=None, *, prices=None,
                     step_overhead_s: float = th.STEP_OVERHEAD_S) -> Comparison:
     """`compare` of a PlanRequest that names no GPU and no parallel layout."""
     layout = (request.gpu, request.gpu_mem, request.gpu_free, request.serve.tp)
-    if any(v is not None for v in layout) or request.serve.pp != 1:
+    if any(v is not None for v in layout) or request.serve.pp not in (None, 1):
         raise BadInput("{tp}, {pp} and {gpu} fix the layout; compare chooses the cards and the "
                        "parallelism itself (use `vramplan fit` for one layout).")
     serving = ENGINE_OF_MODE.get(request.mode) == "vllm"

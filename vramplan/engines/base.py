@@ -42,8 +42,10 @@ class Engine(Protocol):
     def report(self, setup: Setup, breakdown: Breakdown, ctx: int) -> ServeReport | None:
         """What the program would log at start-up (None: nothing to report)."""
 
-    def fits(self, setup: Setup, breakdown: Breakdown, report: ServeReport | None) -> bool:
-        """The verdict: one rule, used for the plan and for every limit and suggestion."""
+    def fits(self, setup: Setup, breakdown: Breakdown, ctx: int) -> bool:
+        """The verdict: one rule, used for the plan and for every limit and suggestion. Never
+        more permissive as batch or context grow (the limits are solved by bisection on it), and
+        cheap: it is asked once per candidate batch and context."""
 
     def warnings(self, setup: Setup, report: ServeReport | None) -> list[str]:
         """What the plan should say about this engine's decisions."""
@@ -56,14 +58,16 @@ class Engine(Protocol):
 
 
 class EngineBase:
-    """Defaults shared by the engines: no report, the verdict is total <= capacity."""
+    """Defaults shared by the engines: no report, the verdict is total <= capacity. An engine
+    whose program can also refuse to start says so in `fits`, and its report's `starts` must
+    agree (Plan.fits reads both)."""
 
     name = ""
 
     def report(self, setup: Setup, breakdown: Breakdown, ctx: int) -> ServeReport | None:
         return None
 
-    def fits(self, setup: Setup, breakdown: Breakdown, report: ServeReport | None) -> bool:
+    def fits(self, setup: Setup, breakdown: Breakdown, ctx: int) -> bool:
         return breakdown.total <= setup.capacity
 
     def warnings(self, setup: Setup, report: ServeReport | None) -> list[str]:

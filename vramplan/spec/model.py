@@ -266,6 +266,20 @@ class VisionTower:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ContextLimit:
+    """The longest max_model_len vLLM starts with for this config.json unless
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (vllm/config/model.py, _get_and_verify_max_len, v0.11.0
+    lines 1763-1912): the smallest of the config's length keys, times the RoPE scaling factor,
+    or a larger model_max_length. Derived by loading.py; read by engines/vllm."""
+
+    tokens: int | None           # the largest --ctx that starts; None: the config has no length key,
+                                 # and vLLM starts with any
+    key: str                     # the config key it came from, as vLLM's refusal names it
+    shown: str                   # the derived value as vLLM prints it ("32768", or "131072.0" once scaled)
+    model_max_length: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """Everything the core needs to know about a model, parsed from config.json."""
 
@@ -282,6 +296,8 @@ class ModelSpec:
                                         # assumed; planner.py warns when a plan really uses it
     quantization: Quantization | None = None
     max_position_embeddings: int | None = None
+    context_limit: ContextLimit | None = None    # vLLM's derived max_model_len (None: not derived,
+                                                 # max_position_embeddings stands for it)
     traits: Traits
     mtp_layers: int = 0                 # DeepSeek's multi-token-prediction layers: in the checkpoint,
                                         # not built by transformers, not counted

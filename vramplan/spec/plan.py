@@ -27,6 +27,8 @@ class ServeOptions:
     kv_cache_memory: int | None = None          # explicit KV bytes, bypassing the profile
     vllm_version: str = ""                      # whose accounting: "" = 0.11-0.20; "0.10" (NCCL inside
                                                 # the budget) or "0.21" (CUDA graphs inside it)
+    allow_long_max_model_len: bool = False      # as vLLM with VLLM_ALLOW_LONG_MAX_MODEL_LEN=1: a max
+                                                # model length above the config's is allowed (warned)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class ServeReport:
     max_num_batched_tokens: int
     max_num_seqs: int
     engine: str                   # the vLLM version whose accounting is modelled
-    starts: bool                  # False: vLLM refuses to start (one request cannot fit)
+    starts: bool                  # False: vLLM refuses to start or runs out of memory starting
     max_model_len_that_starts: int
     outside_budget: dict = field(default_factory=dict)   # context, graphs, NCCL: in total x (1 - util)
     headroom_ok: bool = True      # the outside-budget memory fits in total x (1 - util)
@@ -102,8 +104,10 @@ class Plan:
 
     @property
     def fits(self) -> bool:
+        """The engine's verdict (engines/base.py, Engine.fits) read back from the plan: the total
+        within the capacity, and the program starts (vLLM: its report's `starts`)."""
         inside = self.total_bytes <= self.capacity_bytes
-        return (inside and (self.serve is None or self.serve.headroom_ok)
+        return (inside and (self.serve is None or self.serve.starts)
                 and (self.local is None or self.local.ram_ok))
 
     @property

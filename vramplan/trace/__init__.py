@@ -137,7 +137,9 @@ def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
                            f"cannot run {{kv_dtype}} {s.kv_dtype}. Use {{method}} analytic.")
     else:
         recipe.check(w.train)
-        fields.update(train=w.train, dtype=recipe.build_dtype(w.mode, w.train, w.dtype))
+        # The attention implementation asked for (--attn): transformers builds the model with it,
+        # as the Trainer would; eager materializes the seq x seq scores that SDPA never does.
+        fields.update(train=w.train, dtype=recipe.build_dtype(w.mode, w.train, w.dtype), attn=w.train.attn)
     return fields
 
 

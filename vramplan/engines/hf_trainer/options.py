@@ -12,6 +12,7 @@ from typing import Literal, get_args
 
 from vramplan.errors import BadInput
 from vramplan.memory.dtypes import normalize
+from vramplan.units import real, whole
 from vramplan.engines.hf_trainer.lora import normalize_targets
 from vramplan.engines.hf_trainer.optimizers import resolve_optim
 
@@ -24,6 +25,9 @@ PRECISIONS = ("bf16", "mixed")
 ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2")
 KBIT_PREPARE = ("peft", "trl", "none")
 LORA_DTYPES = ("fp32", "bf16")
+# lora_alpha only scales the adapters' output (alpha / r); no memory depends on it. Bounded so a
+# typo (1e308) is caught: 16x the largest rank accepted (65,536).
+MAX_LORA_ALPHA = 2**20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,31 +66,14 @@ _FLAGS = {"optim": "{optim}", "grad_ckpt": "{grad_ckpt}", "lora_r": "{lora_r}",
           "lora_dtype": "{lora_dtype}", "kbit_prepare": "{kbit_prepare}"}
 
 
-def _int(value, flag: str, low: int, high: int | None = None) -> int:
-    """A whole number in [low, high]; "2" and 2.0 are accepted, 2.5 and True are not."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            if isinstance(value, bool) or float(value) != int(value):
-                raise ValueError
-            value = int(value)
-        except (TypeError, ValueError):
-            raise BadInput(f"{flag} must be a whole number, got {value!r}.") from None
-    if value < low or (high is not None and value > high):
-        span = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise BadInput(f"{flag} must be {span}, got {value}.")
-    return value
+def _int(value, flag: str, low: int, high: int) -> int:
+    """A whole number in [low, high]; "2" and 2.0 are accepted, 2.5, True and nan are not."""
+    return whole(value, flag, low, high)
 
 
 def _real(value, flag: str, within, what: str) -> float:
-    """float(value) when `within` accepts it (never a bool); else BadInput '{flag} must be {what}'."""
-    try:
-        x = float(value)
-        ok = not isinstance(value, bool) and within(x)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise BadInput(f"{flag} must be {what}, got {value!r}.")
-    return x
+    """A finite float(value) when `within` accepts it (never a bool); else BadInput '{flag} must be {what}'."""
+    return real(value, flag, within, what)
 
 
 def _choice(value, flag: str, allowed: tuple[str, ...], aliases: dict | None = None) -> str:
@@ -120,7 +107,8 @@ def normalize_train_options(**kwargs) -> TrainOptions:
         out["lora_r"] = _int(d["lora_r"], _FLAGS["lora_r"], 1, 65536)
     if "lora_alpha" in d:
         a = d["lora_alpha"]
-        alpha = _real(a, _FLAGS["lora_alpha"], lambda x: x > 0, "a positive number")
+        alpha = _real(a, _FLAGS["lora_alpha"], lambda x: 0 < x <= MAX_LORA_ALPHA,
+                      f"a positive number up to {MAX_LORA_ALPHA:,}")
         out["lora_alpha"] = int(alpha) if alpha == int(alpha) else alpha
     if "lora_targets" in d:
         out["lora_targets"] = normalize_targets(d["lora_targets"])

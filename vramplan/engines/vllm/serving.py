@@ -12,8 +12,11 @@ dummy sampler pass) and gives the rest to the KV cache:
     "Maximum concurrency for L tokens" = num_blocks / blocks one request of L tokens needs
 
 The CUDA context, NCCL buffers and CUDA graphs live outside the budget, in the remaining
-`total x (1 - util)`. The engine refuses to start when free memory is below `total x util`,
-when nothing is left for the cache, or when one request of max_model_len does not fit.
+`total x (1 - util)`. The engine refuses to start when max_model_len exceeds the config's derived
+length (unless VLLM_ALLOW_LONG_MAX_MODEL_LEN), when free memory is below `total x util`, when
+nothing is left for the cache, or when one request of max_model_len does not fit; an explicit
+--kv-cache-memory the card cannot hold runs out of memory allocating it. `starts` is that
+decision, and the engine's verdict (engine.py, `fits`) needs it (docs/validation.md).
 The plan's components are those of the worker with the fewest KV blocks.
 Sources: docs/sources/vllm-accounting.md (A.2-A.8), docs/methodology.md section 4,
 docs/serving.md (a walk-through).
@@ -25,6 +28,7 @@ from dataclasses import dataclass, replace
 
 from vramplan.errors import BadInput
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, ServeOptions, ServeReport, Workload
+from vramplan.spec.model import ContextLimit
 from vramplan.units import GiB, ceil_div
 from vramplan.memory import activations as act
 from vramplan.memory import kv_cache as kv
@@ -165,6 +169,11 @@ class VllmState:
     stages: tuple[Stage, ...]
     worst: Stage                  # the worker with the fewest KV blocks: the plan's components
     notes: tuple[str, ...]        # what vLLM logs about the cache layout
+    context: ContextLimit | None  # the longest max_model_len vLLM accepts (None: any)
+    free_refusal: str             # init_device: free memory below total x util ("" when enough)
+    oom_refusal: str              # --kv-cache-memory larger than what the card has left ("" when it fits)
+    kv_room: int                  # what the card has left for --kv-cache-memory (kv_memory_room)
+    headroom_ok: bool             # what vLLM keeps outside its budget fits the rest of the card
 
 
 def _sm(gpu: GpuSpec | None) -> str:
@@ -261,14 +270,21 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
         stages.append(Stage(index=k, layers=layers, weights=weights, activation=act.Transient(peak, where),
                             block_bytes=block_bytes, available=available))
     worst = min(stages, key=lambda s: (s.num_blocks is None, s.num_blocks or 0, s.available))
-    capacity = requested
-    if o.kv_cache_memory is not None:   # the engine's footprint is then fixed by the flag
-        capacity = worst.weights + worst.activation.bytes + fixed + o.kv_cache_memory
     outside = outside_budget(world, not (o.enforce_eager or graphs_inside),
                              0 if nccl_inside else nccl_bytes(target.gpu), CUDA_CONTEXT_BYTES)
+    capacity, oom, headroom_ok = requested, "", sum(outside.values()) <= per_gpu - requested
+    if o.kv_cache_memory is not None:   # the engine's footprint is then fixed by the flag, never above the card
+        capacity = min(worst.weights + worst.activation.bytes + fixed + o.kv_cache_memory, per_gpu)
+        oom = _kv_memory_refusal(per_gpu, outside, kv_memory_room(per_gpu, outside, fixed, stages),
+                                 o.kv_cache_memory)
+        headroom_ok = not oom           # the rest of the card, beside the fixed footprint, is what is outside
+    free = _free_memory_refusal(target, outside, era, o.gpu_memory_utilization, requested)
     state = VllmState(batched_tokens=tokens, max_seqs=seqs, requested=requested, era=era,
                       outside=outside, layout=layout, stages=tuple(stages), worst=worst,
-                      notes=tuple(notes) + layout.notes)
+                      notes=tuple(notes) + layout.notes,
+                      context=None if o.allow_long_max_model_len else context_limit(model),
+                      free_refusal=free, oom_refusal=oom, headroom_ok=headroom_ok and not free,
+                      kv_room=kv_memory_room(per_gpu, outside, fixed, stages))
     return Setup(model=model, target=target, workload=workload, fmt=fmt, kv_dtype=kv_dtype,
                  kv_elem=kv_elem, act_elem=act_elem, weights=worst.weights, overhead=overhead,
                  capacity=capacity, tp=o.tp, widest=widest, state=state)
@@ -296,20 +312,67 @@ def _gib(b: int) -> float:
     return round(b / GiB, 2)     # vLLM's format_gib
 
 
-def _free_memory_refusal(s: Setup[VllmState], requested: int) -> str:
+def _free_memory_refusal(target: GpuTarget, outside: dict[str, int], era: str, util: float,
+                         requested: int) -> str:
     """vLLM's init_device check: free memory at its snapshot (taken after the CUDA context and,
     since 0.11, NCCL exist) must cover total x util."""
-    d, free = s.state, s.target.free_bytes
+    free = target.free_bytes
     if free is None:
         return ""
-    nccl = d.outside.get("nccl", 0) if d.era != "0.9-0.10" else 0
-    at_snapshot = free - d.outside["cuda_context"] - nccl
+    nccl = outside.get("nccl", 0) if era != "0.9-0.10" else 0
+    at_snapshot = free - outside["cuda_context"] - nccl
     if at_snapshot >= requested:
         return ""
-    return (f"Free memory on device cuda:0 ({_gib(at_snapshot)}/{_gib(s.target.per_gpu_bytes)} GiB) on "
-            f"startup is less than desired GPU memory utilization ({s.workload.serve.gpu_memory_utilization}, "
+    return (f"Free memory on device cuda:0 ({_gib(at_snapshot)}/{_gib(target.per_gpu_bytes)} GiB) on "
+            f"startup is less than desired GPU memory utilization ({util}, "
             f"{_gib(requested)} GiB). Decrease GPU memory utilization or reduce GPU memory used by "
             f"other processes.")
+
+
+def kv_memory_room(per_gpu: int, outside: dict[str, int], fixed: int, stages) -> int:
+    """Bytes the card has left for --kv-cache-memory: its total less what every worker holds
+    beside the cache (weights, profile peak, non-torch growth) and what vLLM keeps outside its
+    budget (CUDA context, graphs, NCCL)."""
+    held = max(st.weights + st.activation.bytes for st in stages) + fixed
+    return per_gpu - sum(outside.values()) - held
+
+
+def _kv_memory_refusal(per_gpu: int, outside: dict[str, int], room: int, kv_bytes: int) -> str:
+    """--kv-cache-memory skips vLLM's profile: the cache is allocated as asked, so a size the card
+    cannot hold beside everything else runs out of memory at start-up. Says how much would fit."""
+    if kv_bytes <= room:
+        return ""
+    others = sum(outside.values())
+    left = (f"at most {room * 100 // GiB / 100:.2f} GiB is left for the KV cache" if room > 0 else
+            f"nothing is left for a KV cache (short by {-room / GiB:.2f} GiB before any)")
+    return (f"CUDA out of memory allocating the KV cache: kv_cache_memory asks {kv_bytes / GiB:.2f} GiB, but "
+            f"of this GPU's {per_gpu / GiB:.2f} GiB the weights, the profile peak and vLLM's own growth "
+            f"take {(per_gpu - others - room) / GiB:.2f} GiB and the CUDA context, graphs and NCCL "
+            f"{others / GiB:.2f} GiB, so {left}.")
+
+
+def _context_refusal(limit: ContextLimit | None, ctx: int) -> str:
+    """vLLM's config check of max_model_len against the config's derived length (vllm/config/
+    model.py, _get_and_verify_max_len, v0.11.0 lines 1876-1911), before any GPU work."""
+    if limit is None or ctx <= limit.tokens:
+        return ""
+    return (f"User-specified max_model_len ({ctx}) is greater than the derived max_model_len "
+            f"({limit.key}={limit.shown} or model_max_length={limit.model_max_length} in model's "
+            f"config.json). To allow overriding this maximum, set the env var "
+            f"VLLM_ALLOW_LONG_MAX_MODEL_LEN=1. VLLM_ALLOW_LONG_MAX_MODEL_LEN must be used with extreme "
+            f"caution. If the model uses relative position encoding (RoPE), positions exceeding "
+            f"derived_max_model_len lead to nan. If the model uses absolute position encoding, "
+            f"positions exceeding derived_max_model_len will cause a CUDA array out-of-bounds error.")
+
+
+def context_limit(model: ModelSpec) -> ContextLimit | None:
+    """The model's derived max_model_len (loading.py), None when vLLM accepts any; a hand-built
+    ModelSpec has none derived, and its max_position_embeddings stands for it."""
+    limit = model.context_limit
+    if limit is None and model.max_position_embeddings:
+        mpe = model.max_position_embeddings
+        limit = ContextLimit(tokens=mpe, key="max_position_embeddings", shown=str(mpe))
+    return limit if limit is not None and limit.tokens is not None else None
 
 
 def _kv_refusal(stages, layout: kv.KvLayout, ctx: int, in_flight: int) -> str:
@@ -336,22 +399,35 @@ def _fits(stage: Stage, layout: kv.KvLayout, length: int, in_flight: int) -> boo
     return stage.block_bytes * layout.blocks_per_request(length, in_flight) <= stage.available
 
 
+def starts(s: Setup[VllmState], ctx: int) -> bool:
+    """Whether vLLM starts with max_model_len = `ctx`: no start-up refusal and the memory outside
+    its budget fits. Cheap (no search): the engine's verdict asks it for every batch and context
+    the limits try."""
+    d = s.state
+    if d.free_refusal or d.oom_refusal or not d.headroom_ok or (d.context is not None and ctx > d.context.tokens):
+        return False
+    return all(_fits(st, d.layout, ctx, d.batched_tokens) for st in d.stages if st.block_bytes)
+
+
 def startup(s: Setup[VllmState], b: Breakdown, ctx: int) -> ServeReport:
-    """What vLLM would log and decide at start-up with max_model_len = `ctx`."""
+    """What vLLM would log and decide at start-up with max_model_len = `ctx`; the first refusal in
+    vLLM's order: the config check, free memory at init, the KV cache check, its allocation."""
     o, d = s.workload.serve, s.state
     layout, stages, worst = d.layout, d.stages, d.worst
-    in_flight, requested = d.batched_tokens, d.requested
+    in_flight = d.batched_tokens
     per_request = layout.blocks_per_request(ctx, in_flight)
     holding = [st for st in stages if st.block_bytes]
-    free_refusal = _free_memory_refusal(s, requested)
-    refusal = free_refusal or _kv_refusal(holding, layout, ctx, in_flight)
-    headroom_ok = not free_refusal and sum(d.outside.values()) <= s.target.per_gpu_bytes - requested
+    refusal = (_context_refusal(d.context, ctx) or d.free_refusal
+               or _kv_refusal(holding, layout, ctx, in_flight) or d.oom_refusal)
 
     blocks = worst.num_blocks if holding else 0
     groups = len(layout.groups)
-    limit = max(ctx, s.model.max_position_embeddings or ctx)
-    longest = (largest_fitting(lambda n: all(_fits(st, layout, n, in_flight) for st in holding), limit)
-               if holding else limit)
+    if d.free_refusal or d.oom_refusal or not d.headroom_ok:
+        longest = 0                     # nothing starts, whatever the length
+    else:
+        limit = d.context.tokens if d.context is not None else max(ctx, s.model.max_position_embeddings or ctx)
+        longest = (largest_fitting(lambda n: all(_fits(st, layout, n, in_flight) for st in holding), limit)
+                   if holding else limit)
     ranks = tuple({"rank": st.index * o.tp, "layers": [st.layers.start, st.layers.stop],
                    "weights": st.weights, "activations": st.activation.bytes,
                    "available": st.available, "num_blocks": st.num_blocks} for st in stages)
@@ -361,8 +437,26 @@ def startup(s: Setup[VllmState], b: Breakdown, ctx: int) -> ServeReport:
         max_concurrency=round(blocks / per_request, 2) if per_request else 0.0,
         block_size=min((sp.block_size for sp, _ in layout.groups if sp.block_size), default=o.block_size),
         max_num_batched_tokens=in_flight,
-        max_num_seqs=d.max_seqs, engine=ENGINES[d.era], starts=headroom_ok and not refusal,
-        max_model_len_that_starts=longest, outside_budget=dict(d.outside), headroom_ok=headroom_ok,
+        max_num_seqs=d.max_seqs, engine=ENGINES[d.era], starts=starts(s, ctx),
+        max_model_len_that_starts=longest, outside_budget=dict(d.outside), headroom_ok=d.headroom_ok,
         refusal=refusal, available_bytes=worst.available, rank=worst.index * o.tp, kv_groups=groups,
         kv_notes=d.notes, ranks=ranks if o.pp > 1 else (),
     )
+
+
+def utilization_that_starts(target: GpuTarget, report: ServeReport | None, o: ServeOptions) -> float | None:
+    """The largest --gpu-memory-utilization (in hundredths) that leaves room for what vLLM keeps
+    outside its budget and that free memory covers, when the one given does not; None when the
+    given one does, or when no share would (the lever a vLLM user pulls: RTX cards at 0.9)."""
+    if report is None or report.headroom_ok or o.kv_cache_memory is not None:
+        return None
+    per_gpu, outside = target.per_gpu_bytes, sum(report.outside_budget.values())
+    room = per_gpu - outside
+    if target.free_bytes is not None:
+        nccl = report.outside_budget.get("nccl", 0) if engine_era(o.vllm_version) != "0.9-0.10" else 0
+        room = min(room, target.free_bytes - report.outside_budget["cuda_context"] - nccl)
+    hundredths = room * 100 // per_gpu
+    while hundredths > 0 and int(per_gpu * (hundredths / 100)) > room:
+        hundredths -= 1
+    util = hundredths / 100
+    return util if 0 < util < o.gpu_memory_utilization else None
