@@ -183,6 +183,10 @@ def _engine(request: PlanRequest):
         allowed = "vllm, llama.cpp or ollama" if request.mode == "serve" else default.replace("_", "-")
         raise BadInput(f"{{engine}} {given!r} does not plan {{mode}} {request.mode}; it takes {allowed}.")
     flags = request.llama.given()
+    vllm_flags = request.serve.given()
+    if engine in LOCAL_ENGINES and vllm_flags:
+        raise BadInput(f"{_names(vllm_flags)} {'is' if len(vllm_flags) == 1 else 'are'} vLLM's; "
+                       f"{{engine}} {engine.replace('_', '.')} does not read {'it' if len(vllm_flags) == 1 else 'them'}.")
     if engine not in LOCAL_ENGINES:
         if flags:
             names = ", ".join("{" + k + "}" for k in flags)

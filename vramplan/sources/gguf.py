@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vramplan.errors import BadConfig, BadInput, EnvironmentProblem, ModelNotFound
+from vramplan.files import Kind, kind_of
 
 GGUF_MAGIC = b"GGUF"
 HEADER_CAP = 256 * 2**20          # the most header bytes read from one file
@@ -151,11 +152,23 @@ def read_header(stream: BinaryIO, where: str = "GGUF file", file: int = 0) -> Gg
 # ------------------------------------------------------------------ local files
 
 def is_gguf_path(text: str) -> bool:
-    """A local .gguf file, or a directory holding one."""
-    p = Path(text).expanduser()
-    if p.is_file():
-        return p.suffix.lower() == ".gguf"
-    return p.is_dir() and not (p / "config.json").is_file() and any(p.glob("*.gguf"))
+    """A local .gguf file, or a directory holding one (and no config.json). Never raises: a path
+    that cannot be looked at is not a GGUF here, and the config loader says what is wrong."""
+    if not isinstance(text, str):
+        return False
+    try:
+        text = os.path.expanduser(text)
+    except (KeyError, RuntimeError):       # ~nosuchuser: the config loader explains
+        return False
+    kind = kind_of(text)
+    if kind == Kind.FILE:
+        return text.lower().endswith(".gguf")
+    if kind != Kind.DIR or kind_of(os.path.join(text, "config.json")) != Kind.MISSING:
+        return False
+    try:
+        return any(Path(text).glob("*.gguf"))
+    except OSError:
+        return False
 
 
 def split_parts(path: Path) -> list[Path]:

@@ -149,8 +149,12 @@ class LlamaCppEngine(EngineBase):
             file_type=s.state.file.file_type, file_bytes=s.state.file.tensor_bytes,
             decode_tokens_per_s=decode_speed(s, devs, p, o), fit_margin_layers=fit_margin, notes=tuple(notes))
 
-    def fits(self, s: Setup, breakdown: Breakdown, report) -> bool:
-        return breakdown.total <= s.capacity and (report is None or report.ram_ok)
+    def fits(self, s: Setup, breakdown: Breakdown, ctx: int) -> bool:
+        """The GPU holds its share, and, when --ram is given, the host holds the rest (the
+        report, with its -ngl search, is only needed then)."""
+        if breakdown.total > s.capacity:
+            return False
+        return s.state.opts.ram is None or self.report(s, breakdown, ctx).ram_ok
 
     def warnings(self, s: Setup, report) -> list[str]:
         if report is None:
