@@ -216,7 +216,7 @@ def check_request(request: PlanRequest) -> None:
 def check_model(model) -> None:
     """A model as the user may name it: a Hub id, a bundled id, a local path (str), a config
     dict or a ModelSpec."""
-    if not isinstance(model, (str, ModelSpec, dict)) or isinstance(model, str) and not model.strip():
+    if not isinstance(model, (str, ModelSpec, dict)):     # an empty name: the loader says so
         raise BadInput(f"{{model}} must be a Hub id, a bundled id, a local path or config.json, a config "
                        f"dict or a ModelSpec, got {shown(model)}.")
 

@@ -229,12 +229,20 @@ def _merge(into: GgufHeader | None, part: GgufHeader) -> GgufHeader:
 HUB_GGUF = re.compile(r"^(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?)(?::(?P<quant>[A-Za-z0-9_.-]+))?$")
 
 
+GGML_TAG = re.compile(r"(?i)^(?:u?i?t?q\d|f16|f32|bf16|mxfp4)")
+
+
 def is_hub_gguf(text: str) -> bool:
     """"org/repo-GGUF", "org/repo:Q4_K_M" (llama.cpp's -hf syntax) or "org/repo/file.gguf"."""
     if text.count("/") == 2 and text.lower().endswith(".gguf"):
         return True
     m = HUB_GGUF.match(text)
-    return bool(m) and (m["quant"] is not None or m["repo"].lower().endswith("-gguf"))
+    if not m:
+        return False
+    # a ":tag" names a GGUF file only when it reads as a ggml type (Q4_K_M, IQ3_M, F16, BF16, ...):
+    # "org/repo:main" is a revision, which the config loader refuses in plain words
+    quant = m["quant"] is not None and GGML_TAG.match(m["quant"]) is not None
+    return quant or m["repo"].lower().endswith("-gguf")
 
 
 def choose_file(files: list[str], quant: str | None, repo: str) -> list[str]:
