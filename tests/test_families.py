@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -125,17 +124,12 @@ def test_expected_table_matches_shared_reference():
     assert with_kinds == set(EXPECTED)
 
 
-def test_every_bundled_config_parses_fast():
+def test_every_bundled_config_parses():
+    # the speed budget (0.1 s for all of them) is benchmarks/bench_core.py's
     configs = {p.stem: json.loads(p.read_text()) for p in sorted(CONFIGS.glob("*.json"))}
     assert len(configs) >= 35
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for name, cfg in configs.items():
-            parse(cfg, model_id=name)
-        best = min(best, time.perf_counter() - t0)
-    # ~25 ms on the development machine; the bound leaves room for slow CI runners.
-    assert best < 0.1, f"parsing {len(configs)} configs took {best * 1000:.1f} ms"
+    for name, cfg in configs.items():
+        assert parse(cfg, model_id=name).params > 0
 
 
 def test_imports_nothing_heavy():

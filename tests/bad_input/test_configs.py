@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -445,11 +444,10 @@ def test_largest_bundled_models_plan(name):
 
 
 def test_values_at_their_bounds_are_accepted():
-    t0 = time.perf_counter()
-    spec = parse(mutate(base("llama"), {"num_hidden_layers": 1000, "max_position_embeddings": 2**30,
-                                        "vocab_size": 2**24}))
+    with deadline():                             # ~0.1 s: the bound keeps the loops short
+        spec = parse(mutate(base("llama"), {"num_hidden_layers": 1000, "max_position_embeddings": 2**30,
+                                            "vocab_size": 2**24}))
     assert spec.num_layers == 1000 and spec.vocab_size == 2**24
-    assert time.perf_counter() - t0 < 2          # ~0.1 s: the bound keeps the loops short
     assert parse(mutate(base("deepseek_v3"), {"n_routed_experts": 2**14, "n_group": 8})).params > 0
 
 
@@ -481,10 +479,8 @@ def test_skip_pattern_of_many_stars_does_not_hang(tmp_path):
     q = {**GPTQ, "modules_to_not_convert": ["*" * 30 + "Z", "lm_head"]}
     spec = parse(mutate(base("llama"), {"quantization_config": q}))
     assert spec.quantization.skip == ("*Z", "lm_head")
-    t0 = time.perf_counter()
-    with deadline():
+    with deadline():                             # a hang fails here; answers in milliseconds
         vramplan.api.plan(write(tmp_path, "llama", {"quantization_config": q}), "l40s")
-    assert time.perf_counter() - t0 < 5
 
 
 def test_at_least_130_cases():
