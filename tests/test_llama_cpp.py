@@ -127,43 +127,162 @@ def test_directory_with_two_models_is_refused(tmp_path):
 
 # ------------------------------------------------------------------ 4. the quantizer's choices
 
-SNAPSHOTS = Path(__file__).parent / "data" / "llama_cpp"
+# Expected types below are derived by hand from llama.cpp's rules, src/llama-quant.cpp at commit
+# 0c1e57098 (lines cited as l.N); benchmarks/llama_cpp_snapshots.py compares every tensor of every
+# mix with llama.cpp's own snapshots. Reminders used throughout:
+# - use_more_bits(i, n) = i < n/8 || i >= 7*n/8 || (i - n/8) % 3 == 2, integer division (l.452-453);
+# - attn_v counts its index over the attn_v tensors (n_attention_wv, l.932-933), ffn_down over
+#   n_layer_all (l.940), or reads the layer from the name in a MoE model (layer_info, l.456-462);
+# - a quantized type whose block does not divide the row (ne0) falls back (tensor_type_fallback,
+#   l.396-418): q4_K -> q5_0, q5_K -> q5_1, q6_K -> q8_0, q2_K/q3_K -> q4_0, iq* -> iq4_nl.
 
 
-def _snapshot(path: Path) -> dict:
-    sections, cur = {}, None
-    for line in path.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        if line.startswith("["):
-            cur = sections[line[1:line.index("]")]] = {"default": line.split()[-1], "over": {}}
-        else:
-            name, type_ = line.rsplit(" ", 1)
-            cur["over"][name] = type_
-    return sections
-
-
-@pytest.mark.parametrize("model_id, snapshot", [
-    ("Qwen/Qwen3-14B", "qwen3-14b"),
-    ("meta-llama/Llama-3.1-70B", "meta-llama-3.1-70b-instruct"),   # the 70B attn_v rule
-    ("google/gemma-3-4b-it", "gemma-3-4b-it"),                     # tied embeddings
-    ("openai/gpt-oss-120b", "gpt-oss-120b"),                       # MoE, rows of 2880: fallbacks
-])
-def test_quantizer_matches_llama_cpp_snapshots(model_id, snapshot):
-    """Every quantizable tensor, every mix: the type llama.cpp's own test suite pins
-    (tests/snapshots, made from the real GGUF headers) equals the one planned from the HF config."""
+def _types(model_id: str, mix: str) -> dict[str, str]:
+    """Every tensor of the planned GGUF file -> its planned type."""
     from vramplan.engines.llama_cpp import quantize as qz
 
-    model = load_model(model_id)
-    checked = 0
-    for mix, section in _snapshot(SNAPSHOTS / f"{snapshot}.schema").items():
-        planned = qz.plan_file(model, mix)
-        ours = {t.name: t.type for t in planned.tensors if qz.allows_quantization(t.name, len(t.shape))}
-        assert set(section["over"]) <= set(ours), mix
-        for name, type_ in ours.items():
-            assert type_.lower() == section["over"].get(name, section["default"]).lower(), (mix, name)
-            checked += 1
-    assert checked > 7000
+    return {t.name: t.type for t in qz.plan_file(load_model(model_id), mix).tensors}
+
+
+def _layers(types: dict[str, str], leaf: str, type_: str) -> set[int]:
+    return {int(n.split(".")[1]) for n, t in types.items() if n.endswith(f".{leaf}.weight") and t == type_}
+
+
+# n = 80: n/8 = 10, 7n/8 = 70 -> layers 0-9 and 70-79, and (i - 10) % 3 == 2 for i = 12, 15, ..., 69
+# (20 layers): 40 layers in all
+MORE_BITS_80 = set(range(10)) | set(range(12, 70, 3)) | set(range(70, 80))
+
+
+def test_quant_llama_70b_q4_k_m():
+    """Llama-3.1-70B: 80 layers, 64 heads over 8 KV heads (n_gqa 8), hidden 8192, FFN 28672,
+    untied; every row (8192, 28672) divides into 256-blocks, so nothing falls back."""
+    t = _types("meta-llama/Llama-3.1-70B", "Q4_K_M")
+    # attn_v (one per layer, n_attention_wv = 80): Q4_K_M + use_more_bits -> q6_K (l.590-591); the
+    # other 40 keep the default q4_K (l.903-904), which LLM_TYPE_70B (llama, 80 layers,
+    # n_head != n_head_kv: src/models/llama.cpp:28) lifts to q5_K (l.593-597)
+    assert (_layers(t, "attn_v", "q6_K"), _layers(t, "attn_v", "q5_K")) == (MORE_BITS_80, set(range(80)) - MORE_BITS_80)
+    # ffn_down, dense: i = layer, n = 80; Q4_K_M, not falcon: use_more_bits -> q6_K, else q4_K
+    # (l.646-651); the 70B rule touches attn_v only
+    assert _layers(t, "ffn_down", "q6_K") == MORE_BITS_80
+    assert _layers(t, "ffn_down", "q4_K") == set(range(80)) - MORE_BITS_80
+    # output.weight: row 8192 % 256 == 0, not falcon, not an IQ1/IQ2 mix -> q6_K (l.500-509); it exists,
+    # so the embeddings are not tied (l.936-937) and token_embd, for which Q4_K_M has no rule
+    # (l.525-541), keeps q4_K; so do attn_q, attn_k, attn_output, ffn_gate, ffn_up (no Q4_K_M rule)
+    assert (t["output.weight"], t["token_embd.weight"]) == ("q6_K", "q4_K")
+    assert {t[f"blk.{i}.{leaf}.weight"] for i in range(80)
+            for leaf in ("attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_up")} == {"q4_K"}
+
+
+def test_quant_q3_k_m_and_the_70b_rule(tmp_path):
+    # Q3_K_M, default q3_K (l.900-902). attn_v: index < 2 -> q5_K, else q4_K (l.583-584);
+    # Llama-3.1-8B (32 layers) is no 70B, so that stands; in the 70B every q4_K attn_v becomes q5_K
+    # (l.593-597)
+    small = _types("meta-llama/Llama-3.1-8B", "Q3_K_M")
+    assert (_layers(small, "attn_v", "q5_K"), _layers(small, "attn_v", "q4_K")) == ({0, 1}, set(range(2, 32)))
+    t = _types("meta-llama/Llama-3.1-70B", "Q3_K_M")
+    assert _layers(t, "attn_v", "q5_K") == set(range(80))
+    # ffn_down: i < n/16 = 5 -> q5_K, else (not falcon) q4_K (l.634-637); attn_output -> q4_K (l.681)
+    # (attn_q, attn_k, ffn_gate, ffn_up keep q3_K)
+    assert (_layers(t, "ffn_down", "q5_K"), _layers(t, "ffn_down", "q4_K")) == (set(range(5)), set(range(5, 80)))
+    assert _layers(t, "attn_output", "q4_K") == _layers(t, "ffn_up", "q3_K") == set(range(80))
+    # qwen2 at 80 layers is LLM_TYPE_70B whatever its heads (src/models/qwen2.cpp:14): Qwen1.5-72B's
+    # config (80 layers, 64 heads, 64 KV heads) at Q4_K_M gets q5_K, not q4_K, outside MORE_BITS_80
+    (tmp_path / "config.json").write_text(
+        '{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 8192, '
+        '"intermediate_size": 24576, "num_hidden_layers": 80, "num_attention_heads": 64, '
+        '"num_key_value_heads": 64, "vocab_size": 152064, "max_position_embeddings": 32768, '
+        '"rms_norm_eps": 1e-06, "tie_word_embeddings": false, "torch_dtype": "bfloat16"}')
+    mha = _types(str(tmp_path), "Q4_K_M")
+    assert _layers(mha, "attn_v", "q5_K") == set(range(80)) - MORE_BITS_80
+    # the same shapes as a llama (LLaMA-65B: n_head == n_head_kv) are LLM_TYPE_65B
+    # (src/models/llama.cpp:28): there q4_K stays
+    cfg = (tmp_path / "config.json").read_text().replace("Qwen2ForCausalLM", "LlamaForCausalLM")
+    (tmp_path / "config.json").write_text(cfg.replace('"qwen2"', '"llama"'))
+    assert _layers(_types(str(tmp_path), "Q4_K_M"), "attn_v", "q4_K") == set(range(80)) - MORE_BITS_80
+
+
+def test_quant_gemma3_4b_tied_and_iq2_m():
+    """Gemma-3-4B: 34 layers, 8 heads over 4 KV heads (n_gqa 2) of 256, hidden 2560, FFN 10240,
+    tied embeddings (no output.weight); rows 2560, 2048 and 10240 divide into 256-blocks."""
+    t = _types("google/gemma-3-4b-it", "Q4_K_M")
+    # n = 34: n/8 = 4, 7n/8 = 238/8 = 29 -> 0-3, 29-33, and (i - 4) % 3 == 2: 6, 9, ..., 27 -> 17 layers
+    more = set(range(4)) | set(range(6, 29, 3)) | set(range(29, 34))
+    assert _layers(t, "attn_v", "q6_K") == _layers(t, "ffn_down", "q6_K") == more
+    # no output.weight: has_tied_embeddings stays true (l.185, l.936) and token_embd takes the output
+    # rule: row 2560 % 256 == 0 -> q6_K (l.490, l.508-509), not the Q4_K_M default
+    assert "output.weight" not in t and t["token_embd.weight"] == "q6_K"
+    # IQ2_M, default iq2_s (l.913). Tied token_embd: IQ2_M -> q5_K (l.503-506). attn_v: n_gqa 2 < 4 and
+    # no experts -> iq3_s (l.546-547). ffn_down: counter < n_ffn_down/8 = 34/8 = 4 -> iq3_s (l.554-555).
+    # attn_output -> iq3_s (l.564). attn_q, attn_k, ffn_gate, ffn_up keep iq2_s
+    t = _types("google/gemma-3-4b-it", "IQ2_M")
+    assert t["token_embd.weight"] == "q5_K"
+    assert _layers(t, "attn_v", "iq3_s") == _layers(t, "attn_output", "iq3_s") == set(range(34))
+    assert (_layers(t, "ffn_down", "iq3_s"), _layers(t, "ffn_down", "iq2_s")) == (set(range(4)), set(range(4, 34)))
+
+
+def test_quant_qwen25_05b_row_fallbacks():
+    """Qwen2.5-0.5B: 24 layers, 14 heads over 2 KV heads (n_gqa 7) of 64, hidden 896 = 3.5 blocks
+    of 256 (32-blocks: 28), FFN 4864 = 19 x 256, tied. Every tensor whose row is 896 long (all but
+    ffn_down) cannot take a 256-block type and falls back (l.396-418)."""
+    t = _types("Qwen/Qwen2.5-0.5B", "Q4_K_M")
+    # tied token_embd: 896 % blck(q4_K) = 896 % 256 != 0 -> q8_0 directly (l.500-501)
+    assert t["token_embd.weight"] == "q8_0"
+    # n = 24: n/8 = 3, 7n/8 = 21 -> 0-2, 21-23, and (i - 3) % 3 == 2: 5, 8, 11, 14, 17, 20 -> 12 layers.
+    # attn_v (row 896): q6_K there -> q8_0 (l.418); q4_K elsewhere -> q5_0 (l.416). ffn_down (row
+    # 4864): q6_K there, q4_K elsewhere, no fallback
+    more = {0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23}
+    assert (_layers(t, "attn_v", "q8_0"), _layers(t, "attn_v", "q5_0")) == (more, set(range(24)) - more)
+    assert (_layers(t, "ffn_down", "q6_K"), _layers(t, "ffn_down", "q4_K")) == (more, set(range(24)) - more)
+    # attn_q, attn_k, attn_output (row 14 x 64 = 896), ffn_gate, ffn_up: q4_K -> q5_0
+    assert {t[f"blk.{i}.{leaf}.weight"] for i in range(24)
+            for leaf in ("attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_up")} == {"q5_0"}
+    # Q2_K: attn_v n_gqa 7 >= 4 -> q4_K (l.568-569) -> q5_0; attn_output -> q3_K (l.679) -> q4_0
+    # (l.413-415); ffn_down -> q3_K (l.627, row 4864 divides); attn_q -> q2_K -> q4_0 (l.412)
+    t = _types("Qwen/Qwen2.5-0.5B", "Q2_K")
+    assert (t["blk.7.attn_v.weight"], t["blk.7.attn_output.weight"], t["blk.7.ffn_down.weight"],
+            t["blk.7.attn_q.weight"], t["token_embd.weight"]) == ("q5_0", "q4_0", "q3_K", "q4_0", "q8_0")
+    # IQ4_XS, default iq4_xs (l.918, 256-block): attn_v n_gqa >= 4 -> q5_K (l.587-588) -> q5_1 (l.417);
+    # ffn_down i < 24/8 = 3 without imatrix -> q5_K (l.654-655), else iq4_xs (row 4864 divides);
+    # attn_q -> iq4_xs -> iq4_nl (l.410)
+    t = _types("Qwen/Qwen2.5-0.5B", "IQ4_XS")
+    assert (t["blk.0.attn_v.weight"], t["blk.2.ffn_down.weight"], t["blk.3.ffn_down.weight"],
+            t["blk.0.attn_q.weight"]) == ("q5_1", "q5_K", "iq4_xs", "iq4_nl")
+
+
+def test_quant_moe_gpt_oss_120b_and_deepseek_v3():
+    """gpt-oss-120b: 36 layers, 128 experts, 64 heads over 8 KV heads of 64, hidden = expert FFN
+    = 2880 = 11.25 x 256 (32-blocks: 90), untied; attn_output's row is 64 x 64 = 4096."""
+    t = _types("openai/gpt-oss-120b", "MXFP4_MOE")
+    # MXFP4_MOE: output -> q8_0 (l.497-498); 3-D experts (ne[2] = 128 > 1) -> mxfp4, every other
+    # quantized tensor -> q8_0 (l.512-523), token_embd included (the MXFP4 branch comes first)
+    assert {t[f"blk.5.{n}.weight"] for n in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")} == {"mxfp4"}
+    assert {t["output.weight"], t["token_embd.weight"], t["blk.5.attn_v.weight"],
+            t["blk.5.attn_output.weight"]} == {"q8_0"}
+    # not quantized at all: attn_sinks is 1-D (l.292), the router ffn_gate_inp is excluded by name
+    # (l.306), the experts' biases are 2-D but their names do not end in "weight" (l.297): all F32 as
+    # the converter wrote them
+    assert {t["blk.5.attn_sinks.weight"], t["blk.5.ffn_gate_inp.weight"], t["blk.5.ffn_down_exps.bias"]} == {"f32"}
+    # Q4_K_M: 128 experts, so none of the 8-expert rules; n = 36: n/8 = 4, 7n/8 = 31 -> 0-3, 31-35 and
+    # (i - 4) % 3 == 2: 6, 9, ..., 30 -> 18 layers. attn_v and ffn_down_exps (row 2880, the layer read
+    # from the name, l.456-462): q6_K -> q8_0 there (l.418), q4_K -> q5_0 elsewhere (l.416)
+    t = _types("openai/gpt-oss-120b", "Q4_K_M")
+    more = set(range(4)) | set(range(6, 31, 3)) | set(range(31, 36))
+    assert _layers(t, "attn_v", "q8_0") == _layers(t, "ffn_down_exps", "q8_0") == more
+    assert _layers(t, "attn_v", "q5_0") == _layers(t, "ffn_down_exps", "q5_0") == set(range(36)) - more
+    # output: 2880 % 256 != 0 -> q8_0 (l.500-501); untied token_embd and the 2880-row attn_q, attn_k,
+    # gate/up experts: q4_K -> q5_0; attn_output (row 4096) keeps q4_K
+    assert t["output.weight"] == "q8_0" and t["blk.9.attn_output.weight"] == "q4_K"
+    assert {t["token_embd.weight"], t["blk.9.attn_q.weight"], t["blk.9.attn_k.weight"],
+            t["blk.9.ffn_gate_exps.weight"], t["blk.9.ffn_up_exps.weight"]} == {"q5_0"}
+    # DeepSeek-V3, 61 layers: ffn_down in dense layers 0-2, ffn_down_exps and ffn_down_shexp (both the
+    # ffn_down category, l.150-151) in 3-60. The layer comes from the name (l.456-462), not from a
+    # counter that two tensors a layer would advance twice. n/8 = 7, 7n/8 = 427/8 = 53 -> 0-6, 53-60
+    # and (i - 7) % 3 == 2: 9, 12, ..., 51 -> 30 layers get q6_K (l.651), all of a layer's ffn_down*
+    t = _types("deepseek-ai/DeepSeek-V3", "Q4_K_M")
+    more = set(range(7)) | set(range(9, 53, 3)) | set(range(53, 61))
+    down = {n: ty for n, ty in t.items() if ".ffn_down" in n and n.endswith(".weight")}
+    assert len(down) == 3 + 58 * 2
+    assert {n for n, ty in down.items() if ty == "q6_K"} == {n for n in down if int(n.split(".")[1]) in more}
 
 
 # ------------------------------------------------------------------ 2. llama.cpp's buffers

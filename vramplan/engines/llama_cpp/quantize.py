@@ -180,7 +180,7 @@ class Arch:
     n_layer: int              # hparams.n_layer_all
     n_gqa: int                # n_head / n_head_kv of layer 0
     n_expert: int
-    is_70b: bool              # llama (80 layers, GQA), qwen2 / deci / olmo (80 layers): LLM_TYPE_70B
+    is_70b: bool              # LLM_TYPE_70B: see _is_70b
 
 
 def _more_bits(i: int, n: int) -> bool:
@@ -368,12 +368,22 @@ def plan_file(model: ModelSpec, mix: str) -> GgufFile:
     n_gqa = (first.num_heads // max(1, first.num_kv_heads)) if first else 1
     n_expert = max((l.mlp.num_experts for l in model.layers if l.mlp is not None), default=0)
     arch = _gguf_arch(model)
-    is_70b = model.num_layers == 80 and arch in ("llama", "qwen2", "deci", "olmo") and n_gqa > 1
+    is_70b = _is_70b(arch, model.num_layers, n_gqa)
     a = Arch(arch=arch, n_layer=model.num_layers, n_gqa=n_gqa, n_expert=n_expert, is_70b=is_70b)
     types = choose_types([(p.name, p.shape, p.src) for p in planned], mix, a)
     tensors = tuple(GgufTensor(p.name, t, p.shape, tensor_bytes(t, p.shape)) for p, t in zip(planned, types))
     return GgufFile(path=f"{model.id} as {mix}", architecture=arch, file_type=mix, tensors=tensors,
                     context_length=model.max_position_embeddings or 0, planned=True)
+
+
+def _is_70b(arch: str, n_layer: int, n_gqa: int) -> bool:
+    """LLM_TYPE_70B as each architecture's load_arch_hparams sets it (the only model type the
+    quantizer reads): llama at 80 layers with GQA (src/models/llama.cpp:28, else 65B), qwen2,
+    deci and olmo at 80 layers whatever the heads (qwen2.cpp:14, deci.cpp:8, olmo.cpp:10), jais2
+    at 68 (jais2.cpp:8)."""
+    if arch == "llama":
+        return n_layer == 80 and n_gqa > 1
+    return (arch, n_layer) in (("qwen2", 80), ("deci", 80), ("olmo", 80), ("jais2", 68))
 
 
 def _block_id(name: str) -> int:
