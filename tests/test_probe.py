@@ -96,11 +96,12 @@ def test_mig_a100_figures():
     assert g.catalog_id == "a100-40gb" and g.mig == (True, True) and g.mig_enabled
     assert g.cuda_index is None                          # the parent is not a CUDA device
     assert g.memory.total == 40960 * MiB
+    # CUDA enumerates one MIG device per process: the first listed (issue 16, problem 1)
     assert [(m.profile, m.gpu_instance, m.compute_instance, m.memory.total, m.memory.free,
              m.capacity_bytes, m.cuda_index) for m in g.mig_instances] == [
         ("3g.20gb", 1, 0, 19968 * MiB, 15872 * MiB, 19488 * MiB, 0),
-        ("2g.10gb", 5, 0, 9856 * MiB, 9856 * MiB, 9376 * MiB, 1),
-        ("1g.5gb", 13, 0, 4864 * MiB, 4864 * MiB, 4384 * MiB, 2),
+        ("2g.10gb", 5, 0, 9856 * MiB, 9856 * MiB, 9376 * MiB, None),
+        ("1g.5gb", 13, 0, 4864 * MiB, 4864 * MiB, 4384 * MiB, None),
     ]
     assert [(p.pid, p.name, p.used_bytes) for p in g.mig_instances[0].processes] == [
         (777, "python", 4096 * MiB)]
@@ -120,7 +121,37 @@ def test_mig_uuid_in_cuda_visible_devices():
     # the R450/R460 form MIG-GPU-<uuid>/<gi>/<ci> and a unique prefix name the same instances
     legacy = {"CUDA_VISIBLE_DEVICES": f"MIG-{fake.A100_UUID}/13/0,{fake.MIG_UUIDS[0][:12]}"}
     r = run_probe(fake.mig_a100, **legacy)
-    assert [m.cuda_index for m in r.gpus[0].mig_instances] == [1, None, 0]
+    assert [m.cuda_index for m in r.gpus[0].mig_instances] == [None, None, 0]
+
+
+def test_1_one_mig_device_per_process():
+    """Problem 1: CUDA gives a process one MIG device, so a second MIG instance is no cuda:1."""
+    r = run_probe(fake.mig_a100)
+    assert [(g.index, m.profile if m else None) for g, m in r.cuda_devices()] == [(0, "3g.20gb")]
+    assert r.warnings == ("CUDA gives a process one MIG device: cuda:0 is MIG 3g.20gb (GPU 0); the "
+                          "other 2 MIG instances are not visible to it (choose one with "
+                          "CUDA_VISIBLE_DEVICES=MIG-<uuid>).",)
+    with pytest.raises(EnvironmentProblem, match="There is no CUDA device 1: 1 visible"):
+        auto_target(1, fake.mig_a100(), {})
+    env = {"CUDA_VISIBLE_DEVICES": f"{fake.MIG_UUIDS[2]},{fake.MIG_UUIDS[1]}"}
+    r = run_probe(fake.mig_a100, **env)
+    assert [m.cuda_index for m in r.gpus[0].mig_instances] == [None, None, 0]
+    assert auto_target(0, fake.mig_a100(), env).gpu.id == "a100-40gb-mig-1g.5gb"
+    # one MIG device beside whole GPUs: the MIG card's first instance, then the other card
+    two = fake.mig_a100()
+    two.gpus.append(fake.FakeGpu("NVIDIA H100 80GB HBM3", fake.H100_UUID, total=81559 * MiB,
+                                 reserved=512 * MiB, used=0, mig=(False, False)))
+    r = probe(two, environ={})
+    assert [(g.index, m.profile if m else None) for g, m in r.cuda_devices()] == [(0, "3g.20gb"), (1, None)]
+
+
+def test_1_handle_by_uuid_takes_mig_uuids():
+    n = fake.mig_a100()
+    n.init()
+    assert n.handle_by_uuid(fake.MIG_UUIDS[1]) == ("mig", 0, 1)
+    assert n.handle_by_uuid(fake.A100_UUID) == ("gpu", 0)
+    with pytest.raises(nvml.NvmlError):
+        n.handle_by_uuid("MIG-00000000-0000-0000-0000-000000000000")
 
 
 # ------------------------------------------------------------------ old driver: no v2 call

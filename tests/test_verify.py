@@ -5,6 +5,7 @@ On the CPU the measurement is the trace tier's own storage tracker on real tenso
 trace's prediction is the same program on fake tensors: the two must agree to the byte.
 """
 
+import contextlib
 import json
 import time
 import weakref
@@ -13,8 +14,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tests.fakes.cuda import CUDA_13_ARCHS, FakeCuda, FakeDevice, from_nvml
 from tests.tiny import TINY_LLAMA
 from vramplan import BadInput, DoesNotFit, EnvironmentProblem
+from vramplan.probe import fake
+from vramplan.probe import nvml as nvml_mod
 from vramplan.verify import alloc, record as rec
 from vramplan.render.verify import result_text
 from vramplan.verify.session import verify
@@ -296,3 +300,41 @@ def test_nvml_view_prefers_this_process_then_device_delta():
     assert view.used() == (600 * MiB, "nvml process")
     n.gpus[0].processes.pop()                                 # e.g. a container hides PIDs
     assert view.used() == (600 * MiB, "nvml device delta")
+
+
+# ------------------------------------------------------------------ the CUDA branch, on the fake GPU
+# tests/fakes/cuda.py: torch.cuda faked over a FakeNvml scenario (no GPU here; see docs/verify.md).
+
+@contextlib.contextmanager
+def fake_gpu(monkeypatch, nvml, env=None, devices=None, **options):
+    """The CUDA branch of verify against a fake GPU: NVML `nvml`, torch.cuda over `devices`."""
+    env = dict(env or {})
+    for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PYTORCH_CUDA_ALLOC_CONF", "CUDA_MODULE_LOADING"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(nvml_mod, "default_backend", lambda: nvml)
+    fc = FakeCuda(devices if devices is not None else from_nvml(nvml), nvml, environ=env, **options)
+    with fc.installed(monkeypatch):
+        yield fc
+
+
+def test_1_mig_maps_the_device_by_uuid(tiny, monkeypatch):
+    """Problem 1: CUDA exposes one MIG device; which one is read from torch's UUID, not guessed
+    from positions (here CUDA enumerates the 2g.10gb first, NVML lists the 3g.20gb first)."""
+    n = fake.mig_a100()
+    slots = from_nvml(n)
+    with fake_gpu(monkeypatch, n, devices=[slots[1], slots[0], slots[2]]) as fc:
+        r = verify(tiny, level="alloc", device="cuda:0", mode="infer", batch=2, ctx=64)
+    assert [d.uuid for d in fc.visible] == [fake.MIG_UUIDS[1]]
+    assert r.gpu["uuid"] == fake.MIG_UUIDS[1] and r.gpu["name"].endswith("MIG 2g.10gb")
+    assert r.gpu["nvml_total_bytes"] == 9856 * MiB and r.gpu["cuda_total_bytes"] == 9856 * MiB - 480 * MiB
+    # the context was seen where it was made: this process on that slice
+    assert r.context["source"] == "nvml process" and r.context["measured_bytes"] == 500 * MiB
+
+
+def test_1_mig_second_device_is_exit_3(tiny, monkeypatch):
+    with fake_gpu(monkeypatch, fake.mig_a100()):
+        with pytest.raises(EnvironmentProblem) as e:
+            verify(tiny, level="alloc", device="cuda:1", mode="infer", batch=2, ctx=64)
+    assert str(e.value).startswith("There is no CUDA device 1: torch sees 1") and e.value.exit_code == 3

@@ -55,7 +55,9 @@ class Nvml(Protocol):
     def cuda_driver_version(self) -> int: ...                 # 12040 means CUDA 12.4
     def device_count(self) -> int: ...
     def handle(self, index: int) -> Handle: ...
+    def handle_by_uuid(self, uuid: str) -> Handle: ...                 # "GPU-..." or "MIG-..."
     def name(self, h: Handle) -> str: ...
+    def cuda_capability(self, h: Handle) -> tuple[int, int]: ...       # major, minor
     def uuid(self, h: Handle) -> str: ...
     def memory_v2(self, h: Handle) -> tuple[int, int, int, int]: ...   # total, reserved, used, free
     def memory_v1(self, h: Handle) -> tuple[int, int, int]: ...        # total, used, free
@@ -110,8 +112,16 @@ class PynvmlBackend:
     def handle(self, index: int) -> Handle:
         return self._call("nvmlDeviceGetHandleByIndex", index)
 
+    def handle_by_uuid(self, uuid: str) -> Handle:
+        """nvmlDeviceGetHandleByUUID takes MIG- UUIDs too (nvml.h: "MIG device UUIDs")."""
+        return self._call("nvmlDeviceGetHandleByUUID", uuid)
+
     def name(self, h) -> str:
         return _text(self._call("nvmlDeviceGetName", h))
+
+    def cuda_capability(self, h) -> tuple[int, int]:
+        major, minor = self._call("nvmlDeviceGetCudaComputeCapability", h)
+        return int(major), int(minor)
 
     def uuid(self, h) -> str:
         return _text(self._call("nvmlDeviceGetUUID", h))

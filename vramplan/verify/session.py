@@ -16,14 +16,12 @@ import inspect
 from vramplan import methods, sources, trace
 from vramplan.errors import BadInput, EnvironmentProblem, MissingExtra
 from vramplan.loading import load_model
-from vramplan.probe import nvml as N
-from vramplan.probe.read import probe
-from vramplan.probe.target import target_from
 from vramplan.request import PlanRequest
 from vramplan.targets import resolve_target
 from vramplan.verify import alloc, guard
 from vramplan.verify import record as rec
-from vramplan.verify.meter import CpuMeter, CudaMeter, NvmlView
+from vramplan.verify.device import CudaDevice
+from vramplan.verify.meter import CpuMeter
 from vramplan.verify.result import Row, VerifyResult
 
 LEVELS = ("alloc", "run")
@@ -75,7 +73,7 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
         else:
             if level == "run":
                 _check_gpu_run()
-            cuda = _CudaDevice(torch, device, backend, environ)
+            cuda = CudaDevice(torch, device, backend, environ)
             target = resolve_target(gpu, gpu_mem) if (gpu or gpu_mem) else cuda.target
             free, where = cuda.target.free_bytes, f"{device} ({cuda.gpu['name']})"
         spec = load_model(model)
@@ -90,6 +88,8 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
         if cuda is not None:
             cuda.close()
     rows, predicted, measured, oom, more = result
+    if cuda is not None:
+        more = cuda.notes + more
     out = VerifyResult(level, device, plan, tuple(rows), predicted, measured,
                        context=cuda.context_json() if cuda else None,
                        gpu=cuda.gpu if cuda else None, oom=oom, notes=tuple(notes + more),
@@ -105,7 +105,7 @@ def _measure(plan, level, device, cuda, model, spec, timeout):
     try:
         with guard.time_limit(timeout):
             if cuda is not None:
-                result = cuda.measure(plan, level, holder, model, spec)
+                result = cuda.measure(plan, level, holder, model, spec, _run)
             elif level == "alloc":
                 result = _alloc_cpu(plan, holder)
             else:
@@ -161,20 +161,11 @@ def _alloc_cpu(plan, holder: list):
         tr.reset_peak()
         rows, oom = alloc.allocate(plan, "cpu", CpuMeter(tr), holder)
     peak = tr.peak.bytes
-    predicted = {"peak_allocated_bytes": _alloc_planned(rows), "total_bytes": plan.total_bytes}
+    predicted = {"peak_allocated_bytes": alloc.planned_total(rows), "total_bytes": plan.total_bytes}
     measured = {"max_allocated_bytes": peak, "max_reserved_bytes": peak, "nvml_peak_bytes": None}
-    return ([_alloc_row(r) for r in rows], predicted, measured, oom,
+    return (rows, predicted, measured, oom,
             ["cpu: measured with the trace tier's storage tracker (512-B blocks); no caching "
              "allocator, so reserved = allocated, and no NVML"])
-
-
-def _alloc_planned(rows) -> int:
-    """What --level alloc should end up holding: every component it allocates."""
-    return sum(r.planned for r in rows if r.name not in alloc.NOT_ALLOCATED)
-
-
-def _alloc_row(r: alloc.Row) -> Row:
-    return Row(r.name, r.planned, r.allocated, r.reserved, r.nvml, pieces=r.pieces, note=r.note)
 
 
 def _tensor_peak(plan, device: str) -> int:
@@ -280,88 +271,3 @@ def _scenario(plan):
     `--method trace` uses), so both tiers run one program with one set of options."""
     trace.require(plan.workload)
     return trace.scenario_for(plan.model, plan.target, plan.workload)
-
-
-# ---------------------------------------------------------------------------------------------
-# --device cuda:N
-
-class _CudaDevice:
-    """The GPU under test: probed through NVML, its context measured before anything else."""
-
-    def __init__(self, torch, device: str, backend, environ):
-        guard.check_allocator()
-        self.torch, self.device = torch, device
-        self.fresh = not torch.cuda.is_initialized()
-        if not torch.cuda.is_available():
-            raise EnvironmentProblem(
-                f"torch sees no CUDA GPU (torch {torch.__version__}, CUDA build "
-                f"{torch.version.cuda or 'none: a CPU-only wheel'}); run verify on a GPU "
-                "machine, or use --device cpu.")
-        index = int(device.split(":")[1])
-        report = probe(backend, environ)
-        self.target = target_from(report, index)
-        g, mig = report.cuda_devices()[index]
-        mem = (mig or g).memory
-        self.gpu = {"name": (mig.name if mig else g.name), "uuid": (mig.uuid if mig else g.uuid),
-                    "catalog_id": g.catalog_id, "nvml_index": g.index,
-                    "driver_version": report.driver_version,
-                    "cuda_driver_version": report.cuda_driver_version,
-                    "memory_api": mem.api, "nvml_total_bytes": mem.total,
-                    "nvml_free_bytes_before": mem.free,
-                    "cuda_capacity_bytes": self.target.per_gpu_bytes}
-        self.meter: CudaMeter | None = None
-        self.planned_context = None
-        self.n = backend if backend is not None else N.default_backend()
-        self.n.init()
-        try:
-            h = self.n.handle(g.index)
-            if mig is not None:
-                h = self.n.mig_devices(h)[mig.slot]
-            self.view = NvmlView(self.n, h)          # baseline before our context exists
-            _same_device(torch, index, self.gpu["uuid"], mig is not None)
-        except BaseException:
-            self.close()
-            raise
-
-    def measure(self, plan, level: str, holder: list, model, spec):
-        """Context first (nothing allocated yet), then the level's allocations."""
-        self.meter = CudaMeter(self.device, self.view, self.fresh)
-        self.planned_context = plan.components.get("cuda_context")
-        self.gpu["cuda_total_bytes"] = self.meter.context.cuda_total
-        self.meter.reset_peaks()
-        if level == "alloc":
-            rows, oom = alloc.allocate(plan, self.device, self.meter, holder)
-            p = self.meter.peaks()
-            measured = {"max_allocated_bytes": p.allocated, "max_reserved_bytes": p.reserved,
-                        "nvml_peak_bytes": p.nvml, "memory_stats": self.meter.stats()}
-            predicted = {"peak_allocated_bytes": _alloc_planned(rows), "total_bytes": plan.total_bytes}
-            return [_alloc_row(r) for r in rows], predicted, measured, oom, []
-        return _run(plan, model, spec, self.device, self.meter)
-
-    def context_json(self) -> dict | None:
-        if self.meter is None:
-            return None
-        c = self.meter.context
-        return {"measured_bytes": c.bytes, "source": c.source,
-                "planned_bytes": self.planned_context, "cuda_total_bytes": c.cuda_total, "cuda_free_bytes": c.cuda_free}
-
-    def close(self) -> None:
-        if self.meter is not None:
-            self.meter.close()
-        try:
-            self.n.shutdown()
-        except Exception:
-            pass
-
-
-def _same_device(torch, index: int, nvml_uuid: str | None, is_mig: bool) -> None:
-    """torch numbers GPUs fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, NVML by PCI bus:
-    make sure the card we probed is the one torch will use, by UUID."""
-    got = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "").lower()
-    want = (nvml_uuid or "").lower()
-    for prefix in ("gpu-", "mig-"):
-        got, want = got.removeprefix(prefix), want.removeprefix(prefix)
-    if got and want and got != want and not is_mig:
-        raise EnvironmentProblem(
-            f"torch's cuda:{index} is not the GPU NVML lists at that position (UUIDs differ); "
-            "set CUDA_DEVICE_ORDER=PCI_BUS_ID so both number the GPUs the same way.")

@@ -1,0 +1,138 @@
+"""The GPU under test: which one it is, read through NVML and torch, before anything is allocated.
+
+Why by UUID: torch numbers GPUs fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, NVML by PCI
+bus, and on a MIG card CUDA enumerates one MIG device per process, chosen by rules vramplan can
+only guess from NVML. The UUID torch reports for cuda:N (`get_device_properties(N).uuid`, the
+bare hex form) names the device exactly: it is looked up among the GPUs and MIG instances the
+probe read, and NVML's handle comes from `nvmlDeviceGetHandleByUUID`, which takes MIG- UUIDs.
+"""
+
+from __future__ import annotations
+
+from vramplan.errors import EnvironmentProblem
+from vramplan.probe import nvml as N
+from vramplan.probe.model import GpuInfo, MigInstance, ProbeReport
+from vramplan.probe.nvml import NvmlError
+from vramplan.probe.read import probe
+from vramplan.probe.target import target_of
+from vramplan.verify import alloc, guard
+from vramplan.verify.meter import CudaMeter, NvmlView
+
+
+def _bare(uuid) -> str:
+    """"GPU-5d7f..." / "MIG-7ec5..." / torch's "5d7f..." -> "5d7f...", lower case."""
+    text = str(uuid or "").strip().lower()
+    for prefix in ("gpu-", "mig-"):
+        text = text.removeprefix(prefix)
+    return text
+
+
+def match(report: ProbeReport, torch_uuid, index: int) -> tuple[GpuInfo, MigInstance | None, str]:
+    """The probed GPU (and MIG instance) that torch's cuda:`index` is, and how it was found."""
+    want = _bare(torch_uuid)
+    if not want:          # an old torch without the uuid property: NVML's numbering, said so
+        devices = report.cuda_devices()
+        if index >= len(devices):
+            raise EnvironmentProblem(f"There is no CUDA device {index}: {len(devices)} visible "
+                                     "(run `vramplan probe` to list them).")
+        g, m = devices[index]
+        return g, m, "position"
+    for g in report.gpus:
+        for m in g.mig_instances:
+            if _bare(m.uuid) == want:
+                return g, m, "uuid"
+        if _bare(g.uuid) == want:
+            if not g.mig_enabled:
+                return g, None, "uuid"
+            shown = [m for m in g.mig_instances if m.cuda_index is not None]
+            if len(shown) == 1:     # a driver that reports the parent's UUID for its MIG device
+                return g, shown[0], "parent uuid"
+            raise EnvironmentProblem(f"cuda:{index} is a MIG device of GPU {g.index}, and torch "
+                                     "reports the parent's UUID; name the instance with "
+                                     "CUDA_VISIBLE_DEVICES=MIG-<uuid> (see `vramplan probe`).")
+    raise EnvironmentProblem(f"torch's cuda:{index} (UUID {torch_uuid}) is none of the GPUs NVML "
+                             "lists here; run `vramplan probe` to see them.")
+
+
+class CudaDevice:
+    """The GPU under test: probed through NVML, its context measured before anything else."""
+
+    def __init__(self, torch, device: str, backend, environ):
+        guard.check_allocator()
+        self.torch, self.device = torch, device
+        self.fresh = not torch.cuda.is_initialized()
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem(
+                f"torch sees no CUDA GPU (torch {torch.__version__}, CUDA build "
+                f"{torch.version.cuda or 'none: a CPU-only wheel'}); run verify on a GPU "
+                "machine, or use --device cpu.")
+        self.index = index = int(device.split(":")[1])
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise EnvironmentProblem(f"There is no CUDA device {index}: torch sees {count} "
+                                     "(run `vramplan probe` to list them).")
+        props = torch.cuda.get_device_properties(index)        # reads the device, no context
+        report = probe(backend, environ)
+        g, mig, how = match(report, getattr(props, "uuid", None), index)
+        self.target = target_of(report, g, mig, device)
+        mem = (mig or g).memory
+        self.gpu = {"name": (mig.name if mig else g.name), "uuid": (mig.uuid if mig else g.uuid),
+                    "catalog_id": g.catalog_id, "nvml_index": g.index, "matched_by": how,
+                    "driver_version": report.driver_version,
+                    "cuda_driver_version": report.cuda_driver_version,
+                    "memory_api": mem.api, "nvml_total_bytes": mem.total,
+                    "nvml_free_bytes_before": mem.free,
+                    "cuda_capacity_bytes": self.target.per_gpu_bytes}
+        self.notes: list[str] = []
+        probed = (mig or g).cuda_index
+        if how == "position":
+            self.notes.append("torch reports no device UUID: matched to NVML by position")
+        elif probed != index:
+            self.notes.append(f"NVML's numbering puts this GPU at cuda:{probed}; matched by UUID")
+        self.meter: CudaMeter | None = None
+        self.planned_context = None
+        self.n = backend if backend is not None else N.default_backend()
+        self.n.init()
+        try:
+            self.view = NvmlView(self.n, self._handle(g, mig))   # baseline before our context exists
+        except BaseException:
+            self.close()
+            raise
+
+    def _handle(self, g: GpuInfo, mig: MigInstance | None):
+        try:
+            return self.n.handle_by_uuid((mig or g).uuid)
+        except NvmlError:
+            h = self.n.handle(g.index)
+            return self.n.mig_devices(h)[mig.slot] if mig is not None else h
+
+    def measure(self, plan, level: str, holder: list, model, spec, run):
+        """Context first (nothing allocated yet), then the level's allocations."""
+        self.meter = CudaMeter(self.device, self.view, self.fresh)
+        self.planned_context = plan.components.get("cuda_context")
+        self.gpu["cuda_total_bytes"] = self.meter.context.cuda_total
+        self.meter.reset_peaks()
+        if level == "alloc":
+            rows, oom = alloc.allocate(plan, self.device, self.meter, holder)
+            p = self.meter.peaks()
+            measured = {"max_allocated_bytes": p.allocated, "max_reserved_bytes": p.reserved,
+                        "nvml_peak_bytes": p.nvml, "memory_stats": self.meter.stats()}
+            predicted = {"peak_allocated_bytes": alloc.planned_total(rows), "total_bytes": plan.total_bytes}
+            return rows, predicted, measured, oom, []
+        return run(plan, model, spec, self.device, self.meter)
+
+    def context_json(self) -> dict | None:
+        if self.meter is None:
+            return None
+        c = self.meter.context
+        return {"measured_bytes": c.bytes, "source": c.source,
+                "planned_bytes": self.planned_context, "cuda_total_bytes": c.cuda_total,
+                "cuda_free_bytes": c.cuda_free}
+
+    def close(self) -> None:
+        if self.meter is not None:
+            self.meter.close()
+        try:
+            self.n.shutdown()
+        except Exception:
+            pass
