@@ -358,3 +358,94 @@ def test_real_backend_calls_exist_in_pynvml():
     assert len(names) > 20
     assert [n for n in sorted(names) if not hasattr(pynvml, n)] == []
     assert hasattr(pynvml, "nvmlMemory_v2")
+
+
+# ------------------------------------------------------------------ the real backend over a fake pynvml
+# tests/fakes/pynvml.py models nvidia-ml-py's module (error subclasses, v1/v2/v3 calls, strict
+# decoding) and the old community `pynvml`; PynvmlBackend runs unmodified on top of it.
+
+from tests.fakes import pynvml as fake_pynvml   # noqa: E402
+
+
+def real_backend(monkeypatch, scenario, **module_options):
+    n = scenario() if callable(scenario) else scenario
+    module = fake_pynvml.make(n, **module_options)
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    return nvml.PynvmlBackend(), module
+
+
+def test_2_graphics_error_keeps_the_compute_list(monkeypatch):
+    """Problem 2: WSL and some drivers answer NOT_SUPPORTED for graphics processes; the compute
+    list read just before must survive it."""
+    b, _ = real_backend(monkeypatch, fake.busy_h100, fail={
+        "nvmlDeviceGetGraphicsRunningProcesses_v3": nvml.NOT_SUPPORTED,
+        "nvmlDeviceGetGraphicsRunningProcesses_v2": nvml.NOT_SUPPORTED})
+    b.init()
+    assert b.processes(b.handle(0)) == [(4242, 20480 * MiB), (5151, 8192 * MiB)]
+    r = probe(b, environ={})
+    assert [p.pid for p in r.gpus[0].processes] == [4242, 5151] and "processes" not in r.gpus[0].errors
+
+
+def test_2_v2_retry_only_when_v3_is_missing(monkeypatch):
+    """Problem 2: NO_PERMISSION on the v3 call is an answer, not a missing function: no v2 retry
+    (which would report what the v3 call refused); FUNCTION_NOT_FOUND (driver before R510) is."""
+    b, _ = real_backend(monkeypatch, fake.busy_h100,
+                        fail={"nvmlDeviceGetComputeRunningProcesses_v3": nvml.NO_PERMISSION})
+    b.init()
+    with pytest.raises(nvml.NvmlError) as e:
+        b.processes(b.handle(0))
+    assert e.value.code == nvml.NO_PERMISSION
+    b, _ = real_backend(monkeypatch, fake.busy_h100, driver_lacks={
+        "nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetGraphicsRunningProcesses_v3"})
+    b.init()
+    assert b.processes(b.handle(0)) == [(4242, 20480 * MiB), (5151, 8192 * MiB)]
+
+
+def test_2_graphics_processes_are_merged(monkeypatch):
+    b, _ = real_backend(monkeypatch, fake.busy_h100, graphics={0: [(7000, 300 * MiB), (4242, 100 * MiB)]})
+    b.init()
+    assert b.processes(b.handle(0)) == [(4242, 20480 * MiB), (5151, 8192 * MiB), (7000, 300 * MiB)]
+
+
+def test_3_old_community_pynvml(monkeypatch):
+    """Problem 3: the old community `pynvml` (11.x) has no nvmlMemory_v2 and no `version=`: the
+    probe reads v1 memory instead of crashing."""
+    b, _ = real_backend(monkeypatch, fake.healthy_l40s, flavour="community-11")
+    r = probe(b, environ={})
+    (g,) = r.gpus
+    assert g.error is None and g.memory.api == "v1"
+    assert (g.memory.total, g.memory.used, g.memory.free) == (46068 * MiB, 512 * MiB, 45556 * MiB)
+    assert g.name == "NVIDIA L40S" and g.uuid == fake.L40S_UUID      # bytes decoded
+    b, _ = real_backend(monkeypatch, fake.busy_h100, flavour="community-11")
+    b.init()
+    assert b.processes(b.handle(0)) == [(4242, 20480 * MiB), (5151, 8192 * MiB)]
+    assert b.process_name(4242) == "python3"
+
+
+def test_3_non_utf8_process_name(monkeypatch):
+    """Problem 3: nvidia-ml-py decodes names strictly; a non-UTF-8 one (Latin-1 path) must not
+    crash the probe: its bytes are decoded with replacement."""
+    n = fake.busy_h100()
+    n.process_names[5151] = b"/opt/caf\xe9/serve"
+    b, _ = real_backend(monkeypatch, n)
+    r = probe(b, environ={})
+    assert [p.name for p in r.gpus[0].processes] == ["python3", "/opt/caf\ufffd/serve"]
+    n = fake.busy_h100()
+    n.process_names[5151] = b"/opt/caf\xe9/serve"
+    b, _ = real_backend(monkeypatch, n, flavour="community-11")
+    assert [p.name for p in probe(b, environ={}).gpus[0].processes][1] == "/opt/caf\ufffd/serve"
+
+
+@pytest.mark.parametrize("code", [nvml.UNKNOWN, nvml.NO_PERMISSION])
+def test_3_v2_memory_failure_falls_back_to_v1(monkeypatch, code):
+    """Problem 3: WSL and vGPU answer the v2 memory call with UNKNOWN although v1 works."""
+    n = fake.healthy_l40s()
+    n.gpus[0].fail["memory_v2"] = code
+    r = probe(n, environ={})
+    assert r.gpus[0].error is None and r.gpus[0].memory.api == "v1"
+    assert r.gpus[0].capacity_bytes == 45588 * MiB
+    b, _ = real_backend(monkeypatch, fake.healthy_l40s, fail={"nvmlDeviceGetMemoryInfo_v2": code})
+    assert probe(b, environ={}).gpus[0].memory.api == "v1"
+    # both calls failing is still an unreadable GPU, with v1's error
+    n.gpus[0].fail["memory_v1"] = nvml.GPU_IS_LOST
+    assert probe(n, environ={}).gpus[0].error == "GPU is lost (NVML error 15)"

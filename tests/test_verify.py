@@ -338,3 +338,24 @@ def test_1_mig_second_device_is_exit_3(tiny, monkeypatch):
         with pytest.raises(EnvironmentProblem) as e:
             verify(tiny, level="alloc", device="cuda:1", mode="infer", batch=2, ctx=64)
     assert str(e.value).startswith("There is no CUDA device 1: torch sees 1") and e.value.exit_code == 3
+
+
+def test_2_nvml_view_keeps_this_process_when_graphics_fails(monkeypatch):
+    """Problem 2, as verify sees it: a graphics-process error no longer turns the per-process
+    reading into a whole-card delta."""
+    import os
+    import sys
+
+    from tests.fakes import pynvml as fake_pynvml
+    from vramplan.verify.meter import NvmlView
+
+    n = fake.busy_h100()
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml.make(n, fail={
+        "nvmlDeviceGetGraphicsRunningProcesses_v3": nvml_mod.NO_PERMISSION,
+        "nvmlDeviceGetGraphicsRunningProcesses_v2": nvml_mod.NO_PERMISSION}))
+    b = nvml_mod.PynvmlBackend()
+    b.init()
+    view = NvmlView(b, b.handle(0))
+    n.gpus[0].processes.append((os.getpid(), 600 * MiB))
+    n.gpus[0].used += 600 * MiB + 100 * MiB          # someone else grew by 100 MiB meanwhile
+    assert view.used() == (600 * MiB, "nvml process")

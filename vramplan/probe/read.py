@@ -21,9 +21,6 @@ from vramplan.probe.visible import Candidate, select
 
 MiB = 2**20
 
-# nvmlDeviceGetMemoryInfo_v2 answers these on drivers (or cards) that lack it: use v1.
-_NO_V2 = (N.FUNCTION_NOT_FOUND, N.ARGUMENT_VERSION_MISMATCH, N.NOT_SUPPORTED)
-
 
 def _init_problem(e: NvmlError) -> EnvironmentProblem:
     if e.code == N.LIBRARY_NOT_FOUND:
@@ -62,12 +59,15 @@ class _Reader:
             return None
 
     def memory(self, h) -> MemoryInfo:
+        """v2 (reserved apart) when it answers, else v1. Any v2 failure falls back: drivers
+        before R510 lack the call (FUNCTION_NOT_FOUND, ARGUMENT_VERSION_MISMATCH), and WSL and
+        vGPU answer UNKNOWN or NOT_SUPPORTED although v1 works. If v1 fails too, its error is
+        the device's."""
         try:
             total, reserved, used, free = self.n.memory_v2(h)
             return MemoryInfo("v2", total, reserved, used, free)
-        except NvmlError as e:
-            if e.code not in _NO_V2:
-                raise
+        except NvmlError:
+            pass
         total, used, free = self.n.memory_v1(h)
         return MemoryInfo("v1", total, None, used, free)
 
