@@ -359,3 +359,32 @@ def test_2_nvml_view_keeps_this_process_when_graphics_fails(monkeypatch):
     n.gpus[0].processes.append((os.getpid(), 600 * MiB))
     n.gpus[0].used += 600 * MiB + 100 * MiB          # someone else grew by 100 MiB meanwhile
     assert view.used() == (600 * MiB, "nvml process")
+
+
+V100_UUID = "GPU-0c0c0c0c-1111-4222-8333-444455556666"
+
+
+def volta_and_hopper():
+    """GPU 0 a V100 (sm_70, someone else's, say), GPU 1 an H100: verify runs on cuda:1."""
+    return fake.FakeNvml([
+        fake.FakeGpu("Tesla V100-SXM2-32GB", V100_UUID, total=32768 * MiB, reserved=0, used=0,
+                     capability=(7, 0)),
+        fake.FakeGpu("NVIDIA H100 80GB HBM3", fake.H100_UUID, total=81559 * MiB, reserved=512 * MiB,
+                     used=0, mig=(False, False), capability=(9, 0))])
+
+
+@pytest.mark.parametrize("level, options", [
+    ("alloc", dict(mode="infer")),
+    ("run", dict(mode="infer")),
+    ("run", dict(mode="full", precision="mixed")),      # bf16 autocast: torch checks the current device
+])
+def test_4_no_context_on_another_gpu(tiny, monkeypatch, level, options):
+    """Problem 4: verifying cuda:1 must not create a context on GPU 0 (cleanup's synchronize()
+    and autocast's bf16 check both read the *current* device unless it is set)."""
+    n = volta_and_hopper()
+    with fake_gpu(monkeypatch, n) as fc:
+        r = verify(tiny, level=level, device="cuda:1", batch=2, ctx=64, **options)
+        assert r.completed and r.gpu["uuid"] == fake.H100_UUID
+        assert list(fc.contexts) == [1]
+        assert torch.cuda.current_device() == 0          # the caller's device, restored
+    assert n.gpus[0].used == 0 and n.gpus[0].processes == []

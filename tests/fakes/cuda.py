@@ -589,7 +589,8 @@ class FakeCuda:
             "get_arch_list": lambda: list(self.arch_list), "synchronize": self._synchronize,
             "mem_get_info": self._mem_get_info, "memory_stats": self._memory_stats,
             "reset_peak_memory_stats": self._reset_peak, "empty_cache": self._empty_cache,
-            "_check_bf16_tensor_supported": lambda d: True,
+            # torch's bf16 probe for pre-Ampere cards makes a bf16 tensor there (a context)
+            "_check_bf16_tensor_supported": lambda d: (self.touch(self.index_of(d)), True)[1],
         }
         for name in ("memory_allocated", "max_memory_allocated", "memory_reserved", "max_memory_reserved"):
             patches[name] = self._stat(name)

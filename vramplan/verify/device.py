@@ -99,6 +99,12 @@ class CudaDevice:
             self.close()
             raise
 
+    def selected(self):
+        """torch's current device is the one under test inside this block (torch.cuda.device:
+        on leaving, the previous device is made current again only if it already has a context,
+        so none is created there)."""
+        return self.torch.cuda.device(self.index)
+
     def _handle(self, g: GpuInfo, mig: MigInstance | None):
         try:
             return self.n.handle_by_uuid((mig or g).uuid)

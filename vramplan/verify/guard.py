@@ -89,18 +89,21 @@ def time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, old)
 
 
-def release(holder: list, exc: BaseException | None = None) -> None:
+def release(holder: list, exc: BaseException | None = None, device: str = "cpu") -> None:
     """Drop every tensor/model we hold, and the frames an exception keeps, then return the
-    cached blocks to the driver so NVML shows the card as we found it."""
+    cached blocks to the driver so NVML shows the card as we found it. Only `device` is
+    synchronized: a bare synchronize() would create a context on the current GPU."""
     holder.clear()
     if exc is not None and exc.__traceback__ is not None:
         traceback.clear_frames(exc.__traceback__)
     gc.collect()
+    if device == "cpu":
+        return
     try:
         import torch
 
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize(device)
             torch.cuda.empty_cache()
     except Exception:      # cleanup must never mask the error that brought us here
         pass

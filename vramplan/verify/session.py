@@ -11,6 +11,7 @@ device, measure, and compare. The order is the point of this module:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 from vramplan import methods, sources, trace
@@ -100,24 +101,27 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
 
 
 def _measure(plan, level, device, cuda, model, spec, timeout):
-    """Allocate or run under the time limit; whatever happens, free every tensor we made."""
+    """Allocate or run under the time limit, with the device under test as torch's current
+    device (so nothing, autocast's checks included, touches another GPU); whatever happens,
+    free every tensor we made."""
     holder: list = []
-    try:
-        with guard.time_limit(timeout):
-            if cuda is not None:
-                result = cuda.measure(plan, level, holder, model, spec, _run)
-            elif level == "alloc":
-                result = _alloc_cpu(plan, holder)
-            else:
-                result = _run(plan, model, spec, device, None)
-    except guard.VerifyTimeout as e:
-        guard.release(holder, e)
-        raise EnvironmentProblem(f"verify {e} and stopped; everything it allocated was freed. "
-                                 "Raise --timeout or verify a smaller workload.") from None
-    except BaseException as e:          # Ctrl-C included: free first, then let it go on
-        guard.release(holder, e)
-        raise
-    guard.release(holder)
+    with cuda.selected() if cuda is not None else contextlib.nullcontext():
+        try:
+            with guard.time_limit(timeout):
+                if cuda is not None:
+                    result = cuda.measure(plan, level, holder, model, spec, _run)
+                elif level == "alloc":
+                    result = _alloc_cpu(plan, holder)
+                else:
+                    result = _run(plan, model, spec, device, None)
+        except guard.VerifyTimeout as e:
+            guard.release(holder, e, device)
+            raise EnvironmentProblem(f"verify {e} and stopped; everything it allocated was freed. "
+                                     "Raise --timeout or verify a smaller workload.") from None
+        except BaseException as e:          # Ctrl-C included: free first, then let it go on
+            guard.release(holder, e, device)
+            raise
+        guard.release(holder, None, device)
     return result
 
 
@@ -194,7 +198,7 @@ def _run(plan, model, spec, device: str, meter):
         if not guard.is_oom(e):
             raise
         where = f"out of memory during the run, {_where(e)}: {str(e).splitlines()[0][:200]}"
-        guard.release([], e)
+        guard.release([], e, device)
         measured = {"max_allocated_bytes": None}
         if meter is not None:
             p = meter.peaks()
