@@ -388,3 +388,30 @@ def test_4_no_context_on_another_gpu(tiny, monkeypatch, level, options):
         assert list(fc.contexts) == [1]
         assert torch.cuda.current_device() == 0          # the caller's device, restored
     assert n.gpus[0].used == 0 and n.gpus[0].processes == []
+
+
+@pytest.mark.parametrize("mode, grown", [("infer", (70 + 24) * MiB), ("lora", (70 + 24 + 8) * MiB)])
+def test_5_non_torch_memory_read_again_at_the_end(tiny, monkeypatch, mode, grown):
+    """Problem 5: with lazy module loading the context grows at the first matmul (cuBLAS),
+    SDPA and optimizer kernels (the fake: +70, +24, +8 MiB on a 500 MiB context); the record
+    keeps the figure at the end of the run beside the one before it."""
+    with fake_gpu(monkeypatch, fake.healthy_l40s()):
+        r = verify(tiny, level="run", device="cuda:0", mode=mode, batch=2, ctx=64, lora_r=8 if mode == "lora" else None)
+    c = r.context
+    assert (c["measured_bytes"], c["source"]) == (500 * MiB, "nvml process")
+    assert c["end_non_torch_bytes"] == 500 * MiB + grown and c["non_torch_growth_bytes"] == grown
+    assert r.gpu["pid_visible"] is True
+
+
+def test_5_hidden_pid_is_flagged(tiny, monkeypatch):
+    """Problem 5: in a container NVML never lists our PID; every NVML figure is then a device
+    delta, which other processes on the card pollute: say so, in the record too."""
+    n = fake.busy_h100()
+    with fake_gpu(monkeypatch, n, hide_pid=True):
+        r = verify(tiny, level="run", device="cuda:0", mode="infer", batch=2, ctx=64)
+    assert r.gpu["pid_visible"] is False
+    assert r.context["source"] == "nvml device delta" and r.context["measured_bytes"] == 500 * MiB
+    assert r.context["end_non_torch_bytes"] == (500 + 70 + 24) * MiB
+    (note,) = [x for x in r.notes if "PID" in x]
+    assert "2 other processes use this GPU" in note
+    assert r.to_json()["gpu"]["pid_visible"] is False

@@ -33,7 +33,12 @@ def result_text(r: VerifyResult) -> str:
         c = r.context
         got = "unknown" if c["measured_bytes"] is None else f"{c['measured_bytes'] / MiB:,.0f} MiB"
         planned = "" if c["planned_bytes"] is None else f", planned {c['planned_bytes'] / MiB:,.0f} MiB"
-        lines.append(f"context   CUDA context {got} ({c['source']}){planned}")
+        end = c.get("end_non_torch_bytes")
+        grew = c.get("non_torch_growth_bytes")
+        after = "" if end is None else (f"; outside torch at the end {end / MiB:,.0f} MiB"
+                                        + ("" if grew is None else f" ({grew / MiB:+,.0f} MiB: "
+                                           "modules loaded at the first kernels)"))
+        lines.append(f"context   CUDA context {got} ({c['source']}){planned}{after}")
     lines.append("")
     trace = any(row.trace is not None for row in r.rows)
     run = r.level == "run"

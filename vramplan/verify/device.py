@@ -9,6 +9,8 @@ probe read, and NVML's handle comes from `nvmlDeviceGetHandleByUUID`, which take
 
 from __future__ import annotations
 
+import os
+
 from vramplan.errors import EnvironmentProblem
 from vramplan.probe import nvml as N
 from vramplan.probe.model import GpuInfo, MigInstance, ProbeReport
@@ -90,6 +92,8 @@ class CudaDevice:
         elif probed != index:
             self.notes.append(f"NVML's numbering puts this GPU at cuda:{probed}; matched by UUID")
         self.meter: CudaMeter | None = None
+        self.end = None                       # NonTorch at the end of the attempt
+        self.others = sum(1 for p in (mig or g).processes if p.pid != os.getpid())
         self.planned_context = None
         self.n = backend if backend is not None else N.default_backend()
         self.n.init()
@@ -113,27 +117,54 @@ class CudaDevice:
             return self.n.mig_devices(h)[mig.slot] if mig is not None else h
 
     def measure(self, plan, level: str, holder: list, model, spec, run):
-        """Context first (nothing allocated yet), then the level's allocations."""
+        """Context first (nothing allocated yet), then the level's allocations, then what is
+        held outside torch at the end."""
         self.meter = CudaMeter(self.device, self.view, self.fresh)
         self.planned_context = plan.components.get("cuda_context")
         self.gpu["cuda_total_bytes"] = self.meter.context.cuda_total
+        self._pid_visibility(self.meter.context.source)
         self.meter.reset_peaks()
-        if level == "alloc":
-            rows, oom = alloc.allocate(plan, self.device, self.meter, holder)
-            p = self.meter.peaks()
-            measured = {"max_allocated_bytes": p.allocated, "max_reserved_bytes": p.reserved,
-                        "nvml_peak_bytes": p.nvml, "memory_stats": self.meter.stats()}
-            predicted = {"peak_allocated_bytes": alloc.planned_total(rows), "total_bytes": plan.total_bytes}
-            return rows, predicted, measured, oom, []
-        return run(plan, model, spec, self.device, self.meter)
+        try:
+            if level == "alloc":
+                rows, oom = alloc.allocate(plan, self.device, self.meter, holder)
+                p = self.meter.peaks()
+                measured = {"max_allocated_bytes": p.allocated, "max_reserved_bytes": p.reserved,
+                            "nvml_peak_bytes": p.nvml, "memory_stats": self.meter.stats()}
+                predicted = {"peak_allocated_bytes": alloc.planned_total(rows), "total_bytes": plan.total_bytes}
+                return rows, predicted, measured, oom, []
+            return run(plan, model, spec, self.device, self.meter)
+        finally:
+            try:
+                self.end = self.meter.non_torch()
+            except Exception:       # a broken device must not hide why the attempt ended
+                self.end = None
+
+    def _pid_visibility(self, source: str) -> None:
+        """Inside a container NVML lists host PIDs, never ours: every NVML figure is then the
+        device's growth since verify started, which includes any other process's."""
+        visible = {"nvml process": True, "nvml device delta": False}.get(source)
+        if visible is None and self.view is not None:
+            visible = self.view.pid_seen or None
+        self.gpu["pid_visible"] = visible
+        if visible is False:
+            others = (f"; {self.others} other process{'es use' if self.others != 1 else ' uses'} "
+                      "this GPU, so these figures include whatever they allocated meanwhile"
+                      if self.others else "")
+            self.notes.append("NVML does not list this process's PID (a container's PID namespace "
+                              "hides it): its NVML figures are whole-device deltas since verify "
+                              f"started{others}")
 
     def context_json(self) -> dict | None:
         if self.meter is None:
             return None
-        c = self.meter.context
+        c, end = self.meter.context, self.end
+        end_bytes = end.bytes if end is not None else None
         return {"measured_bytes": c.bytes, "source": c.source,
                 "planned_bytes": self.planned_context, "cuda_total_bytes": c.cuda_total,
-                "cuda_free_bytes": c.cuda_free}
+                "cuda_free_bytes": c.cuda_free, "end_non_torch_bytes": end_bytes,
+                "end_source": end.source if end is not None else "unavailable",
+                "non_torch_growth_bytes": (end_bytes - c.bytes if end_bytes is not None
+                                           and c.bytes is not None else None)}
 
     def close(self) -> None:
         if self.meter is not None:
