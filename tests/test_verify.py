@@ -415,3 +415,61 @@ def test_5_hidden_pid_is_flagged(tiny, monkeypatch):
     (note,) = [x for x in r.notes if "PID" in x]
     assert "2 other processes use this GPU" in note
     assert r.to_json()["gpu"]["pid_visible"] is False
+
+
+def test_6_qlora_on_a_gpu_without_bitsandbytes_is_exit_3(tiny, monkeypatch):
+    """Problem 6: on a GPU the emulated 4-bit layers must not pass for a measurement."""
+    pytest.importorskip("peft")
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)        # not installed
+    with fake_gpu(monkeypatch, fake.healthy_l40s()) as fc:
+        with pytest.raises(EnvironmentProblem) as e:
+            verify(tiny, level="run", device="cuda:0", mode="qlora", batch=2, ctx=64, lora_r=8)
+        assert fc.contexts == {}                              # refused before touching the GPU
+    assert e.value.exit_code == 3 and "pip install bitsandbytes" in str(e.value)
+    assert "--emulate" in e.value.for_cli()
+    with fake_gpu(monkeypatch, fake.healthy_l40s()):
+        with pytest.raises(EnvironmentProblem, match="adamw_bnb_8bit optimizer on a GPU needs bitsandbytes"):
+            verify(tiny, level="run", device="cuda:0", mode="lora", optim="adamw_8bit", batch=2, ctx=64, lora_r=8)
+
+
+def test_6_emulate_is_marked_in_the_record(tiny, monkeypatch, tmp_path):
+    pytest.importorskip("peft")
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    out = tmp_path / "r.jsonl"
+    with fake_gpu(monkeypatch, fake.healthy_l40s()):
+        r = verify(tiny, level="run", device="cuda:0", mode="qlora", batch=2, ctx=64, lora_r=8,
+                   emulate=True, record=str(out))
+    assert r.completed and r.emulated == ("bitsandbytes nf4 weights (vramplan/trace/quant.py)",)
+    assert json.loads(out.read_text())["emulated"] == ["bitsandbytes nf4 weights (vramplan/trace/quant.py)"]
+    assert "emulated:" in result_text(r)
+    # on the CPU the run is the trace's own emulation, always, and says so
+    r = verify(tiny, level="run", device="cpu", mode="qlora", batch=2, ctx=64, lora_r=8)
+    assert r.emulated == ("bitsandbytes nf4 weights (vramplan/trace/quant.py)",)
+    # --level alloc allocates the plan's sizes: nothing is emulated
+    assert verify(tiny, level="alloc", device="cpu", mode="qlora", batch=2, ctx=64, lora_r=8).emulated == ()
+
+
+def test_6_real_bitsandbytes_on_a_gpu(tiny, monkeypatch):
+    """With bitsandbytes installed the run calls it: the 4-bit weights are quantized by
+    functional.quantize_4bit and multiplied by matmul_4bit, the 8-bit optimizer is its
+    AdamW8bit (tests/fakes/bitsandbytes.py stands in for the library here)."""
+    pytest.importorskip("peft")
+    import sys
+
+    from tests.fakes import bitsandbytes as fake_bnb
+
+    bnb = fake_bnb.make()
+    monkeypatch.setitem(sys.modules, "bitsandbytes", bnb)
+    with fake_gpu(monkeypatch, fake.healthy_l40s()):
+        r = verify(tiny, level="run", device="cuda:0", mode="qlora", optim="adamw_8bit", batch=2,
+                   ctx=64, lora_r=8)
+    assert r.completed and r.emulated == ()
+    names = [c[0] for c in bnb.calls]
+    # 7 linears per layer x 2 layers quantized; the head stays 16-bit
+    assert names.count("quantize_4bit") == 14 and "matmul_4bit" in names and "AdamW8bit" in names
+    w = comp(r, "weights")
+    assert w.measured == w.trace          # the same layout as the emulation, byte for byte

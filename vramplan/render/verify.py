@@ -68,6 +68,8 @@ def result_text(r: VerifyResult) -> str:
                      f"({_pct(rel_error(m['nvml_peak_bytes'], pr.get('total_bytes')))})")
     if r.oom:
         lines.append(f"OOM             {r.oom}; everything allocated was freed")
+    for e in r.emulated:
+        lines.append(f"emulated: {e}, not the library itself: not a measurement of it")
     for n in r.notes:
         lines.append(f"note: {n}")
     return "\n".join(lines)

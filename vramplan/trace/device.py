@@ -8,6 +8,9 @@ import contextlib
 import contextvars
 
 _DEVICE = contextvars.ContextVar("vramplan_trace_device", default="cpu")
+# The bitsandbytes module when a GPU run uses the real library (verify on cuda:N); None: the
+# trace's emulation of its layout (trace/quant.py, training.Adam8bitLike).
+_BNB = contextvars.ContextVar("vramplan_trace_bitsandbytes", default=None)
 
 
 def current() -> str:
@@ -19,10 +22,16 @@ def kind() -> str:
     return current().split(":")[0]
 
 
+def bitsandbytes():
+    """The real bitsandbytes module this run uses, or None (emulated)."""
+    return _BNB.get()
+
+
 @contextlib.contextmanager
-def use(device: str):
-    token = _DEVICE.set(device)
+def use(device: str, bnb=None):
+    token, bnb_token = _DEVICE.set(device), _BNB.set(bnb)
     try:
         yield
     finally:
         _DEVICE.reset(token)
+        _BNB.reset(bnb_token)

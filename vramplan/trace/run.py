@@ -42,13 +42,16 @@ class Scenario:
 
 
 def execute(raw_config: dict, scenario: Scenario, model_id: str = "", fake: bool = True,
-            progress=None, device: str = "cpu") -> TraceResult:
+            progress=None, device: str = "cpu", bitsandbytes=None) -> TraceResult:
     """Trace `scenario` for this config.json. `progress(text)` is told about slow stages.
     Library deprecation chatter is silenced; what matters for the numbers is in the result's
-    `measured["warnings"]`."""
+    `measured["warnings"]`. `bitsandbytes`: the library's module, to run its own 4-bit layers
+    and 8-bit optimizers instead of the emulation (real tensors on a GPU only)."""
     if fake and device != "cpu":
         raise ValueError("the trace runs fake tensors on cpu only; a real device needs fake=False")
-    with warnings.catch_warnings(), _quiet_transformers(), trace_device.use(device):
+    if bitsandbytes is not None and (fake or device == "cpu"):
+        raise ValueError("bitsandbytes runs on real GPU tensors only")
+    with warnings.catch_warnings(), _quiet_transformers(), trace_device.use(device, bitsandbytes):
         warnings.simplefilter("ignore")
         return _execute(raw_config, scenario, model_id, fake, progress)
 
@@ -97,6 +100,8 @@ def _execute(raw_config: dict, scenario: Scenario, model_id: str, fake: bool, pr
                 (mamba.cuda_mamba_kernels() if on_cpu else contextlib.nullcontext()), fake_mode, tr:
             say("materializing the weights as fake tensors" if fake else "allocating real weights")
             build.materialize(model, fake)
+            if trace_device.bitsandbytes() is not None and s.quant != "none":
+                quant.use_bitsandbytes(model, trace_device.bitsandbytes(), s.quant, s.double_quant)
             weights = list(build.parameters_and_buffers(model))
             adapters = s.mode in ("lora", "qlora")
             tr.mark("trainable", [t for t in weights if adapters and t.requires_grad])

@@ -12,9 +12,10 @@ device, measure, and compare. The order is the point of this module:
 from __future__ import annotations
 
 import contextlib
-import inspect
+import functools
 
 from vramplan import methods, sources, trace
+from vramplan.engines.hf_trainer.optimizers import resolve_optim
 from vramplan.errors import BadInput, EnvironmentProblem, MissingExtra
 from vramplan.loading import load_model
 from vramplan.request import PlanRequest
@@ -51,10 +52,13 @@ def _torch(extra: str):
 
 def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool = False,
            timeout: float | None = None, record: str | None = None, gpu: str | None = None,
-           gpu_mem: str | None = None, backend=None, environ=None, **plan_options) -> VerifyResult:
+           gpu_mem: str | None = None, emulate: bool = False, backend=None, environ=None,
+           **plan_options) -> VerifyResult:
     """Plan MODEL with `plan_options` (the `fit` flags), then allocate or run it on `device`
     and measure. Raises DoesNotFit (exit 1) when it would not fit in free memory (unless
-    `force`), EnvironmentProblem (exit 3) without a usable device, BadInput on bad flags."""
+    `force`), EnvironmentProblem (exit 3) without a usable device, BadInput on bad flags.
+    `emulate`: on a GPU without bitsandbytes, run vramplan's emulation of its 4-bit layers and
+    8-bit optimizers (the result and record say `emulated`) instead of refusing."""
     plan_options = {k: v for k, v in plan_options.items() if v is not None}   # None: not given
     if level not in LEVELS:
         raise BadInput(f"{{level}} {level!r} is not one of: {', '.join(LEVELS)}.")
@@ -64,7 +68,7 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
     torch = _torch("gpu" if device != "cpu" else "trace")
     notes: list[str] = []
     flags = {"level": level, "device": device, "force": force, "timeout": timeout,
-             "gpu": gpu, "gpu_mem": gpu_mem, **plan_options}
+             "gpu": gpu, "gpu_mem": gpu_mem, "emulate": emulate, **plan_options}
 
     cuda = None
     try:
@@ -72,8 +76,6 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
             target = resolve_target(gpu, gpu_mem)
             free, where = guard.host_available_bytes(), "this host"
         else:
-            if level == "run":
-                _check_gpu_run()
             cuda = CudaDevice(torch, device, backend, environ)
             target = resolve_target(gpu, gpu_mem) if (gpu or gpu_mem) else cuda.target
             free, where = cuda.target.free_bytes, f"{device} ({cuda.gpu['name']})"
@@ -84,7 +86,9 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
             notes.append(note)
         if level == "run" and device != "cpu":
             _refuse_managed(plan)
-        result = _measure(plan, level, device, cuda, model, spec, timeout)
+        bnb, emulated = _bitsandbytes(plan, level, device, emulate)
+        run = functools.partial(_run, bnb=bnb)
+        result = _measure(plan, level, device, cuda, model, spec, timeout, run)
     finally:
         if cuda is not None:
             cuda.close()
@@ -94,13 +98,13 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
     out = VerifyResult(level, device, plan, tuple(rows), predicted, measured,
                        context=cuda.context_json() if cuda else None,
                        gpu=cuda.gpu if cuda else None, oom=oom, notes=tuple(notes + more),
-                       flags=flags)
+                       flags=flags, emulated=emulated)
     if record:
         rec.append(record, rec.make_record(out.to_json()))
     return out
 
 
-def _measure(plan, level, device, cuda, model, spec, timeout):
+def _measure(plan, level, device, cuda, model, spec, timeout, run):
     """Allocate or run under the time limit, with the device under test as torch's current
     device (so nothing, autocast's checks included, touches another GPU); whatever happens,
     free every tensor we made."""
@@ -109,11 +113,11 @@ def _measure(plan, level, device, cuda, model, spec, timeout):
         try:
             with guard.time_limit(timeout):
                 if cuda is not None:
-                    result = cuda.measure(plan, level, holder, model, spec, _run)
+                    result = cuda.measure(plan, level, holder, model, spec, run)
                 elif level == "alloc":
                     result = _alloc_cpu(plan, holder)
                 else:
-                    result = _run(plan, model, spec, device, None)
+                    result = run(plan, model, spec, device, None)
         except guard.VerifyTimeout as e:
             guard.release(holder, e, device)
             raise EnvironmentProblem(f"verify {e} and stopped; everything it allocated was freed. "
@@ -137,14 +141,33 @@ def _needed(plan, level: str, device: str) -> int:
     return plan.total_bytes
 
 
-def _check_gpu_run() -> None:
-    """--level run on a GPU needs the trace programs to take a device; say so before touching
-    the GPU rather than after building anything."""
-    from vramplan.trace import run as trace_run
+def _bitsandbytes(plan, level: str, device: str, emulate: bool) -> tuple[object, tuple[str, ...]]:
+    """(the bitsandbytes module a GPU run uses, or None; what the run emulates instead).
 
-    if "device" not in inspect.signature(trace_run.execute).parameters:
-        raise EnvironmentProblem("This vramplan's trace programs run on the CPU only, so "
-                                 "--level run cannot use a GPU yet; use --level alloc.")
+    A run with 4-bit weights or an 8-bit optimizer measures bitsandbytes on a GPU: its own
+    layers and optimizers when it is installed; without it, refused (exit 3) unless `emulate`,
+    and then every record says what was emulated. On the CPU bitsandbytes cannot run: the run
+    is the trace tier's emulation, and says so too."""
+    if level != "run":
+        return None, ()
+    s = _scenario(plan)
+    needs = []
+    if s.quant != "none":
+        needs.append(f"bitsandbytes {s.quant} weights (vramplan/trace/quant.py)")
+    if s.train is not None and resolve_optim(s.train.optim).impl == "bnb":
+        needs.append(f"bitsandbytes {s.train.optim} optimizer (vramplan/trace/training.py Adam8bitLike)")
+    if not needs:
+        return None, ()
+    if device == "cpu" or emulate:
+        return None, tuple(needs)
+    try:
+        import bitsandbytes
+    except ImportError:
+        what = " and ".join(n.split(" (")[0] for n in needs)
+        raise EnvironmentProblem(f"Measuring {what} on a GPU needs bitsandbytes, which is not "
+                                 "installed: pip install bitsandbytes, or verify with --emulate to "
+                                 "measure vramplan's emulation of it (the record says emulated).") from None
+    return bitsandbytes, ()
 
 
 def _refuse_managed(plan) -> None:
@@ -182,7 +205,7 @@ def _tensor_peak(plan, device: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # --level run: the trace tier's own programs, on real tensors
 
-def _run(plan, model, spec, device: str, meter):
+def _run(plan, model, spec, device: str, meter, bnb=None):
     """Run the planned workload with the trace tier's programs on real tensors. On the CPU the
     trace tier's tracker is the measurement; the same programs on fake tensors are its
     prediction, and the two must agree to the byte."""
@@ -190,10 +213,9 @@ def _run(plan, model, spec, device: str, meter):
 
     raw, model_id = _raw_config(model, spec)
     scenario = _scenario(plan)
-    kwargs = {"device": device} if device != "cpu" else {}
     predicted_trace = trace_run.execute(raw, scenario, model_id, fake=True)
     try:
-        real = trace_run.execute(raw, scenario, model_id, fake=False, **kwargs)
+        real = trace_run.execute(raw, scenario, model_id, fake=False, device=device, bitsandbytes=bnb)
     except Exception as e:
         if not guard.is_oom(e):
             raise
