@@ -473,3 +473,63 @@ def test_6_real_bitsandbytes_on_a_gpu(tiny, monkeypatch):
     assert names.count("quantize_4bit") == 14 and "matmul_4bit" in names and "AdamW8bit" in names
     w = comp(r, "weights")
     assert w.measured == w.trace          # the same layout as the emulation, byte for byte
+
+
+def cli_refuses(monkeypatch, nvml, argv, needle, **fake_options):
+    """`vramplan verify ARGV` on a fake GPU: exit 3 with one plain sentence, no traceback."""
+    from tests.bad_input.contract import assert_cli_refuses
+
+    with fake_gpu(monkeypatch, nvml, **fake_options) as fc:
+        assert_cli_refuses(["verify", *argv], 3, needle)
+    return fc
+
+
+def test_7_no_kernel_image_is_refused_before_anything_runs(tiny, monkeypatch):
+    """Problem 7: a V100 (sm_70) under a CUDA 13 torch build (no sm_70 kernels) is refused up
+    front by comparing the compute capability with torch.cuda.get_arch_list()."""
+    n = volta_and_hopper()
+    with fake_gpu(monkeypatch, n, arch_list=CUDA_13_ARCHS) as fc:
+        with pytest.raises(EnvironmentProblem) as e:
+            verify(tiny, level="alloc", device="cuda:0", mode="infer", batch=2, ctx=64)
+        assert fc.contexts == {}                         # nothing was built, no context made
+        # the H100 beside it is fine
+        assert verify(tiny, level="alloc", device="cuda:1", mode="infer", batch=2, ctx=64).completed
+    assert str(e.value) == (
+        "This torch (CUDA 12.8) has no kernels for cuda:0, a Tesla V100-SXM2-32GB with compute "
+        "capability 7.0: it was built for sm_75, sm_80, sm_86, sm_90, sm_100, sm_120, compute_120; "
+        "install a torch build that includes sm_70.")
+    cli_refuses(monkeypatch, volta_and_hopper(), [tiny, "--mode", "infer", "--level", "run"],
+                "has no kernels for cuda:0", arch_list=CUDA_13_ARCHS)
+
+
+def test_7_context_oom_is_exit_3(tiny, monkeypatch):
+    n = fake.healthy_l40s()
+    devs = from_nvml(n, context_oom=True)
+    cli_refuses(monkeypatch, n, [tiny, "--mode", "infer"], "could not create a CUDA context on cuda:0",
+                devices=devs)
+
+
+def test_7_cublas_failure_is_exit_3(tiny, monkeypatch):
+    n = fake.healthy_l40s()
+    cli_refuses(monkeypatch, n, [tiny, "--mode", "infer", "--level", "run", "--batch", "2", "--ctx", "64"],
+                "cuBLAS could not be initialized on cuda:0", devices=from_nvml(n, cublas_fails=True))
+
+
+def test_7_nvml_error_is_exit_3(tiny, monkeypatch):
+    """An NVML call failing once verify has started (the GPU fell off the bus after the probe)."""
+    n = fake.healthy_l40s()
+    calls = {"n": 0}
+    real_init = n.init
+
+    def init():
+        calls["n"] += 1
+        if calls["n"] > 1:                 # the probe's init works, verify's own does not
+            raise nvml_mod.NvmlError(nvml_mod.GPU_IS_LOST)
+        real_init()
+
+    n.init = init
+    cli_refuses(monkeypatch, n, [tiny, "--mode", "infer"], "NVML failed on cuda:0: GPU is lost")
+
+
+def test_7_invalid_device_is_exit_3(tiny, monkeypatch):
+    cli_refuses(monkeypatch, fake.healthy_l40s(), [tiny, "--device", "cuda:3"], "There is no CUDA device 3")

@@ -21,6 +21,62 @@ from vramplan.verify import alloc, guard
 from vramplan.verify.meter import CudaMeter, NvmlView
 
 
+def runs_on(capability: tuple[int, int], archs: list[str]) -> bool:
+    """Whether a torch built for `archs` (torch.cuda.get_arch_list(): "sm_80", "sm_90a",
+    "compute_90") has kernels for a device of `capability`. CUDA's compatibility rules (CUDA C
+    Programming Guide, "Binary Compatibility" and "Application Compatibility"): a cubin for
+    sm_XY runs on X.Z for Z >= Y; an arch-specific "a" cubin only on X.Y itself; PTX
+    (compute_XY) is compiled by the driver for any device >= X.Y."""
+    for arch in archs:
+        kind, _, num = arch.partition("_")
+        digits = num.rstrip("abcdefghijklmnopqrstuvwxyz")
+        suffix = num[len(digits):]
+        if len(digits) < 2 or not digits.isdigit():
+            continue
+        major, minor = int(digits[:-1]), int(digits[-1])
+        if kind == "compute" and (major, minor) <= capability:
+            return True
+        if kind == "sm" and major == capability[0] and (
+                minor == capability[1] if suffix == "a" else minor <= capability[1]):
+            return True
+    return False
+
+
+def check_arch(torch, props, device: str) -> None:
+    """Refuse, before anything is built, a GPU this torch has no kernels for (a V100 under a
+    CUDA 13 build): every kernel would fail with "no kernel image is available"."""
+    archs = list(torch.cuda.get_arch_list() or [])
+    cap = (int(props.major), int(props.minor))
+    if not archs or runs_on(cap, archs):
+        return
+    raise EnvironmentProblem(
+        f"This torch (CUDA {torch.version.cuda}) has no kernels for {device}, a {props.name} with "
+        f"compute capability {cap[0]}.{cap[1]}: it was built for {', '.join(archs)}; install a "
+        f"torch build that includes sm_{cap[0]}{cap[1]}.")
+
+
+def problem(e: BaseException, device: str) -> EnvironmentProblem | None:
+    """A failure of the driver, NVML or the CUDA runtime as one sentence (exit 3); None for
+    anything else (an out-of-memory in an allocation is a result, not an environment problem)."""
+    if isinstance(e, NvmlError):
+        return EnvironmentProblem(f"NVML failed on {device}: {e}; check the GPU with `vramplan probe` "
+                                  "and nvidia-smi.")
+    text = str(e)
+    first = text.splitlines()[0] if text else type(e).__name__
+    if "no kernel image is available" in text:
+        return EnvironmentProblem(f"This torch has no kernels for {device} ({first}); install a "
+                                  "torch build for this GPU's compute capability.")
+    if "CUBLAS_STATUS" in text:
+        return EnvironmentProblem(f"cuBLAS could not be initialized on {device} ({first}): the GPU "
+                                  "has no memory left for its handle and workspace, or is failing.")
+    if "invalid device ordinal" in text or text == "Invalid device id":
+        return EnvironmentProblem(f"There is no CUDA device {device} ({first}); run `vramplan probe` "
+                                  "to list them.")
+    if isinstance(e, RuntimeError) and first.startswith("CUDA error") and "out of memory" not in first:
+        return EnvironmentProblem(f"CUDA failed on {device}: {first}.")
+    return None
+
+
 def _bare(uuid) -> str:
     """"GPU-5d7f..." / "MIG-7ec5..." / torch's "5d7f..." -> "5d7f...", lower case."""
     text = str(uuid or "").strip().lower()
@@ -74,6 +130,8 @@ class CudaDevice:
             raise EnvironmentProblem(f"There is no CUDA device {index}: torch sees {count} "
                                      "(run `vramplan probe` to list them).")
         props = torch.cuda.get_device_properties(index)        # reads the device, no context
+        check_arch(torch, props, device)
+        self.capability = (int(props.major), int(props.minor))
         report = probe(backend, environ)
         g, mig, how = match(report, getattr(props, "uuid", None), index)
         self.target = target_of(report, g, mig, device)
@@ -82,6 +140,7 @@ class CudaDevice:
                     "catalog_id": g.catalog_id, "nvml_index": g.index, "matched_by": how,
                     "driver_version": report.driver_version,
                     "cuda_driver_version": report.cuda_driver_version,
+                    "compute_capability": f"{props.major}.{props.minor}",
                     "memory_api": mem.api, "nvml_total_bytes": mem.total,
                     "nvml_free_bytes_before": mem.free,
                     "cuda_capacity_bytes": self.target.per_gpu_bytes}
@@ -119,7 +178,15 @@ class CudaDevice:
     def measure(self, plan, level: str, holder: list, model, spec, run):
         """Context first (nothing allocated yet), then the level's allocations, then what is
         held outside torch at the end."""
-        self.meter = CudaMeter(self.device, self.view, self.fresh)
+        try:
+            self.meter = CudaMeter(self.device, self.view, self.fresh)
+        except RuntimeError as e:
+            if "out of memory" not in str(e).lower():
+                raise
+            free = self.gpu["nvml_free_bytes_before"]
+            raise EnvironmentProblem(f"verify could not create a CUDA context on {self.device}: out of "
+                                     f"memory ({free / 2**20:,.0f} MiB free before it started; see "
+                                     "`vramplan probe` for who holds the rest).") from None
         self.planned_context = plan.components.get("cuda_context")
         self.gpu["cuda_total_bytes"] = self.meter.context.cuda_total
         self._pid_visibility(self.meter.context.source)

@@ -16,13 +16,14 @@ import functools
 
 from vramplan import methods, sources, trace
 from vramplan.engines.hf_trainer.optimizers import resolve_optim
-from vramplan.errors import BadInput, EnvironmentProblem, MissingExtra
+from vramplan.errors import BadInput, EnvironmentProblem, MissingExtra, VramplanError
 from vramplan.loading import load_model
 from vramplan.request import PlanRequest
 from vramplan.targets import resolve_target
 from vramplan.verify import alloc, guard
 from vramplan.verify import record as rec
-from vramplan.verify.device import CudaDevice
+from vramplan.probe.nvml import NvmlError
+from vramplan.verify.device import CudaDevice, problem
 from vramplan.verify.meter import CpuMeter
 from vramplan.verify.result import Row, VerifyResult
 
@@ -70,6 +71,30 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
     flags = {"level": level, "device": device, "force": force, "timeout": timeout,
              "gpu": gpu, "gpu_mem": gpu_mem, "emulate": emulate, **plan_options}
 
+    try:
+        result, plan, cuda = _attempt(model, level, device, force, timeout, gpu, gpu_mem, emulate,
+                                      backend, environ, plan_options, torch, notes)
+    except (RuntimeError, AssertionError, NvmlError) as e:
+        said = problem(e, device) if device != "cpu" and not isinstance(e, VramplanError) else None
+        if said is None:
+            raise
+        raise said from None
+    rows, predicted, measured, oom, more, emulated = result
+    if cuda is not None:
+        more = cuda.notes + more
+    out = VerifyResult(level, device, plan, tuple(rows), predicted, measured,
+                       context=cuda.context_json() if cuda else None,
+                       gpu=cuda.gpu if cuda else None, oom=oom, notes=tuple(notes + more),
+                       flags=flags, emulated=emulated)
+    if record:
+        rec.append(record, rec.make_record(out.to_json()))
+    return out
+
+
+def _attempt(model, level, device, force, timeout, gpu, gpu_mem, emulate, backend, environ,
+             plan_options, torch, notes):
+    """Steps 1-6 of the module docstring: (the measurement + what was emulated, the plan, the
+    CUDA device or None). A failure of the driver, NVML or CUDA comes out as it was raised."""
     cuda = None
     try:
         if device == "cpu":
@@ -92,16 +117,7 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
     finally:
         if cuda is not None:
             cuda.close()
-    rows, predicted, measured, oom, more = result
-    if cuda is not None:
-        more = cuda.notes + more
-    out = VerifyResult(level, device, plan, tuple(rows), predicted, measured,
-                       context=cuda.context_json() if cuda else None,
-                       gpu=cuda.gpu if cuda else None, oom=oom, notes=tuple(notes + more),
-                       flags=flags, emulated=emulated)
-    if record:
-        rec.append(record, rec.make_record(out.to_json()))
-    return out
+    return (*result, emulated), plan, cuda
 
 
 def _measure(plan, level, device, cuda, model, spec, timeout, run):
