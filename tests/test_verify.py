@@ -147,7 +147,14 @@ def test_forced_oom_stops_reports_and_frees(tiny, monkeypatch):
     assert "OOM" in result_text(r)
 
 
-def test_timeout_frees_and_says_so(tiny, monkeypatch):
+@pytest.fixture
+def warm(tiny):
+    """The first tensor op under a dispatch mode imports sympy and more (seconds): done before
+    a test's clock starts, so a short --timeout lands in the test's own code."""
+    verify(tiny, level="alloc", device="cpu", mode="infer")
+
+
+def test_timeout_frees_and_says_so(tiny, monkeypatch, warm):
     seen = spy_holder(monkeypatch, lambda: time.sleep(5))
     start = time.monotonic()
     with pytest.raises(EnvironmentProblem, match=r"timed out after 0\.3 s"):
@@ -533,3 +540,66 @@ def test_7_nvml_error_is_exit_3(tiny, monkeypatch):
 
 def test_7_invalid_device_is_exit_3(tiny, monkeypatch):
     cli_refuses(monkeypatch, fake.healthy_l40s(), [tiny, "--device", "cuda:3"], "There is no CUDA device 3")
+
+
+def test_8_timeout_not_lost_in_a_finalizer(tiny, monkeypatch, warm):
+    """Problem 8: a one-shot SIGALRM that fires inside a weakref.finalize callback (the trace
+    tracker frees storages in them) is printed as "Exception ignored" and lost: no timeout at
+    all. The watchdog raises in the code that triggered the finalizer instead."""
+    class Box:
+        pass
+
+    def busy():                        # nearly all of the time is spent inside finalizers
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            b = Box()
+            weakref.finalize(b, time.sleep, 0.05)
+            del b
+
+    seen = spy_holder(monkeypatch, busy)
+    start = time.monotonic()
+    with pytest.raises(EnvironmentProblem, match=r"timed out after 0\.3 s"):
+        verify(tiny, level="alloc", device="cpu", mode="infer", timeout=0.3)
+    assert time.monotonic() - start < 2.5
+    assert seen["holder"] == [] and seen["refs"][0]() is None
+
+
+BLOCKED = """
+import signal, sys, time
+from vramplan.verify import alloc, guard
+guard.GRACE_S = 1.0
+
+def blocked(plan, device, meter, holder):
+    # a CUDA call that never returns to Python: no signal handler can run in this thread
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(60)
+
+alloc.allocate = blocked
+from vramplan.cli import main
+sys.argv = ["vramplan", "verify", sys.argv[1], "--device", "cpu", "--mode", "infer", "--timeout", "0.5"]
+main()
+"""
+
+
+def test_8_timeout_ends_a_blocked_call(tiny, tmp_path):
+    """Problem 8: SIGALRM cannot interrupt a blocked CUDA call or a backward in the autograd
+    thread. The command's watchdog, after a grace period, ends the process (the driver frees
+    everything it held): exit 3, one sentence, no hang."""
+    import subprocess
+    import sys
+
+    import os
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])        # this checkout, not an installed vramplan
+    script = tmp_path / "blocked.py"
+    script.write_text(BLOCKED)
+    start = time.monotonic()
+    p = subprocess.run([sys.executable, str(script), tiny], capture_output=True, text=True, timeout=40,
+                       cwd=root, env={**os.environ, "PYTHONPATH": root})
+    took = time.monotonic() - start
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1] == (
+        "vramplan: verify timed out after 0.5 s and the device did not give control back within "
+        "1 s more; vramplan exits now, which frees everything it held on the device.")
+    assert took < 30 and "Traceback" not in p.stderr

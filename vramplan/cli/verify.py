@@ -31,7 +31,7 @@ def verify(
     lora_r: Optional[int] = O.LORA_R,
     lora_targets: Optional[str] = O.LORA_TARGETS,
     force: bool = typer.Option(False, "--force", help="Try even when NVML says it will not fit in free memory."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop (and free everything) after this many seconds."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop (and free everything) after this many seconds; if the device does not give control back 10 s later, exit (exit 3)."),
     record: Optional[str] = typer.Option(None, "--record", help="Append a self-describing JSON line to this file."),
     emulate: bool = typer.Option(False, "--emulate", help="On a GPU without bitsandbytes, run vramplan's emulation of its 4-bit layers and 8-bit optimizers (marked emulated) instead of refusing."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (docs/verify.md)."),
@@ -40,7 +40,8 @@ def verify(
     """Allocate or run the planned workload on the device and compare predicted with measured
     memory, per component and in total. Refuses (exit 1) when NVML says it will not fit."""
     result = api.verify(model, level=level, device=device, force=force, timeout=timeout,
-                        record=record, gpu=gpu, gpu_mem=gpu_mem, emulate=emulate, mode=mode, batch=batch, ctx=ctx,
+                        record=record, gpu=gpu, gpu_mem=gpu_mem, emulate=emulate,
+                        hard_timeout=True, mode=mode, batch=batch, ctx=ctx,
                         dtype=dtype, kv_dtype=kv_dtype, optim=optim, grad_ckpt=grad_ckpt or None,
                         lora_r=lora_r, lora_targets=lora_targets)
     if as_json:

@@ -53,13 +53,15 @@ def _torch(extra: str):
 
 def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool = False,
            timeout: float | None = None, record: str | None = None, gpu: str | None = None,
-           gpu_mem: str | None = None, emulate: bool = False, backend=None, environ=None,
-           **plan_options) -> VerifyResult:
+           gpu_mem: str | None = None, emulate: bool = False, hard_timeout: bool = False,
+           backend=None, environ=None, **plan_options) -> VerifyResult:
     """Plan MODEL with `plan_options` (the `fit` flags), then allocate or run it on `device`
     and measure. Raises DoesNotFit (exit 1) when it would not fit in free memory (unless
     `force`), EnvironmentProblem (exit 3) without a usable device, BadInput on bad flags.
     `emulate`: on a GPU without bitsandbytes, run vramplan's emulation of its 4-bit layers and
-    8-bit optimizers (the result and record say `emulated`) instead of refusing."""
+    8-bit optimizers (the result and record say `emulated`) instead of refusing.
+    `hard_timeout`: when the run has not stopped guard.GRACE_S after `timeout` (a blocked CUDA
+    call), end the process with exit 3 (what the command does; a library caller may not want it)."""
     plan_options = {k: v for k, v in plan_options.items() if v is not None}   # None: not given
     if level not in LEVELS:
         raise BadInput(f"{{level}} {level!r} is not one of: {', '.join(LEVELS)}.")
@@ -72,8 +74,8 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
              "gpu": gpu, "gpu_mem": gpu_mem, "emulate": emulate, **plan_options}
 
     try:
-        result, plan, cuda = _attempt(model, level, device, force, timeout, gpu, gpu_mem, emulate,
-                                      backend, environ, plan_options, torch, notes)
+        result, plan, cuda = _attempt(model, level, device, force, (timeout, hard_timeout), gpu,
+                                      gpu_mem, emulate, backend, environ, plan_options, torch, notes)
     except (RuntimeError, AssertionError, NvmlError) as e:
         said = problem(e, device) if device != "cpu" and not isinstance(e, VramplanError) else None
         if said is None:
@@ -127,7 +129,7 @@ def _measure(plan, level, device, cuda, model, spec, timeout, run):
     holder: list = []
     with cuda.selected() if cuda is not None else contextlib.nullcontext():
         try:
-            with guard.time_limit(timeout):
+            with guard.time_limit(*timeout):
                 if cuda is not None:
                     result = cuda.measure(plan, level, holder, model, spec, run)
                 elif level == "alloc":
