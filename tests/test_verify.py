@@ -603,3 +603,39 @@ def test_8_timeout_ends_a_blocked_call(tiny, tmp_path):
         "vramplan: verify timed out after 0.5 s and the device did not give control back within "
         "1 s more; vramplan exits now, which frees everything it held on the device.")
     assert took < 30 and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("how", ["args.device", "LOCAL_RANK"])
+def test_9_callback_measures_its_own_device(monkeypatch, how):
+    """Problem 9: under torchrun each rank's callback must read its own GPU (LOCAL_RANK, the
+    Trainer's args.device), from train start (the model already loaded, a loading transient
+    already gone), not cuda:0 since the process began."""
+    transformers = pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    from vramplan.integrations import VramplanCallback
+
+    config = transformers.LlamaConfig(**{k: v for k, v in TINY_LLAMA.items()
+                                         if k not in ("model_type", "architectures", "torch_dtype")})
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(config)
+    fc = FakeCuda([FakeDevice("GPU a", "GPU-a", 8 * 2**30), FakeDevice("GPU b", "GPU-b", 8 * 2**30, gpu=1)],
+                  environ={})
+    args = SimpleNamespace(per_device_train_batch_size=2, optim="adamw_torch", gradient_checkpointing=False,
+                           bf16=False, fp16=False)
+    if how == "args.device":
+        args.device = torch.device("cuda", 1)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", "1")
+    with fc.installed(monkeypatch):
+        rank0 = torch.empty(5 * MiB, dtype=torch.uint8, device="cuda:0")      # not this rank's
+        loading = torch.empty(50 * MiB, dtype=torch.uint8, device="cuda:1")   # a loading transient
+        del loading
+        weights = torch.empty(3 * MiB, dtype=torch.uint8, device="cuda:1")
+        cb = VramplanCallback(ctx=256, gpu="l40s")
+        cb.on_train_begin(args, None, None, model=model)
+        step = torch.empty(2 * MiB, dtype=torch.uint8, device="cuda:1")
+        del step
+        cb.on_step_end(args, SimpleNamespace(global_step=1), None)
+        assert (cb.device, cb.baseline_bytes, cb.measured_bytes) == ("cuda:1", 3 * MiB, 5 * MiB)
+        del rank0, weights
