@@ -639,3 +639,148 @@ def test_9_callback_measures_its_own_device(monkeypatch, how):
         cb.on_step_end(args, SimpleNamespace(global_step=1), None)
         assert (cb.device, cb.baseline_bytes, cb.measured_bytes) == ("cuda:1", 3 * MiB, 5 * MiB)
         del rank0, weights
+
+
+# ------------------------------------------------------------------ the "Also" list of issue 16
+
+def test_also_allocator_peak_reset_where_the_tracker_resets(tiny, monkeypatch):
+    """The tracker measures the last training step; the allocator's peak must cover the same
+    window, or a first-step-only spike (here 64 MiB of scratch the first optimizer kernel takes
+    and frees, as autotuning does) is reported as the step's."""
+    n = fake.healthy_l40s()
+    devs = from_nvml(n, scratch={"optimizer": 64 * MiB})
+    with fake_gpu(monkeypatch, n, devices=devs):
+        r = verify(tiny, level="run", device="cuda:0", mode="lora", batch=2, ctx=64, lora_r=8)
+    m = r.measured
+    host = comp(r, "host").measured           # AdamW's step counters: host memory on a GPU
+    # everything the program allocated on the device at its peak, plus the cuBLAS workspace
+    assert m["max_allocated_bytes"] == m["tracker_peak_bytes"] - host + 40 * MiB
+    assert m["outside_tracker_bytes"] == 40 * MiB - host
+
+
+def test_also_callers_baseline_is_subtracted(tiny, monkeypatch):
+    """verify from a process that already holds 100 MiB on the device (a notebook): the peaks
+    are verify's own."""
+    with fake_gpu(monkeypatch, fake.healthy_l40s()):
+        clean = verify(tiny, level="alloc", device="cuda:0", mode="infer", batch=2, ctx=64)
+        mine = torch.empty(100 * MiB, dtype=torch.uint8, device="cuda:0")
+        r = verify(tiny, level="alloc", device="cuda:0", mode="infer", batch=2, ctx=64)
+        del mine
+    assert r.measured["baseline_allocated_bytes"] == 100 * MiB
+    assert r.measured["max_allocated_bytes"] == clean.measured["max_allocated_bytes"] == 417_280
+    assert r.context["source"] == "context existed before verify started"
+
+
+def test_also_allocator_settings_are_recorded(tiny, monkeypatch, tmp_path):
+    out = tmp_path / "r.jsonl"
+    env = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "CUDA_MODULE_LOADING": "EAGER"}
+    with fake_gpu(monkeypatch, fake.healthy_l40s(), env=env):
+        verify(tiny, level="alloc", device="cuda:0", mode="infer", batch=2, ctx=64, record=str(out))
+    assert json.loads(out.read_text())["environment"] == env
+    for k in env:
+        monkeypatch.delenv(k)
+    verify(tiny, level="alloc", device="cpu", mode="infer", batch=2, ctx=64, record=str(out))
+    assert json.loads(out.read_text().splitlines()[1])["environment"] == {
+        "PYTORCH_CUDA_ALLOC_CONF": None, "CUDA_MODULE_LOADING": None}
+
+
+def test_also_cublas_workspace_released(tiny, monkeypatch):
+    """After a run the card is left as found: the cuBLAS workspace (allocated through the caching
+    allocator at the first matmul) is released with the cached blocks."""
+    n = fake.healthy_l40s()
+    with fake_gpu(monkeypatch, n) as fc:
+        verify(tiny, level="run", device="cuda:0", mode="infer", batch=2, ctx=64)
+        a = fc.allocators[0]
+        assert (a.allocated, a.reserved, fc.workspaces) == (0, 0, {})
+    assert n.gpus[0].used == (500 + 70 + 24) * MiB      # only the context (with its modules) left
+
+
+def test_also_free_memory_read_again_before_the_run(tiny, monkeypatch):
+    """Free memory is read again once the context exists (mem_get_info), with a margin: another
+    process that grabbed the card after the probe makes verify refuse (exit 1) instead of
+    running someone's job out of memory."""
+    n = fake.healthy_l40s()
+    with fake_gpu(monkeypatch, n) as fc:
+        def someone_else(i):
+            n.gpus[0].used += 44 * 2**30                 # leaves ~0.3 GiB after our context
+        fc.on_context = someone_else
+        with pytest.raises(DoesNotFit) as e:
+            verify(tiny, level="alloc", device="cuda:0", mode="infer", batch=2, ctx=64)
+        assert fc.allocators[0].peak_allocated == 0
+    assert "free on cuda:0 now" in str(e.value) and "256 MiB margin" in str(e.value)
+
+
+def test_also_free_check_keeps_a_margin(tiny, monkeypatch):
+    """A need within 256 MiB of what is free is refused up front (the context grows at the
+    first kernels, segments round up)."""
+    n = fake.FakeNvml([fake.FakeGpu("NVIDIA Prototype X1", "GPU-12345678-aaaa-bbbb-cccc-1234567890ab",
+                                    total=1024 * MiB, reserved=0, used=0)])
+    with fake_gpu(monkeypatch, n, devices=from_nvml(n, context=300 * MiB)):
+        with pytest.raises(DoesNotFit, match="256 MiB margin"):
+            # capacity 544 MiB (NVML total - 480 MiB reserve); the plan needs its planned
+            # context (~426 MiB) + 0.4 MiB: fits, but not with the margin
+            verify(tiny, level="alloc", device="cuda:0", mode="infer", batch=2, ctx=64)
+
+
+# ------------------------------------------------------------------ OOM, Ctrl-C, timeout on the fake GPU
+
+def test_fake_gpu_oom_stops_and_frees(tiny, monkeypatch):
+    n = fake.healthy_l40s()
+    with fake_gpu(monkeypatch, n) as fc:
+        r = verify(tiny, level="alloc", device="cuda:0", force=True, **HUGE)
+        assert not r.completed and r.oom.startswith("out of memory allocating kv_cache: tensor 1 of 4")
+        assert comp(r, "weights").measured == 215_552 and r.measured["memory_stats"]["num_ooms"] == 1
+        assert (fc.allocators[0].allocated, fc.allocators[0].reserved) == (0, 0)
+
+
+def test_fake_gpu_ctrl_c_frees(tiny, monkeypatch):
+    n = fake.healthy_l40s()
+    with fake_gpu(monkeypatch, n) as fc:
+        def interrupt(func, i):
+            if "scaled_dot_product" in str(func):          # in the middle of the prefill
+                raise KeyboardInterrupt
+        fc.on_op = interrupt
+        with pytest.raises(KeyboardInterrupt):
+            verify(tiny, level="run", device="cuda:0", mode="infer", batch=2, ctx=64)
+        assert (fc.allocators[0].allocated, fc.allocators[0].reserved, fc.workspaces) == (0, 0, {})
+
+
+def test_fake_gpu_timeout_frees(tiny, monkeypatch, warm):
+    n = fake.healthy_l40s()
+    with fake_gpu(monkeypatch, n) as fc:
+        fc.on_op = lambda func, i: time.sleep(0.05)           # a slow kernel, every op
+        with pytest.raises(EnvironmentProblem, match=r"timed out after 0\.5 s"):
+            verify(tiny, level="run", device="cuda:0", mode="infer", batch=2, ctx=64, timeout=0.5)
+        assert (fc.allocators[0].allocated, fc.allocators[0].reserved) == (0, 0)
+
+
+# ------------------------------------------------------------------ issue 15: --record checked first
+
+@pytest.mark.parametrize("where", ["a file/r.jsonl", "a directory"])
+def test_15_unusable_record_path_is_refused_before_the_run(tiny, tmp_path, monkeypatch, where):
+    from tests.bad_input.contract import assert_cli_refuses
+
+    (tmp_path / "a file").write_text("x")
+    (tmp_path / "a directory").mkdir()
+    seen = spy_holder(monkeypatch)
+    msg = assert_cli_refuses(["verify", tiny, "--device", "cpu", "--mode", "infer",
+                              "--record", str(tmp_path / where)], 2, "--record")
+    assert "cannot be written" in msg and "holder" not in seen      # refused before any allocation
+
+
+def test_15_record_that_fails_at_the_end_is_kept(tiny, tmp_path, monkeypatch):
+    """If the file cannot be appended after all (disk full, removed rights), the finished
+    result is written to a temporary file and the note says where."""
+    out = tmp_path / "r.jsonl"
+    real = rec.append
+
+    def full(path, record):
+        if str(path) == str(out):
+            raise OSError(28, "No space left on device")
+        return real(path, record)
+
+    monkeypatch.setattr(rec, "append", full)
+    r = verify(tiny, level="alloc", device="cpu", mode="infer", batch=2, ctx=64, record=str(out))
+    (note,) = [x for x in r.notes if "--record" in x]
+    kept = note.split("kept in ")[1].split(" ")[0]
+    assert json.loads(open(kept).read())["schema"] == "vramplan.verify/1"

@@ -31,8 +31,9 @@ torch/cuda/__init__.py, read for behaviour, not copied):
 
 Which device a new storage belongs to: the device a factory call names (`device="cuda:1"`,
 `.to(1)`, `.cuda()`); else the device of its registered tensor inputs; a factory given
-`device=cpu` (how `x.device` of a fake-CUDA tensor reads) goes to the device the program last
-named; a factory with no device at all, and ops on unregistered tensors, stay on the host.
+`device=torch.device("cpu")` (how `x.device` of a fake-CUDA tensor reads) goes to the device
+the program last named; a factory given the string "cpu" or no device at all, and ops on
+unregistered tensors, stay on the host.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ class FakeDevice:
     growth: dict = field(default_factory=lambda: {"matmul": 70 * MiB, "sdpa": 24 * MiB,
                                                   "optimizer": 8 * MiB})
     cublas_workspace: int = 32 * MiB + 8 * MiB   # torch's default on sm90: 4096 KiB x 8 + ... (simulated)
+    scratch: dict = field(default_factory=dict)   # module kind -> bytes allocated and freed at
+                                       # its first use (autotuning scratch, lazy buffers)
     context_oom: bool = False          # creating the context fails: "CUDA error: out of memory"
     cublas_fails: bool = False         # cublasCreate fails: CUBLAS_STATUS_ALLOC_FAILED
 
@@ -224,7 +227,10 @@ def _is_cuda(d) -> bool:
 
 
 def _is_cpu(d) -> bool:
-    return (isinstance(d, torch.device) and d.type == "cpu") or d == "cpu"
+    """A torch.device("cpu") object: how `x.device` of a fake-CUDA tensor reads, so most likely
+    derived from one. The string "cpu" is written by code that means the host (AdamW's
+    `torch.tensor(0.0, device="cpu")` step counters)."""
+    return isinstance(d, torch.device) and d.type == "cpu"
 
 
 class _Redirect(TorchFunctionMode):
@@ -364,6 +370,7 @@ class FakeCuda:
         self.forced: int | None = None              # ... when that call names it explicitly
         self.on_op = None                           # hook(func, device): raise or block
         self.on_sync = None                         # hook(device) inside synchronize
+        self.on_context = None                      # hook(device) when a context is created
         self.calls: list[tuple] = []
         self._base_used = {i: self._nvml_used_now(i) for i in range(len(self.visible))}
         self._reported = {i: 0 for i in range(len(self.visible))}
@@ -400,6 +407,8 @@ class FakeCuda:
         self.context_order.append(i)
         self.loaded[i] = set()
         self.nvml_sync(i)
+        if self.on_context is not None:
+            self.on_context(i)
 
     def device_of(self, t: torch.Tensor) -> int | None:
         try:
@@ -449,6 +458,8 @@ class FakeCuda:
                     raise accelerator_error("CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
                 if i not in self.workspaces:
                     self.workspaces[i] = self.allocators[i].malloc(dev.cublas_workspace)
+            if dev.scratch.get(kind):
+                self.allocators[i].free(self.allocators[i].malloc(dev.scratch[kind]))
             self.loaded[i].add(kind)
             self.contexts[i] += dev.growth.get(kind, 0)
             self.nvml_sync(i)
@@ -470,8 +481,14 @@ class FakeCuda:
     def process_used(self, i: int) -> int:
         return self.contexts.get(i, 0) + self.allocators[i].reserved
 
+    def others_used(self, i: int) -> int:
+        """What other processes hold on device i: NVML's figure now, less what we reported."""
+        if self.nvml is None:
+            return self._base_used[i]
+        return self._nvml_used_now(i) - self._reported[i]
+
     def device_free(self, i: int) -> int:
-        return max(self.visible[i].total - self._base_used[i] - self.process_used(i), 0)
+        return max(self.visible[i].total - self.others_used(i) - self.process_used(i), 0)
 
     def _nvml_target(self, i: int):
         if self.nvml is None:

@@ -42,16 +42,17 @@ class Scenario:
 
 
 def execute(raw_config: dict, scenario: Scenario, model_id: str = "", fake: bool = True,
-            progress=None, device: str = "cpu", bitsandbytes=None) -> TraceResult:
+            progress=None, device: str = "cpu", bitsandbytes=None, on_reset_peak=None) -> TraceResult:
     """Trace `scenario` for this config.json. `progress(text)` is told about slow stages.
     Library deprecation chatter is silenced; what matters for the numbers is in the result's
     `measured["warnings"]`. `bitsandbytes`: the library's module, to run its own 4-bit layers
-    and 8-bit optimizers instead of the emulation (real tensors on a GPU only)."""
+    and 8-bit optimizers instead of the emulation (real tensors on a GPU only). `on_reset_peak`
+    is called wherever the tracker resets its peak (verify resets the allocator's there)."""
     if fake and device != "cpu":
         raise ValueError("the trace runs fake tensors on cpu only; a real device needs fake=False")
     if bitsandbytes is not None and (fake or device == "cpu"):
         raise ValueError("bitsandbytes runs on real GPU tensors only")
-    with warnings.catch_warnings(), _quiet_transformers(), trace_device.use(device, bitsandbytes):
+    with warnings.catch_warnings(), _quiet_transformers(), trace_device.use(device, bitsandbytes, on_reset_peak):
         warnings.simplefilter("ignore")
         return _execute(raw_config, scenario, model_id, fake, progress)
 

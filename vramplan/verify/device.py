@@ -150,6 +150,7 @@ class CudaDevice:
             self.notes.append("torch reports no device UUID: matched to NVML by position")
         elif probed != index:
             self.notes.append(f"NVML's numbering puts this GPU at cuda:{probed}; matched by UUID")
+        self.need, self.force = 0, False         # set by the session: checked again once the context exists
         self.meter: CudaMeter | None = None
         self.end = None                       # NonTorch at the end of the attempt
         self.others = sum(1 for p in (mig or g).processes if p.pid != os.getpid())
@@ -190,13 +191,18 @@ class CudaDevice:
         self.planned_context = plan.components.get("cuda_context")
         self.gpu["cuda_total_bytes"] = self.meter.context.cuda_total
         self._pid_visibility(self.meter.context.source)
+        note = guard.check_free(self.need, self.meter.context.cuda_free, self.force,
+                                f"{self.device} now", guard.FREE_MARGIN_BYTES)
+        if note:
+            self.notes.append(note)
         self.meter.reset_peaks()
         try:
             if level == "alloc":
                 rows, oom = alloc.allocate(plan, self.device, self.meter, holder)
                 p = self.meter.peaks()
                 measured = {"max_allocated_bytes": p.allocated, "max_reserved_bytes": p.reserved,
-                            "nvml_peak_bytes": p.nvml, "memory_stats": self.meter.stats()}
+                            "nvml_peak_bytes": p.nvml, "memory_stats": self.meter.stats(),
+                            "baseline_allocated_bytes": self.meter.baseline_allocated}
                 predicted = {"peak_allocated_bytes": alloc.planned_total(rows), "total_bytes": plan.total_bytes}
                 return rows, predicted, measured, oom, []
             return run(plan, model, spec, self.device, self.meter)

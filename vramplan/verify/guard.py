@@ -40,6 +40,11 @@ GiB = 2**30
 
 
 GRACE_S = 10.0     # after the timeout, how long the device may take to give control back
+# Kept free beyond the plan's need on a GPU. Not a measurement: room for what the free-memory
+# figures cannot show ahead of the run: the context growing at its first kernels (lazy module
+# loading), a segment rounded up (20 MiB blocks for 1-10 MiB tensors, 2 MiB rounding above),
+# NVML's free figure taken a moment earlier. Records (context.non_torch_growth_bytes) will tell.
+FREE_MARGIN_BYTES = 256 * 2**20
 REPEAT_S = 0.2     # how often the watchdog repeats the alarm until the run has stopped
 
 
@@ -54,13 +59,15 @@ def is_oom(e: BaseException) -> bool:
         "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower()))
 
 
-def check_free(needed: int, free: int | None, force: bool, where: str) -> str | None:
-    """Refuse (DoesNotFit, exit 1) when `needed` exceeds `free`, unless forced; returns a note."""
+def check_free(needed: int, free: int | None, force: bool, where: str, margin: int = 0) -> str | None:
+    """Refuse (DoesNotFit, exit 1) when `needed` + `margin` exceeds `free`, unless forced;
+    returns a note."""
     if free is None:
         return f"free memory on {where} unknown; not checked"
-    if needed <= free:
+    if needed + margin <= free:
         return None
-    text = f"would not fit: needs {needed / GiB:.2f} GiB, {free / GiB:.2f} GiB free on {where}"
+    extra = f" + a {margin // 2**20} MiB margin" if margin else ""
+    text = f"would not fit: needs {needed / GiB:.2f} GiB{extra}, {free / GiB:.2f} GiB free on {where}"
     if force:
         return text + " (--force: trying anyway)"
     raise DoesNotFit(text + "; pass --force to try anyway.")
@@ -184,6 +191,9 @@ def release(holder: list, exc: BaseException | None = None, device: str = "cpu")
 
         if torch.cuda.is_initialized():
             torch.cuda.synchronize(device)
+            clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+            if clear is not None:    # cuBLAS workspaces live in the caching allocator until cleared
+                clear()
             torch.cuda.empty_cache()
     except Exception:      # cleanup must never mask the error that brought us here
         pass

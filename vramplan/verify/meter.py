@@ -152,6 +152,10 @@ class CudaMeter:
         self.sampler = _Sampler(view) if view else None
         if self.sampler:
             self.sampler.start()
+        # what this process already held (a notebook's tensors): subtracted from the peaks
+        self.baseline_allocated = torch.cuda.memory_allocated(device)
+        self.baseline_reserved = torch.cuda.memory_reserved(device)
+        self.baseline_nvml = ctx if (ctx is not None and fresh) else (view.used()[0] if view else None)
 
     def sync(self) -> None:
         self.torch.cuda.synchronize(self.device)
@@ -169,13 +173,20 @@ class CudaMeter:
             self.sampler.peak = None
 
     def peaks(self) -> Peaks:
+        """Peaks since the last reset, less what the process held when verify started."""
         c = self.torch.cuda
         self.sync()
         nv = self.sampler.peak if self.sampler else None
         if self.view:
             now = self.view.used()[0]
             nv = now if nv is None else max(nv, now or 0)
-        return Peaks(c.max_memory_allocated(self.device), c.max_memory_reserved(self.device), nv)
+        return Peaks(c.max_memory_allocated(self.device) - self.baseline_allocated,
+                     c.max_memory_reserved(self.device) - self.baseline_reserved, nv)
+
+    def free_now(self) -> int:
+        """cudaMemGetInfo's free bytes on the device, now."""
+        self.sync()
+        return self.torch.cuda.mem_get_info(self.device)[0]
 
     def non_torch(self) -> NonTorch:
         """NVML's figure for this process now, minus what torch's allocator reserves."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import replace
 
 from vramplan import methods, sources, trace
 from vramplan.engines.hf_trainer.optimizers import resolve_optim
@@ -68,6 +69,10 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
     device = parse_device(device)
     if timeout is not None and timeout <= 0:
         raise BadInput("{timeout} must be a positive number of seconds.")
+    if record:
+        why = rec.unusable(record)
+        if why:
+            raise BadInput(f"{{record}} {record} cannot be written: {why}.")
     torch = _torch("gpu" if device != "cpu" else "trace")
     notes: list[str] = []
     flags = {"level": level, "device": device, "force": force, "timeout": timeout,
@@ -89,7 +94,13 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
                        gpu=cuda.gpu if cuda else None, oom=oom, notes=tuple(notes + more),
                        flags=flags, emulated=emulated)
     if record:
-        rec.append(record, rec.make_record(out.to_json()))
+        line = rec.make_record(out.to_json())
+        try:
+            rec.append(record, line)
+        except OSError as e:      # checked before the run; the disk may still fill up
+            kept = rec.keep_elsewhere(line)
+            out = replace(out, notes=out.notes + (f"--record {record} could not be written "
+                                                  f"({e.strerror or e}): the record is kept in {kept} instead",))
     return out
 
 
@@ -108,13 +119,18 @@ def _attempt(model, level, device, force, timeout, gpu, gpu_mem, emulate, backen
             free, where = cuda.target.free_bytes, f"{device} ({cuda.gpu['name']})"
         spec = load_model(model)
         plan = methods.plan(PlanRequest.from_keywords(spec, target, **plan_options))
-        note = guard.check_free(_needed(plan, level, device), free, force, where)
+        need = _needed(plan, level, device)
+        margin = guard.FREE_MARGIN_BYTES if device != "cpu" else 0
+        note = guard.check_free(need, free, force, where, margin)
         if note:
             notes.append(note)
         if level == "run" and device != "cpu":
             _refuse_managed(plan)
         bnb, emulated = _bitsandbytes(plan, level, device, emulate)
-        run = functools.partial(_run, bnb=bnb)
+        run = functools.partial(_run, bnb=bnb, force=force, notes=notes)
+        if cuda is not None:
+            cuda.need = need - plan.components.get("cuda_context", 0)   # once the context exists
+            cuda.force = force
         result = _measure(plan, level, device, cuda, model, spec, timeout, run)
     finally:
         if cuda is not None:
@@ -137,10 +153,17 @@ def _measure(plan, level, device, cuda, model, spec, timeout, run):
                 else:
                     result = run(plan, model, spec, device, None)
         except guard.VerifyTimeout as e:
+            e.__traceback__ = None          # as for Ctrl-C below
             guard.release(holder, e, device)
             raise EnvironmentProblem(f"verify {e} and stopped; everything it allocated was freed. "
                                      "Raise --timeout or verify a smaller workload.") from None
-        except BaseException as e:          # Ctrl-C included: free first, then let it go on
+        except KeyboardInterrupt as e:
+            # the traceback's frames keep the model alive through hooks and closures that
+            # clearing their locals does not reach: drop it, free, then let Ctrl-C go on
+            e.__traceback__ = None
+            guard.release(holder, e, device)
+            raise e from None
+        except BaseException as e:          # free first, then let it go on
             guard.release(holder, e, device)
             raise
         guard.release(holder, None, device)
@@ -223,7 +246,7 @@ def _tensor_peak(plan, device: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # --level run: the trace tier's own programs, on real tensors
 
-def _run(plan, model, spec, device: str, meter, bnb=None):
+def _run(plan, model, spec, device: str, meter, bnb=None, force=False, notes=None):
     """Run the planned workload with the trace tier's programs on real tensors. On the CPU the
     trace tier's tracker is the measurement; the same programs on fake tensors are its
     prediction, and the two must agree to the byte."""
@@ -232,8 +255,15 @@ def _run(plan, model, spec, device: str, meter, bnb=None):
     raw, model_id = _raw_config(model, spec)
     scenario = _scenario(plan)
     predicted_trace = trace_run.execute(raw, scenario, model_id, fake=True)
+    if meter is not None:      # the trace's peak, against what is free right before the run
+        need = predicted_trace.peak_bytes + plan.components.get("cublas_workspace", 0)
+        note = guard.check_free(need, meter.free_now(), force, f"{device} now (the trace's peak)",
+                                guard.FREE_MARGIN_BYTES)
+        if note and notes is not None:
+            notes.append(note)
     try:
-        real = trace_run.execute(raw, scenario, model_id, fake=False, device=device, bitsandbytes=bnb)
+        real = trace_run.execute(raw, scenario, model_id, fake=False, device=device, bitsandbytes=bnb,
+                                 on_reset_peak=meter.reset_peaks if meter is not None else None)
     except Exception as e:
         if not guard.is_oom(e):
             raise
@@ -257,7 +287,7 @@ def _run(plan, model, spec, device: str, meter, bnb=None):
         measured.update(tracker_peak_bytes=real.peak_bytes, max_allocated_bytes=p.allocated,
                         max_reserved_bytes=p.reserved, nvml_peak_bytes=p.nvml,
                         outside_tracker_bytes=p.allocated - real.peak_bytes,
-                        memory_stats=meter.stats())
+                        memory_stats=meter.stats(), baseline_allocated_bytes=meter.baseline_allocated)
         more = ["max_allocated - tracker peak (outside_tracker_bytes) is what the allocator "
                 "held beyond the program's tensors: the cuBLAS workspace, mostly"]
     return (_run_rows(plan, predicted_trace, real), _run_predicted(plan, device, predicted_trace),
