@@ -784,3 +784,52 @@ def test_15_record_that_fails_at_the_end_is_kept(tiny, tmp_path, monkeypatch):
     (note,) = [x for x in r.notes if "--record" in x]
     kept = note.split("kept in ")[1].split(" ")[0]
     assert json.loads(open(kept).read())["schema"] == "vramplan.verify/1"
+
+
+# ------------------------------------------------------------------ problem 10: before sm80
+
+TINY_MHA = {**TINY_LLAMA, "num_key_value_heads": 4}
+
+
+@pytest.fixture
+def tiny_mha(tmp_path):
+    path = tmp_path / "mha.json"
+    path.write_text(json.dumps(TINY_MHA))
+    return str(path)
+
+
+def test_10_analytic_takes_sdpa_math_below_sm80(tiny, tiny_mha):
+    """Problem 10: on a T4 (Turing) bf16 attention, or any GQA attention, runs SDPA's math
+    backend (no flash below sm80; the efficient kernel takes neither bf16 nor enable_gqa)."""
+    from vramplan import api
+
+    l4 = api.plan(tiny, "l4", mode="infer", batch=1, ctx=2048, transformers=5)
+    t4 = api.plan(tiny, "t4", mode="infer", batch=1, ctx=2048, transformers=5)
+    assert l4.components["activations"] == 2_624_000        # widest MLP, no scores
+    # per token: residual 4 x 64 + q 64 + k, v 2 x 32 + fp32 q, scaled q, k and v repeated to
+    # 4 heads: 2 x (2 x 64 + 4 x 32) = 896; per token per position: 2 fp32 scores x 4 heads
+    # (16 elements) + the fp32 (s, s) mask (2) = 18; (896 + 18 x 2048) x 2048 tokens x 2 B
+    # = 154,664,960, + last-position logits 1 x 256 x (2 + 4 + 4) = 2,560
+    assert t4.components["activations"] == 154_667_520
+    assert "SDPA math backend" in t4.phase and any("no bf16 tensor cores" in w for w in t4.warnings)
+    # fp16 without grouped heads: the memory-efficient kernel takes it, no scores
+    mha16 = api.plan(tiny_mha, "t4", mode="infer", batch=1, ctx=2048, dtype="fp16", transformers=5)
+    assert "math" not in mha16.phase and not any("bf16" in w for w in mha16.warnings)
+    assert "math" in api.plan(tiny, "t4", mode="infer", batch=1, ctx=2048, dtype="fp16", transformers=5).phase
+
+
+@pytest.mark.trace
+def test_10_trace_takes_sdpa_math_below_sm80(tiny):
+    """The trace tier picks the same path on a T4, and the two tiers move by the same bytes
+    (their constant gap, 162,304 B, is the same as on an L4)."""
+    pytest.importorskip("transformers")
+    from vramplan import api
+
+    def both(gpu):
+        a = api.plan(tiny, gpu, mode="infer", batch=1, ctx=2048, transformers=5)
+        t = api.plan(tiny, gpu, mode="infer", batch=1, ctx=2048, transformers=5, method="trace", no_cache=True)
+        return a.components["activations"], t.components["activations"]
+
+    (a_l4, t_l4), (a_t4, t_t4) = both("l4"), both("t4")
+    assert t_t4 - a_t4 == t_l4 - a_l4 == 162_304
+    assert t_t4 - t_l4 > 2 * 4 * 2048**2 * 4 + 2048**2 * 4   # two fp32 score tensors + the fp32 mask

@@ -36,9 +36,13 @@ class Scenario:
     serve_tokens: int = 0        # serve: max_num_batched_tokens of the profiling forward
     attn: str = "sdpa"
     train: TrainOptions | None = None
+    pre_sm80: bool = False       # the target is a Volta/Turing card: SDPA's kernels differ there
 
     def key(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["pre_sm80"]:        # as before the field existed: cached traces stay valid
+            del d["pre_sm80"]
+        return d
 
 
 def execute(raw_config: dict, scenario: Scenario, model_id: str = "", fake: bool = True,
@@ -95,7 +99,7 @@ def _execute(raw_config: dict, scenario: Scenario, model_id: str, fake: bool, pr
     try:
         on_cpu = trace_device.kind() == "cpu"    # on a real GPU its own kernels decide
         with patches.unpacked_batches(), \
-                (patches.cuda_sdpa_backends() if on_cpu else contextlib.nullcontext()), \
+                (patches.cuda_sdpa_backends(s.pre_sm80) if on_cpu else contextlib.nullcontext()), \
                 (patches.cuda_dropout() if on_cpu else contextlib.nullcontext()), \
                 (patches.cuda_autocast_layer_norm() if on_cpu else contextlib.nullcontext()), \
                 (mamba.cuda_mamba_kernels() if on_cpu else contextlib.nullcontext()), fake_mode, tr:
