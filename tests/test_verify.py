@@ -833,3 +833,73 @@ def test_10_trace_takes_sdpa_math_below_sm80(tiny):
     (a_l4, t_l4), (a_t4, t_t4) = both("l4"), both("t4")
     assert t_t4 - a_t4 == t_l4 - a_l4 == 162_304
     assert t_t4 - t_l4 > 2 * 4 * 2048**2 * 4 + 2048**2 * 4   # two fp32 score tensors + the fp32 mask
+
+
+# ------------------------------------------------------------------ vramplan calibrate
+
+def test_calibrate_reads_records_and_names_the_constants_they_move(tiny, tmp_path, monkeypatch):
+    """Records from a fake L40S whose driver reserve is 512 MiB (the catalog says 480), whose
+    context is 500 MiB growing by 70 + 24 (+ 8) MiB at the first kernels, and whose cuBLAS
+    workspace is 40 MiB (the plan's 8 MiB + 128 KiB for Ada)."""
+    from vramplan import api
+    from vramplan.render.verify import calibration_text
+
+    out = tmp_path / "r.jsonl"
+    for level, mode in (("alloc", "infer"), ("run", "infer"), ("run", "lora")):
+        n = fake.healthy_l40s()              # each record from a fresh process, as gpu_check.sh runs them
+        with fake_gpu(monkeypatch, n, devices=from_nvml(n, cuda_reserve=512 * MiB)):
+            verify(tiny, level=level, device="cuda:0", mode=mode, batch=2, ctx=64, record=str(out),
+                   lora_r=8 if mode == "lora" else None)
+    verify(tiny, level="alloc", device="cpu", mode="infer", batch=2, ctx=64, record=str(out))
+    c = api.calibrate(str(out))
+    assert c.records == 4 and c.skipped == {"cpu (no GPU constant)": 1}
+    k = {(x.name, x.scope): x for x in c.constants}
+    # run records: the end-of-run figure (infer 500 + 94, lora 500 + 102 MiB); the alloc record
+    # ran no kernel: 500 MiB; median of (500, 594, 602)
+    ctx = k["CUDA_CONTEXT_BYTES", "all"]
+    assert (ctx.current, ctx.measured, ctx.records, ctx.verdict) == (426 * MiB, 594 * MiB, 3, "would move")
+    res = k["driver_reserve_mib", "all"]
+    assert (res.current, res.measured, res.verdict) == (480, 512, "would move")
+    total = k["cuda_total_bytes", "l40s"]
+    assert total.measured == (46068 - 512) * MiB and total.verdict == "agrees"   # 45,556 vs 45,588 MiB
+    ws = k["CUBLAS_WORKSPACE_BYTES", "Ada Lovelace"]
+    assert (ws.current, ws.measured, ws.records) == (8 * MiB + 128 * 1024, 40 * MiB, 2)
+    assert {x.name for x in c.components} >= {"weights", "kv_cache", "activations"}
+    w = [x for x in c.components if x.name == "weights" and x.gpu == "NVIDIA L40S"][0]
+    assert (w.records, w.planned, w.measured, w.error) == (3, 215_552, 215_552, 0.0)
+    text = calibration_text(c)
+    assert "3 constants the records would move" in text and "CUDA_CONTEXT_BYTES (all)" in text
+    # a tiny model's transients are smaller than the allocator's segments: no slack figure
+    assert k["ALLOCATOR_SLACK_INFER", "infer"].verdict == k["ALLOCATOR_SLACK_TRAIN", "train"].verdict == "no records"
+    assert json.loads(json.dumps(c.to_json()))["constants"][0]["verdict"] == "would move"
+
+
+def test_calibrate_command(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from tests.bad_input.contract import assert_cli_refuses
+    from vramplan.cli import app
+
+    out = tmp_path / "r.jsonl"
+    verify(tiny, level="alloc", device="cpu", mode="infer", batch=2, ctx=64, record=str(out))
+    r = CliRunner().invoke(app, ["calibrate", str(out)])
+    assert r.exit_code == 0 and "CUDA_CONTEXT_BYTES" in r.stdout and "no records" in r.stdout
+    assert json.loads(CliRunner().invoke(app, ["calibrate", str(out), "--json"]).stdout)["records"] == 1
+    assert_cli_refuses(["calibrate", str(tmp_path / "missing.jsonl")], 2, "cannot be read")
+    (tmp_path / "other.jsonl").write_text('{"schema": "something/else"}\n')
+    assert_cli_refuses(["calibrate", str(tmp_path / "other.jsonl")], 2, "holds no vramplan.verify/1 records")
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    assert_cli_refuses(["calibrate", str(tmp_path / "bad.jsonl")], 2, "not JSON lines")
+
+
+def test_cli_ctrl_c_is_exit_130_after_freeing(tiny, monkeypatch):
+    """Ctrl-C: everything freed, then exit 130 with one sentence (click's own handling would
+    exit 1, the code that means "does not fit")."""
+    def interrupt():
+        raise KeyboardInterrupt
+
+    seen = spy_holder(monkeypatch, interrupt)
+    code, out, err = cli([tiny, "--device", "cpu", "--mode", "infer"])
+    assert code == 130 and out == ""
+    assert err.strip() == "vramplan: interrupted; everything verify allocated was freed."
+    assert seen["holder"] == [] and seen["refs"][0]() is None

@@ -4,7 +4,7 @@ The adapter between the user's words ("meta-llama/Llama-3.1-8B", "l40s:2", "32k"
 core's dataclasses. The CLI is a thin shell around it: it builds a `PlanRequest` from its flags,
 calls a function here, and renders what comes back (vramplan.render).
 
-`kv_report`, `bundled_models`, `compare`, `sweep`, `probe` and `verify` load their modules on
+`kv_report`, `bundled_models`, `compare`, `sweep`, `probe`, `verify` and `calibrate` load their modules on
 first use (PEP 562), so that `import vramplan.api`, and with it `vramplan fit`, pays only for
 the analytic planner.
 """
@@ -28,6 +28,7 @@ _TOOLS = {
     "compare": "vramplan.compare.table", "compare_request": "vramplan.compare.table",
     "sweep": "vramplan.compare.grid", "sweep_request": "vramplan.compare.grid",
     "probe": "vramplan.probe.read", "verify": "vramplan.verify.session",
+    "calibrate": "vramplan.verify.calibrate",
 }
 __all__ = [
     "plan", "plan_request", "preflight", "load_model", "gpus",

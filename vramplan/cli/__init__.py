@@ -11,6 +11,7 @@ import functools
 
 import typer
 
+from vramplan.cli.calibrate import calibrate
 from vramplan.cli.compare import compare, sweep
 from vramplan.cli.fit import fit
 from vramplan.cli.gpus import gpus
@@ -48,7 +49,7 @@ def command(fn):
     return app.command()(_errors_to_exit_codes(fn))
 
 
-for _command in (fit, kv, models, gpus, probe, verify, compare, sweep):
+for _command in (fit, kv, models, gpus, probe, verify, calibrate, compare, sweep):
     command(_command)
 
 
