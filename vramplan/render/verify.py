@@ -99,8 +99,8 @@ def calibration_text(c) -> str:
     if c.components:
         lines.append(tabulate([[x.gpu, x.name, str(x.records), _b(x.planned), _b(x.measured),
                                 _pct(x.error), _pct(x.worst)] for x in c.components],
-                              headers=["gpu", "component", "records", "planned (median)",
-                                       "measured (median)", "error (median)", "worst"],
+                              headers=["gpu", "component", "records", "planned (sum)",
+                                       "measured (sum)", "error (median)", "worst"],
                               tablefmt="simple", disable_numparse=True))
         lines.append("")
     lines.append(tabulate([[x.name, x.scope, _value(x.current, x.unit), _value(x.measured, x.unit),

@@ -7,7 +7,7 @@ reads every `vramplan.verify/1` line of a file and answers three questions:
 
 * per case: predicted vs measured peak (`predicted.peak_allocated_bytes` vs
   `measured.max_allocated_bytes`);
-* per GPU and component: the median planned and measured bytes and the median and worst error
+* per GPU and component: the planned and measured bytes summed, the median and worst error
   (`components[]`; a sign that holds across cases is a missing term, not noise);
 * per constant: its value today, what the records measure (the median, and how many records),
   and whether that would move it (more than MOVE_AT apart). The fields each constant is read
@@ -58,8 +58,8 @@ class Component:
     gpu: str
     name: str
     records: int
-    planned: int                 # medians
-    measured: int
+    planned: int                 # summed over the records (cases of different sizes: the
+    measured: int                # per-record errors are what compare, the sums weigh them)
     error: float                 # median (measured - planned) / planned
     worst: float                 # the error furthest from 0
 
@@ -153,8 +153,7 @@ def _components(recs: list[dict]) -> tuple[Component, ...]:
     for (gpu, name), pairs in groups.items():
         errors = [(m - p) / p for p, m in pairs]
         out.append(Component(gpu=gpu, name=name, records=len(pairs),
-                             planned=int(median(p for p, _ in pairs)),
-                             measured=int(median(m for _, m in pairs)),
+                             planned=sum(p for p, _ in pairs), measured=sum(m for _, m in pairs),
                              error=median(errors), worst=max(errors, key=abs)))
     return tuple(sorted(out, key=lambda c: (c.gpu, c.name)))
 
