@@ -1,8 +1,10 @@
 """The Python steps of benchmarks/gpu_check.sh.
 
     python benchmarks/gpu_check.py readings            calibration readings, one JSON object
-    python benchmarks/gpu_check.py ctrl-c -- CMD...    run CMD, send it a real SIGINT once it
-                                                       holds GPU memory, check it freed and said so
+    python benchmarks/gpu_check.py ctrl-c [S] -- CMD...  run CMD, send it a real SIGINT once it
+                                                         holds 1 GiB of GPU memory (after S
+                                                         seconds where NVML cannot see it),
+                                                         check it freed and said so
 
 `readings` runs in its own process, before anything else touched the GPU in it, so the context
 is ours to measure:
@@ -170,6 +172,8 @@ if __name__ == "__main__":
     if what == "readings":
         sys.exit(readings())
     if what == "ctrl-c" and "--" in sys.argv:
-        sys.exit(ctrl_c(sys.argv[sys.argv.index("--") + 1:]))
+        k = sys.argv.index("--")
+        after = float(sys.argv[2]) if k > 2 else 20.0
+        sys.exit(ctrl_c(sys.argv[k + 1:], fallback=after))
     print(__doc__, file=sys.stderr)
     sys.exit(2)

@@ -133,7 +133,7 @@ elif [[ -n $TORCH ]]; then
   step "forced OOM (cpu, --force)" 60 1 "OOM" -- \
     $PY -m vramplan verify "$OUT/tiny.json" --device cpu --mode infer --batch 1m --ctx 16m --level alloc --force
   step "real Ctrl-C (cpu)" 150 0 -- \
-    $PY benchmarks/gpu_check.py ctrl-c -- $PY -m vramplan verify $SMALL --device cpu --mode infer --batch 1 --ctx 2k --level run
+    $PY benchmarks/gpu_check.py ctrl-c 6 -- $PY -m vramplan verify $SMALL --device cpu --mode infer --batch 1 --ctx 4k --level run
 else
   skip "forced OOM, real Ctrl-C" "torch is not installed"
 fi
