@@ -96,11 +96,12 @@ def test_mig_a100_figures():
     assert g.catalog_id == "a100-40gb" and g.mig == (True, True) and g.mig_enabled
     assert g.cuda_index is None                          # the parent is not a CUDA device
     assert g.memory.total == 40960 * MiB
+    # CUDA enumerates one MIG device per process: the first listed (issue 16, problem 1)
     assert [(m.profile, m.gpu_instance, m.compute_instance, m.memory.total, m.memory.free,
              m.capacity_bytes, m.cuda_index) for m in g.mig_instances] == [
         ("3g.20gb", 1, 0, 19968 * MiB, 15872 * MiB, 19488 * MiB, 0),
-        ("2g.10gb", 5, 0, 9856 * MiB, 9856 * MiB, 9376 * MiB, 1),
-        ("1g.5gb", 13, 0, 4864 * MiB, 4864 * MiB, 4384 * MiB, 2),
+        ("2g.10gb", 5, 0, 9856 * MiB, 9856 * MiB, 9376 * MiB, None),
+        ("1g.5gb", 13, 0, 4864 * MiB, 4864 * MiB, 4384 * MiB, None),
     ]
     assert [(p.pid, p.name, p.used_bytes) for p in g.mig_instances[0].processes] == [
         (777, "python", 4096 * MiB)]
@@ -120,7 +121,37 @@ def test_mig_uuid_in_cuda_visible_devices():
     # the R450/R460 form MIG-GPU-<uuid>/<gi>/<ci> and a unique prefix name the same instances
     legacy = {"CUDA_VISIBLE_DEVICES": f"MIG-{fake.A100_UUID}/13/0,{fake.MIG_UUIDS[0][:12]}"}
     r = run_probe(fake.mig_a100, **legacy)
-    assert [m.cuda_index for m in r.gpus[0].mig_instances] == [1, None, 0]
+    assert [m.cuda_index for m in r.gpus[0].mig_instances] == [None, None, 0]
+
+
+def test_1_one_mig_device_per_process():
+    """Problem 1: CUDA gives a process one MIG device, so a second MIG instance is no cuda:1."""
+    r = run_probe(fake.mig_a100)
+    assert [(g.index, m.profile if m else None) for g, m in r.cuda_devices()] == [(0, "3g.20gb")]
+    assert r.warnings == ("CUDA gives a process one MIG device: cuda:0 is MIG 3g.20gb (GPU 0); the "
+                          "other 2 MIG instances are not visible to it (choose one with "
+                          "CUDA_VISIBLE_DEVICES=MIG-<uuid>).",)
+    with pytest.raises(EnvironmentProblem, match="There is no CUDA device 1: 1 visible"):
+        auto_target(1, fake.mig_a100(), {})
+    env = {"CUDA_VISIBLE_DEVICES": f"{fake.MIG_UUIDS[2]},{fake.MIG_UUIDS[1]}"}
+    r = run_probe(fake.mig_a100, **env)
+    assert [m.cuda_index for m in r.gpus[0].mig_instances] == [None, None, 0]
+    assert auto_target(0, fake.mig_a100(), env).gpu.id == "a100-40gb-mig-1g.5gb"
+    # one MIG device beside whole GPUs: the MIG card's first instance, then the other card
+    two = fake.mig_a100()
+    two.gpus.append(fake.FakeGpu("NVIDIA H100 80GB HBM3", fake.H100_UUID, total=81559 * MiB,
+                                 reserved=512 * MiB, used=0, mig=(False, False)))
+    r = probe(two, environ={})
+    assert [(g.index, m.profile if m else None) for g, m in r.cuda_devices()] == [(0, "3g.20gb"), (1, None)]
+
+
+def test_1_handle_by_uuid_takes_mig_uuids():
+    n = fake.mig_a100()
+    n.init()
+    assert n.handle_by_uuid(fake.MIG_UUIDS[1]) == ("mig", 0, 1)
+    assert n.handle_by_uuid(fake.A100_UUID) == ("gpu", 0)
+    with pytest.raises(nvml.NvmlError):
+        n.handle_by_uuid("MIG-00000000-0000-0000-0000-000000000000")
 
 
 # ------------------------------------------------------------------ old driver: no v2 call
@@ -327,3 +358,94 @@ def test_real_backend_calls_exist_in_pynvml():
     assert len(names) > 20
     assert [n for n in sorted(names) if not hasattr(pynvml, n)] == []
     assert hasattr(pynvml, "nvmlMemory_v2")
+
+
+# ------------------------------------------------------------------ the real backend over a fake pynvml
+# tests/fakes/pynvml.py models nvidia-ml-py's module (error subclasses, v1/v2/v3 calls, strict
+# decoding) and the old community `pynvml`; PynvmlBackend runs unmodified on top of it.
+
+from tests.fakes import pynvml as fake_pynvml   # noqa: E402
+
+
+def real_backend(monkeypatch, scenario, **module_options):
+    n = scenario() if callable(scenario) else scenario
+    module = fake_pynvml.make(n, **module_options)
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    return nvml.PynvmlBackend(), module
+
+
+def test_2_graphics_error_keeps_the_compute_list(monkeypatch):
+    """Problem 2: WSL and some drivers answer NOT_SUPPORTED for graphics processes; the compute
+    list read just before must survive it."""
+    b, _ = real_backend(monkeypatch, fake.busy_h100, fail={
+        "nvmlDeviceGetGraphicsRunningProcesses_v3": nvml.NOT_SUPPORTED,
+        "nvmlDeviceGetGraphicsRunningProcesses_v2": nvml.NOT_SUPPORTED})
+    b.init()
+    assert b.processes(b.handle(0)) == [(4242, 20480 * MiB), (5151, 8192 * MiB)]
+    r = probe(b, environ={})
+    assert [p.pid for p in r.gpus[0].processes] == [4242, 5151] and "processes" not in r.gpus[0].errors
+
+
+def test_2_v2_retry_only_when_v3_is_missing(monkeypatch):
+    """Problem 2: NO_PERMISSION on the v3 call is an answer, not a missing function: no v2 retry
+    (which would report what the v3 call refused); FUNCTION_NOT_FOUND (driver before R510) is."""
+    b, _ = real_backend(monkeypatch, fake.busy_h100,
+                        fail={"nvmlDeviceGetComputeRunningProcesses_v3": nvml.NO_PERMISSION})
+    b.init()
+    with pytest.raises(nvml.NvmlError) as e:
+        b.processes(b.handle(0))
+    assert e.value.code == nvml.NO_PERMISSION
+    b, _ = real_backend(monkeypatch, fake.busy_h100, driver_lacks={
+        "nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetGraphicsRunningProcesses_v3"})
+    b.init()
+    assert b.processes(b.handle(0)) == [(4242, 20480 * MiB), (5151, 8192 * MiB)]
+
+
+def test_2_graphics_processes_are_merged(monkeypatch):
+    b, _ = real_backend(monkeypatch, fake.busy_h100, graphics={0: [(7000, 300 * MiB), (4242, 100 * MiB)]})
+    b.init()
+    assert b.processes(b.handle(0)) == [(4242, 20480 * MiB), (5151, 8192 * MiB), (7000, 300 * MiB)]
+
+
+def test_3_old_community_pynvml(monkeypatch):
+    """Problem 3: the old community `pynvml` (11.x) has no nvmlMemory_v2 and no `version=`: the
+    probe reads v1 memory instead of crashing."""
+    b, _ = real_backend(monkeypatch, fake.healthy_l40s, flavour="community-11")
+    r = probe(b, environ={})
+    (g,) = r.gpus
+    assert g.error is None and g.memory.api == "v1"
+    assert (g.memory.total, g.memory.used, g.memory.free) == (46068 * MiB, 512 * MiB, 45556 * MiB)
+    assert g.name == "NVIDIA L40S" and g.uuid == fake.L40S_UUID      # bytes decoded
+    b, _ = real_backend(monkeypatch, fake.busy_h100, flavour="community-11")
+    b.init()
+    assert b.processes(b.handle(0)) == [(4242, 20480 * MiB), (5151, 8192 * MiB)]
+    assert b.process_name(4242) == "python3"
+
+
+def test_3_non_utf8_process_name(monkeypatch):
+    """Problem 3: nvidia-ml-py decodes names strictly; a non-UTF-8 one (Latin-1 path) must not
+    crash the probe: its bytes are decoded with replacement."""
+    n = fake.busy_h100()
+    n.process_names[5151] = b"/opt/caf\xe9/serve"
+    b, _ = real_backend(monkeypatch, n)
+    r = probe(b, environ={})
+    assert [p.name for p in r.gpus[0].processes] == ["python3", "/opt/caf\ufffd/serve"]
+    n = fake.busy_h100()
+    n.process_names[5151] = b"/opt/caf\xe9/serve"
+    b, _ = real_backend(monkeypatch, n, flavour="community-11")
+    assert [p.name for p in probe(b, environ={}).gpus[0].processes][1] == "/opt/caf\ufffd/serve"
+
+
+@pytest.mark.parametrize("code", [nvml.UNKNOWN, nvml.NO_PERMISSION])
+def test_3_v2_memory_failure_falls_back_to_v1(monkeypatch, code):
+    """Problem 3: WSL and vGPU answer the v2 memory call with UNKNOWN although v1 works."""
+    n = fake.healthy_l40s()
+    n.gpus[0].fail["memory_v2"] = code
+    r = probe(n, environ={})
+    assert r.gpus[0].error is None and r.gpus[0].memory.api == "v1"
+    assert r.gpus[0].capacity_bytes == 45588 * MiB
+    b, _ = real_backend(monkeypatch, fake.healthy_l40s, fail={"nvmlDeviceGetMemoryInfo_v2": code})
+    assert probe(b, environ={}).gpus[0].memory.api == "v1"
+    # both calls failing is still an unreadable GPU, with v1's error
+    n.gpus[0].fail["memory_v1"] = nvml.GPU_IS_LOST
+    assert probe(n, environ={}).gpus[0].error == "GPU is lost (NVML error 15)"

@@ -7,9 +7,9 @@ calls a function here, and renders what comes back (vramplan.render).
 Every function checks its arguments first: a wrong type or value raises BadInput (a ValueError)
 naming the keyword, never a TypeError or AttributeError from deep inside.
 
-`kv_report`, `bundled_models`, `compare`, `sweep`, `probe` and `verify` load their modules on
-first use, so that `import vramplan.api`, and with it `vramplan fit`, pays only for the
-analytic planner.
+`kv_report`, `bundled_models`, `compare`, `sweep`, `probe`, `verify` and `calibrate` load their
+modules on first use (PEP 562), so that `import vramplan.api`, and with it `vramplan fit`, pays
+only for the analytic planner.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ _TOOLS = {
     "compare": "vramplan.compare.table", "compare_request": "vramplan.compare.table",
     "sweep": "vramplan.compare.grid", "sweep_request": "vramplan.compare.grid",
     "probe": "vramplan.probe.read", "verify": "vramplan.verify.session",
+    "calibrate": "vramplan.verify.calibrate",
 }
 __all__ = [
     "plan", "plan_request", "preflight", "load_model", "gpus",

@@ -5,13 +5,17 @@
 At train start it plans the step from the Trainer's own arguments and the model's config
 (no network: the config is read from the loaded model) and raises `DoesNotFit` before any
 memory is spent; after the first step on CUDA it logs the prediction next to the real
-`torch.cuda.max_memory_allocated()`. Importing this module imports neither torch nor
-transformers: the class is built on first access, when a training script has both loaded.
+`torch.cuda.max_memory_allocated()` of this process's own GPU (the Trainer's `args.device`,
+else LOCAL_RANK: under torchrun rank k trains on cuda:k), counted from train start (the peak
+is reset there, so a loading transient is not taken for the step's). Importing this module
+imports neither torch nor transformers: the class is built on first access, when a training
+script has both loaded.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from vramplan.api import preflight
@@ -43,6 +47,25 @@ def trainer_settings(args, model) -> dict:
     return settings
 
 
+def measured_device(args, model=None) -> str | None:
+    """"cuda:N" this process trains on: TrainingArguments.device, else LOCAL_RANK, else the
+    model's parameters; None off CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    dev = getattr(args, "device", None)
+    if dev is not None and getattr(dev, "type", str(dev).split(":")[0]) == "cuda":
+        index = getattr(dev, "index", None)
+        return f"cuda:{torch.cuda.current_device() if index is None else index}"
+    rank = os.environ.get("LOCAL_RANK")
+    if rank is not None and rank.strip().isdigit():
+        return f"cuda:{int(rank)}"
+    param = next(iter(model.parameters()), None) if model is not None and hasattr(model, "parameters") else None
+    if param is not None and param.device.type == "cuda":
+        return f"cuda:{param.device.index}"
+    return f"cuda:{torch.cuda.current_device()}"
+
+
 def _model_config(model) -> dict:
     base = getattr(model, "get_base_model", None)
     config = (base() if callable(base) else model).config
@@ -58,9 +81,20 @@ def _build_callback_class():
         def __init__(self, ctx: int | str, gpu="auto", raise_if_no_fit: bool = True, **options):
             self.ctx, self.gpu, self.raise_if_no_fit, self.options = ctx, gpu, raise_if_no_fit, options
             self.plan = None
+            self.device: str | None = None           # the GPU this process trains on
+            self.baseline_bytes: int | None = None   # memory_allocated there at train start
             self.measured_bytes: int | None = None
 
+        def _start_measuring(self, args, model) -> None:
+            """This process's GPU, what is already on it, and the allocator peak reset there."""
+            self.device = measured_device(args, model)
+            if self.device is not None:
+                torch = sys.modules["torch"]
+                self.baseline_bytes = torch.cuda.memory_allocated(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+
         def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self._start_measuring(args, model)
             settings = {**trainer_settings(args, model), **self.options}
             try:
                 self.plan = preflight(_model_config(model), ctx=self.ctx, gpu=self.gpu, **settings)
@@ -74,14 +108,15 @@ def _build_callback_class():
                         self.plan.total_bytes / 2**30, self.plan.capacity_bytes / 2**30, self.plan.phase)
 
         def on_step_end(self, args, state, control, **kwargs):
-            torch = sys.modules.get("torch")
-            if state.global_step != 1 or self.plan is None or torch is None or not torch.cuda.is_available():
+            if state.global_step != 1 or self.plan is None or self.device is None:
                 return
-            self.measured_bytes = torch.cuda.max_memory_allocated()
+            torch = sys.modules["torch"]
+            self.measured_bytes = torch.cuda.max_memory_allocated(self.device)
             predicted = self.plan.peak_allocated_bytes
-            logger.info("vramplan: max_memory_allocated after step 1: measured %.2f GiB, predicted "
-                        "%.2f GiB (%+.1f%%)", self.measured_bytes / 2**30, predicted / 2**30,
-                        100 * (predicted - self.measured_bytes) / self.measured_bytes)
+            logger.info("vramplan: max_memory_allocated on %s after step 1: measured %.2f GiB "
+                        "(%.2f GiB of it there at train start), predicted %.2f GiB (%+.1f%%)",
+                        self.device, self.measured_bytes / 2**30, (self.baseline_bytes or 0) / 2**30,
+                        predicted / 2**30, 100 * (predicted - self.measured_bytes) / max(self.measured_bytes, 1))
 
     return VramplanCallback
 

@@ -17,6 +17,7 @@ import re
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from vramplan.cli.calibrate import calibrate
 from vramplan.cli.compare import compare, sweep
 from vramplan.cli.fit import fit
 from vramplan.cli.gpus import gpus
@@ -118,7 +119,7 @@ def command(fn):
     return app.command(cls=_Command)(_errors_to_exit_codes(fn))
 
 
-for _command in (fit, kv, models, gpus, probe, verify, compare, sweep):
+for _command in (fit, kv, models, gpus, probe, verify, calibrate, compare, sweep):
     command(_command)
 
 

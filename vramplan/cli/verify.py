@@ -1,7 +1,9 @@
 """`vramplan verify`: allocate or run the planned workload on a device and compare.
 
 Exit codes: 0 the run completed (read the errors in the report), 1 it would not fit in free
-memory (refused) or ran out of memory, 2 bad input, 3 no usable device / timeout.
+memory (refused) or ran out of memory, 2 bad input, 3 no usable device / timeout, 130 Ctrl-C
+(after everything verify allocated was freed; click's own handling would say exit 1, which
+here means "does not fit").
 """
 
 from __future__ import annotations
@@ -31,19 +33,32 @@ def verify(
     lora_r: Optional[int] = O.LORA_R,
     lora_targets: Optional[str] = O.LORA_TARGETS,
     force: bool = typer.Option(False, "--force", help="Try even when NVML says it will not fit in free memory."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop (and free everything) after this many seconds."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop (and free everything) after this many seconds; if the device does not give control back 10 s later, exit (exit 3)."),
     record: Optional[str] = typer.Option(None, "--record", help="Append a self-describing JSON line to this file."),
+    emulate: bool = typer.Option(False, "--emulate", help="On a GPU without bitsandbytes, run vramplan's emulation of its 4-bit layers and 8-bit optimizers (marked emulated) instead of refusing."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (docs/verify.md)."),
     debug: bool = O.DEBUG,
 ) -> None:
     """Allocate or run the planned workload on the device and compare predicted with measured
     memory, per component and in total. Refuses (exit 1) when NVML says it will not fit."""
-    result = api.verify(model, level=level, device=device, force=force, timeout=timeout,
-                        record=record, gpu=gpu, gpu_mem=gpu_mem, mode=mode, batch=batch, ctx=ctx,
-                        dtype=dtype, kv_dtype=kv_dtype, optim=optim, grad_ckpt=grad_ckpt or None,
-                        lora_r=lora_r, lora_targets=lora_targets)
+    try:
+        result = _verify(model, level, device, force, timeout, record, gpu, gpu_mem, emulate, mode,
+                         batch, ctx, dtype, kv_dtype, optim, grad_ckpt, lora_r, lora_targets)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        typer.echo("vramplan: interrupted; everything verify allocated was freed.", err=True)
+        raise typer.Exit(130) from None
     if as_json:
         emit_json(result.to_json())
     else:
         print(render.verify.result_text(result))
     raise typer.Exit(0 if result.completed else 1)
+
+
+def _verify(model, level, device, force, timeout, record, gpu, gpu_mem, emulate, mode, batch, ctx,
+            dtype, kv_dtype, optim, grad_ckpt, lora_r, lora_targets):
+    return api.verify(model, level=level, device=device, force=force, timeout=timeout,
+                      record=record, gpu=gpu, gpu_mem=gpu_mem, emulate=emulate, hard_timeout=True,
+                      mode=mode, batch=batch, ctx=ctx, dtype=dtype, kv_dtype=kv_dtype, optim=optim,
+                      grad_ckpt=grad_ckpt or None, lora_r=lora_r, lora_targets=lora_targets)

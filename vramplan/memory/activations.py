@@ -75,20 +75,63 @@ PYTHON_ACTS = {"gelu_new": (4, 3), "gpt_oss_glu": (3, 3)}   # name -> (alive in 
 # three (b, heads, s, s) tensors alive at once at the subtraction and at the softmax, next to the
 # (b, 1, s, s) mask; K and V are repeated to every head (repeat_kv) and q stays referenced.
 # Measured by the trace tier on gpt-oss-20b (docs/trace.md gap 5).
-EAGER_SCORES = {"eager_sinks": 3}       # (b, heads, s, s) tensors alive at the widest point
+EAGER_SCORES = {"eager_sinks": 3, "sdpa_math": 4}   # (b, heads, s, s) 16-bit tensors alive at the widest point
+
+# Below compute capability 8.0 (Volta: V100, Turing: T4) torch's CUDA SDPA has no flash kernel
+# (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp: flash needs sm80) and its
+# memory-efficient kernel takes neither bf16 nor enable_gqa there, so bf16 attention, and any
+# attention with grouped K/V heads (transformers passes enable_gqa), runs the math backend
+# ("sdpa_math"): q, k and v upcast to fp32 (k, v repeated to every head), q scaled, the fp32
+# scores and their masked copy, 2 x (b, heads, s, s) fp32 = 4 16-bit elements per head, alive
+# at once beside an fp32 (s, s) causal mask (torch 2.13's math kernel, the same code on CPU,
+# measured by the trace tier: tests/test_verify.py test_10_*). bf16 itself is emulated there.
+PRE_SM80 = ("volta", "turing")
 
 
-def attention_impl(model: ModelSpec, requested: str = "sdpa") -> str:
+def sdpa_math_below_sm80(architecture: str, dtype: str, gqa: bool) -> bool:
+    """Whether SDPA falls back to its math backend on this architecture for this dtype."""
+    return architecture.strip().lower() in PRE_SM80 and (dtype == "bf16" or gqa)
+
+
+def pre_sm80_notes(gpu, dtype: str, model: ModelSpec, training: bool) -> list[str]:
+    """What a Volta or Turing card changes, as plan warnings (bf16 emulated; SDPA's math path)."""
+    if gpu is None or gpu.architecture.strip().lower() not in PRE_SM80:
+        return []
+    out = []
+    if dtype == "bf16":
+        fp16 = "fp16 mixed precision (TrainingArguments fp16=True)" if training else "fp16 (--dtype fp16)"
+        out.append(f"{gpu.name} ({gpu.architecture}, before sm80) has no bf16 tensor cores: torch "
+                   f"emulates bf16 there, slowly; {fp16} is this card's native 16-bit format.")
+    gqa = any(layer.mixer.num_kv_heads < layer.mixer.num_heads for layer in model.attention_layers)
+    if model.attention_layers and (dtype == "bf16" or gqa):
+        why = "bf16" if dtype == "bf16" else "grouped K/V heads"
+        out.append(f"Before sm80 SDPA has no flash kernel and its memory-efficient kernel rejects {why}: "
+                   "attention runs torch's math backend, which holds seq x seq fp32 scores"
+                   + ("; this analytic training plan assumes the fused kernels and is low at long "
+                      "contexts: --method trace runs the math path." if training else
+                      " (planned)."))
+    return out
+
+
+def attention_impl(model: ModelSpec, requested: str = "sdpa", gpu=None, dtype: str = "bf16") -> str:
     """The attention transformers really runs: a family without an SDPA path in transformers
-    (ModelSpec.traits.hf_attention) falls back to its eager code when SDPA is asked for."""
+    (ModelSpec.traits.hf_attention) falls back to its eager code when SDPA is asked for; on a
+    GPU before sm80 SDPA runs its math backend for bf16 or grouped K/V heads ("sdpa_math")."""
     own = model.traits.hf_attention
-    return own if own and requested == "sdpa" else requested
+    impl = own if own and requested == "sdpa" else requested
+    gqa = any(layer.mixer.num_kv_heads < layer.mixer.num_heads for layer in model.attention_layers)
+    if impl == "sdpa" and gpu is not None and sdpa_math_below_sm80(gpu.architecture, dtype, gqa):
+        return "sdpa_math"
+    return impl
 
 
 def _eager_elems(a: Attention, hidden: int, impl: str, resid: int = RESIDUAL) -> tuple[int, int]:
     """(elements per token, elements per token per context position) of an eager attention."""
     q = a.num_heads * a.head_dim
     repeat = a.num_heads * (a.head_dim + a.v_head_dim)
+    if impl == "sdpa_math":    # inputs, then fp32: q, scaled q, k and v repeated; fp32 (s, s) mask
+        kv = a.num_kv_heads * (a.head_dim + a.v_head_dim)
+        return resid * hidden + q + kv + 2 * (2 * q + repeat), EAGER_SCORES[impl] * a.num_heads + 2
     return resid * hidden + q + repeat, EAGER_SCORES[impl] * a.num_heads + 1
 
 
@@ -176,7 +219,8 @@ def eager_attention(model: ModelSpec, impl: str) -> tuple[int, int, str] | None:
     for layer in model.attention_layers:
         lin, quad = _eager_elems(layer.mixer, model.hidden_size, impl, resid)
         if best is None or (quad, lin) > best[:2][::-1]:
-            best = (lin, quad, f"layer {layer.index} eager attention")
+            best = (lin, quad, f"layer {layer.index} " + ("attention, SDPA math backend" if impl == "sdpa_math"
+                                                            else "eager attention"))
     return best
 
 

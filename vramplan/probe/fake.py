@@ -42,6 +42,7 @@ class FakeGpu:
     power_mw: int = 350_000
     processes: list[tuple[int, int | None]] = field(default_factory=list)
     fail: dict[str, int] = field(default_factory=dict)   # method name -> NVML code it raises
+    capability: tuple[int, int] = (9, 0)                 # CUDA compute capability
 
 
 class FakeNvml:
@@ -91,8 +92,25 @@ class FakeNvml:
         self._dev(h, "handle")
         return h
 
+    def handle_by_uuid(self, uuid: str):
+        """nvmlDeviceGetHandleByUUID: a GPU- or a MIG- UUID, exactly."""
+        self.calls.append("handle_by_uuid")
+        if not self.initialized:
+            raise NvmlError(1, "Uninitialized")
+        for i, g in enumerate(self.gpus):
+            if g.uuid == uuid:
+                return ("gpu", i)
+            for slot, m in enumerate(g.migs):
+                if m.uuid == uuid:
+                    return ("mig", i, slot)
+        raise NvmlError(nvml.NOT_FOUND)
+
     def name(self, h) -> str:
         return self._dev(h, "name").name
+
+    def cuda_capability(self, h) -> tuple[int, int]:
+        self._dev(h, "cuda_capability")
+        return self.gpus[h[1]].capability
 
     def uuid(self, h) -> str:
         return self._dev(h, "uuid").uuid
@@ -162,7 +180,7 @@ def healthy_l40s() -> FakeNvml:
     """One idle L40S, ECC on (NVML total 46,068 MiB), driver R550 with the v2 memory call."""
     return FakeNvml([FakeGpu("NVIDIA L40S", L40S_UUID, total=46068 * MiB, reserved=512 * MiB,
                              used=0, ecc=(True, True), mig=None, pcie=(4, 16, 4, 16),
-                             power_mw=350_000)])
+                             power_mw=350_000, capability=(8, 9))])
 
 
 def busy_h100() -> FakeNvml:
@@ -185,14 +203,15 @@ def mig_a100() -> FakeNvml:
     ]
     return FakeNvml([FakeGpu("NVIDIA A100-SXM4-40GB", A100_UUID, total=40960 * MiB,
                              reserved=0, used=4096 * MiB, mig=(True, True), migs=migs,
-                             pcie=(4, 16, 4, 16), power_mw=400_000)],
+                             pcie=(4, 16, 4, 16), power_mw=400_000, capability=(8, 0))],
                     driver="535.129.03", cuda=12020, process_names={777: "python"})
 
 
 def old_driver_t4() -> FakeNvml:
     """A T4 on driver 470 (before R510): no nvmlDeviceGetMemoryInfo_v2, reserve counted as used."""
     return FakeNvml([FakeGpu("Tesla T4", T4_UUID, total=15360 * MiB, reserved=263 * MiB, used=0,
-                             ecc=(True, True), mig=None, pcie=(3, 16, 3, 16), power_mw=70_000)],
+                             ecc=(True, True), mig=None, pcie=(3, 16, 3, 16), power_mw=70_000,
+                             capability=(7, 5))],
                     driver="470.82.01", cuda=11040, has_v2=False)
 
 
@@ -209,11 +228,13 @@ def no_gpu() -> FakeNvml:
 def one_bad_of_two() -> FakeNvml:
     """Two L40S; the second has fallen off the bus (every call on it: GPU_IS_LOST)."""
     lost = {m: nvml.GPU_IS_LOST for m in ("name", "uuid", "memory_v2", "memory_v1", "ecc_mode",
-                                          "mig_mode", "pcie_link", "power_limit_mw", "processes")}
+                                          "mig_mode", "pcie_link", "power_limit_mw", "processes",
+                                          "cuda_capability")}
     return FakeNvml([
-        FakeGpu("NVIDIA L40S", L40S_UUID, total=46068 * MiB, reserved=512 * MiB, used=0),
+        FakeGpu("NVIDIA L40S", L40S_UUID, total=46068 * MiB, reserved=512 * MiB, used=0,
+                capability=(8, 9)),
         FakeGpu("NVIDIA L40S", "GPU-00000000-0000-0000-0000-000000000001", total=46068 * MiB,
-                reserved=512 * MiB, used=0, fail=lost),
+                reserved=512 * MiB, used=0, fail=lost, capability=(8, 9)),
     ])
 
 

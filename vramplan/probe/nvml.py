@@ -55,7 +55,9 @@ class Nvml(Protocol):
     def cuda_driver_version(self) -> int: ...                 # 12040 means CUDA 12.4
     def device_count(self) -> int: ...
     def handle(self, index: int) -> Handle: ...
+    def handle_by_uuid(self, uuid: str) -> Handle: ...                 # "GPU-..." or "MIG-..."
     def name(self, h: Handle) -> str: ...
+    def cuda_capability(self, h: Handle) -> tuple[int, int]: ...       # major, minor
     def uuid(self, h: Handle) -> str: ...
     def memory_v2(self, h: Handle) -> tuple[int, int, int, int]: ...   # total, reserved, used, free
     def memory_v1(self, h: Handle) -> tuple[int, int, int]: ...        # total, used, free
@@ -70,7 +72,8 @@ class Nvml(Protocol):
 
 
 def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """Old pynvml returns bytes; a process name need not be UTF-8 (a Latin-1 path)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class PynvmlBackend:
@@ -110,14 +113,28 @@ class PynvmlBackend:
     def handle(self, index: int) -> Handle:
         return self._call("nvmlDeviceGetHandleByIndex", index)
 
+    def handle_by_uuid(self, uuid: str) -> Handle:
+        """nvmlDeviceGetHandleByUUID takes MIG- UUIDs too (nvml.h: "MIG device UUIDs")."""
+        return self._call("nvmlDeviceGetHandleByUUID", uuid)
+
     def name(self, h) -> str:
         return _text(self._call("nvmlDeviceGetName", h))
+
+    def cuda_capability(self, h) -> tuple[int, int]:
+        major, minor = self._call("nvmlDeviceGetCudaComputeCapability", h)
+        return int(major), int(minor)
 
     def uuid(self, h) -> str:
         return _text(self._call("nvmlDeviceGetUUID", h))
 
     def memory_v2(self, h) -> tuple[int, int, int, int]:
-        m = self._call("nvmlDeviceGetMemoryInfo", h, version=self._n.nvmlMemory_v2)
+        version = getattr(self._n, "nvmlMemory_v2", None)
+        if version is None:        # the old community pynvml: no v2 struct, no version= keyword
+            raise NvmlError(FUNCTION_NOT_FOUND)
+        try:
+            m = self._call("nvmlDeviceGetMemoryInfo", h, version=version)
+        except TypeError:
+            raise NvmlError(FUNCTION_NOT_FOUND) from None
         return int(m.total), int(m.reserved), int(m.used), int(m.free)
 
     def memory_v1(self, h) -> tuple[int, int, int]:
@@ -154,13 +171,30 @@ class PynvmlBackend:
     def power_limit_mw(self, h) -> int:
         return int(self._call("nvmlDeviceGetEnforcedPowerLimit", h))
 
-    def processes(self, h) -> list[tuple[int, int | None]]:
-        seen: dict[int, int | None] = {}
-        for kind in ("Compute", "Graphics"):
+    def _process_list(self, kind: str) -> list:
+        """One kind's list: the unversioned call (v3 in nvidia-ml-py), v2 only where the driver
+        or the module lacks v3 (FUNCTION_NOT_FOUND, or the NVMLLibraryMismatchError nvidia-ml-py
+        raises for it); any other error is the answer."""
+        def read(h):
             try:
-                procs = self._call(f"nvmlDeviceGet{kind}RunningProcesses", h)
-            except NvmlError:   # the v3 call is missing on old drivers: try v2
-                procs = self._call(f"nvmlDeviceGet{kind}RunningProcesses_v2", h)
+                return self._call(f"nvmlDeviceGet{kind}RunningProcesses", h)
+            except NvmlError as e:
+                if e.code != FUNCTION_NOT_FOUND:
+                    raise
+            return self._call(f"nvmlDeviceGet{kind}RunningProcesses_v2", h)
+        return read
+
+    def processes(self, h) -> list[tuple[int, int | None]]:
+        """Compute and graphics processes, read separately: graphics is NOT_SUPPORTED or
+        NO_PERMISSION on WSL and some drivers, and that must not cost the compute list (the one
+        verify needs). A compute failure is raised; a graphics failure leaves graphics out."""
+        seen: dict[int, int | None] = {}
+        lists = [self._process_list("Compute")(h)]
+        try:
+            lists.append(self._process_list("Graphics")(h))
+        except NvmlError:
+            pass
+        for procs in lists:
             for p in procs:
                 used = p.usedGpuMemory
                 if p.pid not in seen or (used or 0) > (seen[p.pid] or 0):
@@ -168,7 +202,18 @@ class PynvmlBackend:
         return sorted(seen.items())
 
     def process_name(self, pid: int) -> str:
-        return _text(self._call("nvmlSystemGetProcessName", pid))
+        try:
+            return _text(self._call("nvmlSystemGetProcessName", pid))
+        except UnicodeDecodeError:
+            # nvidia-ml-py decodes strictly; its undecorated function (functools.wraps keeps it
+            # as __wrapped__) returns the bytes
+            raw = getattr(self._n.nvmlSystemGetProcessName, "__wrapped__", None)
+            if raw is None:
+                return ""
+            try:
+                return _text(raw(pid))
+            except self._n.NVMLError:
+                return ""
 
 
 def default_backend() -> Nvml:

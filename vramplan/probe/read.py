@@ -21,9 +21,6 @@ from vramplan.probe.visible import Candidate, select
 
 MiB = 2**20
 
-# nvmlDeviceGetMemoryInfo_v2 answers these on drivers (or cards) that lack it: use v1.
-_NO_V2 = (N.FUNCTION_NOT_FOUND, N.ARGUMENT_VERSION_MISMATCH, N.NOT_SUPPORTED)
-
 
 def _init_problem(e: NvmlError) -> EnvironmentProblem:
     if e.code == N.LIBRARY_NOT_FOUND:
@@ -62,12 +59,15 @@ class _Reader:
             return None
 
     def memory(self, h) -> MemoryInfo:
+        """v2 (reserved apart) when it answers, else v1. Any v2 failure falls back: drivers
+        before R510 lack the call (FUNCTION_NOT_FOUND, ARGUMENT_VERSION_MISMATCH), and WSL and
+        vGPU answer UNKNOWN or NOT_SUPPORTED although v1 works. If v1 fails too, its error is
+        the device's."""
         try:
             total, reserved, used, free = self.n.memory_v2(h)
             return MemoryInfo("v2", total, reserved, used, free)
-        except NvmlError as e:
-            if e.code not in _NO_V2:
-                raise
+        except NvmlError:
+            pass
         total, used, free = self.n.memory_v1(h)
         return MemoryInfo("v1", total, None, used, free)
 
@@ -177,7 +177,7 @@ def _probe(n: Nvml, environ: Mapping[str, str], reserve: int) -> ProbeReport:
             (m.slot, m.uuid, m.gpu_instance, m.compute_instance) for m in g.mig_instances)))
 
     value = environ.get("CUDA_VISIBLE_DEVICES")
-    order, warning = select(value, candidates)
+    order, dropped, warning = select(value, candidates)
     warnings = [warning] if warning else []
     if not order:
         raise EnvironmentProblem(f"CUDA_VISIBLE_DEVICES='{value}' hides all {count} GPU(s) on "
@@ -193,6 +193,13 @@ def _probe(n: Nvml, environ: Mapping[str, str], reserve: int) -> ProbeReport:
             and len({g.name for g in infos.values() if g.name}) > 1):
         warnings.append("CUDA_VISIBLE_DEVICES uses indices, which are NVML's PCI bus order here; "
                         "set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA numbers the GPUs the same way.")
+    if dropped:
+        k, (gi, slot) = next((k, s) for k, s in enumerate(order) if s[1] is not None)
+        mig = next(m for m in infos[gi].mig_instances if m.slot == slot)
+        warnings.append(f"CUDA gives a process one MIG device: cuda:{k} is MIG {mig.profile} (GPU {gi}); "
+                        f"the other {len(dropped)} MIG instance{'s' if len(dropped) > 1 else ''} "
+                        f"{'are' if len(dropped) > 1 else 'is'} not visible to it (choose one with "
+                        "CUDA_VISIBLE_DEVICES=MIG-<uuid>).")
     for g in gpus:
         if g.error:
             warnings.append(f"GPU {g.index} could not be read: {g.error}.")

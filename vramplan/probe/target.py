@@ -25,12 +25,17 @@ def target_from(report: ProbeReport, index: int = 0) -> GpuTarget:
         raise EnvironmentProblem(f"There is no CUDA device {index}: {len(devices)} visible "
                                  f"(run `vramplan probe` to list them).")
     gpu, mig = devices[index]
+    return target_of(report, gpu, mig, f"cuda:{index}")
+
+
+def target_of(report: ProbeReport, gpu: GpuInfo, mig: MigInstance | None, where: str) -> GpuTarget:
+    """The GpuTarget of one probed GPU or MIG instance (`where` names it in messages)."""
     if gpu.error is not None:
-        raise EnvironmentProblem(f"GPU {gpu.index} (cuda:{index}) could not be read: {gpu.error}.")
+        raise EnvironmentProblem(f"GPU {gpu.index} ({where}) could not be read: {gpu.error}.")
     mem, capacity = (mig.memory, mig.capacity_bytes) if mig else (gpu.memory, gpu.capacity_bytes)
     if mem is None or capacity is None:
-        where = f"MIG instance {mig.profile}" if mig else f"GPU {gpu.index}"
-        raise EnvironmentProblem(f"NVML gave no memory figures for {where} (cuda:{index}).")
+        what = f"MIG instance {mig.profile}" if mig else f"GPU {gpu.index}"
+        raise EnvironmentProblem(f"NVML gave no memory figures for {what} ({where}).")
     spec = _spec(gpu, mig, capacity, mem.total, report.driver_reserve_bytes)
     return GpuTarget(gpu=spec, count=1, free_bytes=min(mem.free, capacity))
 

@@ -10,8 +10,14 @@ Guide, "CUDA Environment Variables"):
   already listed) ends the list: "0,2,-1,1" makes 0 and 2 visible;
 * unset: every device; set but empty: none.
 
-A GPU in MIG mode is not itself a CUDA device: its MIG instances are. Integer indices are
-NVML's (PCI bus) order, which CUDA uses only under CUDA_DEVICE_ORDER=PCI_BUS_ID.
+A GPU in MIG mode is not itself a CUDA device: its MIG instances are, and CUDA enumerates **one
+MIG device per process** (NVIDIA MIG User Guide, "CUDA Device Enumeration": "regardless of how
+many MIG devices are created (or made available to a container), a single CUDA process can only
+enumerate a single MIG device"): the first one selected; whole GPUs listed beside it keep their
+places. Which instance "first" is when CUDA_VISIBLE_DEVICES does not name one is our reading of
+NVML's slot order; verify does not rely on it, it maps devices by the UUID torch reports.
+Integer indices are NVML's (PCI bus) order, which CUDA uses only under
+CUDA_DEVICE_ORDER=PCI_BUS_ID.
 """
 
 from __future__ import annotations
@@ -66,19 +72,25 @@ def _one(entry: str, gpus: list[Candidate]) -> list[Selected] | None:
     return None
 
 
-def select(value: str | None, gpus: list[Candidate]) -> tuple[list[Selected], str | None]:
-    """CUDA device order as (GPU index, MIG slot) pairs, and a warning if an entry ended the list."""
+def select(value: str | None, gpus: list[Candidate]) -> tuple[list[Selected], list[Selected], str | None]:
+    """CUDA device order as (GPU index, MIG slot) pairs; the MIG instances selected but left out
+    because CUDA enumerates one MIG device per process; a warning if an entry ended the list."""
+    warning = None
     if value is None:
-        return [s for g in gpus for s in _expand(g)], None
-    chosen: list[Selected] = []
-    for raw in value.split(","):
-        entry = raw.strip()
-        if not entry and value.strip() == "":
-            break
-        picked = _one(entry, gpus)
-        if picked is None or any(p in chosen for p in picked):
-            why = "names no device" if picked is None else "repeats a device"
-            return chosen, (f"CUDA_VISIBLE_DEVICES entry '{entry}' {why}; CUDA ignores it and "
-                            "every entry after it.")
-        chosen += picked
-    return chosen, None
+        chosen = [s for g in gpus for s in _expand(g)]
+    else:
+        chosen = []
+        for raw in value.split(","):
+            entry = raw.strip()
+            if not entry and value.strip() == "":
+                break
+            picked = _one(entry, gpus)
+            if picked is None or any(p in chosen for p in picked):
+                why = "names no device" if picked is None else "repeats a device"
+                warning = (f"CUDA_VISIBLE_DEVICES entry '{entry}' {why}; CUDA ignores it and "
+                           "every entry after it.")
+                break
+            chosen += picked
+    migs = [s for s in chosen if s[1] is not None]
+    dropped = migs[1:]
+    return [s for s in chosen if s not in dropped], dropped, warning

@@ -33,7 +33,12 @@ def result_text(r: VerifyResult) -> str:
         c = r.context
         got = "unknown" if c["measured_bytes"] is None else f"{c['measured_bytes'] / MiB:,.0f} MiB"
         planned = "" if c["planned_bytes"] is None else f", planned {c['planned_bytes'] / MiB:,.0f} MiB"
-        lines.append(f"context   CUDA context {got} ({c['source']}){planned}")
+        end = c.get("end_non_torch_bytes")
+        grew = c.get("non_torch_growth_bytes")
+        after = "" if end is None else (f"; outside torch at the end {end / MiB:,.0f} MiB"
+                                        + ("" if grew is None else f" ({grew / MiB:+,.0f} MiB: "
+                                           "modules loaded at the first kernels)"))
+        lines.append(f"context   CUDA context {got} ({c['source']}){planned}{after}")
     lines.append("")
     trace = any(row.trace is not None for row in r.rows)
     run = r.level == "run"
@@ -63,6 +68,48 @@ def result_text(r: VerifyResult) -> str:
                      f"({_pct(rel_error(m['nvml_peak_bytes'], pr.get('total_bytes')))})")
     if r.oom:
         lines.append(f"OOM             {r.oom}; everything allocated was freed")
+    for e in r.emulated:
+        lines.append(f"emulated: {e}, not the library itself: not a measurement of it")
     for n in r.notes:
         lines.append(f"note: {n}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ vramplan calibrate
+
+def _value(v: float | None, unit: str) -> str:
+    if v is None:
+        return ""
+    if unit == "bytes":
+        return f"{v / MiB:,.1f} MiB"
+    if unit == "MiB":
+        return f"{v:,.0f} MiB"
+    return f"{v:.3f}"
+
+
+def calibration_text(c) -> str:
+    """vramplan.verify.calibrate.Calibration as three tables: cases, components, constants."""
+    skipped = "".join(f"; {n} {why}" for why, n in c.skipped.items())
+    lines = [f"calibrate {c.path}: {c.records} record{'s' if c.records != 1 else ''}{skipped}", ""]
+    lines.append(tabulate([[x.gpu, x.case, x.status, _b(x.predicted), _b(x.measured), _pct(x.error)]
+                           for x in c.cases],
+                          headers=["gpu", "case", "status", "predicted peak", "measured peak", "error"],
+                          tablefmt="simple", disable_numparse=True))
+    lines.append("")
+    if c.components:
+        lines.append(tabulate([[x.gpu, x.name, str(x.records), _b(x.planned), _b(x.measured),
+                                _pct(x.error), _pct(x.worst)] for x in c.components],
+                              headers=["gpu", "component", "records", "planned (sum)",
+                                       "measured (sum)", "error (median)", "worst"],
+                              tablefmt="simple", disable_numparse=True))
+        lines.append("")
+    lines.append(tabulate([[x.name, x.scope, _value(x.current, x.unit), _value(x.measured, x.unit),
+                            str(x.records), x.verdict, x.where] for x in c.constants],
+                          headers=["constant", "for", "today", "records say", "records", "verdict", "in"],
+                          tablefmt="simple", disable_numparse=True))
+    moving = [x for x in c.constants if x.verdict == "would move"]
+    lines.append("")
+    lines.append(f"{len(moving)} constant{'s' if len(moving) != 1 else ''} the records would move"
+                 + (": " + ", ".join(f"{x.name} ({x.scope})" for x in moving) if moving else "")
+                 + ". A new value cites its records (GPU, driver, torch, count) in docs/methodology.md.")
     return "\n".join(lines)

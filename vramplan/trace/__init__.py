@@ -26,6 +26,7 @@ from vramplan import planner as core_plan
 from vramplan.engines.hf_trainer.options import ADAPTER_METHODS, TrainOptions
 from vramplan.engines.hf_trainer.step import ALLOCATOR_SLACK_TRAIN
 from vramplan.errors import BadInput, MissingExtra
+from vramplan.memory.activations import PRE_SM80
 from vramplan.request import transformers_major
 from vramplan.spec import GpuTarget, ModelSpec, Plan, Workload
 from vramplan.trace import assemble, cache, recipe
@@ -127,6 +128,8 @@ def _scenario(spec: ModelSpec, target: GpuTarget, w: Workload, s) -> dict:
                            f"(major version {installed}); plan another version with {{method}} analytic.")
     fields = dict(mode=w.mode, batch=w.batch, ctx=w.ctx, dtype=s.fmt.base, quant=q.method,
                   double_quant=q.double_quant, skip=tuple(q.skip))
+    if target.gpu is not None and target.gpu.architecture.strip().lower() in PRE_SM80:
+        fields["pre_sm80"] = True        # SDPA's math fallback there (memory/activations.py)
     if w.engine == "vllm":
         if w.serve.tp > 1 or w.serve.pp > 1:
             raise BadInput("The trace runs one process: {tp}/{pp} > 1 is analytic only.")

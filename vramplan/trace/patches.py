@@ -10,8 +10,8 @@ batch, returns None, and SDPA runs causal with `enable_gqa` and no mask. At 8B t
 difference is over 1 GiB. The trace only runs unpadded, unpacked batches, for which None is the
 right answer, so we give it; real-tensor runs take the same patch and get the same answer.
 2. `cuda_sdpa_backends`: SDPA picks its kernel by device. The CPU kernel accepts inputs for which
-CUDA falls back to the math backend (fp32 with grouped K/V heads): the trace forces that
-fallback. It refuses some that CUDA's memory-efficient kernel takes (MLA's unequal q/k and v
+CUDA falls back to the math backend (fp32 with grouped K/V heads; below sm80, bf16 or grouped
+K/V heads: memory/activations.sdpa_math_below_sm80): the trace forces that fallback. It refuses some that CUDA's memory-efficient kernel takes (MLA's unequal q/k and v
 head dims): the trace allocates what that kernel allocates instead of running math.
 3. `cuda_dropout`: training dropout keeps a bool mask on CUDA, an input-dtype mask on `cpu`.
 4. `cuda_autocast_layer_norm`: CUDA autocast runs layer_norm in fp32, CPU autocast does not.
@@ -34,21 +34,24 @@ def unpacked_batches():
         masking_utils.find_packed_sequence_indices = original
 
 
-def _cuda_picks_math(q, k, v, attn_mask=None, enable_gqa=False) -> bool:
+def _cuda_picks_math(q, k, v, attn_mask=None, enable_gqa=False, pre_sm80=False) -> bool:
     """torch's CUDA SDPA dispatch (sdp_utils.cpp), reduced to what changes memory: flash needs
-    16-bit inputs, no explicit mask, equal q/k/v head dims <= 256; the memory-efficient kernel
-    takes fp32 and masks but not grouped K/V heads (enable_gqa); anything else runs the math
-    backend, which materializes the seq x seq probabilities. The CPU kernel the trace runs on
-    accepts all of these, so without this the trace would miss that fallback."""
+    sm80, 16-bit inputs, no explicit mask, equal q/k/v head dims <= 256; the memory-efficient
+    kernel takes fp32 and masks but not grouped K/V heads (enable_gqa), and below sm80 not bf16
+    either; anything else runs the math backend, which materializes the seq x seq
+    probabilities. The CPU kernel the trace runs on accepts all of these, so without this the
+    trace would miss that fallback."""
     import torch
 
     hd, hdv = q.shape[-1], v.shape[-1]
     dtype = q.dtype
     if dtype == torch.float32 and torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")     # SDPA is on CUDA autocast's 16-bit list too
+    grouped = enable_gqa and q.shape[-3] != k.shape[-3]
+    if pre_sm80:
+        return dtype == torch.bfloat16 or grouped
     flash = (dtype in (torch.float16, torch.bfloat16) and attn_mask is None
              and hd == k.shape[-1] == hdv and hd <= 256)
-    grouped = enable_gqa and q.shape[-3] != k.shape[-3]
     return not flash and grouped
 
 
@@ -101,15 +104,16 @@ class _FusedAttention:
 
 
 @contextlib.contextmanager
-def cuda_sdpa_backends():
-    """Make every `F.scaled_dot_product_attention` call take the memory path CUDA would take."""
+def cuda_sdpa_backends(pre_sm80: bool = False):
+    """Make every `F.scaled_dot_product_attention` call take the memory path CUDA would take
+    (on a Volta or Turing card with `pre_sm80`)."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     original = torch.nn.functional.scaled_dot_product_attention
 
     def sdpa(query, key, value, attn_mask=None, *args, enable_gqa=False, **kwargs):
-        if _cuda_picks_math(query, key, value, attn_mask, enable_gqa):
+        if _cuda_picks_math(query, key, value, attn_mask, enable_gqa, pre_sm80):
             with sdpa_kernel([SDPBackend.MATH]):
                 return original(query, key, value, attn_mask, *args, enable_gqa=enable_gqa, **kwargs)
         dropout_p = kwargs.get("dropout_p", args[0] if args else 0.0)

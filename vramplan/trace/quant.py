@@ -18,6 +18,11 @@ saves no activation. A single token without grad takes `gemv_4bit`, which dequan
 `_Matmul4bit` reproduces exactly these allocations (zeros: values are irrelevant to memory).
 peft wraps such a layer in `lora.bnb.Linear4bit`, whose forward clones the base output before
 adding the adapter (peft/tuners/lora/bnb.py); `_lora4bit_forward` does the same.
+
+On a GPU with bitsandbytes installed, `use_bitsandbytes` swaps the emulation for the library:
+each layer's weight is quantized by `bitsandbytes.functional.quantize_4bit` from random values
+on the device and multiplied by `bitsandbytes.matmul_4bit`, so verify measures bitsandbytes'
+own storage and kernels; the module around them (and peft's wrapper logic above) stay ours.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class Linear4bit(nn.Module):
         self.register_buffer("code", torch.empty(NF4_CODE_VALUES, dtype=torch.float32, **meta))
         bias = getattr(linear, "bias", None)
         self.bias = nn.Parameter(bias.data, requires_grad=False) if bias is not None else None
+        self.bnb = None                 # the real bitsandbytes module, after use_bitsandbytes
+        self.quant_state = None
 
     def dequantize(self, like: torch.Tensor) -> torch.Tensor:
         """`F.dequantize_4bit`: nested absmax to fp32 (freed on return), then the weight."""
@@ -74,7 +81,9 @@ class Linear4bit(nn.Module):
         inp_dtype = x.dtype
         x = x.to(self.compute_dtype)
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
-        if x.numel() == x.shape[-1] and not x.requires_grad:
+        if self.quant_state is not None:
+            out = self.bnb.matmul_4bit(x, self.weight.t(), bias=bias, quant_state=self.quant_state)
+        elif x.numel() == x.shape[-1] and not x.requires_grad:
             # gemv_4bit: one token, no autograd; reads the packed weight directly
             out = torch.zeros((*x.shape[:-1], self.out_features), dtype=x.dtype, device=x.device)
             if bias is not None:
@@ -161,10 +170,47 @@ def _strip_peft(name: str) -> str:
     return name.removeprefix("base_model.model.").replace(".base_layer", "")
 
 
+def use_bitsandbytes(model: nn.Module, bnb, method: str, double_quant: bool) -> int:
+    """After materialize, on the device: every Linear4bit holds what bitsandbytes makes of a
+    16-bit weight (random values, quantized on the device one layer at a time, the 16-bit copy
+    freed at once) and multiplies with it. Returns how many layers."""
+    count = 0
+    for m in model.modules():
+        if not isinstance(m, Linear4bit):
+            continue
+        dev = m.weight.device
+        w = torch.empty((m.out_features, m.in_features), dtype=m.compute_dtype, device=dev)
+        with torch.no_grad():
+            w.normal_(0, 0.02)
+        packed, state = bnb.functional.quantize_4bit(w, blocksize=NF4_BLOCK, quant_type=method,
+                                                     compress_statistics=double_quant)
+        del w
+        m.weight = nn.Parameter(packed, requires_grad=False)
+        for k in _STATE:
+            if k in m._buffers:
+                m._buffers[k] = None
+        m.bnb, m.quant_state = bnb, state
+        count += 1
+    return count
+
+
+def _state_of(qs, depth: int = 0) -> list[torch.Tensor]:
+    """The tensors a bitsandbytes QuantState holds (absmax, code, offset, the nested state)."""
+    out = []
+    for v in vars(qs).values():
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif depth < 2 and hasattr(v, "__dict__") and not isinstance(v, (torch.dtype, torch.Size, type)):
+            out.extend(_state_of(v, depth + 1))
+    return out
+
+
 def state_tensors(model: nn.Module) -> list[torch.Tensor]:
     """The quantization state of every 4-bit layer: part of the weights' bytes."""
     out = []
     for m in model.modules():
         if isinstance(m, Linear4bit):
+            if m.quant_state is not None:
+                out.extend(_state_of(m.quant_state))
             out.extend(getattr(m, k) for k in _STATE if getattr(m, k, None) is not None)
     return out

@@ -36,19 +36,27 @@ class Scenario:
     serve_tokens: int = 0        # serve: max_num_batched_tokens of the profiling forward
     attn: str = "sdpa"
     train: TrainOptions | None = None
+    pre_sm80: bool = False       # the target is a Volta/Turing card: SDPA's kernels differ there
 
     def key(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["pre_sm80"]:        # as before the field existed: cached traces stay valid
+            del d["pre_sm80"]
+        return d
 
 
 def execute(raw_config: dict, scenario: Scenario, model_id: str = "", fake: bool = True,
-            progress=None, device: str = "cpu") -> TraceResult:
+            progress=None, device: str = "cpu", bitsandbytes=None, on_reset_peak=None) -> TraceResult:
     """Trace `scenario` for this config.json. `progress(text)` is told about slow stages.
     Library deprecation chatter is silenced; what matters for the numbers is in the result's
-    `measured["warnings"]`."""
+    `measured["warnings"]`. `bitsandbytes`: the library's module, to run its own 4-bit layers
+    and 8-bit optimizers instead of the emulation (real tensors on a GPU only). `on_reset_peak`
+    is called wherever the tracker resets its peak (verify resets the allocator's there)."""
     if fake and device != "cpu":
         raise ValueError("the trace runs fake tensors on cpu only; a real device needs fake=False")
-    with warnings.catch_warnings(), _quiet_transformers(), trace_device.use(device):
+    if bitsandbytes is not None and (fake or device == "cpu"):
+        raise ValueError("bitsandbytes runs on real GPU tensors only")
+    with warnings.catch_warnings(), _quiet_transformers(), trace_device.use(device, bitsandbytes, on_reset_peak):
         warnings.simplefilter("ignore")
         return _execute(raw_config, scenario, model_id, fake, progress)
 
@@ -90,12 +98,14 @@ def _execute(raw_config: dict, scenario: Scenario, model_id: str, fake: bool, pr
     try:
         on_cpu = trace_device.kind() == "cpu"    # on a real GPU its own kernels decide
         with patches.unpacked_batches(), \
-                (patches.cuda_sdpa_backends() if on_cpu else contextlib.nullcontext()), \
+                (patches.cuda_sdpa_backends(s.pre_sm80) if on_cpu else contextlib.nullcontext()), \
                 (patches.cuda_dropout() if on_cpu else contextlib.nullcontext()), \
                 (patches.cuda_autocast_layer_norm() if on_cpu else contextlib.nullcontext()), \
                 (mamba.cuda_mamba_kernels() if on_cpu else contextlib.nullcontext()), fake_mode, tr:
             say("materializing the weights as fake tensors" if fake else "allocating real weights")
             build.materialize(model, fake)
+            if trace_device.bitsandbytes() is not None and s.quant != "none":
+                quant.use_bitsandbytes(model, trace_device.bitsandbytes(), s.quant, s.double_quant)
             weights = list(build.parameters_and_buffers(model))
             adapters = s.mode in ("lora", "qlora")
             tr.mark("trainable", [t for t in weights if adapters and t.requires_grad])

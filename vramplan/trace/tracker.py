@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from vramplan.memory.overhead import block_rounded as rounded   # the allocator's 512-B blocks, shared with the analytic tier
+from vramplan.trace import device as trace_device
 
 
 @dataclass
@@ -164,9 +165,11 @@ class MemoryTracker(TorchDispatchMode):
                 self.records[i].category = category
 
     def reset_peak(self) -> None:
-        """Measure from here on (e.g. the steady-state second training step)."""
+        """Measure from here on (e.g. the steady-state second training step); on a real device
+        its allocator's peak is reset at the same point (trace/device.py)."""
         self.peak = Peak(self.live, self.clock, "", "", self.phase)
         self.phase_peaks = {}
+        trace_device.peak_reset()
 
     def alive_at(self, clock: int) -> list[Record]:
         return [r for r in self.records if r.alive_at(clock)]

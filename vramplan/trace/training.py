@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from vramplan.errors import BadInput
+from vramplan.trace import device
 from vramplan.engines.hf_trainer.optimizers import BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, BNB_STATE_BLOCK, resolve_optim
 
 LR = 1e-5
@@ -96,6 +97,9 @@ def make_optimizer(model: nn.Module, opts) -> torch.optim.Optimizer:
     o = resolve_optim(opts.optim)
     groups = param_groups(model)
     if o.impl == "bnb":
+        bnb = device.bitsandbytes()
+        if bnb is not None:
+            return _bnb_optimizer(bnb, model, groups, o)
         embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
         return Adam8bitLike(groups, bits=o.bits, paged=o.paged, embeddings=embeddings)
     if o.family == "adafactor":
@@ -106,6 +110,19 @@ def make_optimizer(model: nn.Module, opts) -> torch.optim.Optimizer:
     if o.family == "sgd":
         return torch.optim.SGD(groups, lr=LR, **impl)
     return torch.optim.AdamW(groups, lr=LR, **impl)
+
+
+def _bnb_optimizer(bnb, model: nn.Module, groups, o) -> torch.optim.Optimizer:
+    """bitsandbytes' own AdamW (a GPU run with the library): the class the HF Trainer picks for
+    the optim name, and 32-bit state for embeddings as the Trainer registers it
+    (GlobalOptimManager.register_module_override(module, "weight", {"optim_bits": 32}))."""
+    name = ("Paged" if o.paged else "") + ("AdamW8bit" if o.bits == 8 else "AdamW32bit")
+    optimizer = getattr(bnb.optim, name)(groups, lr=LR)
+    manager = bnb.optim.GlobalOptimManager.get_instance()
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            manager.register_module_override(m, "weight", {"optim_bits": 32})
+    return optimizer
 
 
 class Adam8bitLike(torch.optim.Optimizer):
@@ -145,7 +162,8 @@ def state_categories(optimizer: torch.optim.Optimizer) -> dict[str, list[torch.T
     """Optimizer state by where it lives on a GPU. torch's non-fused, non-capturable AdamW keeps
     its `step` counters on the host, so they are not GPU memory."""
     fused = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
-    paged = isinstance(optimizer, Adam8bitLike) and optimizer.paged
+    paged = (optimizer.paged if isinstance(optimizer, Adam8bitLike)
+             else bool(getattr(optimizer, "is_paged", False)))
     out: dict[str, list[torch.Tensor]] = {"optimizer_paged": [], "host": [], "optimizer": []}
     for state in optimizer.state.values():
         for k, v in state.items():

@@ -13,11 +13,10 @@ shows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vramplan.memory.dtypes import FLOAT_BYTES
 from vramplan.memory.overhead import block_rounded
 from vramplan.verify.guard import is_oom
+from vramplan.verify.result import Row
 
 NOT_ALLOCATED = {
     "cuda_context": "measured separately, before any allocation",
@@ -28,17 +27,6 @@ NOT_ALLOCATED = {
     "allocator_slack": "compare with reserved - allocated",
     "optimizer_paged": "CUDA managed memory, which verify never allocates",
 }
-
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    planned: int
-    allocated: int | None = None      # memory_allocated() growth (tracker live bytes on cpu)
-    reserved: int | None = None       # memory_reserved() growth
-    nvml: int | None = None           # NVML growth for this process
-    pieces: int = 0
-    note: str = ""
 
 
 def pieces(name: str, planned: int, plan) -> list[int]:
@@ -87,6 +75,13 @@ def allocate(plan, device: str, meter, holder: list) -> tuple[list[Row], str | N
 
 
 def _row(name, planned, before, after, n, note) -> Row:
+    """measured = memory_allocated() growth (tracker live bytes on cpu), reserved =
+    memory_reserved() growth, nvml = NVML growth for this process."""
     nvml = None if after.nvml is None or before.nvml is None else after.nvml - before.nvml
     return Row(name, planned, after.allocated - before.allocated,
-               after.reserved - before.reserved, nvml, n, note)
+               after.reserved - before.reserved, nvml, pieces=n, note=note)
+
+
+def planned_total(rows) -> int:
+    """What --level alloc should end up holding: every component it allocates."""
+    return sum(r.planned for r in rows if r.name not in NOT_ALLOCATED)

@@ -41,6 +41,17 @@ class Context:
     cuda_total: int          # cudaMemGetInfo total: the card's real CUDA total
 
 
+@dataclass(frozen=True)
+class NonTorch:
+    """What this process holds outside torch's allocator at the end of the run: NVML's figure
+    minus memory_reserved(). With lazy module loading (CUDA 11.7+, torch's default) the
+    context grows at the first matmul, SDPA and optimizer kernels, so this is the figure a plan
+    must cover, not the one read before anything ran."""
+
+    bytes: int | None
+    source: str
+
+
 class CpuMeter:
     """--device cpu: the trace tracker's live bytes stand for allocated and reserved."""
 
@@ -80,6 +91,7 @@ class NvmlView:
         self.n, self.h = backend, handle
         self.pid = os.getpid()
         self.baseline = self._device_used()
+        self.pid_seen = False           # NVML listed this process at least once
 
     def _device_used(self) -> int | None:
         try:
@@ -94,6 +106,7 @@ class NvmlView:
         try:
             for pid, used in self.n.processes(self.h):
                 if pid == self.pid and used is not None:
+                    self.pid_seen = True
                     return used, "nvml process"
         except NvmlError:
             pass
@@ -139,6 +152,10 @@ class CudaMeter:
         self.sampler = _Sampler(view) if view else None
         if self.sampler:
             self.sampler.start()
+        # what this process already held (a notebook's tensors): subtracted from the peaks
+        self.baseline_allocated = torch.cuda.memory_allocated(device)
+        self.baseline_reserved = torch.cuda.memory_reserved(device)
+        self.baseline_nvml = ctx if (ctx is not None and fresh) else (view.used()[0] if view else None)
 
     def sync(self) -> None:
         self.torch.cuda.synchronize(self.device)
@@ -156,13 +173,30 @@ class CudaMeter:
             self.sampler.peak = None
 
     def peaks(self) -> Peaks:
+        """Peaks since the last reset, less what the process held when verify started."""
         c = self.torch.cuda
         self.sync()
         nv = self.sampler.peak if self.sampler else None
         if self.view:
             now = self.view.used()[0]
             nv = now if nv is None else max(nv, now or 0)
-        return Peaks(c.max_memory_allocated(self.device), c.max_memory_reserved(self.device), nv)
+        return Peaks(c.max_memory_allocated(self.device) - self.baseline_allocated,
+                     c.max_memory_reserved(self.device) - self.baseline_reserved, nv)
+
+    def free_now(self) -> int:
+        """cudaMemGetInfo's free bytes on the device, now."""
+        self.sync()
+        return self.torch.cuda.mem_get_info(self.device)[0]
+
+    def non_torch(self) -> NonTorch:
+        """NVML's figure for this process now, minus what torch's allocator reserves."""
+        if self.view is None:
+            return NonTorch(None, "unavailable")
+        self.sync()
+        used, source = self.view.used()
+        if used is None:
+            return NonTorch(None, source)
+        return NonTorch(used - self.torch.cuda.memory_reserved(self.device), source)
 
     def stats(self) -> dict:
         """The memory_stats() entries a record keeps (fragmentation, retries, OOMs)."""

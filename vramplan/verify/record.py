@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
+import tempfile
 from pathlib import Path
 
 from vramplan import __version__
@@ -18,6 +20,8 @@ from vramplan.errors import BadInput
 from vramplan.files import read_small_file, shown
 
 SCHEMA = "vramplan.verify/1"
+# Settings that change what the allocator and the context hold, kept with every record
+ENVIRONMENT = ("PYTORCH_CUDA_ALLOC_CONF", "CUDA_MODULE_LOADING")
 
 
 def versions() -> dict:
@@ -42,7 +46,34 @@ def versions() -> dict:
 def make_record(result_json: dict) -> dict:
     return {"schema": SCHEMA,
             "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": versions(), **result_json}
+            "versions": versions(), "environment": {k: os.environ.get(k) for k in ENVIRONMENT},
+            **result_json}
+
+
+def unusable(path: str | Path) -> str | None:
+    """Why `path` cannot take records (checked before a run, so a finished result is not lost
+    to a typo), or None. Creates the parent folders, as append does."""
+    p = Path(path)
+    if p.is_dir():
+        return "it is a directory"
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        existed = p.exists()
+        with p.open("a", encoding="utf-8"):
+            pass
+        if not existed:
+            p.unlink()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def keep_elsewhere(record: dict) -> str:
+    """Write a record that could not be appended to a temporary file; returns its path."""
+    fd, name = tempfile.mkstemp(prefix="vramplan-verify-", suffix=".jsonl")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+    return name
 
 
 def append(path: str | Path, record: dict) -> None:

@@ -46,6 +46,7 @@ class VerifyResult:
     oom: str | None = None              # where the first OOM happened; None: ran to the end
     notes: tuple[str, ...] = ()
     flags: dict = field(default_factory=dict)
+    emulated: tuple[str, ...] = ()      # what ran as vramplan's emulation, not the real library
 
     @property
     def completed(self) -> bool:
@@ -70,6 +71,6 @@ class VerifyResult:
                             "trace_bytes": r.trace, "tensors": r.pieces, "error": r.error,
                             "note": r.note} for r in self.rows],
             "predicted": dict(self.predicted), "measured": dict(self.measured),
-            "errors": self.errors(), "notes": list(self.notes),
+            "errors": self.errors(), "notes": list(self.notes), "emulated": list(self.emulated),
             "plan": plan_json(self.plan),
         }

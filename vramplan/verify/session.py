@@ -11,19 +11,21 @@ device, measure, and compare. The order is the point of this module:
 
 from __future__ import annotations
 
-import inspect
+import contextlib
+import functools
+from dataclasses import replace
 
 from vramplan import methods, sources, trace
-from vramplan.errors import BadInput, EnvironmentProblem, MissingExtra
+from vramplan.engines.hf_trainer.optimizers import resolve_optim
+from vramplan.errors import BadInput, EnvironmentProblem, MissingExtra, VramplanError
 from vramplan.loading import load_model
-from vramplan.probe import nvml as N
-from vramplan.probe.read import probe
-from vramplan.probe.target import target_from
 from vramplan.request import PlanRequest
 from vramplan.targets import resolve_target
 from vramplan.verify import alloc, guard
 from vramplan.verify import record as rec
-from vramplan.verify.meter import CpuMeter, CudaMeter, NvmlView
+from vramplan.probe.nvml import NvmlError
+from vramplan.verify.device import CudaDevice, problem
+from vramplan.verify.meter import CpuMeter
 from vramplan.verify.result import Row, VerifyResult
 
 LEVELS = ("alloc", "run")
@@ -52,72 +54,119 @@ def _torch(extra: str):
 
 def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool = False,
            timeout: float | None = None, record: str | None = None, gpu: str | None = None,
-           gpu_mem: str | None = None, backend=None, environ=None, **plan_options) -> VerifyResult:
+           gpu_mem: str | None = None, emulate: bool = False, hard_timeout: bool = False,
+           backend=None, environ=None, **plan_options) -> VerifyResult:
     """Plan MODEL with `plan_options` (the `fit` flags), then allocate or run it on `device`
     and measure. Raises DoesNotFit (exit 1) when it would not fit in free memory (unless
-    `force`), EnvironmentProblem (exit 3) without a usable device, BadInput on bad flags."""
+    `force`), EnvironmentProblem (exit 3) without a usable device, BadInput on bad flags.
+    `emulate`: on a GPU without bitsandbytes, run vramplan's emulation of its 4-bit layers and
+    8-bit optimizers (the result and record say `emulated`) instead of refusing.
+    `hard_timeout`: when the run has not stopped guard.GRACE_S after `timeout` (a blocked CUDA
+    call), end the process with exit 3 (what the command does; a library caller may not want it)."""
     plan_options = {k: v for k, v in plan_options.items() if v is not None}   # None: not given
     if level not in LEVELS:
         raise BadInput(f"{{level}} {level!r} is not one of: {', '.join(LEVELS)}.")
     device = parse_device(device)
     if timeout is not None and timeout <= 0:
         raise BadInput("{timeout} must be a positive number of seconds.")
+    if record:
+        why = rec.unusable(record)
+        if why:
+            raise BadInput(f"{{record}} {record} cannot be written: {why}.")
     torch = _torch("gpu" if device != "cpu" else "trace")
     notes: list[str] = []
     flags = {"level": level, "device": device, "force": force, "timeout": timeout,
-             "gpu": gpu, "gpu_mem": gpu_mem, **plan_options}
+             "gpu": gpu, "gpu_mem": gpu_mem, "emulate": emulate, **plan_options}
 
+    try:
+        result, plan, cuda = _attempt(model, level, device, force, (timeout, hard_timeout), gpu,
+                                      gpu_mem, emulate, backend, environ, plan_options, torch, notes)
+    except (RuntimeError, AssertionError, NvmlError) as e:
+        said = problem(e, device) if device != "cpu" and not isinstance(e, VramplanError) else None
+        if said is None:
+            raise
+        raise said from None
+    rows, predicted, measured, oom, more, emulated = result
+    if cuda is not None:
+        more = cuda.notes + more
+    out = VerifyResult(level, device, plan, tuple(rows), predicted, measured,
+                       context=cuda.context_json() if cuda else None,
+                       gpu=cuda.gpu if cuda else None, oom=oom, notes=tuple(notes + more),
+                       flags=flags, emulated=emulated)
+    if record:
+        line = rec.make_record(out.to_json())
+        try:
+            rec.append(record, line)
+        except OSError as e:      # checked before the run; the disk may still fill up
+            kept = rec.keep_elsewhere(line)
+            out = replace(out, notes=out.notes + (f"--record {record} could not be written "
+                                                  f"({e.strerror or e}): the record is kept in {kept} instead",))
+    return out
+
+
+def _attempt(model, level, device, force, timeout, gpu, gpu_mem, emulate, backend, environ,
+             plan_options, torch, notes):
+    """Steps 1-6 of the module docstring: (the measurement + what was emulated, the plan, the
+    CUDA device or None). A failure of the driver, NVML or CUDA comes out as it was raised."""
     cuda = None
     try:
         if device == "cpu":
             target = resolve_target(gpu, gpu_mem)
             free, where = guard.host_available_bytes(), "this host"
         else:
-            if level == "run":
-                _check_gpu_run()
-            cuda = _CudaDevice(torch, device, backend, environ)
+            cuda = CudaDevice(torch, device, backend, environ)
             target = resolve_target(gpu, gpu_mem) if (gpu or gpu_mem) else cuda.target
             free, where = cuda.target.free_bytes, f"{device} ({cuda.gpu['name']})"
         spec = load_model(model)
         plan = methods.plan(PlanRequest.from_keywords(spec, target, **plan_options))
-        note = guard.check_free(_needed(plan, level, device), free, force, where)
+        need = _needed(plan, level, device)
+        margin = guard.FREE_MARGIN_BYTES if device != "cpu" else 0
+        note = guard.check_free(need, free, force, where, margin)
         if note:
             notes.append(note)
         if level == "run" and device != "cpu":
             _refuse_managed(plan)
-        result = _measure(plan, level, device, cuda, model, spec, timeout)
+        bnb, emulated = _bitsandbytes(plan, level, device, emulate)
+        run = functools.partial(_run, bnb=bnb, force=force, notes=notes)
+        if cuda is not None:
+            cuda.need = need - plan.components.get("cuda_context", 0)   # once the context exists
+            cuda.force = force
+        result = _measure(plan, level, device, cuda, model, spec, timeout, run)
     finally:
         if cuda is not None:
             cuda.close()
-    rows, predicted, measured, oom, more = result
-    out = VerifyResult(level, device, plan, tuple(rows), predicted, measured,
-                       context=cuda.context_json() if cuda else None,
-                       gpu=cuda.gpu if cuda else None, oom=oom, notes=tuple(notes + more),
-                       flags=flags)
-    if record:
-        rec.append(record, rec.make_record(out.to_json()))
-    return out
+    return (*result, emulated), plan, cuda
 
 
-def _measure(plan, level, device, cuda, model, spec, timeout):
-    """Allocate or run under the time limit; whatever happens, free every tensor we made."""
+def _measure(plan, level, device, cuda, model, spec, timeout, run):
+    """Allocate or run under the time limit, with the device under test as torch's current
+    device (so nothing, autocast's checks included, touches another GPU); whatever happens,
+    free every tensor we made."""
     holder: list = []
-    try:
-        with guard.time_limit(timeout):
-            if cuda is not None:
-                result = cuda.measure(plan, level, holder, model, spec)
-            elif level == "alloc":
-                result = _alloc_cpu(plan, holder)
-            else:
-                result = _run(plan, model, spec, device, None)
-    except guard.VerifyTimeout as e:
-        guard.release(holder, e)
-        raise EnvironmentProblem(f"verify {e} and stopped; everything it allocated was freed. "
-                                 "Raise --timeout or verify a smaller workload.") from None
-    except BaseException as e:          # Ctrl-C included: free first, then let it go on
-        guard.release(holder, e)
-        raise
-    guard.release(holder)
+    with cuda.selected() if cuda is not None else contextlib.nullcontext():
+        try:
+            with guard.time_limit(*timeout):
+                if cuda is not None:
+                    result = cuda.measure(plan, level, holder, model, spec, run)
+                elif level == "alloc":
+                    result = _alloc_cpu(plan, holder)
+                else:
+                    result = run(plan, model, spec, device, None)
+        except guard.VerifyTimeout as e:
+            e.__traceback__ = None          # as for Ctrl-C below
+            guard.release(holder, e, device)
+            raise EnvironmentProblem(f"verify {e} and stopped; everything it allocated was freed. "
+                                     "Raise --timeout or verify a smaller workload.") from None
+        except KeyboardInterrupt as e:
+            # the traceback's frames keep the model alive through hooks and closures that
+            # clearing their locals does not reach: drop it, free, then let Ctrl-C go on
+            e.__traceback__ = None
+            guard.release(holder, e, device)
+            raise e from None
+        except BaseException as e:          # free first, then let it go on
+            guard.release(holder, e, device)
+            raise
+        guard.release(holder, None, device)
     return result
 
 
@@ -133,14 +182,33 @@ def _needed(plan, level: str, device: str) -> int:
     return plan.total_bytes
 
 
-def _check_gpu_run() -> None:
-    """--level run on a GPU needs the trace programs to take a device; say so before touching
-    the GPU rather than after building anything."""
-    from vramplan.trace import run as trace_run
+def _bitsandbytes(plan, level: str, device: str, emulate: bool) -> tuple[object, tuple[str, ...]]:
+    """(the bitsandbytes module a GPU run uses, or None; what the run emulates instead).
 
-    if "device" not in inspect.signature(trace_run.execute).parameters:
-        raise EnvironmentProblem("This vramplan's trace programs run on the CPU only, so "
-                                 "--level run cannot use a GPU yet; use --level alloc.")
+    A run with 4-bit weights or an 8-bit optimizer measures bitsandbytes on a GPU: its own
+    layers and optimizers when it is installed; without it, refused (exit 3) unless `emulate`,
+    and then every record says what was emulated. On the CPU bitsandbytes cannot run: the run
+    is the trace tier's emulation, and says so too."""
+    if level != "run":
+        return None, ()
+    s = _scenario(plan)
+    needs = []
+    if s.quant != "none":
+        needs.append(f"bitsandbytes {s.quant} weights (vramplan/trace/quant.py)")
+    if s.train is not None and resolve_optim(s.train.optim).impl == "bnb":
+        needs.append(f"bitsandbytes {s.train.optim} optimizer (vramplan/trace/training.py Adam8bitLike)")
+    if not needs:
+        return None, ()
+    if device == "cpu" or emulate:
+        return None, tuple(needs)
+    try:
+        import bitsandbytes
+    except ImportError:
+        what = " and ".join(n.split(" (")[0] for n in needs)
+        raise EnvironmentProblem(f"Measuring {what} on a GPU needs bitsandbytes, which is not "
+                                 "installed: pip install bitsandbytes, or verify with --emulate to "
+                                 "measure vramplan's emulation of it (the record says emulated).") from None
+    return bitsandbytes, ()
 
 
 def _refuse_managed(plan) -> None:
@@ -161,20 +229,11 @@ def _alloc_cpu(plan, holder: list):
         tr.reset_peak()
         rows, oom = alloc.allocate(plan, "cpu", CpuMeter(tr), holder)
     peak = tr.peak.bytes
-    predicted = {"peak_allocated_bytes": _alloc_planned(rows), "total_bytes": plan.total_bytes}
+    predicted = {"peak_allocated_bytes": alloc.planned_total(rows), "total_bytes": plan.total_bytes}
     measured = {"max_allocated_bytes": peak, "max_reserved_bytes": peak, "nvml_peak_bytes": None}
-    return ([_alloc_row(r) for r in rows], predicted, measured, oom,
+    return (rows, predicted, measured, oom,
             ["cpu: measured with the trace tier's storage tracker (512-B blocks); no caching "
              "allocator, so reserved = allocated, and no NVML"])
-
-
-def _alloc_planned(rows) -> int:
-    """What --level alloc should end up holding: every component it allocates."""
-    return sum(r.planned for r in rows if r.name not in alloc.NOT_ALLOCATED)
-
-
-def _alloc_row(r: alloc.Row) -> Row:
-    return Row(r.name, r.planned, r.allocated, r.reserved, r.nvml, pieces=r.pieces, note=r.note)
 
 
 def _tensor_peak(plan, device: str) -> int:
@@ -187,7 +246,7 @@ def _tensor_peak(plan, device: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # --level run: the trace tier's own programs, on real tensors
 
-def _run(plan, model, spec, device: str, meter):
+def _run(plan, model, spec, device: str, meter, bnb=None, force=False, notes=None):
     """Run the planned workload with the trace tier's programs on real tensors. On the CPU the
     trace tier's tracker is the measurement; the same programs on fake tensors are its
     prediction, and the two must agree to the byte."""
@@ -195,15 +254,21 @@ def _run(plan, model, spec, device: str, meter):
 
     raw, model_id = _raw_config(model, spec)
     scenario = _scenario(plan)
-    kwargs = {"device": device} if device != "cpu" else {}
     predicted_trace = trace_run.execute(raw, scenario, model_id, fake=True)
+    if meter is not None:      # the trace's peak, against what is free right before the run
+        need = predicted_trace.peak_bytes + plan.components.get("cublas_workspace", 0)
+        note = guard.check_free(need, meter.free_now(), force, f"{device} now (the trace's peak)",
+                                guard.FREE_MARGIN_BYTES)
+        if note and notes is not None:
+            notes.append(note)
     try:
-        real = trace_run.execute(raw, scenario, model_id, fake=False, **kwargs)
+        real = trace_run.execute(raw, scenario, model_id, fake=False, device=device, bitsandbytes=bnb,
+                                 on_reset_peak=meter.reset_peaks if meter is not None else None)
     except Exception as e:
         if not guard.is_oom(e):
             raise
         where = f"out of memory during the run, {_where(e)}: {str(e).splitlines()[0][:200]}"
-        guard.release([], e)
+        guard.release([], e, device)
         measured = {"max_allocated_bytes": None}
         if meter is not None:
             p = meter.peaks()
@@ -222,7 +287,7 @@ def _run(plan, model, spec, device: str, meter):
         measured.update(tracker_peak_bytes=real.peak_bytes, max_allocated_bytes=p.allocated,
                         max_reserved_bytes=p.reserved, nvml_peak_bytes=p.nvml,
                         outside_tracker_bytes=p.allocated - real.peak_bytes,
-                        memory_stats=meter.stats())
+                        memory_stats=meter.stats(), baseline_allocated_bytes=meter.baseline_allocated)
         more = ["max_allocated - tracker peak (outside_tracker_bytes) is what the allocator "
                 "held beyond the program's tensors: the cuBLAS workspace, mostly"]
     return (_run_rows(plan, predicted_trace, real), _run_predicted(plan, device, predicted_trace),
@@ -280,88 +345,3 @@ def _scenario(plan):
     `--method trace` uses), so both tiers run one program with one set of options."""
     trace.require(plan.workload)
     return trace.scenario_for(plan.model, plan.target, plan.workload)
-
-
-# ---------------------------------------------------------------------------------------------
-# --device cuda:N
-
-class _CudaDevice:
-    """The GPU under test: probed through NVML, its context measured before anything else."""
-
-    def __init__(self, torch, device: str, backend, environ):
-        guard.check_allocator()
-        self.torch, self.device = torch, device
-        self.fresh = not torch.cuda.is_initialized()
-        if not torch.cuda.is_available():
-            raise EnvironmentProblem(
-                f"torch sees no CUDA GPU (torch {torch.__version__}, CUDA build "
-                f"{torch.version.cuda or 'none: a CPU-only wheel'}); run verify on a GPU "
-                "machine, or use --device cpu.")
-        index = int(device.split(":")[1])
-        report = probe(backend, environ)
-        self.target = target_from(report, index)
-        g, mig = report.cuda_devices()[index]
-        mem = (mig or g).memory
-        self.gpu = {"name": (mig.name if mig else g.name), "uuid": (mig.uuid if mig else g.uuid),
-                    "catalog_id": g.catalog_id, "nvml_index": g.index,
-                    "driver_version": report.driver_version,
-                    "cuda_driver_version": report.cuda_driver_version,
-                    "memory_api": mem.api, "nvml_total_bytes": mem.total,
-                    "nvml_free_bytes_before": mem.free,
-                    "cuda_capacity_bytes": self.target.per_gpu_bytes}
-        self.meter: CudaMeter | None = None
-        self.planned_context = None
-        self.n = backend if backend is not None else N.default_backend()
-        self.n.init()
-        try:
-            h = self.n.handle(g.index)
-            if mig is not None:
-                h = self.n.mig_devices(h)[mig.slot]
-            self.view = NvmlView(self.n, h)          # baseline before our context exists
-            _same_device(torch, index, self.gpu["uuid"], mig is not None)
-        except BaseException:
-            self.close()
-            raise
-
-    def measure(self, plan, level: str, holder: list, model, spec):
-        """Context first (nothing allocated yet), then the level's allocations."""
-        self.meter = CudaMeter(self.device, self.view, self.fresh)
-        self.planned_context = plan.components.get("cuda_context")
-        self.gpu["cuda_total_bytes"] = self.meter.context.cuda_total
-        self.meter.reset_peaks()
-        if level == "alloc":
-            rows, oom = alloc.allocate(plan, self.device, self.meter, holder)
-            p = self.meter.peaks()
-            measured = {"max_allocated_bytes": p.allocated, "max_reserved_bytes": p.reserved,
-                        "nvml_peak_bytes": p.nvml, "memory_stats": self.meter.stats()}
-            predicted = {"peak_allocated_bytes": _alloc_planned(rows), "total_bytes": plan.total_bytes}
-            return [_alloc_row(r) for r in rows], predicted, measured, oom, []
-        return _run(plan, model, spec, self.device, self.meter)
-
-    def context_json(self) -> dict | None:
-        if self.meter is None:
-            return None
-        c = self.meter.context
-        return {"measured_bytes": c.bytes, "source": c.source,
-                "planned_bytes": self.planned_context, "cuda_total_bytes": c.cuda_total, "cuda_free_bytes": c.cuda_free}
-
-    def close(self) -> None:
-        if self.meter is not None:
-            self.meter.close()
-        try:
-            self.n.shutdown()
-        except Exception:
-            pass
-
-
-def _same_device(torch, index: int, nvml_uuid: str | None, is_mig: bool) -> None:
-    """torch numbers GPUs fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, NVML by PCI bus:
-    make sure the card we probed is the one torch will use, by UUID."""
-    got = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "").lower()
-    want = (nvml_uuid or "").lower()
-    for prefix in ("gpu-", "mig-"):
-        got, want = got.removeprefix(prefix), want.removeprefix(prefix)
-    if got and want and got != want and not is_mig:
-        raise EnvironmentProblem(
-            f"torch's cuda:{index} is not the GPU NVML lists at that position (UUIDs differ); "
-            "set CUDA_DEVICE_ORDER=PCI_BUS_ID so both number the GPUs the same way.")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from vramplan.spec import GpuTarget, ModelSpec, Workload
+from vramplan.memory.activations import pre_sm80_notes
 from vramplan.memory import overhead
 from vramplan.engines.hf_trainer import phases as training
 from vramplan.engines.hf_trainer.options import Method
@@ -42,6 +43,8 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup[Tr
     if method == "qlora" and dtype == "auto":
         dtype = "nf4"
     fmt, warnings = transformers_bnb(model, resolve_format(model, dtype), workload.transformers)
+    compute = "bf16" if (opts.precision == "mixed" or method == "qlora") else fmt.base   # autocast's dtype
+    warnings = (*warnings, *pre_sm80_notes(target.gpu, compute, model, training=True))
     capacity = target.per_gpu_bytes
     if target.free_bytes is not None:
         capacity = min(capacity, target.free_bytes)

@@ -29,6 +29,7 @@ class GenerateState:
 
 def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup[GenerateState]:
     fmt, warnings = transformers_bnb(model, resolve_format(model, workload.dtype), workload.transformers)
+    warnings = (*warnings, *act.pre_sm80_notes(target.gpu, fmt.base, model, training=False))
     kv_dtype = resolve_kv_dtype(workload.kv_dtype, fmt)
     # accelerate's device_map="auto" splits the layers evenly over the cards
     weights = ceil_div(weight_bytes(model, fmt, layout="transformers").total, target.count)
@@ -39,7 +40,8 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup[Ge
                  kv_elem=FLOAT_BYTES[kv_dtype], act_elem=FLOAT_BYTES[fmt.base], weights=weights,
                  overhead=overhead.runtime_overhead(target.gpu, target.count), capacity=capacity,
                  widest=act.widest_layer(model, layout="transformers"), warnings=warnings,
-                 state=GenerateState(act.eager_attention(model, act.attention_impl(model))))
+                 state=GenerateState(act.eager_attention(
+                     model, act.attention_impl(model, gpu=target.gpu, dtype=fmt.base))))
 
 
 def components(s: Setup[GenerateState], batch: int, ctx: int) -> Breakdown:
