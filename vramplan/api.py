@@ -211,10 +211,26 @@ def probe(backend=None, environ: Mapping[str, str] | None = None):
     return _tool("probe")(backend, environ)
 
 
+def calibrate(records: str | os.PathLike):
+    """The plan-vs-measured table of a verify records file, per component and GPU, and the
+    constants the records would move (`vramplan calibrate`)."""
+    if not isinstance(records, (str, os.PathLike)) or not str(records).strip():
+        raise BadInput(f"{{records}} must be the path of a records file (JSON lines from verify --record), "
+                       f"got {shown(records)}.")
+    return _tool("calibrate")(records)
+
+
 def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool = False,
-           timeout: float | None = None, record: str | os.PathLike | None = None, **options):
-    """Plan MODEL, then allocate or run it on `device` and measure (`vramplan verify`)."""
+           timeout: float | None = None, record: str | os.PathLike | None = None,
+           emulate: bool = False, hard_timeout: bool = False, **options):
+    """Plan MODEL, then allocate or run it on `device` and measure (`vramplan verify`).
+    `emulate`: run bitsandbytes' 4-bit layers and 8-bit optimizers as vramplan's emulation when
+    the library is missing (the records say so); `hard_timeout`: end the process when the device
+    does not give control back within the grace period after `timeout`."""
     _check_words(model, **options)
+    for name, value in (("emulate", emulate), ("hard_timeout", hard_timeout)):
+        if not isinstance(value, bool):
+            raise BadInput(f"{{{name}}} must be True or False, got {shown(value)}.")
     for name in ("gpu", "gpu_mem"):
         if options.get(name) is not None and not isinstance(options[name], str):
             raise BadInput(f"{{{name}}} must be a string such as {'l40s' if name == 'gpu' else '48GB'!r}, "
@@ -229,4 +245,4 @@ def verify(model, *, level: str = "alloc", device: str = "cuda:0", force: bool =
     if record is not None and not isinstance(record, (str, os.PathLike)):
         raise BadInput(f"{{record}} must be a file path, got {shown(record)}.")
     return _tool("verify")(model, level=level, device=device, force=force, timeout=timeout,
-                           record=record, **options)
+                           record=record, emulate=emulate, hard_timeout=hard_timeout, **options)

@@ -139,11 +139,16 @@ def test_verify_checks_before_importing_torch(args, kwargs, needle):
     refuses(api.verify, *args, **kwargs, needle=needle)
 
 
+def test_calibrate_refuses_what_is_not_a_path():
+    for bad in (None, 3, "", ["r.jsonl"]):
+        assert_api_refuses(api.calibrate, bad, exc=BadInput, needle="records")
+
+
 def test_every_public_function_is_covered():
     """A new public function gets its bad-input cases here too."""
     covered = {"plan", "preflight", "load_model", "plan_request", "compare", "compare_request", "sweep",
                "sweep_request", "kv_report", "bundled_models", "make_workload", "resolve_target",
-               "transformers_major", "probe", "verify", "gpus", "auto_target"}
+               "transformers_major", "probe", "verify", "gpus", "auto_target", "calibrate"}
     public = {n for n in api.__all__ if callable(getattr(api, n)) and getattr(api, n).__module__.startswith("vramplan")
               and not isinstance(getattr(api, n), type) and n[0].islower()}
     assert public <= covered, public - covered
