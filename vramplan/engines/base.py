@@ -1,6 +1,6 @@
 """What an engine is: the program whose memory a plan predicts (vLLM, transformers' generate(),
-the HF Trainer). The planner knows engines only through this protocol; every rule that belongs
-to one program lives in that program's package.
+the HF Trainer, llama.cpp and Ollama). The planner knows engines only through this protocol;
+every rule that belongs to one program lives in that program's package.
 
 An engine turns (model, GPU, workload) into a `Setup` (what stays fixed while batch and context
 vary), a Setup into the components at the peak for one batch and context (`Breakdown`), and may
