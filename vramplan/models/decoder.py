@@ -89,15 +89,7 @@ def build_decoder(cfg: Cfg, opts: DecoderOptions, *,
     cfg.require_all(required)       # BadConfig naming every missing key and the model
     H = cfg.int("hidden_size")
     L = cfg.int("num_hidden_layers")
-    heads = cfg.int("num_attention_heads")
-    kv = cfg.int("num_key_value_heads", default=heads)
-    rules.kv_heads(cfg, heads, kv)
-    explicit_hd = cfg.int("head_dim", default=None)
-    if opts.hidden_per_head or explicit_hd is None:
-        rules.hidden_per_head(cfg, H, heads, opts.hidden_per_head)
-    hd = explicit_hd or H // heads
-    if opts.rope:
-        rules.rotary_head(cfg, hd, "head_dim" if explicit_hd else None)
+    heads, kv, hd = rules.attention_heads(cfg, H, hidden_per_head_source=opts.hidden_per_head, rope=opts.rope)
     I = cfg.int("intermediate_size", default=None)
     vocab = cfg.int("vocab_size")
     window = cfg.int("sliding_window", default=0, positive=False) or None

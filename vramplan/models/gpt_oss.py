@@ -35,14 +35,7 @@ def parse(cfg: Cfg):
     cfg.require_all(KEYS)
     H = cfg.int("hidden_size")
     L = cfg.int("num_hidden_layers")
-    heads = cfg.int("num_attention_heads")
-    kv = cfg.int("num_key_value_heads", default=heads)
-    rules.kv_heads(cfg, heads, kv)
-    explicit_hd = cfg.int("head_dim", default=None)
-    if explicit_hd is None:
-        rules.hidden_per_head(cfg, H, heads)
-    hd = explicit_hd or H // heads
-    rules.rotary_head(cfg, hd, "head_dim" if explicit_hd else None)
+    heads, kv, hd = rules.attention_heads(cfg, H)
     vocab = cfg.int("vocab_size")
     I = cfg.int("intermediate_size")
     E = cfg.int("num_local_experts")

@@ -111,4 +111,22 @@ def expert_groups(cfg: Cfg, experts: int, k: int, n_group: int, topk_group: int,
                         f"keeps ('{t}' x experts per group).")
 
 
-__all__ = ["kv_heads", "hidden_per_head", "partial_rotary", "rotary_head", "top_k", "expert_groups"]
+def attention_heads(cfg: Cfg, hidden: int, *, hidden_per_head_source: str = "",
+                    rope: bool = True) -> tuple[int, int, int]:
+    """(heads, kv_heads, head_dim) of a standard attention block, checked as the model code
+    checks them: GQA groups, hidden_size a multiple of the heads (always when
+    `hidden_per_head_source` names the code that requires it, else only when head_dim is derived),
+    and a rotatable head."""
+    heads = cfg.int("num_attention_heads")
+    kv = cfg.int("num_key_value_heads", default=heads)
+    kv_heads(cfg, heads, kv)
+    explicit = cfg.int("head_dim", default=None)
+    if hidden_per_head_source or explicit is None:
+        hidden_per_head(cfg, hidden, heads, hidden_per_head_source)
+    head_dim = explicit or hidden // heads
+    if rope:
+        rotary_head(cfg, head_dim, "head_dim" if explicit else None)
+    return heads, kv, head_dim
+
+
+__all__ = ["attention_heads", "kv_heads", "hidden_per_head", "partial_rotary", "rotary_head", "top_k", "expert_groups"]
