@@ -456,3 +456,17 @@ def test_readme_llama_cpp_example_is_current():
 def test_trace_refuses_a_gguf_file(tmp_path):
     (path,) = write_llama(tmp_path / "m.gguf")
     assert_cli_refuses(["fit", str(path), "--method", "trace"], 2, "GGUF file is planned with --method analytic")
+
+
+def test_what_the_plan_does_not_model_is_said():
+    """Nemotron-H: 54 Mamba2 layers whose recurrent state llama.cpp keeps in a buffer this plan does
+    not count, and a model type without a modelled converter mapping: both said, not answered
+    silently. gpt2 at 4,096 tokens per slot is past its 1,024 n_positions (llama.cpp's own
+    n_ctx_train overflow warning). Llama-3.1-8B at 8k says none of these."""
+    nemotron = api.plan("nvidia/Nemotron-H-56B-Base-8K", "h100", engine="llama.cpp", dtype="q4_k_m")
+    assert any("recurrent (SSM) layers" in w for w in nemotron.warnings)
+    assert any("model_type 'nemotron_h' is not modelled" in w for w in nemotron.warnings)
+    gpt2 = api.plan("openai-community/gpt2", "l40s", engine="llama.cpp", ctx=4096)
+    assert any("(4,096) is past the model's training length (1,024)" in w for w in gpt2.warnings)
+    llama = api.plan("meta-llama/Llama-3.1-8B", "rtx-4090", engine="llama.cpp", dtype="q4_k_m", ctx="8k")
+    assert not any("not modelled" in w or "recurrent" in w or "training length" in w for w in llama.warnings)

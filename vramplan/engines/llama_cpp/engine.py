@@ -14,13 +14,13 @@ from dataclasses import dataclass, replace
 from vramplan.engines.base import Attempt, EngineBase
 from vramplan.engines.llama_cpp import buffers as B
 from vramplan.engines.llama_cpp.options import DEFAULT_BATCH, DEFAULT_UBATCH, LlamaFlags, LlamaOptions, normalize
-from vramplan.engines.llama_cpp.quantize import check_mix, plan_file
+from vramplan.engines.llama_cpp.quantize import check_mix, has_gguf_mapping, plan_file
 from vramplan.errors import BadInput
 from vramplan.memory.overhead import CUDA_CONTEXT_BYTES
 from vramplan.memory.setup import Breakdown, Setup
 from vramplan.memory.weights import WeightFormat
 from vramplan.spec import (Attention, DeviceBuffers, GpuTarget, LocalReport, ModelSpec, Plan, Quantization,
-                           Workload)
+                           Recurrent, Workload)
 from vramplan.spec.gguf import GgufFile
 from vramplan.units import GiB
 
@@ -50,6 +50,7 @@ class LlamaCppEngine(EngineBase):
             raise BadInput(f"{opts.parallel or workload.batch} slots ({{parallel}}) cannot share {workload.ctx} "
                            f"cells of context ({{ctx}}): llama.cpp refuses n_ctx_seq == 0.")
         file, warnings = gguf_file(model, workload.dtype)
+        warnings = warnings + unmodelled(model, file, self.context(opts, workload.batch, workload.ctx).n_ctx_seq)
         capacity = target.per_gpu_bytes
         if target.free_bytes is not None:
             capacity = min(capacity, target.free_bytes)
@@ -184,6 +185,24 @@ class LlamaCppEngine(EngineBase):
             opts = plan.workload.llama or self.options(plan.workload)
             attempt(f"--n-gpu-layers {r.n_gpu_layers} (the rest in RAM)", {"n_gpu_layers": r.n_gpu_layers},
                     llama=replace(opts, n_gpu_layers=r.n_gpu_layers))
+
+
+def unmodelled(model: ModelSpec, file: GgufFile, n_ctx_seq: int) -> list[str]:
+    """What this plan does not model, said up front: the recurrent state of SSM layers (llama.cpp
+    keeps it in its own buffer, src/llama-memory-recurrent.cpp), a model llama.cpp's converter has
+    no mapping for here (tensor names and per-tensor quant rules then follow the HF checkpoint),
+    and a context past the training length (llama.cpp warns "n_ctx_seq > n_ctx_train")."""
+    out = []
+    if any(isinstance(layer.mixer, Recurrent) for layer in model.layers):
+        out.append(f"{model.id} has recurrent (SSM) layers: their state buffer is not counted in this "
+                   f"llama.cpp plan, so the KV cache line is a lower bound.")
+    if file.planned and not has_gguf_mapping(model):
+        out.append(f"llama.cpp's converter mapping for model_type '{model.model_type}' is not modelled: the "
+                   f"planned file uses the HF tensor names and the generic quantization rules (approximate).")
+    if file.context_length and n_ctx_seq > file.context_length:
+        out.append(f"The context per slot ({n_ctx_seq:,}) is past the model's training length "
+                   f"({file.context_length:,}); llama.cpp warns of a training context overflow.")
+    return out
 
 
 def gguf_file(model: ModelSpec, dtype: str) -> tuple[GgufFile, list[str]]:

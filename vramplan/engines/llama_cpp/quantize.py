@@ -401,6 +401,11 @@ def _gguf_arch(model: ModelSpec) -> str:
     return _ARCH.get(model.model_type, model.model_type)
 
 
+def has_gguf_mapping(model: ModelSpec) -> bool:
+    """llama.cpp's converter names for this model type are modelled here (_ARCH)."""
+    return model.model_type in _ARCH
+
+
 def check_mix(dtype: str) -> str:
     mix = mix_name(dtype)
     if mix is None:
