@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from vramplan.engines.base import Attempt, EngineBase
 from vramplan.engines.llama_cpp import buffers as B
-from vramplan.engines.llama_cpp.options import DEFAULT_BATCH, DEFAULT_UBATCH, LlamaFlags, LlamaOptions, normalize
+from vramplan.engines.llama_cpp.options import ALL_LAYERS, DEFAULT_BATCH, DEFAULT_UBATCH, LlamaFlags, LlamaOptions, normalize
 from vramplan.engines.llama_cpp.quantize import check_mix, has_gguf_mapping, plan_file
 from vramplan.errors import BadInput
 from vramplan.memory.overhead import CUDA_CONTEXT_BYTES
@@ -27,7 +27,6 @@ from vramplan.units import GiB
 # llama.cpp's --fit (on by default) leaves this much free on each GPU: common/common.h
 # fit_params_target = 1 GiB per device
 FIT_MARGIN = 1 * GiB
-ALL = 10**6
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ class LlamaCppEngine(EngineBase):
         return [d.total + s.overhead["cuda_context"] for d in devs[:-1]]
 
     def components(self, s: Setup, batch: int, ctx: int) -> Breakdown:
-        ngl = s.state.opts.n_gpu_layers if s.state.opts.n_gpu_layers is not None else ALL
+        ngl = s.state.opts.n_gpu_layers if s.state.opts.n_gpu_layers is not None else ALL_LAYERS
         if self.context(s.state.opts, batch, ctx).n_ctx_seq == 0:
             # llama.cpp refuses more slots than context cells: no such workload starts
             return Breakdown({"refused": 2**62}, {"refused": "more --parallel slots than -c cells"}, "", 2**62)

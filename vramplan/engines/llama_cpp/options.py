@@ -23,6 +23,9 @@ FLASH_ATTN = ("auto", "on", "off")
 DEFAULT_BATCH, DEFAULT_UBATCH = 2048, 512
 # common/common.h LLM_FFN_EXPS_REGEX: what --n-cpu-moe / --cpu-moe keep on the CPU, per layer
 EXPS_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+# -ngl "all": more layers than any model has (llama.cpp takes min(ngl, n_layer + 1), so any number
+# above the layer count means every layer; models/bounds.py caps layers at 1,000)
+ALL_LAYERS = 10**6
 # A desktop's RAM bandwidth when none is given: dual-channel DDR5-4000, 2 x 8 B x 4000 MT/s
 DEFAULT_RAM_GBS = 64.0
 
@@ -82,7 +85,7 @@ def normalize(flags: LlamaFlags, kv_dtype: str = "auto", *, ollama: bool = False
         if text in ("auto", "-1"):
             ngl = None
         elif text in ("all", "999") or (text.lstrip("-").isdigit() and int(text) <= -2):
-            ngl = 10**6
+            ngl = ALL_LAYERS
         elif text.isdigit():
             ngl = int(text)
         else:
