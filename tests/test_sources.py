@@ -406,7 +406,7 @@ def test_hub_id_problem_names_the_rule():
 
 
 def test_shown_escapes_what_stderr_cannot_print():
-    from vramplan.files import shown
+    from vramplan.units import printable as shown
 
     assert shown("meta-llama/Llama-3.1-8B") == "meta-llama/Llama-3.1-8B"
     assert shown("a\x00b\ud800\x07") == "a\\x00b\\ud800\\x07"

@@ -21,6 +21,7 @@ import stat
 from pathlib import Path
 
 from vramplan.errors import BadInput, VramplanError
+from vramplan.units import printable
 
 __all__ = ["read_small_file", "kind_of", "shown", "Kind", "CONFIG_LIMIT", "REF_LIMIT", "TOML_LIMIT"]
 
@@ -39,16 +40,6 @@ TOML_LIMIT = 4 * MiB
 # terminal device swapped in is never made our controlling terminal.
 _OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
                | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
-
-
-def shown(text: str, limit: int = 120) -> str:
-    """`text` as a message may print it: control characters, NUL and lone surrogates escaped
-    (a lone surrogate cannot even be written to stderr), and cut to `limit` characters."""
-    if not text.isprintable():      # surrogates, control characters and NUL are not printable
-        text = text.encode("unicode_escape").decode("ascii")
-    if len(text) > limit:
-        text = f"{text[:limit - 20]}...{text[-17:]} ({len(text)} characters)"
-    return text
 
 
 class Kind:
@@ -118,7 +109,7 @@ def read_small_file(path: str | os.PathLike, limit: int, what: str,
     """The bytes of the regular file `path`, at most `limit` of them; else `error` naming `what`.
 
     `hint` is the second sentence of every refusal (what to do about it)."""
-    name = shown(os.fspath(path))
+    name = printable(os.fspath(path))
     hint = f" {hint}" if hint else ""
 
     def refuse(why: str) -> VramplanError:
@@ -176,9 +167,9 @@ def read_resource(node, limit: int, what: str, error: type[VramplanError], hint:
     try:
         raw = node.read_bytes()
     except OSError as e:
-        raise error(f"Cannot read {what} {shown(str(node))}: {_os_reason(e)}.{(' ' + hint) if hint else ''}") from None
+        raise error(f"Cannot read {what} {printable(str(node))}: {_os_reason(e)}.{(' ' + hint) if hint else ''}") from None
     if len(raw) > limit:
-        raise error(f"Cannot read {what} {shown(str(node))}: it is {_size(len(raw), limit)}, over vramplan's "
+        raise error(f"Cannot read {what} {printable(str(node))}: it is {_size(len(raw), limit)}, over vramplan's "
                     f"{_size(limit)} limit for this kind of file.{(' ' + hint) if hint else ''}")
     return raw
 

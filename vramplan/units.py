@@ -34,6 +34,16 @@ MAX_GPU_BYTES = 4 * TiB
 _LIMIT_OF = {"{batch}": MAX_BATCH, "{max_num_seqs}": MAX_BATCH}
 
 
+def printable(text: str, limit: int = 120) -> str:
+    """`text` as a message may print it: control characters, NUL and lone surrogates escaped
+    (a lone surrogate cannot even be written to stderr), and cut to `limit` characters."""
+    if not text.isprintable():      # surrogates, control characters and NUL are not printable
+        text = text.encode("unicode_escape").decode("ascii")
+    if len(text) > limit:
+        text = f"{text[:limit - 20]}...{text[-17:]} ({len(text)} characters)"
+    return text
+
+
 def shown(value) -> str:
     """A user's value as a message quotes it: repr, except numbers too long to read."""
     text = repr(value)

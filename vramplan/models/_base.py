@@ -9,6 +9,7 @@ import math
 from typing import Any, Callable
 
 from vramplan.errors import BadConfig
+from vramplan.units import printable
 from vramplan.models.bounds import PARAMS, bound_of, describe
 from vramplan.spec import (Attention, LayerSpec, ModelSpec, PerHead, Quantization, Role, Split, Tensor, Traits,
                            VisionTower)
@@ -226,12 +227,9 @@ class Cfg:
             self.warnings.append(text)
 
 
-def _clip(name: str, most: int = 120) -> str:
-    """A model id or model_type as a message prints it: at most `most` characters, printable
-    (a lone surrogate from a Python caller's string is escaped)."""
-    name = name if isinstance(name, str) else show(name)
-    name = name.encode("utf-8", "backslashreplace").decode("utf-8")
-    return name if len(name) <= most else name[:most] + "..."
+def _clip(name) -> str:
+    """A model id or model_type as a message prints it (units.printable; a non-string as `show`)."""
+    return printable(name if isinstance(name, str) else show(name))
 
 
 # --- dtypes -------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from typing import Literal
 
 from vramplan.errors import BadInput, ModelNotFound
 from vramplan.sources import bundled, hf_cache, hub, local
-from vramplan.files import Kind, kind_of, shown
+from vramplan.files import Kind, kind_of
+from vramplan.units import printable
 from vramplan.sources.parse import parse_config
 
 __all__ = ["LoadedConfig", "load_config", "is_hub_id", "hub_id_problem"]
@@ -111,16 +112,16 @@ def _check_text(model) -> str:
     if not model.strip():
         raise BadInput("MODEL is empty. Pass a Hub id (org/name), a config.json or a directory holding one.")
     if "\x00" in model:
-        raise BadInput(f"The model name '{shown(model)}' holds a NUL character, which no id or path "
+        raise BadInput(f"The model name '{printable(model)}' holds a NUL character, which no id or path "
                        "can hold. Check what was pasted.")
     try:
         os.fsencode(model)
     except UnicodeError:
-        raise BadInput(f"The model name '{shown(model)}' holds a character that is not valid text "
+        raise BadInput(f"The model name '{printable(model)}' holds a character that is not valid text "
                        "(a lone surrogate), which no id or path can hold. Check what was pasted.") from None
     longest = max(len(part) for part in re.split(r"[/\\]", model))
     if len(model) > MAX_PATH_CHARS or longest > MAX_NAME_CHARS:
-        raise BadInput(f"The model name is {len(model):,} characters long ('{shown(model, 60)}'): longer "
+        raise BadInput(f"The model name is {len(model):,} characters long ('{printable(model, 60)}'): longer "
                        f"than any Hub id (two parts of at most 96) or path (file names of at most "
                        f"{MAX_NAME_CHARS}, paths of at most {MAX_PATH_CHARS}) can be. Check what was pasted.")
     return model
@@ -137,7 +138,7 @@ def _expand_user(model: str) -> str:
         out = model
     if out.startswith("~"):
         user = re.split(r"[/\\]", model, maxsplit=1)[0]
-        raise BadInput(f"Cannot expand '{shown(user)}' in '{shown(model)}': no such user, or no home "
+        raise BadInput(f"Cannot expand '{printable(user)}' in '{printable(model)}': no such user, or no home "
                        "directory, on this machine. Write the path out in full.")
     return out
 
@@ -145,10 +146,10 @@ def _expand_user(model: str) -> str:
 def _read_local(model: str, path: str, kind: str) -> LoadedConfig:
     """MODEL names something on disk: read it as a config (or its directory's config.json)."""
     if kind in (Kind.TOO_LONG, Kind.INVALID):
-        raise BadInput(f"'{shown(model)}' is not a path this file system can open (a name too long, "
+        raise BadInput(f"'{printable(model)}' is not a path this file system can open (a name too long, "
                        "or a character it cannot store). Check what was pasted.")
     if kind == Kind.DANGLING:
-        raise BadInput(f"{shown(model)} is a symbolic link to {shown(os.readlink(path))}, which does "
+        raise BadInput(f"{printable(model)} is a symbolic link to {printable(os.readlink(path))}, which does "
                        "not exist. Point it at a config.json, or pass the file itself.")
     file = local.config_file(Path(path)) if kind == Kind.DIR else Path(path)
     raw = local.read_config_bytes(file)
@@ -167,16 +168,16 @@ def _not_found(model: str) -> BadInput:
         if is_hub_id(model.rstrip("/")) and model.endswith("/"):
             note = f" (for the Hub id, drop the trailing '/': {model.rstrip('/')})"
         return ModelNotFound(
-            f"No such file or directory: {shown(model)}{note}. "
+            f"No such file or directory: {printable(model)}{note}. "
             "Pass an existing config.json, a directory holding one, or a Hub id (org/name)."
         )
     if _attempted_id(model):
         return ModelNotFound(
-            f"'{shown(model)}' is neither a local path nor a valid Hub id: {hub_id_problem(model)}. "
+            f"'{printable(model)}' is neither a local path nor a valid Hub id: {hub_id_problem(model)}. "
             + bundled.did_you_mean(model)
         )
     return ModelNotFound(
-        f"'{shown(model)}' is not a local path, a bundled model, or a Hub id of the form org/name. "
+        f"'{printable(model)}' is not a local path, a bundled model, or a Hub id of the form org/name. "
         + bundled.did_you_mean(model)
     )
 
@@ -188,13 +189,13 @@ def _refuse_url_or_revision(model: str) -> None:
         host, _, rest = bare.partition("/")
         parts = [p for p in rest.split("/") if p]
         if host.lower() in _HUB_HOSTS and len(parts) >= 2 and is_hub_id("/".join(parts[:2])):
-            raise BadInput(f"'{shown(model)}' is a URL; vramplan takes the repo id. "
+            raise BadInput(f"'{printable(model)}' is a URL; vramplan takes the repo id. "
                            f"Pass {parts[0]}/{parts[1]}.")
-        raise BadInput(f"'{shown(model)}' is a URL; vramplan takes a Hub repo id (org/name) or a local "
+        raise BadInput(f"'{printable(model)}' is a URL; vramplan takes a Hub repo id (org/name) or a local "
                        "path, and downloads nothing but a Hub repo's config.json.")
     m = _REVISION.fullmatch(model)
     if m and is_hub_id(m["id"]):
-        raise BadInput(f"'{shown(model)}' names a revision ('{shown(m['rev'])}'), which vramplan does not "
+        raise BadInput(f"'{printable(model)}' names a revision ('{printable(m['rev'])}'), which vramplan does not "
                        f"take: it reads the main branch's config. Pass {m['id']}, or that revision's "
                        "config.json as a local path.")
 
@@ -211,7 +212,7 @@ def load_config(model: str, *, offline: bool | None = None) -> LoadedConfig:
     if kind != Kind.MISSING:
         return _read_local(model, path, kind)
     if model != model.strip():
-        raise BadInput(f"'{shown(model)}' starts or ends with whitespace, and no file of that name "
+        raise BadInput(f"'{printable(model)}' starts or ends with whitespace, and no file of that name "
                        "exists. Remove the spaces (or quote the path exactly as it is on disk).")
     _refuse_url_or_revision(model)
     if _looks_like_path(model):

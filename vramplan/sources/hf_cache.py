@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 
 from vramplan.errors import EnvironmentProblem
-from vramplan.files import CONFIG_LIMIT, REF_LIMIT, Kind, is_within, kind_of, read_small_file, shown
+from vramplan.files import CONFIG_LIMIT, REF_LIMIT, Kind, is_within, kind_of, read_small_file
+from vramplan.units import printable
 
 # huggingface_hub writes a 40-hex-digit commit hash into refs/<branch>; we accept letters and
 # digits up to 64 (a SHA-256 object id), and nothing that could be a path (no '/', '.', '\\').
@@ -57,13 +58,13 @@ def _ref(repo: Path) -> str | None:
         return None          # an empty ref names nothing: the newest snapshot answers
     if not _COMMIT.fullmatch(text):
         raise EnvironmentProblem(
-            f"The Hugging Face cache ref {shown(str(ref))} holds '{shown(text, 60)}', not a commit "
+            f"The Hugging Face cache ref {printable(str(ref))} holds '{printable(text, 60)}', not a commit "
             f"hash, so vramplan will not follow it. {_hint(repo)}")
     return text
 
 
 def _hint(repo: Path) -> str:
-    return f"Delete {shown(str(repo))} from the cache and run again."
+    return f"Delete {printable(str(repo))} from the cache and run again."
 
 
 def _confined(file: Path, repo: Path) -> Path:
@@ -72,11 +73,11 @@ def _confined(file: Path, repo: Path) -> Path:
     may not even stat cannot be resolved, nor read: `read_config` says "permission denied"."""
     if kind_of(file) != Kind.DENIED and not is_within(file, repo):
         try:
-            where = f" (to {shown(str(file.resolve()))})"
+            where = f" (to {printable(str(file.resolve()))})"
         except (OSError, RuntimeError):
             where = ""
         raise EnvironmentProblem(
-            f"The Hugging Face cache file {shown(str(file))} leads outside its repo folder{where}, "
+            f"The Hugging Face cache file {printable(str(file))} leads outside its repo folder{where}, "
             f"so vramplan will not read it. {_hint(repo)}")
     return file
 

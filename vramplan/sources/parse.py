@@ -17,6 +17,7 @@ import json
 import sys
 
 from vramplan.errors import BadConfig
+from vramplan.units import printable
 
 # Hub configs nest four levels at most (quantization_config.config_groups.group_0.weights); 64 is
 # far beyond any, and far below the depth at which recursive code (the json module, repr) fails.
@@ -80,13 +81,13 @@ def check_data(data: dict, where: str) -> None:
         if depth > MAX_DEPTH:
             top = path.split(".", 1)[0].split("[", 1)[0]
             raise BadConfig(f"{where} nests objects or lists more than {MAX_DEPTH} levels deep (under "
-                            f"'{_clip(top)}'); a config.json nests a few.")
+                            f"'{printable(top)}'); a config.json nests a few.")
         in_dict = isinstance(node, dict)
         for k, v in (node.items() if in_dict else enumerate(node)):
             sub = (f"{path}.{k}" if path else k) if in_dict else f"{path}[{k}]"
             if (in_dict and not _is_text(k)) or (isinstance(v, str) and not _is_text(v)):
                 clean = sub.encode("utf-8", "backslashreplace").decode("ascii", "replace")
-                raise BadConfig(f"'{_clip(clean)}' in {where} holds a lone UTF-16 surrogate (an escape "
+                raise BadConfig(f"'{printable(clean)}' in {where} holds a lone UTF-16 surrogate (an escape "
                                 f"like \\ud800 without its pair), which is not text; fix the file.")
             if isinstance(v, (dict, list)):
                 stack.append((v, sub, depth + 1))
@@ -100,5 +101,3 @@ def _is_text(s: str) -> bool:
     return True
 
 
-def _clip(s: str, most: int = 120) -> str:
-    return s if len(s) <= most else s[:most] + "..."

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from vramplan import __version__
 from vramplan.errors import BadInput
-from vramplan.files import read_small_file, shown
+from vramplan.files import read_small_file
+from vramplan.units import printable
 
 SCHEMA = "vramplan.verify/1"
 # Settings that change what the allocator and the context hold, kept with every record
@@ -97,7 +98,7 @@ def read(path: str | Path) -> list[dict]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadInput(f"The results file {shown(str(path))} is not UTF-8 text. "
+        raise BadInput(f"The results file {printable(str(path))} is not UTF-8 text. "
                        "Pass the file that verify --record wrote.") from None
     out = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -108,7 +109,7 @@ def read(path: str | Path) -> list[dict]:
         except (ValueError, RecursionError):
             rec = None
         if not isinstance(rec, dict):
-            raise BadInput(f"Line {number} of the results file {shown(str(path))} is not a JSON "
+            raise BadInput(f"Line {number} of the results file {printable(str(path))} is not a JSON "
                            "object. Remove or repair that line (each line is one record).")
         if rec.get("schema") == SCHEMA:
             out.append(rec)
