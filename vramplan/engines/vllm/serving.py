@@ -587,6 +587,7 @@ def startup(s: Setup[VllmState], b: Breakdown, ctx: int) -> ServeReport:
         max_model_len_that_starts=longest, outside_budget=dict(d.outside), headroom_ok=d.headroom_ok,
         refusal=refusal, available_bytes=worst.available, rank=worst.index * o.tp, kv_groups=groups,
         kv_notes=d.notes, ranks=ranks if o.pp > 1 else (),
+        holds=b.total <= s.capacity, mxfp4_backend=d.mxfp4_backend,
     )
 
 
