@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from vramplan.errors import BadInput
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, ServeOptions, ServeReport, Workload
 from vramplan.spec.model import ContextLimit
-from vramplan.units import GiB, ceil_div
+from vramplan.units import GiB, ceil_div, shown
 from vramplan.memory import activations as act
 from vramplan.memory import kv_cache as kv
 from vramplan.memory.dtypes import FLOAT_BYTES, config_dtype
@@ -92,9 +92,10 @@ def resolve_version(version: str) -> VllmVersion:
     text = version.strip()
     if not text:
         return VllmVersion(NEWEST_RELEASE, ERAS[-1][1])
-    match = _VERSION.fullmatch(text)
-    if not match:
-        raise BadInput(f"{{vllm_version}} {version!r} is not a vLLM version like 0.10, 0.21 or 0.31.0.")
+    match = _VERSION.fullmatch(text) if len(text) <= 64 else None
+    if not match or any(len(part) > 4 for part in match.groups()[:3] if part):
+        raise BadInput(f"{{vllm_version}} {shown(version)} is not a version like 0.10, 0.21 or 0.31.0 "
+                       f"(a vLLM release).")
     release = (int(match[1]), int(match[2]), int(match[3] or 0))
     if release < ERAS[0][0]:
         raise BadInput(f"{{vllm_version}} {version}: vLLM before 0.9 (V0 and early V1) sized its cache "
