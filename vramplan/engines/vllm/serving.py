@@ -1,5 +1,6 @@
-"""A vLLM V1 serving engine (0.11-0.20 accounting): its memory budget, the profiling peak, the
-KV cache layout, and what it logs or refuses at start-up, on one GPU or split over several.
+"""A vLLM V1 serving engine, release by release (0.9 to 0.31; ERAS): its memory budget, the
+profiling peak, the KV cache layout, and what it logs or refuses at start-up, on one GPU or split
+over several.
 
 Each worker (one GPU: a tensor-parallel rank of a pipeline stage) takes a snapshot after its
 CUDA context and NCCL exist, requests `total x gpu_memory_utilization`, loads its share of the
@@ -7,6 +8,7 @@ weights, profiles a dummy forward of `max_num_batched_tokens` tokens (the last s
 dummy sampler pass) and gives the rest to the KV cache:
 
     available  = total * util - weights - torch_peak_increase - non_torch_increase
+                 (- the CUDA graph estimate, from 0.21)
     num_blocks = min over workers of available // (page_size * layers per group there)
     "GPU KV cache size" = num_blocks // kv groups * block_size tokens
     "Maximum concurrency for L tokens" = num_blocks / blocks one request of L tokens needs
