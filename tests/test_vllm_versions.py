@@ -210,3 +210,16 @@ def test_2026_qwen2_5_0_5b_a100_40gb_eager():
     assert close(p.capacity_bytes / GiB, 36.33, 0.001)
     assert close(p.components["activations"] / GiB, 0.59, 0.05)         # 0.57: -3 %
     assert close(p.serve.available_bytes / GiB, 34.70)                   # 34.49: -0.6 %
+
+
+def test_logged_kv_tokens_of_a_hybrid_model_by_release():
+    # gemma-3-27b-it, 32K: 7 groups, one request needs 2,048 + 6 x 577 = 5,510 block slots.
+    # Up to 0.20: num_blocks // 7 x 16 (vllm issue #40691 shows it on v0.19.0); later releases log
+    # int(max_concurrency x max_model_len) (PR #40694; a v0.24.0 log of 567,978 tokens at 4.33x of
+    # 131,072 in noonghunna/club-3090 issue #612 is not a multiple of any block size).
+    old = serve("google/gemma-3-27b-it", version="0.16", ctx=32768, batch=8).serve
+    assert old.kv_cache_tokens == old.num_gpu_blocks // 7 * 16 == 19_072
+    now = serve("google/gemma-3-27b-it", ctx=32768, batch=8).serve
+    assert now.kv_cache_tokens == int(now.num_gpu_blocks / 5510 * 32768) == 74_938
+    dense = serve("meta-llama/Llama-3.1-8B", ctx=16384).serve             # one group: the same
+    assert dense.kv_cache_tokens == dense.num_gpu_blocks * 16

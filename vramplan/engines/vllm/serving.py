@@ -582,7 +582,7 @@ def startup(s: Setup[VllmState], b: Breakdown, ctx: int) -> ServeReport:
                    "available": st.available, "num_blocks": st.num_blocks} for st in stages)
     return ServeReport(
         kv_cache_bytes=max(worst.available, 0), num_gpu_blocks=blocks,
-        kv_cache_tokens=blocks // groups * layout.min_block_size(ctx) if groups else 0,
+        kv_cache_tokens=_logged_tokens(d.era, blocks, groups, layout.min_block_size(ctx), per_request, ctx),
         max_concurrency=round(blocks / per_request, 2) if per_request else 0.0,
         block_size=min((sp.block_size for sp, _ in layout.groups if sp.block_size), default=o.block_size),
         max_num_batched_tokens=in_flight,
@@ -592,6 +592,19 @@ def startup(s: Setup[VllmState], b: Breakdown, ctx: int) -> ServeReport:
         kv_notes=d.notes, ranks=ranks if o.pp > 1 else (),
         holds=b.total <= s.capacity, mxfp4_backend=d.mxfp4_backend,
     )
+
+
+def _logged_tokens(era: str, blocks: int, groups: int, block_size: int, per_request: int, ctx: int) -> int:
+    """"GPU KV cache size: N tokens" (kv_cache_utils._report_kv_cache_config). Up to 0.20:
+    num_blocks // groups x the smallest block size, which for hybrid models is not concurrency x
+    max_model_len (vllm issue #40691, v0.19.0). Later releases log int(max_concurrency x
+    max_model_len) (vllm PR #40694 proposed it; a v0.24.0 log, 567,978 tokens at 4.33x of 131,072,
+    can only come from it): modelled from 0.21 on. The same for one-group models."""
+    if not groups or not per_request:
+        return 0
+    if era == "0.21+":
+        return int(blocks / per_request * ctx)
+    return blocks // groups * block_size
 
 
 def utilization_that_starts(target: GpuTarget, report: ServeReport | None, o: ServeOptions) -> float | None:
