@@ -140,7 +140,8 @@ def _serve_verdict(p: Plan) -> str:
     w, s = p.workload, p.serve
     load = f"{w.batch} x {w.ctx:,} tokens"
     if not s.starts:
-        return f"✗ does not fit: vLLM does not start with max_model_len {w.ctx:,} (its refusal below)"
+        why = "its refusal below" if s.refusal else "what it keeps outside its budget does not fit, below"
+        return f"✗ does not fit: vLLM does not start with max_model_len {w.ctx:,} ({why})"
     starts = f"vLLM starts (max_model_len {w.ctx:,})"
     if p.fits:
         return (f"✓ fits: {starts} and holds {load} at once: {fmt_gib(p.total_bytes)} of "
