@@ -50,7 +50,7 @@ class ServeFlags:
     tp: int | None = None                               # None: the GPU count
     pp: int | None = None                               # None: 1
     enforce_eager: bool | None = None                   # None: CUDA graphs captured
-    vllm_version: str | None = None                     # None: the default era (0.11-0.20)
+    vllm_version: str | None = None                     # None: the newest vLLM release known
     kv_cache_memory: int | str | None = None            # explicit KV bytes per GPU, e.g. "20GiB"
     allow_long_max_model_len: bool | None = None        # as VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
 

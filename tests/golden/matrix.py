@@ -149,6 +149,13 @@ def cases() -> dict[str, list[str]]:
     add("fit", "meta-llama/Llama-3.1-8B", "--gpu", "l40s", "--tp", "3")
     add("fit", "meta-llama/Llama-3.1-8B", "--mode", "infer", "--optim", "sgd")
     add("fit", "meta-llama/Llama-3.1-8B", "--dtype", "int3")
+    # vLLM releases (issue #13): each era, the MXFP4 backend per release, refusals
+    add("fit", "meta-llama/Llama-3.1-8B", "--gpu", "l40s", "--ctx", "32k", "--batch", "8", "--vllm-version", "0.16")
+    add("fit", "meta-llama/Llama-3.1-8B", "--gpu", "h100", "--vllm-version", "0.19.0", "--json")
+    add("fit", "openai/gpt-oss-120b", "--gpu", "h100", "--ctx", "64k", "--json")
+    add("fit", "openai/gpt-oss-120b", "--gpu", "h100", "--ctx", "64k", "--vllm-version", "0.11.0")
+    add("fit", "Qwen/Qwen3-0.6B", "--gpu", "h100", "--vllm-version", "0.40")
+    add("fit", "Qwen/Qwen3-0.6B", "--gpu", "h100", "--kv-dtype", "int8")
     return c
 
 

@@ -89,7 +89,9 @@ def plan_table(p: Plan) -> str:
     lines.append("")
     lines.append(memory_bar(p))
     lines.append("")
-    if p.fits:
+    if p.serve is not None:
+        lines.append(glyph(_serve_verdict(p)))
+    elif p.fits:
         lines.append(glyph(f"✓ fits: {fmt_gib(p.total_bytes)} of {fmt_gib(p.capacity_bytes)}, "
                             f"headroom {fmt_gib(p.headroom_bytes)}"))
     elif p.total_bytes <= p.capacity_bytes:
@@ -105,6 +107,7 @@ def plan_table(p: Plan) -> str:
                      f"{fmt_gib(p.peak_allocated_bytes)}")
     if p.serve is not None:
         s = p.serve
+        lines.append(f"engine    {s.engine}")
         groups = f" x {s.kv_groups} groups" if s.kv_groups > 1 else ""
         lines.append(f"vLLM      GPU KV cache size: {s.kv_cache_tokens:,} tokens ({s.num_gpu_blocks:,} blocks "
                      f"of {s.block_size}{groups}); maximum concurrency for {w.ctx:,} tokens per request: "
@@ -129,6 +132,25 @@ def plan_table(p: Plan) -> str:
     for warning in p.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def _serve_verdict(p: Plan) -> str:
+    """vLLM's two questions, answered apart: does it start with max_model_len = ctx, and does its
+    budget hold batch x ctx at once. The plan fits (exit 0) only when both hold."""
+    w, s = p.workload, p.serve
+    load = f"{w.batch} x {w.ctx:,} tokens"
+    if not s.starts:
+        why = "its refusal below" if s.refusal else "what it keeps outside its budget does not fit, below"
+        return f"✗ does not fit: vLLM does not start with max_model_len {w.ctx:,} ({why})"
+    starts = f"vLLM starts (max_model_len {w.ctx:,})"
+    if p.fits:
+        return (f"✓ fits: {starts} and holds {load} at once: {fmt_gib(p.total_bytes)} of "
+                f"{fmt_gib(p.capacity_bytes)}, headroom {fmt_gib(p.headroom_bytes)}")
+    if s.holds:     # started and holds: only what vLLM keeps outside its budget fails
+        return f"✗ does not fit: {starts}, but runs out of memory outside its budget"
+    return (f"✗ does not fit: {starts}, but holds only {p.max_batch:,} of {load} at once "
+            f"({s.max_concurrency:.2f}x; the rest queue): needs {fmt_gib(p.total_bytes)}, capacity "
+            f"{fmt_gib(p.capacity_bytes)}")
 
 
 def _trace_lines(p: Plan, top: int = 6) -> list[str]:

@@ -25,8 +25,8 @@ class ServeOptions:
     pp: int = 1
     enforce_eager: bool = False
     kv_cache_memory: int | None = None          # explicit KV bytes, bypassing the profile
-    vllm_version: str = ""                      # whose accounting: "" = 0.11-0.20; "0.10" (NCCL inside
-                                                # the budget) or "0.21" (CUDA graphs inside it)
+    vllm_version: str = ""                      # the vLLM release planned ("0.14.1", "0.20"); "" = the
+                                                # newest known (engines/vllm/serving.py, resolve_version)
     allow_long_max_model_len: bool = False      # as vLLM with VLLM_ALLOW_LONG_MAX_MODEL_LEN=1: a max
                                                 # model length above the config's is allowed (warned)
 
@@ -77,6 +77,9 @@ class ServeReport:
     kv_groups: int = 1            # vLLM's KV cache groups (hybrid models: several, padded to one size)
     kv_notes: tuple = ()          # what vLLM logs about block sizes and padding layers
     ranks: tuple = ()             # per pipeline stage: {rank, layers, weights, activations, available, num_blocks}
+    holds: bool = False           # the budget holds batch x ctx at once (each request's KV cache resident);
+                                  # the plan fits when vLLM starts and holds it (docs/serving.md)
+    mxfp4_backend: str = ""       # the MXFP4 MoE kernels whose layout the weights follow ("" for other formats)
 
 
 @dataclass(frozen=True)
