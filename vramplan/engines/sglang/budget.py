@@ -20,13 +20,14 @@ from dataclasses import dataclass, replace
 
 from vramplan.memory import activations as act
 from vramplan.memory.kv_cache import attention_layers, kv_elems_per_rank
-from vramplan.memory.overhead import CUDA_CONTEXT_BYTES
+from vramplan.memory.overhead import CUDA_CONTEXT_BYTES, NCCL_BYTES_PER_RANK
 from vramplan.memory.parallel import pp_stages, stage_tensors, tp_divisor
 from vramplan.memory.weights import WeightFormat, weight_bytes
 from vramplan.spec import Attention, GpuTarget, ModelSpec, Tensor
 from vramplan.units import GiB, MiB, ceil_div
 
 VERSION = "0.5.23"
+NCCL_PCIE_BYTES = int(0.25 * GiB)
 
 # arg_groups/memory_hook.py:89-170: (gpu_mem below, MiB) -> chunked_prefill_size, decode CUDA-graph
 # max batch at tp < 4, at tp >= 4. None: the largest cards (B200, MI300).
@@ -59,9 +60,12 @@ REQ_TO_TOKEN_EXTRA = 4              # mem_cache: max_context_len = context_len +
 # max batch 512 (Qwen2.5-VL-7B, B200, sglang PR #11830) and 0.75 GB at 256 (gpt-oss-120b, RTX PRO
 # 6000, sglang PR #19718): 3 MiB per batch size of the largest captured batch.
 GRAPH_BYTES_PER_BS = 3 * MiB
-# NCCL communicators and the custom all-reduce buffers, created before SGLang's baseline when
-# tp x pp > 1 (distributed/parallel_state.py). Estimate, not a measurement: 0.5 GiB per rank.
-DISTRIBUTED_BYTES = GiB // 2
+# NCCL communicators and buffers, created before SGLang's baseline when tp x pp > 1: the figures
+# vramplan uses for vLLM (engines/vllm/serving.py, nccl_bytes): 1.79 GiB per rank on NVLink
+# machines (vllm PR #10511), 0.25 GiB over PCIe (vllm PR #20665). SGLang's own check: Qwen3-235B-FP8
+# at TP4 on H100 (vllm issue #21348) logs 367,404 tokens; 1.79 GiB reproduces it within 0.1 %.
+def distributed_bytes(gpu) -> int:
+    return NCCL_PCIE_BYTES if gpu is not None and not gpu.nvlink else NCCL_BYTES_PER_RANK
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,19 +147,22 @@ def cell_bytes(model: ModelSpec, layers: range, kv_elem: int, attn_tp: int) -> i
     return total * kv_elem
 
 
-def _is_attention(t: Tensor) -> bool:
-    # Hugging Face parameter paths put a layer's attention under self_attn / attn (ModelSpec names)
-    return ".self_attn." in t.name or ".attn." in t.name or ".attention." in t.name
+def _attention_group(t: Tensor) -> bool:
+    """Split attn_tp ways under --enable-dp-attention: a layer's attention (Hugging Face paths put
+    it under self_attn / attn) and the token embedding (models/qwen2_moe.py VocabParallelEmbedding
+    use_attn_tp_group=is_dp_attention_enabled(); models/deepseek_v2.py enable_tp=not
+    is_dp_attention_enabled()). The lm_head stays split tp ways (enable_dp_lm_head is off)."""
+    return t.role == "embedding" or ".self_attn." in t.name or ".attn." in t.name or ".attention." in t.name
 
 
 def rank_weights(model: ModelSpec, fmt: WeightFormat, tp: int, attn_tp: int) -> int:
     """Weight bytes on one rank. SGLang's layers shard as vLLM's do (its model code follows
-    vLLM's); under --enable-dp-attention the attention is split attn_tp = tp / dp ways only
-    (parallel.py attn_tp_size) while the MLP stays split tp ways."""
+    vLLM's); under --enable-dp-attention the attention and the embedding are split
+    attn_tp = tp / dp ways only (parallel.py attn_tp_size) while the MLP stays split tp ways."""
     if tp == 1:
         return weight_bytes(model, fmt, None, layout="vllm").total
     mlp, attn = tp_divisor(model, tp), tp_divisor(model, attn_tp)
-    return weight_bytes(model, fmt, lambda t: attn(t) if _is_attention(t) else mlp(t), layout="vllm").total
+    return weight_bytes(model, fmt, lambda t: attn(t) if _attention_group(t) else mlp(t), layout="vllm").total
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -143,7 +143,7 @@ class SglangEngine(EngineBase):
         free = target.free_bytes if target.free_bytes is not None else target.per_gpu_bytes
         before = {"cuda_context": CUDA_CONTEXT_BYTES}
         if world > 1:
-            before["nccl"] = b.DISTRIBUTED_BYTES
+            before["nccl"] = b.distributed_bytes(target.gpu)
         pre = free - sum(before.values())
         stages = b.stages(model, fmt, tp=tp, pp=pp, attn_tp=tp // attn_dp, kv_elem=kv_elem, pre=pre,
                           fraction=s.mem_fraction_static, page=s.page_size)
@@ -189,7 +189,7 @@ class SglangEngine(EngineBase):
                                 "chunked prefill (estimate)",
                  "req_to_token": "request-to-token table, int32 (max_running_requests + 1) x (context_len + 4)",
                  "cuda_graphs": "decode CUDA graphs (estimate from SGLang's logged capture sizes)",
-                 "nccl": "NCCL and custom all-reduce buffers (estimate)"}
+                 "nccl": "NCCL buffers, before SGLang's baseline (vLLM's measured figure)"}
         return Breakdown(parts, {k: v for k, v in notes.items() if k in parts}, "",
                          setup.weights + cells + parts["activations"])
 
