@@ -29,6 +29,8 @@ from vramplan.units import GiB, ceil_div
 # SGLang's --kv-cache-dtype choices (arg_groups/fields/model.py): auto, fp8_e4m3, fp8_e5m2, bf16,
 # fp4_e2m1 ...; vramplan's words that name one
 KV_DTYPES = {"bf16": 2, "fp16": 2, "fp8": 1}
+# The highest --mem-fraction-static a suggestion offers: above it the slack rarely holds the graphs
+MAX_SUGGESTED_FRACTION = 0.95
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,7 +224,7 @@ class SglangEngine(EngineBase):
         return breakdown.total <= setup.capacity and self._starts(setup, ctx)
 
     def warnings(self, setup: Setup, report) -> list[str]:
-        out = list(setup.warnings)
+        out = []                    # setup.warnings reach the plan through the planner
         d, w = setup.state, setup.workload
         if report is not None and report.starts and w.batch > report.max_running_requests > 0:
             out.append(f"--batch {w.batch} is above SGLang's max_running_requests ({report.max_running_requests}); "
@@ -274,10 +276,14 @@ class SglangEngine(EngineBase):
             if r.chunked_prefill_size > 2048:
                 attempt("--chunked-prefill-size 2048", {"chunked_prefill_size": 2048},
                         sglang=replace(o, chunked_prefill_size=2048))
-        elif r is not None and r.mem_fraction_static < 0.95:
-            higher = min(0.95, round(r.mem_fraction_static + 0.05, 2))
-            attempt(f"--mem-fraction-static {higher:g}", {"mem_fraction_static": higher},
-                    sglang=replace(o, mem_fraction_static=higher))
+        elif r is not None and r.pre_load_free_bytes > 0 and r.cell_bytes:
+            # the fraction whose pool holds batch x ctx (whole pages, one spare), in hundredths
+            page = r.page_size
+            cells = (w.batch * ceil_div(w.ctx, page) * page + page) * r.cell_bytes
+            higher = ceil_div(100 * (r.weight_bytes + cells), r.pre_load_free_bytes) / 100
+            if r.mem_fraction_static < higher <= MAX_SUGGESTED_FRACTION:
+                attempt(f"--mem-fraction-static {higher:g}", {"mem_fraction_static": higher},
+                        sglang=replace(o, mem_fraction_static=higher))
         if FLOAT_BYTES.get(plan.kv_dtype, 2) > 1:
             attempt("--kv-dtype fp8 (--kv-cache-dtype fp8_e4m3)", {"kv_dtype": "fp8"}, kv_dtype="fp8")
         for dtype in ("fp8", "int4"):
