@@ -261,3 +261,8 @@ def test_api_aliases():
     assert p.workload.ctx == 8192
     assert_api_refuses(api.plan, "meta-llama/Llama-3.1-8B", engine="sglang", context_length=8192, ctx=4000,
                        needle="context_length is SGLang's name for ctx")
+
+
+def test_trace_method_is_refused():
+    assert_cli_refuses(["fit", "meta-llama/Llama-3.1-8B", "--engine", "sglang", "--method", "trace"], 2,
+                       "--engine sglang is planned with --method analytic")
