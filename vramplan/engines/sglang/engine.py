@@ -154,10 +154,10 @@ class SglangEngine(EngineBase):
         tokens = min((st.tokens for st in holding), default=0)
         if o.max_total_tokens is not None:    # kv_cache_configurator.py _apply_token_constraints
             tokens = min(tokens, o.max_total_tokens) // s.page_size * s.page_size
-        refusal = next((memory_refusal(pre, st.weights, st.rest, st.tokens if st.cell else 1,
-                                       s.mem_fraction_static) for st in stages
-                        if memory_refusal(pre, st.weights, st.rest, st.tokens if st.cell else 1,
-                                          s.mem_fraction_static)), "")
+        refusal = ""
+        for st in stages:           # a stage without attention layers holds no pool to refuse
+            refusal = refusal or memory_refusal(pre, st.weights, st.rest, st.tokens if st.cell else 1,
+                                                s.mem_fraction_static)
         if not refusal and holding and tokens <= 0:
             refusal = memory_refusal(pre, worst.weights, worst.rest, tokens, s.mem_fraction_static)
         ctx = w.ctx
