@@ -73,6 +73,16 @@ def test_default_fraction_h200_tp8_and_mla():
     assert reserved == 16384 and f == round((143771 - 16384) / 143771, 3) == 0.886
 
 
+def test_default_fraction_logged_on_h100_tp2():
+    # https://github.com/sgl-project/sglang/issues/29092 (2026-06-23): "the value to be 0.828 for
+    # H100 with Qwen3 32B". TP is not stated; Qwen3-32B's 65.5 GB of bf16 weights call for two
+    # cards, and at tp 2 today's rule gives it: 512 + 12,288 + 2 / 8 x 1024 + 512 + 464 = 14,032 MiB
+    # -> round((81,559 - 14,032) / 81,559, 3) = 0.828 (tp 1 would give 0.830).
+    p = sglang("Qwen/Qwen3-32B", "h100", 2, tp=2)
+    assert p.sglang.mem_fraction_static == 0.828
+    assert sglang("Qwen/Qwen3-8B", "h100").sglang.mem_fraction_static == 0.83
+
+
 def test_default_fraction_small_card_has_no_floor():
     # L40S, 46,068 MiB: 512 + 4096 x 1.5 + 128 + 32 x 2 + 50 x 8 = 7,248 MiB; no 10 GiB floor below 60 GiB
     f, reserved = b.default_fraction(46068, chunk=4096, max_bs=32, tp=1, pp=1, attn_dp=1, mla=False, graphs=True)
