@@ -44,7 +44,7 @@ KBIT = typer.Option(None, "--kbit-prepare", help="qlora: peft (prepare_model_for
 HF = typer.Option(None, "--transformers", help="infer/train: the transformers major version planned, 4 or 5 (default: the installed one, else 5). Under 5, bitsandbytes leaves fused MoE experts and FalconLinear in 16 bits.")
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 # --engine and llama.cpp's own flags (names as llama-server takes them; docs/llama-cpp.md)
-ENGINE = typer.Option(None, "--engine", help="Whose rules apply within the mode: serve: vllm (default), llama.cpp, ollama. A GGUF file defaults to llama.cpp, an Ollama name (llama3.1:8b) to ollama.")
+ENGINE = typer.Option(None, "--engine", help="Whose rules apply within the mode: serve: vllm (default), sglang, llama.cpp, ollama. A GGUF file defaults to llama.cpp, an Ollama name (llama3.1:8b) to ollama.")
 PARALLEL = typer.Option(None, "--parallel", "-np", help="llama.cpp/ollama: slots (default: --batch).")
 NGL = typer.Option(None, "--n-gpu-layers", "-ngl", help="llama.cpp/ollama: layers on the GPU (the output layer counts), auto or all. Default: the most that fit.")
 TS = typer.Option(None, "--tensor-split", "-ts", help="llama.cpp/ollama: share of the layers per GPU, e.g. 3,1.")
