@@ -83,6 +83,23 @@ def test_default_fraction_logged_on_h100_tp2():
     assert sglang("Qwen/Qwen3-8B", "h100").sglang.mem_fraction_static == 0.83
 
 
+def test_multimodal_fraction():
+    # memory_hook.py:432-462. sglang PR #11830 (Qwen2.5-VL-7B-Instruct, B200, 2025-11-30) logs
+    # mem_fraction_static=0.7629746875: its vision_config names its 32 layers "depth", so SGLang
+    # reads num_hidden_layers' default 24, with hidden_size 1280: 24 x 1280^2 / (24 x 1024^2) = 1.5625
+    # -> 0.95 x (1 - 0.1 x 0.5625) = 0.8965625, and 0.851 x 0.8965625 = 0.7629746875 exactly
+    assert b.vlm_factor(24, 1280) == pytest.approx(0.8965625, abs=1e-12)
+    assert 0.851 * b.vlm_factor(24, 1280) == pytest.approx(0.7629746875, abs=1e-12)
+    # gemma-3-27b-it (SigLIP: 27 layers of 1152): 27 x 1152^2 / 24 / 1024^2 = 1.423828125
+    # -> 0.95 x 0.9576171875; on H100 0.83 x 0.909736328125
+    p = sglang("google/gemma-3-27b-it")
+    assert p.sglang.mem_fraction_static == pytest.approx(0.83 * 0.95 * 0.9576171875, abs=1e-12)
+    # and 100 MiB of the pool's budget go to the multimodal embedding cache (mm_runtime_reservation_gb)
+    r = p.sglang
+    rest = int((r.pre_load_free_bytes - r.weight_bytes) - r.pre_load_free_bytes * (1 - r.mem_fraction_static))
+    assert r.rest_bytes == rest - 100 * MiB
+
+
 def test_default_fraction_small_card_has_no_floor():
     # L40S, 46,068 MiB: 512 + 4096 x 1.5 + 128 + 32 x 2 + 50 x 8 = 7,248 MiB; no 10 GiB floor below 60 GiB
     f, reserved = b.default_fraction(46068, chunk=4096, max_bs=32, tp=1, pp=1, attn_dp=1, mla=False, graphs=True)

@@ -51,6 +51,14 @@ RESERVED_FLOOR_MIB = 10 * 1024      # on cards above 60 GiB
 # 3 (x1.5 more above 300); prefill graphs 8 MiB per captured token bucket, MLA 1.5 GiB flat
 GRAPH_DECODE_MIB, GRAPH_DP_MIB, GRAPH_PREFILL_BUCKET_MIB, GRAPH_PREFILL_MLA_MIB = 2, 3, 8, 1536
 
+# memory_hook.py:417-462 adjust_mem_fraction_for_vlm: the default fraction x 0.95 x clamp(1 - 0.1 x
+# (ViT layers x hidden^2 / (24 x 1024^2) - 1), 0.8, 1.05), for multimodal models served with their tower
+VLM_BASE, VLM_SENSITIVITY, VLM_CLAMP = 0.95, 0.1, (0.8, 1.05)
+VLM_BASELINE = 24 * 1024 ** 2       # ViT-L/14: 24 layers of hidden size 1024
+# kv_cache_configurator.py:202-219 mm_runtime_reservation_gb: SGLANG_VLM_CACHE_SIZE_MB (100, environ.py:1598)
+# taken out of the pool's budget for multimodal models
+VLM_CACHE_BYTES = 100 * MiB
+
 # kv_cache_configurator.py resolve_max_num_reqs: int(tokens / context_len x 512), in [2048, 4096]
 REQS_PER_CONTEXT, MIN_REQS, MAX_REQS = 512, 2048, 4096
 REQ_TO_TOKEN_EXTRA = 4              # mem_cache: max_context_len = context_len + 4, int32 entries
@@ -124,6 +132,13 @@ def default_fraction(gpu_mem: float, *, chunk: int, max_bs: int, tp: int, pp: in
     return round((gpu_mem - reserved) / gpu_mem, 3), reserved
 
 
+def vlm_factor(vit_layers: int, vit_hidden: int) -> float:
+    """What SGLang multiplies its default fraction by for a multimodal model (memory_hook.py:432-462)."""
+    ratio = vit_layers * vit_hidden ** 2 / VLM_BASELINE
+    low, high = VLM_CLAMP
+    return VLM_BASE * max(low, min(high, 1.0 - VLM_SENSITIVITY * (ratio - 1.0)))
+
+
 def uses_mla(model: ModelSpec) -> bool:
     return any(a.kind == "mla" for a in attention_layers(model))
 
@@ -177,7 +192,7 @@ class Stage:
 
 
 def stages(model: ModelSpec, fmt: WeightFormat, *, tp: int, pp: int, attn_tp: int, kv_elem: int,
-           pre: int, fraction: float, page: int) -> list[Stage]:
+           pre: int, fraction: float, page: int, reserve: int = 0) -> list[Stage]:
     out = []
     for k, layers in enumerate(pp_stages(model.num_layers, pp)):
         part = model if pp == 1 else replace(model, layers=model.layers[layers.start:layers.stop],
@@ -185,7 +200,7 @@ def stages(model: ModelSpec, fmt: WeightFormat, *, tp: int, pp: int, attn_tp: in
         weights = rank_weights(part, fmt, tp, attn_tp)
         cell = cell_bytes(model, layers, kv_elem, attn_tp)
         # kv_cache_configurator.py _profile_available_bytes: free after loading minus the slack
-        rest = int((pre - weights) - pre * (1 - fraction))
+        rest = int((pre - weights) - pre * (1 - fraction)) - reserve
         tokens = max(rest, 0) // cell // page * page if cell else 0
         out.append(Stage(layers=layers, weights=weights, cell=cell, rest=rest, tokens=tokens))
     return out

@@ -122,6 +122,11 @@ def settings(model: ModelSpec, target: GpuTarget, w: Workload, o: SglangOptions,
                                                 attn_dp=attn_dp, mla=b.uses_mla(model), graphs=graphs)
         rule = (f"SGLang {b.VERSION} default: round(({gpu_mem:,.0f} - {reserved:,.0f}) / {gpu_mem:,.0f}, 3) MiB; "
                 f"reserved for chunked prefill {chunk:,}, CUDA graphs up to batch {max_bs}, tp x pp {tp * pp}")
+        if model.vision is not None:
+            factor = b.vlm_factor(model.vision.num_layers, model.vision.hidden_size)
+            fraction = fraction * factor
+            rule += (f"; x {factor:.4f} for the {model.vision.num_layers}-layer, {model.vision.hidden_size}-wide "
+                     "vision tower (adjust_mem_fraction_for_vlm)")
     return b.Settings(chunked_prefill_size=chunk, cuda_graph_max_bs=max_bs if graphs else 0, page_size=page,
                       mem_fraction_static=fraction, fraction_rule=rule, reserved_mib=reserved)
 
@@ -148,7 +153,8 @@ class SglangEngine(EngineBase):
             before["nccl"] = b.distributed_bytes(target.gpu)
         pre = free - sum(before.values())
         stages = b.stages(model, fmt, tp=tp, pp=pp, attn_tp=tp // attn_dp, kv_elem=kv_elem, pre=pre,
-                          fraction=s.mem_fraction_static, page=s.page_size)
+                          fraction=s.mem_fraction_static, page=s.page_size,
+                          reserve=b.VLM_CACHE_BYTES if model.vision is not None else 0)
         holding = [st for st in stages if st.cell]
         worst = min(holding or stages, key=lambda st: (st.tokens, st.rest))
         tokens = min((st.tokens for st in holding), default=0)
@@ -248,9 +254,10 @@ class SglangEngine(EngineBase):
             out.append("SGLang keeps this model's Mamba states in a separate pool that vramplan does not "
                        "size; the token pool counts the attention layers only (approximate).")
         if model.vision is not None and o.mem_fraction_static is None:
-            out.append("SGLang lowers its default mem_fraction_static for multimodal models "
-                       "(adjust_mem_fraction_for_vlm), which vramplan does not apply: pass "
-                       "--mem-fraction-static as your server logs it.")
+            out.append("SGLang lowers its default mem_fraction_static for multimodal models by the size of the "
+                       "vision tower, reading vision_config.num_hidden_layers (24 when the config names it "
+                       "otherwise); vramplan applies it with the tower's own layer count, so compare the "
+                       "fraction with your server's log.")
         if o.dp_size > 1 and not o.enable_dp_attention:
             out.append(f"--dp-size {o.dp_size}: {o.dp_size} independent replicas of {w.serve.tp * w.serve.pp} "
                        f"GPU(s); each holds the pool shown ({d.tokens:,} tokens), "
