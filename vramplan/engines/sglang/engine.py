@@ -251,8 +251,9 @@ class SglangEngine(EngineBase):
                        "pool); vramplan plans one pool over every attention layer, as with "
                        "--disable-hybrid-swa-memory, so max_total_num_tokens is a lower bound.")
         if recurrent_layers(model):
-            out.append("SGLang keeps this model's Mamba states in a separate pool that vramplan does not "
-                       "size; the token pool counts the attention layers only (approximate).")
+            out.append("SGLang carves this model's Mamba states (a pool of their own, kv_cache_configurator.py "
+                       "_handle_max_mamba_cache) out of the same budget before the token pool; vramplan does not "
+                       "size them, so max_total_num_tokens here is an upper bound.")
         if model.vision is not None and o.mem_fraction_static is None:
             out.append("SGLang lowers its default mem_fraction_static for multimodal models by the size of the "
                        "vision tower, reading vision_config.num_hidden_layers (24 when the config names it "
