@@ -23,7 +23,7 @@ from vramplan.catalog import MAX_GPU_COUNT
 from vramplan.errors import BadInput, DoesNotFit
 from vramplan.methods import plan as _plan_request
 from vramplan.request import (ENGINE_OF_MODE, METHODS, MODES, TRAINING_MODES, TRANSFORMERS_MAJORS, LlamaFlags,
-                              PlanRequest, ServeFlags, TrainFlags, build_workload, check_model,
+                              PlanRequest, ServeFlags, SglangFlags, TrainFlags, build_workload, check_model,
                               make_workload, transformers_major)
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan
 from vramplan.targets import auto_target, resolve_target
@@ -39,10 +39,12 @@ _TOOLS = {
 }
 __all__ = [
     "plan", "plan_request", "preflight", "load_model", "gpus",
-    "PlanRequest", "ServeFlags", "TrainFlags", "LlamaFlags", "make_workload", "resolve_target", "auto_target",
+    "PlanRequest", "ServeFlags", "TrainFlags", "LlamaFlags", "SglangFlags", "make_workload", "resolve_target", "auto_target",
     "transformers_major", "BadInput", "ENGINE_OF_MODE", "METHODS", "MODES", "TRAINING_MODES",
     "TRANSFORMERS_MAJORS", *_TOOLS,
 ]
+# SGLang's names for vramplan's own keywords (docs/sglang.md): plan(..., context_length=..., tp_size=...)
+KEYWORD_ALIASES = {"context_length": "ctx", "tp_size": "tp"}
 MAX_VERIFY_SECONDS = 24 * 3600      # verify --timeout: a day; a longer run is no memory check
 
 
@@ -106,12 +108,22 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
 
     `options` are vLLM's engine flags (`ServeFlags`: tp, pp, gpu_memory_utilization, ...), the
     training settings (`TrainFlags`: optim, grad_ckpt, lora_r, ...) and `transformers`; an
-    unknown keyword raises BadInput naming it.
+    unknown keyword raises BadInput naming it. With engine="sglang", SGLang's own (`SglangFlags`:
+    mem_fraction_static, page_size, chunked_prefill_size, max_running_requests, cuda_graph_max_bs,
+    dp_size, ep_size, ...); context_length and tp_size are SGLang's names for ctx and tp.
 
     >>> p = plan("meta-llama/Llama-3.1-8B", "l40s", ctx="32k", batch=8)
     >>> p.fits, p.components["weights"]
     (False, 16060522496)
     """
+    for alias, name in KEYWORD_ALIASES.items():
+        if alias in options:
+            if name == "ctx" and ctx != 4096 or name in options:
+                raise BadInput(f"{alias} is SGLang's name for {name}; give one of them.")
+            value = options.pop(alias)
+            ctx = value if name == "ctx" else ctx
+            if name != "ctx":
+                options[name] = value
     return plan_request(PlanRequest.from_keywords(
         model, gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
         kv_dtype=kv_dtype, method=method, no_cache=no_cache, **options))

@@ -156,6 +156,18 @@ def cases() -> dict[str, list[str]]:
     add("fit", "openai/gpt-oss-120b", "--gpu", "h100", "--ctx", "64k", "--vllm-version", "0.11.0")
     add("fit", "Qwen/Qwen3-0.6B", "--gpu", "h100", "--vllm-version", "0.40")
     add("fit", "Qwen/Qwen3-0.6B", "--gpu", "h100", "--kv-dtype", "int8")
+    # SGLang (docs/sglang.md): default fraction per card, a given one, DP attention, refusals
+    add("fit", "meta-llama/Llama-3.1-8B", "--engine", "sglang", "--gpu", "h100", "--ctx", "32k", "--batch", "8")
+    add("fit", "meta-llama/Llama-3.1-8B", "--engine", "sglang", "--gpu", "l40s", "--ctx", "8k", "--batch", "4", "--json")
+    add("fit", "deepseek-ai/DeepSeek-V3", "--engine", "sglang", "--gpu", "h200:8", "--tp-size", "8",
+        "--context-length", "64k", "--batch", "16")
+    add("fit", "Qwen/Qwen3-8B", "--engine", "sglang", "--gpu", "b200", "--mem-fraction-static", "0.9",
+        "--chunked-prefill-size", "4096", "--cuda-graph-max-bs", "128")
+    add("fit", "mistralai/Mixtral-8x7B-v0.1", "--engine", "sglang", "--gpu", "h100:4", "--tp-size", "4",
+        "--dp-size", "2", "--enable-dp-attention", "--ep-size", "4")
+    add("fit", "meta-llama/Llama-3.1-70B", "--engine", "sglang", "--gpu", "h100:2", "--tp-size", "2",
+        "--mem-fraction-static", "0.5")
+    add("fit", "meta-llama/Llama-3.1-8B", "--mem-fraction-static", "0.8")
     return c
 
 

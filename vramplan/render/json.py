@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from vramplan import __version__
 from vramplan.render.local import local_json
+from vramplan.render.sglang import sglang_json
 from vramplan.spec import GpuSpec, ModelSpec, Plan
 
 if TYPE_CHECKING:       # the catalog reports load with the commands that make them
@@ -86,6 +87,13 @@ def plan_json(p: Plan) -> dict:
         out["local"] = local_json(p.local)
         out["workload"].pop("transformers", None)
         out["workload"]["engine"] = p.local.engine
+    if p.sglang is not None:            # SGLang: added keys only (docs/json-schema.md)
+        out["engine"] = "sglang"
+        out["sglang"] = sglang_json(p.sglang)
+        out["workload"].pop("transformers", None)
+        out["workload"]["engine"] = "sglang"
+        out["workload"].update({k: v for k, v in p.workload.sglang.__dict__.items()})
+        out["workload"].update({"tp": p.workload.serve.tp, "pp": p.workload.serve.pp})
     if getattr(p, "trace", None) is not None:
         out["workload"]["method"] = "trace"
         out["trace"] = p.trace.to_json()

@@ -10,6 +10,7 @@ from tabulate import tabulate
 from vramplan.render.bar import glyph, memory_bar
 from vramplan.render.json import layer_kinds
 from vramplan.render.local import local_lines
+from vramplan.render.sglang import capacity_note, sglang_lines
 from vramplan.spec import GpuSpec, Plan
 from vramplan.units import GiB, fmt_bytes, fmt_gib, fmt_tokens
 
@@ -53,6 +54,8 @@ def plan_table(p: Plan) -> str:
     cap_note = (f" x {w.serve.gpu_memory_utilization:g} gpu_memory_utilization" if serve else "")
     if serve and w.serve.kv_cache_memory is not None:
         cap_note = " = weights + profile peak + --kv-cache-memory"
+    if p.sglang is not None:
+        cap_note = capacity_note(p.sglang)
     lines.append(f"gpu       {gpu}, {total}; capacity {fmt_gib(p.capacity_bytes)}{cap_note}")
     par = f", tp {w.serve.tp}" + (f" pp {w.serve.pp}" if w.serve.pp > 1 else "") if serve and w.serve.tp * w.serve.pp > 1 else ""
     if w.train is not None:
@@ -129,6 +132,7 @@ def plan_table(p: Plan) -> str:
             lines.append(f"  {mark} {sug.change:<40} total {fmt_gib(sug.total_bytes)}")
     lines += _trace_lines(p)
     lines += local_lines(p)
+    lines += sglang_lines(p)
     for warning in p.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)

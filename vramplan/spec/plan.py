@@ -8,6 +8,7 @@ from typing import Literal
 from vramplan.spec.hardware import GpuTarget
 from vramplan.spec.local import LocalReport
 from vramplan.spec.model import ModelSpec
+from vramplan.spec.sglang import SglangReport
 
 
 Mode = Literal["serve", "infer", "full", "lora", "qlora"]
@@ -45,6 +46,7 @@ class Workload:
     engine: str = ""             # the engine that answers (vramplan.engines.registry), chosen at
                                  # the edge from the mode (vramplan.request.ENGINE_OF_MODE)
     llama: object = None         # --engine llama.cpp / ollama: engines.llama_cpp.options.LlamaOptions
+    sglang: object = None        # --engine sglang: engines.sglang.options.SglangOptions
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class Plan:
     warnings: tuple[str, ...] = ()
     phase: str = ""                    # where the peak falls (training: forward/backward/step)
     local: LocalReport | None = None   # llama.cpp / Ollama: layers on the GPU, buffers per device
+    sglang: SglangReport | None = None  # SGLang: its memory settings, token pool and refusals
 
     @property
     def fits(self) -> bool:
@@ -111,7 +114,8 @@ class Plan:
         within the capacity, and the program starts (vLLM: its report's `starts`)."""
         inside = self.total_bytes <= self.capacity_bytes
         return (inside and (self.serve is None or self.serve.starts)
-                and (self.local is None or self.local.ram_ok))
+                and (self.local is None or self.local.ram_ok)
+                and (self.sglang is None or self.sglang.starts))
 
     @property
     def headroom_bytes(self) -> int:
