@@ -79,9 +79,11 @@ def _read_toml(*parts: str) -> dict:
 # TOML keys copied straight into GpuSpec; the others are turned into bytes or tuples below.
 _PLAIN_KEYS = {
     "id", "name", "nvml_name", "marketing", "memory_bandwidth_gbs", "bf16_tflops", "fp8_tflops",
-    "tdp_w", "interconnect", "nvlink", "mig", "architecture", "fp8",
+    "tdp_w", "interconnect", "nvlink", "mig", "architecture", "fp8", "fp4_tflops", "int8_tops",
+    "link_gbs", "vendor",
 }
-_OTHER_KEYS = {"nvml_total_mib", "cuda_total_gib", "cuda_total_like", "aliases", "sources", "prices"}
+_OTHER_KEYS = {"nvml_total_mib", "cuda_total_gib", "cuda_total_like", "nominal_mib", "aliases", "sources",
+               "prices", "notes"}
 _PRICE_KEYS = {"usd_per_hour", "provider", "kind", "date", "source"}
 
 
@@ -97,8 +99,9 @@ def driver_reserve_mib() -> int:
     return int(_read_toml("gpus.toml")["driver_reserve_mib"])
 
 
-def _cuda_total(entry: dict, by_id: dict, reserve: int, seen: tuple = ()) -> tuple[int, bool, str]:
-    """(bytes, measured?, how): measured GiB, else NVML minus reserve, else a sibling's total."""
+def _cuda_total(entry: dict, by_id: dict, reserve: int, seen: tuple = (), nominal_reserve: int = 0) -> tuple[int, bool, str]:
+    """(bytes, measured?, how): measured GiB, else NVML minus reserve, else a sibling's total,
+    else the nominal capacity minus the usual reserve (an estimate, labelled)."""
     if "cuda_total_gib" in entry:
         exact = round(entry["cuda_total_gib"] * GiB)
         total = exact - exact % MiB
@@ -109,8 +112,13 @@ def _cuda_total(entry: dict, by_id: dict, reserve: int, seen: tuple = ()) -> tup
                               f"{reserve} MiB driver reserve (docs/gpus.md)")
     like = entry.get("cuda_total_like")
     if like in by_id and like not in seen:
-        total, _, _ = _cuda_total(by_id[like], by_id, reserve, seen + (entry["id"],))
+        total, _, _ = _cuda_total(by_id[like], by_id, reserve, seen + (entry["id"],), nominal_reserve)
         return total, False, f"estimated: taken from '{like}', which has the same memory (docs/gpus.md)"
+    if "nominal_mib" in entry:
+        total = (entry["nominal_mib"] - nominal_reserve) * MiB
+        return total, False, (f"estimated: nominal {entry['nominal_mib']} MiB minus the usual "
+                              f"{nominal_reserve} MiB between nominal and CUDA totals (docs/gpus.md); "
+                              "no published log of this card's total was found")
     raise ValueError(f"gpus.toml: '{entry['id']}' needs cuda_total_gib, nvml_total_mib or a valid cuda_total_like")
 
 
@@ -127,6 +135,7 @@ def load_gpus() -> tuple[GpuSpec, ...]:
     """Every catalog GPU, in file order, with an integer CUDA total each."""
     data = _read_toml("gpus.toml")
     reserve = int(data["driver_reserve_mib"])
+    nominal_reserve = int(data.get("nominal_reserve_mib", 0))
     entries = data["gpu"]
     by_id: dict[str, dict] = {}
     for entry in entries:
@@ -139,7 +148,7 @@ def load_gpus() -> tuple[GpuSpec, ...]:
 
     gpus = []
     for entry in entries:
-        total, measured, how = _cuda_total(entry, by_id, reserve)
+        total, measured, how = _cuda_total(entry, by_id, reserve, (), nominal_reserve)
         nvml = entry.get("nvml_total_mib")
         plain = {k: v for k, v in entry.items() if k in _PLAIN_KEYS}
         gpus.append(GpuSpec(
@@ -150,6 +159,7 @@ def load_gpus() -> tuple[GpuSpec, ...]:
             aliases=tuple(entry.get("aliases", ())),
             prices=tuple(_price(p, entry["id"]) for p in entry.get("prices", ())),
             sources=tuple(entry.get("sources", ())) + (f"cuda_total_bytes {total}: {how}",),
+            notes=tuple(entry.get("notes", ())),
         ))
     return tuple(gpus)
 
