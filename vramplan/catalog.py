@@ -11,7 +11,9 @@ The meaning and source of every catalog column is in docs/gpus.md.
 
 from __future__ import annotations
 
+import datetime
 import functools
+import os
 import re
 import sys
 from pathlib import Path
@@ -36,6 +38,7 @@ MAX_GPU_COUNT = 64
 __all__ = [
     "configs_dir", "load_gpus", "find_gpu", "parse_gpu_arg", "driver_reserve_mib",
     "bundled_model_ids", "find_bundled", "nearest_bundled", "load_bundled_text",
+    "default_price", "firm_quotes", "quote_date", "today", "is_stale",
 ]
 
 
@@ -208,6 +211,68 @@ def parse_gpu_arg(text: str) -> GpuTarget:
             f"{MAX_GPU_COUNT}, e.g. {{gpu}} {name}:2."
         )
     return GpuTarget(gpu=find_gpu(name), count=int(count_text))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prices: which quote a buyer would recognise (docs/compare.md, "Prices")
+
+# Kinds of quote one can rent now and keep: RunPod's "secure" and "community" clouds are
+# on-demand tiers. Spot can be taken back, reserved needs a term, a "range" is no one's offer.
+ON_DEMAND_KINDS = ("on-demand", "secure", "community")
+STALE_DAYS = 365          # a quote older than this is flagged: cloud prices move within months
+TODAY_ENV = "VRAMPLAN_TODAY"   # YYYY-MM-DD: pins "today" (tests, reproducible reports)
+
+
+def quote_date(p: Price) -> datetime.date | None:
+    """The quote's date; "YYYY-MM" means the first of that month; None when undated."""
+    text = p.date.strip()
+    for fmt in ("%Y-%m-%d", "%Y-%m"):
+        try:
+            return datetime.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+def today() -> datetime.date:
+    """The date prices are judged against: $VRAMPLAN_TODAY when set (YYYY-MM-DD), else today."""
+    pinned = os.environ.get(TODAY_ENV, "").strip()
+    if pinned:
+        try:
+            return datetime.datetime.strptime(pinned, "%Y-%m-%d").date()
+        except ValueError:
+            raise BadInput(f"${TODAY_ENV} {pinned!r} is not a date; write YYYY-MM-DD.") from None
+    return datetime.date.today()
+
+
+def is_stale(p: Price, on: datetime.date | None = None) -> bool:
+    """Older than STALE_DAYS (an undated quote is not stale: it is never a default)."""
+    d = quote_date(p)
+    return d is not None and ((on or today()) - d).days > STALE_DAYS
+
+
+def firm_quotes(gpu: GpuSpec, kinds: tuple[str, ...] = ON_DEMAND_KINDS) -> list[Price]:
+    """Dated quotes of these kinds, the latest per (provider, kind): a provider's older price was
+    replaced by its newer one."""
+    latest: dict[tuple[str, str], Price] = {}
+    for p in gpu.prices:
+        d = quote_date(p)
+        if p.kind not in kinds or d is None:
+            continue
+        k = (p.provider, p.kind)
+        if k not in latest or d >= quote_date(latest[k]):
+            latest[k] = p
+    return list(latest.values())
+
+
+def default_price(gpu: GpuSpec) -> Price | None:
+    """The price `vramplan compare` charges by default: the cheapest dated on-demand quote from a
+    named provider (the latest of each provider's), or None when the catalog has none. Ties go to
+    the newer quote."""
+    quotes = firm_quotes(gpu)
+    if not quotes:
+        return None
+    return min(quotes, key=lambda p: (p.usd_per_hour, -quote_date(p).toordinal(), p.provider))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def normalize(text: str) -> str:
 
 
 def run_case(runner, app, argv: list[str]) -> str:
-    r = runner.invoke(app, argv, env={"HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
+    r = runner.invoke(app, argv, env={"HF_HUB_OFFLINE": "1", "COLUMNS": "120", "VRAMPLAN_TODAY": "2026-12-07"})
     return f"exit {r.exit_code}\n--- stdout\n{normalize(r.stdout)}--- stderr\n{normalize(r.stderr)}"
 
 
