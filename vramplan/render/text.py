@@ -162,11 +162,12 @@ def kv_table(report: KvReport) -> str:
 def gpus_table(gpus: tuple[GpuSpec, ...]) -> str:
     rows = []
     for g in gpus:
-        price = min(g.prices, key=lambda x: x.usd_per_hour) if g.prices else None
+        firm = [x for x in g.prices if x.date and x.kind in ("on-demand", "secure", "community")]
+        price = min(firm, key=lambda x: x.usd_per_hour) if firm else None      # dated on-demand only
         rows.append([g.id, g.name, g.marketing, f"{g.cuda_total_bytes / GiB:,.2f}" + ("" if g.cuda_total_measured else "*"),
                      f"{g.memory_bandwidth_gbs:,.0f}" if g.memory_bandwidth_gbs else "",
                      f"{g.bf16_tflops:,.0f}" if g.bf16_tflops else "",
-                     f"${price.usd_per_hour:.2f} ({price.provider})" if price else ""])
+                     f"${price.usd_per_hour:.2f} ({price.provider}, {price.date})" if price else ""])
     table = tabulate(rows, headers=["id", "name", "marketing", "CUDA GiB", "GB/s", "BF16 TFLOPS", "from $/h"],
                      tablefmt="simple", disable_numparse=True)
     return table + "\n* CUDA total not measured on this card: derived from its NVML total or estimated (docs/gpus.md)"
