@@ -12,7 +12,6 @@ import re
 import statistics
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 import pytest

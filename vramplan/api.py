@@ -149,6 +149,17 @@ def gpus() -> tuple[GpuSpec, ...]:
     return catalog.load_gpus()
 
 
+def default_prices(gpus: tuple[GpuSpec, ...] | None = None) -> dict:
+    """GPU id -> the price compare charges by default (catalog.default_price: the cheapest dated
+    on-demand quote of a named provider); cards without one are left out."""
+    out = {}
+    for g in gpus if gpus is not None else catalog.load_gpus():
+        p = catalog.default_price(g)
+        if p is not None:
+            out[g.id] = p
+    return out
+
+
 def kv_report(model: str | ModelSpec | dict):
     """KV cache bytes per token of MODEL, per layer kind and cache dtype (`vramplan kv`)."""
     check_model(model)

@@ -150,7 +150,6 @@ class Comparison:
     step_overhead_s: float          # serve only
     decode_context: int             # serve: KV tokens each sequence holds in the estimate
     max_gpus: int                   # the most cards of one kind tried
-    pcie_tp_penalty: float          # serve: the estimate's cost of tensor parallel over PCIe
     input_len: int = 0              # serve: the traffic shape (tokens in and out per request,
     output_len: int = 0             # requests in flight)
     concurrency: int = 0

@@ -248,7 +248,7 @@ def compare_request(request: PlanRequest, gpus=None, *, prices=None,
                       price_overrides=overrides, efficiency=eff,
                       step_overhead_s=step_overhead_s if serving else 0.0,
                       decode_context=decode_context if serving else 0, max_gpus=planner.counts[-1],
-                      pcie_tp_penalty=0.0, input_len=inp, output_len=out,
+                      input_len=inp, output_len=out,
                       concurrency=base.batch if serving else 0, max_ttft_s=ttft_target,
                       min_tokens_per_s=rate_target)
 
