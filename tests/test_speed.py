@@ -20,7 +20,7 @@ def test_validation_table_holds_its_band():
     # the one known exception (docs/compare.md): TensorRT-LLM 0.5's GQA attention on a 70B, 2k out
     assert outside == ["trt-h100x4-70b-b64-128-2048"]
     gpus = {r.point.gpu for r in RESULTS.values()}
-    assert {"h100", "l40s", "a100-80gb", "mi300x"} <= gpus
+    assert {"h100", "l40s", "a100-80gb", "a100-40gb", "rtx-4090", "mi300x"} <= gpus
     assert min(r.point.batch for r in RESULTS.values()) == 1 and max(r.point.batch for r in RESULTS.values()) >= 64
     assert any(r.point.tp > 1 and "70B" in r.point.model for r in RESULTS.values())
 
@@ -36,6 +36,10 @@ def test_validation_table_holds_its_band():
     ("seed-l40s-8b-b8", 336, 0.0, 0.15),
     # TensorRT-LLM 0.5 first token, Llama 2 7B FP16, A100, 2,048-token prompt: 133 ms
     ("trt-a100-7b-ttft-2048", 0.133, -0.05, 0.05),
+    # vLLM 0.23.0, one A100 40GB, Llama 3.1 8B BF16, one request: "about 75 tokens/sec"
+    ("vllm023-a100-40gb-8b-c1", 75, 0.0, 0.10),
+    # vLLM on one RTX 4090, Mistral 7B, 256 in / 128 out, concurrency 16: 644 output tok/s
+    ("vllm-4090-mistral7b-c16", 644, 0.05, 0.20),
 ])
 def test_pinned_points(point_id, measured, lo, hi):
     r = RESULTS[point_id]

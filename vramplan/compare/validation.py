@@ -29,6 +29,12 @@ TRT_06 = ("https://github.com/NVIDIA/TensorRT-LLM/blob/main/docs/source/performa
           "update (its L40S table and the Low Latency tables are marked 'from TensorRT-LLM v0.5')")
 ORACLE = ("https://blogs.oracle.com/cloud-infrastructure/post/serving-llama-31-405b-model-with-amd-mi300x-gpus "
           "(2024-10-10, vLLM benchmark_latency.py, 128 in / 128 out)")
+YOBI = ("https://yobitelcomm.github.io/bench/recipes/concurrency-sweep/ (InferenceBench, single H100-80GB-HBM3, "
+        "vLLM 0.21.0, fp16, 2026-05-16; TPOT p50)")
+MUSHFIQ = ("https://mushfiqrahman.dev/?p=1668 (vLLM OpenAI server, one RTX 4090, 300 prompts, max concurrency "
+           "sweep, 256 in / 128 out, output tok/s)")
+MUSGRAVE = ("https://johnmusgrave.com/p/vllm-throughput-latency-sweep-on (vLLM 0.23.0, A100 40GB on Lambda, "
+            "1024 in / 128 out, 'decode at one request per time runs at about 75 tokens/sec')")
 SEED0 = "shared/seeds/000_a21dacbd61b0fcc3.txt (Spheron L40S guide, vLLM, Llama 3.1 8B FP16)"
 SEED2 = "shared/seeds/002_a069b6395e0a86db.txt (Fluence L40S page, Llama 3.1 8B)"
 
@@ -100,6 +106,21 @@ POINTS: tuple[Point, ...] = (
             dtype="fp8", kv_dtype="auto", batch=b, input_len=128, output_len=128, metric="static", measured=v,
             fit=b in (1, 64))
       for b, v in ((1, 36), (4, 137), (16, 468), (32, 798), (64, 1184), (128, 1585), (256, 1846))),
+    # vLLM 0.21.0 on one H100, Llama 3.1 8B fp16: TPOT p50 6.48 ms at concurrency 1, 6.59 ms at 4
+    # ("chatbot-short" lengths not stated: 512 + 64 of context assumed; at 16 and 64 the TPOT holds
+    # other requests' prefill chunks, which the unknown lengths do not let us model: left out)
+    *(Point(id=f"vllm021-h100-8b-c{b}-tpot", source=YOBI, engine="vLLM 0.21.0", gpu="h100", tp=1, model=L31_8B,
+            dtype="fp16", kv_dtype="auto", batch=b, input_len=512, output_len=128, metric="decode",
+            measured=round(b / t, 1), note=f"TPOT {t * 1e3} ms -> {b} / TPOT tok/s")
+      for b, t in ((1, 6.48e-3), (4, 6.59e-3))),
+    # vLLM on one RTX 4090, Mistral-7B-Instruct-v0.3, 256 in / 128 out, output tok/s by concurrency
+    *(Point(id=f"vllm-4090-mistral7b-c{b}", source=MUSHFIQ, engine="vLLM (version not stated)", gpu="rtx-4090",
+            tp=1, model="mistralai/Mistral-7B-Instruct-v0.3", dtype="auto", kv_dtype="auto", batch=b,
+            input_len=256, output_len=128, metric="static", measured=v)
+      for b, v in ((4, 210), (8, 377), (16, 644), (32, 975), (48, 1190))),
+    # vLLM 0.23.0 on one A100 40GB, Llama 3.1 8B BF16, one request at a time
+    Point(id="vllm023-a100-40gb-8b-c1", source=MUSGRAVE, engine="vLLM 0.23.0", gpu="a100-40gb", tp=1, model=L31_8B,
+          dtype="bf16", kv_dtype="auto", batch=1, input_len=1024, output_len=128, metric="decode", measured=75),
     # the seeds: vLLM, Llama 3.1 8B FP16 decode (context assumed 512 + 64, docs/compare.md)
     Point(id="seed-l40s-8b-b1", source=SEED0, engine=VLLM_SEED, gpu="l40s", tp=1, model=L31_8B, dtype="bf16",
           kv_dtype="auto", batch=1, input_len=512, output_len=128, metric="decode", measured=46, fit=True),
