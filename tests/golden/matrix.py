@@ -149,6 +149,13 @@ def cases() -> dict[str, list[str]]:
     add("fit", "meta-llama/Llama-3.1-8B", "--gpu", "l40s", "--tp", "3")
     add("fit", "meta-llama/Llama-3.1-8B", "--mode", "infer", "--optim", "sgd")
     add("fit", "meta-llama/Llama-3.1-8B", "--dtype", "int3")
+    # compare (issue 18): traffic shape, latency targets, price columns, the new cards
+    add("compare", "meta-llama/Llama-3.1-8B", "--ctx", "8k", "--batch", "32", "--gpus", "h100,l40s,mi300x",
+        "--max-ttft", "50ms")
+    add("compare", "meta-llama/Llama-3.1-8B", "--gpus", "l40s,h100,rtx-5090", "--input-len", "1000",
+        "--output-len", "200", "--concurrency", "8", "--json")
+    add("compare", "meta-llama/Llama-3.1-70B", "--gpus", "h100,mi300x,h200", "--price-source", "hyperscaler")
+    add("compare", "meta-llama/Llama-3.1-8B", "--ctx", "8k", "--input-len", "9000")
     return c
 
 
