@@ -44,7 +44,7 @@ FP8_METHODS = ("fp8",)
 FP4_METHODS = ("mxfp4", "nvfp4", "fp4")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Constants:
     mem_eff: float = MEM_EFF
     compute_eff: float = COMPUTE_EFF
@@ -60,10 +60,11 @@ DEFAULT = Constants()
 
 def compute_tflops(gpu: GpuSpec, method: str) -> float | None:
     """Dense tensor peak for the weights' GEMM dtype: FP4 / FP8 where the card has those tensor
-    cores, else 16-bit."""
+    cores, else 16-bit (an FP4 checkpoint on a card without FP4 cores runs weight-only kernels
+    that multiply in 16 bits, as int4 does)."""
     if method in FP4_METHODS and gpu.fp4_tflops:
         return gpu.fp4_tflops
-    if method in FP8_METHODS + FP4_METHODS and gpu.fp8 and gpu.fp8_tflops:
+    if method in FP8_METHODS and gpu.fp8 and gpu.fp8_tflops:
         return gpu.fp8_tflops
     return gpu.bf16_tflops
 
