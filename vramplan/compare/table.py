@@ -167,10 +167,11 @@ def _meets(e: Estimate | None, max_ttft: float | None, min_rate: float | None) -
             and (min_rate is None or e.per_sequence_tokens_per_s >= min_rate))
 
 
-def _as_throughput(e: Estimate) -> Throughput:
+def _as_throughput(e: Estimate, tp: int) -> Throughput:
+    """The serving estimate in the shape training rows use (tokens/s, bound, step, traffic)."""
     d = e.decode
     return Throughput(tokens_per_s=e.output_tokens_per_s, bound=d.bound, step_s=d.seconds,
-                      bytes_per_step=d.bytes_read, flops_per_token=d.flops / max(e.concurrency, 1),
+                      bytes_per_step=d.bytes_read, flops_per_token=d.flops * tp / max(e.concurrency, 1),
                       efficiency=sp.MEM_EFF, comm_s=d.comm_s, needs_nvlink=d.comm_s > d.seconds - d.comm_s)
 
 
@@ -230,7 +231,7 @@ def compare_request(request: PlanRequest, gpus=None, *, prices=None,
                     if _meets(e2, ttft_target, rate_target):
                         plan, needed, n, est, meets = core_plan.build(spec, t, w, suggest=False), k, k, e2, True
                         break
-            speed = _as_throughput(est) if est else None
+            speed = _as_throughput(est, n) if est else None
         elif needed is not None and base.engine == "hf_trainer":
             s = core_plan.setup(spec, plan.target, plan.workload)
             o = plan.workload.train
