@@ -161,6 +161,17 @@ def gpus() -> tuple[GpuSpec, ...]:
     return catalog.load_gpus()
 
 
+def default_prices(gpus: tuple[GpuSpec, ...] | None = None) -> dict:
+    """GPU id -> the price compare charges by default (catalog.default_price: the cheapest dated
+    on-demand quote of a named provider); cards without one are left out."""
+    out = {}
+    for g in gpus if gpus is not None else catalog.load_gpus():
+        p = catalog.default_price(g)
+        if p is not None:
+            out[g.id] = p
+    return out
+
+
 def kv_report(model: str | ModelSpec | dict):
     """KV cache bytes per token of MODEL, per layer kind and cache dtype (`vramplan kv`)."""
     check_model(model)
@@ -182,7 +193,7 @@ def _compare_options(gpus, prices, price_source, efficiency, step_overhead_s) ->
                                      "a number of seconds in [0, 1]"))
 
 
-def compare(model: str | ModelSpec, gpus=None, *, prices=None, price_source: str = "median",
+def compare(model: str | ModelSpec, gpus=None, *, prices=None, price_source: str = "cheapest",
             efficiency: float | None = None, step_overhead_s: float | None = None, **options):
     """The same workload on every catalog GPU (or `gpus`), ranked; see vramplan.compare.table.
     Other keywords are those of `plan`, except the layout (tp, pp), which compare chooses."""
@@ -194,14 +205,15 @@ def compare(model: str | ModelSpec, gpus=None, *, prices=None, price_source: str
     return _tool("compare")(model, gpus, **extra, **options)
 
 
-def compare_request(request: PlanRequest, gpus=None, *, prices=None, price_source: str = "median",
-                    efficiency: float | None = None, step_overhead_s: float | None = None):
-    """`compare` of a PlanRequest that names no GPU and no parallel layout."""
+def compare_request(request: PlanRequest, gpus=None, *, prices=None, price_source: str = "cheapest",
+                    efficiency: float | None = None, step_overhead_s: float | None = None, **traffic):
+    """`compare` of a PlanRequest that names no GPU and no parallel layout; `traffic`: input_len,
+    output_len, concurrency, max_ttft, min_tokens_per_s (vramplan.compare.table.compare_request)."""
     extra = _compare_options(_ids(gpus, "gpus", "'l40s,h100'"), prices, price_source, efficiency,
                              0.0 if step_overhead_s is None else step_overhead_s)
     if step_overhead_s is None:
         extra.pop("step_overhead_s")
-    return _tool("compare_request")(_request(request), gpus, **extra)
+    return _tool("compare_request")(_request(request), gpus, **extra, **traffic)
 
 
 def sweep(model: str | ModelSpec, gpu: str | GpuTarget | None = None, **options):

@@ -168,6 +168,13 @@ def cases() -> dict[str, list[str]]:
     add("fit", "meta-llama/Llama-3.1-70B", "--engine", "sglang", "--gpu", "h100:2", "--tp-size", "2",
         "--mem-fraction-static", "0.5")
     add("fit", "meta-llama/Llama-3.1-8B", "--mem-fraction-static", "0.8")
+    # compare (issue 18): traffic shape, latency targets, price columns, the new cards
+    add("compare", "meta-llama/Llama-3.1-8B", "--ctx", "8k", "--batch", "32", "--gpus", "h100,l40s,mi300x",
+        "--max-ttft", "50ms")
+    add("compare", "meta-llama/Llama-3.1-8B", "--gpus", "l40s,h100,rtx-5090", "--input-len", "1000",
+        "--output-len", "200", "--concurrency", "8", "--json")
+    add("compare", "meta-llama/Llama-3.1-70B", "--gpus", "h100,mi300x,h200", "--price-source", "hyperscaler")
+    add("compare", "meta-llama/Llama-3.1-8B", "--ctx", "8k", "--input-len", "9000")
     return c
 
 
@@ -179,7 +186,7 @@ def normalize(text: str) -> str:
 
 
 def run_case(runner, app, argv: list[str]) -> str:
-    r = runner.invoke(app, argv, env={"HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
+    r = runner.invoke(app, argv, env={"HF_HUB_OFFLINE": "1", "COLUMNS": "120", "VRAMPLAN_TODAY": "2026-12-07"})
     return f"exit {r.exit_code}\n--- stdout\n{normalize(r.stdout)}--- stderr\n{normalize(r.stderr)}"
 
 

@@ -49,8 +49,18 @@ def gpu_json(g: GpuSpec) -> dict:
     }
 
 
-def gpus_json(gpus: tuple[GpuSpec, ...]) -> list[dict]:
-    return [gpu_json(g) for g in gpus]
+def gpus_json(gpus: tuple[GpuSpec, ...], defaults: dict | None = None) -> list[dict]:
+    """The catalog listing: gpu_json plus the columns compare reads (FP4 / INT8 peaks, the GPU link,
+    vendor, notes) and the default price (`defaults`: id -> Price, catalog.default_price)."""
+    out = []
+    for g in gpus:
+        d = gpu_json(g)
+        p = (defaults or {}).get(g.id)
+        d.update({"fp4_tflops": g.fp4_tflops, "int8_tops": g.int8_tops, "link_gbs": g.link_gbs,
+                  "vendor": g.vendor, "notes": list(g.notes),
+                  "default_price": None if p is None else p.__dict__})
+        out.append(d)
+    return out
 
 
 def plan_json(p: Plan) -> dict:

@@ -185,15 +185,16 @@ def kv_table(report: KvReport) -> str:
     return f"{head}\n{body}\nall layers, below any window: {totals}"
 
 
-def gpus_table(gpus: tuple[GpuSpec, ...]) -> str:
+def gpus_table(gpus: tuple[GpuSpec, ...], defaults: dict | None = None) -> str:
+    """`defaults`: GPU id -> the Price compare charges by default (catalog.default_price)."""
     rows = []
     for g in gpus:
-        price = min(g.prices, key=lambda x: x.usd_per_hour) if g.prices else None
+        price = (defaults or {}).get(g.id)
         rows.append([g.id, g.name, g.marketing, f"{g.cuda_total_bytes / GiB:,.2f}" + ("" if g.cuda_total_measured else "*"),
                      f"{g.memory_bandwidth_gbs:,.0f}" if g.memory_bandwidth_gbs else "",
                      f"{g.bf16_tflops:,.0f}" if g.bf16_tflops else "",
-                     f"${price.usd_per_hour:.2f} ({price.provider})" if price else ""])
-    table = tabulate(rows, headers=["id", "name", "marketing", "CUDA GiB", "GB/s", "BF16 TFLOPS", "from $/h"],
+                     f"${price.usd_per_hour:.2f} ({price.provider}, {price.date})" if price else ""])
+    table = tabulate(rows, headers=["id", "name", "marketing", "CUDA GiB", "GB/s", "BF16 TFLOPS", "$/h (cheapest dated on-demand)"],
                      tablefmt="simple", disable_numparse=True)
     return table + "\n* CUDA total not measured on this card: derived from its NVML total or estimated (docs/gpus.md)"
 
