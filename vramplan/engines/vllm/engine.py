@@ -13,6 +13,27 @@ from vramplan.units import GiB
 from vramplan.spec import GpuTarget, ModelSpec, Plan, ServeReport, Workload
 
 
+def serve_flag_notes(model: ModelSpec, o) -> list[str]:
+    """What the plan says about vLLM flags it reads but that move no GPU bytes here, and the
+    multi-node layout it assumed."""
+    out = [o.layout_note] if o.layout_note else []
+    moe = any(l.mlp is not None and l.mlp.kind == "moe" for l in model.layers)
+    if o.enable_expert_parallel and not moe:
+        out.append(f"--enable-expert-parallel has no effect: {model.id} has no MoE layers.")
+    elif o.enable_expert_parallel and o.tp * o.dp == 1:
+        out.append("--enable-expert-parallel has no effect on one rank (tp x dp = 1).")
+    if o.dp > 1:
+        out.append(f"--data-parallel-size {o.dp}: {o.dp} engines, each with its own KV cache and max_num_seqs; "
+                   f"the batch is spread evenly over them and the figures are per engine.")
+    if o.limit_mm_per_prompt:
+        limits = ", ".join(f"{k}={v}" for k, v in o.limit_mm_per_prompt)
+        out.append(f"--limit-mm-per-prompt {limits} is read but not modelled: the multimodal encoder's "
+                   "profiling budget is not part of this plan.")
+    if o.swap_space_gib is not None:
+        out.append(f"--swap-space {o.swap_space_gib:g} is CPU memory; it changes nothing on the GPU.")
+    return out
+
+
 class VllmEngine(EngineBase):
     name = "vllm"
 
@@ -44,6 +65,7 @@ class VllmEngine(EngineBase):
         if limit is None and mpe and w.ctx > mpe:
             out.append(f"--ctx {w.ctx:,} exceeds the model's max_position_embeddings ({mpe:,}); quality past it "
                        "is not guaranteed, and vLLM, which reads no length from this config, does not refuse it.")
+        out += serve_flag_notes(setup.model, w.serve)
         if report is not None and not report.headroom_ok and not report.refusal:
             out.append("The CUDA context, CUDA graphs and NCCL buffers do not fit in the "
                        f"{1 - w.serve.gpu_memory_utilization:.0%} vLLM leaves outside its budget; "

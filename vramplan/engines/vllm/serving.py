@@ -35,7 +35,7 @@ from vramplan.memory import kv_cache as kv
 from vramplan.memory.dtypes import FLOAT_BYTES, config_dtype
 from vramplan.memory.solve import largest_fitting
 from vramplan.memory.overhead import CUDA_CONTEXT_BYTES, NCCL_BYTES_PER_RANK
-from vramplan.memory.parallel import check_parallel, pp_stages, stage_tensors, tp_divisor
+from vramplan.memory.parallel import MoeSplit, check_parallel, moe_split, pp_stages, stage_tensors, tp_divisor
 from vramplan.memory.setup import Breakdown, Setup, resolve_kv_dtype
 from vramplan.memory.weights import WeightFormat, allocated_bytes, quantizes, resolve_format, weight_bytes
 
@@ -193,13 +193,15 @@ def _serving_format(model: ModelSpec, dtype: str) -> WeightFormat:
     return fmt
 
 
-def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: GpuSpec | None) -> int:
+def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: GpuSpec | None,
+                  moe: MoeSplit | None = None) -> int:
     """Bytes vLLM's MXFP4 MoE layout adds to the experts of `model`'s layers on one rank, over
     what the checkpoint holds (MXFP4_PAD). gpt-oss-120b on an H100: 65.90 GiB against the
     logged "Model loading took 65.9651 GiB" (vllm issue #23278)."""
     q = fmt.quant
     if q.method != "mxfp4":
         return 0
+    moe = moe or MoeSplit(tp=tp)
     align_i, align_h = MXFP4_PAD.get(_sm(gpu), MXFP4_PAD_DEFAULT)
     h = ceil_div(model.hidden_size, align_h) * align_h
     extra = 0
@@ -213,12 +215,29 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: Gp
         for t in experts:
             b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base], layout="vllm")
             held += ceil_div(b, divisor(t)) if divisor else b
-        i = ceil_div(m.intermediate // tp, align_i) * align_i
+        i = ceil_div(m.intermediate // moe.tp, align_i) * align_i
         w13, w2 = 2 * i * h, h * i                    # [E, 2I, H] and [E, H, I] values
         values = (w13 + w2) // 2 + (w13 + w2) // 32   # FP4 pairs + one E8M0 scale per 32
         biases = 2 * (2 * i + h)                      # bf16 w13_bias, w2_bias
-        extra += m.num_experts * (values + biases) - held
+        extra += moe.local_experts(m.num_experts) * (values + biases) - held
     return extra
+
+
+def offloaded_bytes(model: ModelSpec, fmt: WeightFormat, divisor, limit: int) -> int:
+    """Bytes --cpu-offload-gb moves off one GPU. vLLM's maybe_offload_to_cpu (vllm/model_executor/
+    models/utils.py), applied to each decoder layer as make_layers builds it, moves whole
+    parameters to pinned CPU memory while the running total is below the limit: layers from the
+    first, parameters in order, the last one may overshoot. Embeddings and lm_head stay."""
+    if limit <= 0:
+        return 0
+    moved = 0
+    for layer in model.layers:
+        for t in layer.tensors:
+            if moved >= limit:
+                return moved
+            b = allocated_bytes(t, fmt.quant, FLOAT_BYTES[fmt.base], layout="vllm")
+            moved += ceil_div(b, divisor(t)) if divisor else b
+    return moved
 
 
 def _ssm_elem(model: ModelSpec, act_elem: int) -> int:
@@ -230,7 +249,8 @@ def _ssm_elem(model: ModelSpec, act_elem: int) -> int:
 
 def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     o = workload.serve
-    check_parallel(model, o.tp, o.pp)
+    moe = moe_split(o.tp, o.dp, o.enable_expert_parallel)
+    check_parallel(model, o.tp, o.pp, moe)
     fmt = _serving_format(model, workload.dtype)
     kv_dtype = resolve_kv_dtype(workload.kv_dtype, fmt)
     act_elem, kv_elem = FLOAT_BYTES[fmt.base], FLOAT_BYTES[kv_dtype]
@@ -240,9 +260,9 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
                                  act_elem, _ssm_elem(model, act_elem))
     layout = kv.kv_layout(specs)
     requested = int(per_gpu * o.gpu_memory_utilization)
-    divisor = tp_divisor(model, o.tp) if o.tp > 1 else None
+    divisor = tp_divisor(model, o.tp, moe) if o.tp > 1 or moe != MoeSplit() else None
     widest = act.widest_layer(model, layout="vllm")
-    era, world = engine_era(o.vllm_version), o.tp * o.pp
+    era, world = engine_era(o.vllm_version), o.tp * o.pp * o.dp
     nccl_inside = era == "0.9-0.10" and world > 1 and bool(target.gpu and target.gpu.nvlink)
     graphs_inside = era == "0.21+" and not o.enforce_eager
     overhead = {"non_torch": NON_TORCH_INCREASE + (nccl_bytes(target.gpu) if nccl_inside else 0)}
@@ -259,7 +279,9 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
         first, last = k == 0, k == o.pp - 1
         part = model if o.pp == 1 else replace(model, layers=model.layers[layers.start:layers.stop],
                                                tensors=stage_tensors(model, k, o.pp))
-        weights = weight_bytes(part, fmt, divisor, layout="vllm").total + mxfp4_padding(part, fmt, divisor, o.tp, target.gpu)
+        weights = (weight_bytes(part, fmt, divisor, layout="vllm").total
+                   + mxfp4_padding(part, fmt, divisor, o.tp, target.gpu, moe))
+        weights -= offloaded_bytes(part, fmt, divisor, o.cpu_offload_bytes)
         peak, where = max(fwd, sampler) if last else fwd
         if not first:   # hidden states + residual received from the previous stage
             peak += 2 * tokens * model.hidden_size * act_elem
@@ -292,13 +314,17 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
 
 def components(s: Setup[VllmState], batch: int, ctx: int) -> Breakdown:
     o, worst, layout = s.workload.serve, s.state.worst, s.state.layout
-    cache = batch * worst.block_bytes * layout.blocks_per_request(ctx, s.state.batched_tokens)
+    share = ceil_div(batch, o.dp)       # each data-parallel engine serves its share of the requests
+    cache = share * worst.block_bytes * layout.blocks_per_request(ctx, s.state.batched_tokens)
     parts = {"weights": s.weights, "kv_cache": cache, "activations": worst.activation.bytes, **s.overhead}
     where = ""
-    if o.tp * o.pp > 1:
-        where = f"; per GPU, rank {worst.index * o.tp} of {o.tp * o.pp} (fewest KV blocks)"
+    if o.tp * o.pp * o.dp > 1:
+        where = f"; per GPU, rank {worst.index * o.tp} of {o.tp * o.pp * o.dp} (fewest KV blocks)"
+    if o.cpu_offload_bytes:
+        where += f"; {o.cpu_offload_bytes / GiB:g} GiB offloaded to CPU (--cpu-offload-gb)"
+    engines = f" on each of {o.dp} DP engines" if o.dp > 1 else ""
     notes = {"weights": s.fmt.label + where,
-             "kv_cache": f"{batch} x {ctx:,} tokens, paged in blocks of {layout.min_block_size(ctx) or o.block_size}, "
+             "kv_cache": f"{share}{engines} x {ctx:,} tokens, paged in blocks of {layout.min_block_size(ctx) or o.block_size}, "
                          f"{s.kv_dtype}",
              "activations": worst.activation.where,
              "non_torch": "non-torch growth after vLLM's start-up snapshot"
