@@ -81,7 +81,7 @@ def plan_json(p: Plan) -> dict:
         "serve": None,
         "trace": None,
         "suggestions": [{"change": s.change, "flags": s.flags, "total_bytes": s.total_bytes,
-                         "fits": s.fits} for s in p.suggestions],
+                         "fits": s.fits, "usd_per_hour": s.usd_per_hour} for s in p.suggestions],
         "warnings": list(p.warnings),
     }
     if p.serve is not None:

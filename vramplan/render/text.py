@@ -123,7 +123,8 @@ def plan_table(p: Plan) -> str:
         lines.append("to make it fit:")
         for sug in p.suggestions:
             mark = glyph("✓" if sug.fits else "✗")
-            lines.append(f"  {mark} {sug.change:<40} total {fmt_gib(sug.total_bytes)}")
+            cost = f"  ${sug.usd_per_hour:,.2f}/h" if sug.usd_per_hour is not None else ""
+            lines.append(f"  {mark} {sug.change:<40} total {fmt_gib(sug.total_bytes)}{cost}")
     lines += _trace_lines(p)
     lines += local_lines(p)
     for warning in p.warnings:

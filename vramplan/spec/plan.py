@@ -59,6 +59,7 @@ class Suggestion:
     flags: dict                # what to change, machine-readable
     total_bytes: int
     fits: bool
+    usd_per_hour: float | None = None   # the cards it runs on, catalog median per GPU-hour x count
 
 
 @dataclass(frozen=True)
