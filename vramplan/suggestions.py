@@ -128,8 +128,8 @@ def suggestions(plan: Plan, catalog: tuple[GpuSpec, ...], eng: Engine, evaluate:
             target = replace(t, gpu=g)
             total, fits = evaluate(m, target, w)
             if fits:
-                out.append(Suggestion(f"--gpu {g.id}{':' + str(t.count) if t.count > 1 else ''}",
-                                      {"gpu": g.id}, total, True, usd_per_hour(target)))
+                gpu = f"{g.id}{':' + str(t.count) if t.count > 1 else ''}"
+                out.append(Suggestion(f"--gpu {gpu}", {"gpu": gpu}, total, True, usd_per_hour(target)))
                 break
     # fitting first, cheapest per hour among them; stable, so ties keep the order of disruption
     # (a card without quotes after those with; the order of disruption breaks ties)
