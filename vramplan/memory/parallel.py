@@ -43,8 +43,9 @@ from vramplan.spec import Attention, ModelSpec, Recurrent, Tensor
 from vramplan.units import ceil_div
 
 # GPUs per node: the 8-GPU HGX/DGX boards of the catalog's data-center cards (H100, H200, B200,
-# A100 SXM); vLLM's multi-node guide (docs.vllm.ai, serving/parallelism_scaling) sets
-# tensor_parallel_size to the GPUs in one node and pipeline_parallel_size to the number of nodes.
+# A100 SXM); vLLM's distributed-serving guide: "if you have 16 GPUs in 2 nodes (8 GPUs per node),
+# you can set the tensor parallel size to 8 and the pipeline parallel size to 2"
+# (https://docs.vllm.ai/en/v0.8.3/serving/distributed_serving.html).
 NODE_GPUS = 8
 
 

@@ -55,6 +55,10 @@ def plan_table(p: Plan) -> str:
         cap_note = " = weights + profile peak + --kv-cache-memory"
     lines.append(f"gpu       {gpu}, {total}; capacity {fmt_gib(p.capacity_bytes)}{cap_note}")
     par = f", tp {w.serve.tp}" + (f" pp {w.serve.pp}" if w.serve.pp > 1 else "") if serve and w.serve.tp * w.serve.pp > 1 else ""
+    if serve and w.serve.dp > 1:
+        par += f"{',' if not par else ''} dp {w.serve.dp}"
+    if serve and w.serve.enable_expert_parallel:
+        par += " expert-parallel"
     if w.train is not None:
         o = w.train
         extras = [o.optim] + (["grad ckpt"] if o.grad_ckpt else []) + ([f"ZeRO-{o.zero}"] if o.zero else [])
