@@ -125,10 +125,11 @@ def plan_table(p: Plan) -> str:
     if p.suggestions:
         lines.append("")
         lines.append("to make it fit:")
+        width = max([40] + [len(sug.change) for sug in p.suggestions])
         for sug in p.suggestions:
             mark = glyph("✓" if sug.fits else "✗")
             cost = f"  ${sug.usd_per_hour:,.2f}/h" if sug.usd_per_hour is not None else ""
-            lines.append(f"  {mark} {sug.change:<40} total {fmt_gib(sug.total_bytes)}{cost}")
+            lines.append(f"  {mark} {sug.change:<{width}} total {fmt_gib(sug.total_bytes)}{cost}")
     lines += _trace_lines(p)
     lines += local_lines(p)
     for warning in p.warnings:
