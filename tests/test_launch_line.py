@@ -90,6 +90,9 @@ def test_sglang_launch_lines_translate_to_its_engine():
 
 def test_limit_mm_per_prompt_both_syntaxes():
     assert mm_limits('{"image": 2, "video": 0}') == mm_limits("image=2,video=0") == (("image", 2), ("video", 0))
+    # vLLM's dotted form of a JSON argument (FlexibleArgumentParser): --limit-mm-per-prompt.image 2
+    dotted = L.parse("vllm serve google/gemma-3-4b-it --limit-mm-per-prompt.image 2 --limit-mm-per-prompt.video=0")
+    assert mm_limits(dotted.params["limit_mm_per_prompt"]) == (("image", 2), ("video", 0))
 
 
 @pytest.mark.parametrize("cmd, flags", [

@@ -111,7 +111,7 @@ def _vllm_names(values: dict, given: set[str]) -> dict:
 
 def _apply_launch(launch: L.Launch, values: dict, given: set[str]) -> dict:
     """The launch line's settings over fit's defaults: a model argument or a flag the line also
-    sets is refused (two answers to one question); vLLM's own defaults (tp 1, pp 1) hold for what
+    sets is refused (two answers to one question); the server's own defaults (tp, pp, dp 1) hold for what
     the line leaves out, and a --gpu without a count gets as many GPUs as the line uses."""
     if values["model"] is not None:
         raise api.BadInput("--cmd names the model itself; drop the MODEL argument.")
@@ -127,12 +127,11 @@ def _apply_launch(launch: L.Launch, values: dict, given: set[str]) -> dict:
     values = {**values, **launch.params, "model": launch.model}
     if launch.engine is not None and "engine" not in given:
         values["engine"] = launch.engine
-    if launch.server == "vllm":
-        for name in ("tp", "pp", "dp"):
-            if values[name] is None and name not in given:
-                values[name] = 1
-        world = values["tp"] * values["pp"] * values["dp"]
-        gpu = values["gpu"]
-        if world > 1 and values["gpu_mem"] is None and (gpu is None or ":" not in str(gpu)) and gpu != "auto":
-            values["gpu"] = f"{gpu or api.DEFAULT_GPU}:{world}"
+    for name in ("tp", "pp", "dp"):          # vLLM's and SGLang's default: one of each
+        if values[name] is None and name not in given:
+            values[name] = 1
+    world = values["tp"] * values["pp"] * values["dp"]
+    gpu = values["gpu"]
+    if world > 1 and values["gpu_mem"] is None and (gpu is None or ":" not in str(gpu)) and gpu != "auto":
+        values["gpu"] = f"{gpu or api.DEFAULT_GPU}:{world}"
     return values

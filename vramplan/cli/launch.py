@@ -205,6 +205,7 @@ def parse(cmd: str) -> Launch:
     i += start
     table = VLLM if server == "vllm" else SGLANG
     model = None
+    dotted: dict[str, str] = {}
     while i < len(words):
         word = words[i]
         i += 1
@@ -217,6 +218,12 @@ def parse(cmd: str) -> Launch:
         flag, eq, inline = word.partition("=")
         if server == "vllm" and flag.startswith("--"):
             flag = "--" + flag[2:].replace("_", "-")    # FlexibleArgumentParser takes max_model_len too
+        if server == "vllm" and flag.startswith("--limit-mm-per-prompt."):
+            # vLLM's dotted form of a JSON argument: --limit-mm-per-prompt.image 2
+            text = inline if eq else (words[i] if i < len(words) else "")
+            i += 0 if eq else 1
+            dotted[flag.split(".", 1)[1]] = text
+            continue
         if flag == "--config":
             raise BadInput("--cmd with --config: vramplan does not read a server's YAML config; paste its "
                            "flags into the line instead.")
@@ -248,6 +255,11 @@ def parse(cmd: str) -> Launch:
             params[param], used[param] = value, flag
         elif param == "dtype":
             params.pop(param, None)
+    if dotted:
+        if "limit_mm_per_prompt" in params:
+            raise BadInput("--cmd gives --limit-mm-per-prompt twice (as JSON and by key); give one.")
+        params["limit_mm_per_prompt"] = ",".join(f"{k}={v}" for k, v in dotted.items())
+        used["limit_mm_per_prompt"] = "--limit-mm-per-prompt"
     if not model:
         raise BadInput(f"--cmd names no model; {server} takes it as "
                        f"{'vllm serve MODEL or --model MODEL' if server == 'vllm' else '--model-path MODEL'}.")
