@@ -152,13 +152,22 @@ def _smaller(attempt: Attempt, flag: str, field: str, current: int, steps, floor
     """Offer the largest of `steps` below `current` (and at least `floor`) that fits, else the
     largest step at most a quarter of `current` (or the smallest), which pairs may combine."""
     choices = [n for n in steps if floor <= n < current]
-    for n in choices:
-        if attempt(f"{flag} {n}", {field: n}, quiet=True, serve=replace(o, **{field: n})):
-            attempt(f"{flag} {n}", {field: n}, serve=replace(o, **{field: n}))
-            return
-    if choices:
+    if not choices:
+        return
+
+    def fits(k: int) -> bool:
+        return bool(attempt(f"{flag} {choices[k]}", {field: choices[k]}, quiet=True,
+                            serve=replace(o, **{field: choices[k]})))
+
+    if fits(len(choices) - 1):      # fewer is never more memory: bisect for the largest that fits
+        lo, hi = 0, len(choices) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+        n = choices[lo]
+    else:
         n = next((c for c in choices if c <= current // 4), choices[-1])
-        attempt(f"{flag} {n}", {field: n}, serve=replace(o, **{field: n}))
+    attempt(f"{flag} {n}", {field: n}, serve=replace(o, **{field: n}))
 
 
 ENGINE = VllmEngine()
