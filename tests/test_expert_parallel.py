@@ -83,6 +83,18 @@ def test_expert_map_counts_follow_vllm():
     assert moe_split(1, 1, True) == MoeSplit(tp=1, ep=1)       # one rank: nothing to shard
 
 
+@pytest.mark.parametrize("tp, dp, experts, local, log", [
+    # vLLM logs "[EP Rank r/N] Expert parallelism is enabled. ... Local/global number of experts: L/E"
+    (2, 2, 64, 16, "vllm PR #28037: Worker_DP1_TP1_EP3 [EP Rank 3/4] 16/64"),
+    (4, 1, 128, 32, "QwenLM/Qwen3-VL issue #1520: Worker_TP1_EP1 [EP Rank 1/4] 32/128"),
+    (2, 1, 256, 128, "vllm PR #37505: Worker_TP0_EP0 [EP Rank 0/2] 128/256"),
+    (8, 2, 256, 16, "vllm-ascend issue #5461: Worker_DP0_TP5_EP5 [EP Rank 5/16] 16/256"),
+])
+def test_local_experts_match_vllm_logs(tp, dp, experts, local, log):
+    split = moe_split(tp, dp, True)
+    assert split.ep == tp * dp and split.local_experts(experts) == local, log
+
+
 def test_deepseek_v3_experts_per_rank():
     # TP 8: each expert sliced 8 ways -> 256 / 8 experts' worth per layer
     assert expert_bytes("deepseek-ai/DeepSeek-V3", 8) == 256 * DSV3_EXPERT // 8 * DSV3_MOE_LAYERS
