@@ -224,10 +224,12 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: Gp
 
 
 def offloaded_bytes(model: ModelSpec, fmt: WeightFormat, divisor, limit: int) -> int:
-    """Bytes --cpu-offload-gb moves off one GPU. vLLM's maybe_offload_to_cpu (vllm/model_executor/
-    models/utils.py), applied to each decoder layer as make_layers builds it, moves whole
-    parameters to pinned CPU memory while the running total is below the limit: layers from the
-    first, parameters in order, the last one may overshoot. Embeddings and lm_head stay."""
+    """Bytes --cpu-offload-gb moves off one GPU. vLLM's offloader (maybe_offload_to_cpu in
+    vllm/model_executor/models/utils.py; since the offloader package, UVAOffloader.
+    _maybe_offload_to_cpu in vllm/model_executor/offloader/uva.py), applied to each decoder
+    layer as make_layers builds it, moves whole parameters to pinned CPU memory while the running
+    total is below the limit: layers from the first, parameters in order, the last one may
+    overshoot. Embeddings and lm_head stay."""
     if limit <= 0:
         return 0
     moved = 0
