@@ -148,6 +148,10 @@ def test_relaunch_replaces_a_flag_given_in_another_form():
     launch = L.parse("vllm serve Qwen/Qwen3-8B -tp 2 --kv-cache-dtype=auto --max-model-len 8192")
     assert L.relaunch(launch, {"tp": 4, "gpu": "h100:4", "kv_dtype": "fp8"}) == (
         "vllm serve Qwen/Qwen3-8B --max-model-len 8192 --tensor-parallel-size 4 --kv-cache-dtype fp8")
+    underscores = L.parse("vllm serve Qwen/Qwen3-8B --max_model_len 8192 --enforce-eager")
+    assert L.relaunch(underscores, {"ctx": 4096, "enforce_eager": True}) == (
+        "vllm serve Qwen/Qwen3-8B --max-model-len 4096 --enforce-eager")
+    assert L.relaunch(launch, {"batch": 4}) is None          # no server flag holds the client's load
 
 
 @pytest.mark.parametrize("argv, needle", [

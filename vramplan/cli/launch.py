@@ -304,6 +304,8 @@ def relaunch(launch: Launch, flags: dict) -> str | None:
     while i < len(words):
         word = words[i]
         flag = word.partition("=")[0]
+        if flag.startswith("--"):
+            flag = "--" + flag[2:].replace("_", "-")
         hit = next((f for f, names in aliases.items() if flag in names or flag == "--no-" + f[2:]), None)
         if hit is None:
             out.append(word)
