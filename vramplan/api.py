@@ -26,7 +26,7 @@ from vramplan.request import (ENGINE_OF_MODE, METHODS, MODES, TRAINING_MODES, TR
                               PlanRequest, ServeFlags, SglangFlags, TrainFlags, build_workload, check_model,
                               make_workload, transformers_major)
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan
-from vramplan.targets import auto_target, resolve_target
+from vramplan.targets import DEFAULT_GPU, auto_target, resolve_target
 from vramplan.units import parse_bytes, real, shown
 
 # The questions beyond the analytic plan, loaded on first use.

@@ -63,6 +63,12 @@ def gpus_json(gpus: tuple[GpuSpec, ...], defaults: dict | None = None) -> list[d
     return out
 
 
+# vLLM settings written only when set (issue 13: data/expert parallel, CPU offload, multimodal
+# limits, swap space); the multi-node layout note is among the plan's warnings.
+SERVE_SET_ONLY = {"dp": 1, "enable_expert_parallel": False, "cpu_offload_bytes": 0, "limit_mm_per_prompt": (),
+             "swap_space_gib": None, "layout_note": ""}
+
+
 def plan_json(p: Plan) -> dict:
     t, w = p.target, p.workload
     gpu = gpu_json(t.gpu) if t.gpu else {"id": "custom", "name": "custom memory size"}
@@ -71,7 +77,8 @@ def plan_json(p: Plan) -> dict:
                 "dtype_requested": w.dtype, "kv_dtype": p.kv_dtype,
                 "kv_dtype_requested": w.kv_dtype, "method": "analytic"}
     if p.serve is not None:             # vLLM's engine settings; other engines plan the transformers layout
-        workload.update({k: v for k, v in w.serve.__dict__.items()})
+        workload.update({k: v for k, v in w.serve.__dict__.items()
+                         if k not in SERVE_SET_ONLY or v != SERVE_SET_ONLY[k]})
     else:
         workload["transformers"] = w.transformers
     out = {
@@ -85,7 +92,7 @@ def plan_json(p: Plan) -> dict:
         "serve": None,
         "trace": None,
         "suggestions": [{"change": s.change, "flags": s.flags, "total_bytes": s.total_bytes,
-                         "fits": s.fits} for s in p.suggestions],
+                         "fits": s.fits, "usd_per_hour": s.usd_per_hour} for s in p.suggestions],
         "warnings": list(p.warnings),
     }
     if p.serve is not None:
