@@ -101,12 +101,14 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
          gpu_free: str | int | None = None,
          mode: str = "serve", batch: int | str = 1, ctx: int | str = 4096, dtype: str = "auto",
          kv_dtype: str = "auto", method: str = "analytic", no_cache: bool = False,
-         **options) -> Plan:
+         weights_from: str = "auto", **options) -> Plan:
     """Plan one workload. Returns a `Plan` (see vramplan.spec); raises VramplanError subclasses.
 
     `options` are vLLM's engine flags (`ServeFlags`: tp, pp, gpu_memory_utilization, ...), the
     training settings (`TrainFlags`: optim, grad_ckpt, lora_r, ...) and `transformers`; an
-    unknown keyword raises BadInput naming it.
+    unknown keyword raises BadInput naming it. `weights_from`: "checkpoint" reads the bytes of every
+    tensor from the safetensors headers, "config" derives them, "auto" takes the checkpoint when
+    one is at hand (docs/model-sources.md).
 
     >>> p = plan("meta-llama/Llama-3.1-8B", "l40s", ctx="32k", batch=8)
     >>> p.fits, p.components["weights"]
@@ -114,7 +116,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
     """
     return plan_request(PlanRequest.from_keywords(
         model, gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
-        kv_dtype=kv_dtype, method=method, no_cache=no_cache, **options))
+        kv_dtype=kv_dtype, method=method, no_cache=no_cache, weights_from=weights_from, **options))
 
 
 def preflight(model: str | ModelSpec | dict, mode: str = "lora", batch: int | str = 4,

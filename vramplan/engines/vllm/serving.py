@@ -211,7 +211,7 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: Gp
             continue
         held = 0
         for t in experts:
-            b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base], layout="vllm")
+            b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base], layout="vllm", stored=fmt.as_stored)
             held += ceil_div(b, divisor(t)) if divisor else b
         i = ceil_div(m.intermediate // tp, align_i) * align_i
         w13, w2 = 2 * i * h, h * i                    # [E, 2I, H] and [E, H, I] values
