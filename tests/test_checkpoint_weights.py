@@ -492,3 +492,97 @@ def test_bad_weights_from_value(tmp_path):
     assert_cli_refuses(["fit", MODEL, "--gpu", "l40s", "--weights-from", "disk"], 2, "--weights-from")
     assert_cli_refuses(["fit", MODEL, "--gpu", "l40s", "--weights-from", "checkpoint", "--method", "trace"], 2,
                        "--method analytic")
+
+
+def test_mxfp4_gpt_oss_layout(tmp_path):
+    """gpt-oss stores its experts as MXFP4: "<name>_blocks" (uint8 [E, rows, cols/32, 16], two FP4
+    values a byte) and "<name>_scales" (uint8 E8M0 [E, rows, cols/32]); biases, router and
+    attention in bf16 (transformers integrations/mxfp4.py). Read as stored, the bytes equal the
+    checkpoint's and the MXFP4 formula of memory/weights.py gives the same."""
+    root = Path(__file__).resolve().parents[1]
+    cfg = json.loads((root / "configs/models/openai--gpt-oss-20b.json").read_text())
+    E, Hd, Ix, heads, kvh, hd = 4, 64, 64, 4, 2, 16
+    cfg |= {"hidden_size": Hd, "intermediate_size": Ix, "num_attention_heads": heads, "num_key_value_heads": kvh,
+            "head_dim": hd, "num_hidden_layers": 2, "layer_types": ["sliding_attention", "full_attention"],
+            "num_local_experts": E, "experts_per_token": 2, "num_experts_per_tok": 2, "vocab_size": V,
+            "torch_dtype": "bfloat16"}
+    bf = lambda *s: torch.zeros(s, dtype=torch.bfloat16)     # noqa: E731
+    u8 = lambda *s: torch.zeros(s, dtype=torch.uint8)        # noqa: E731
+    t = {"model.embed_tokens.weight": bf(V, Hd), "model.norm.weight": bf(Hd), "lm_head.weight": bf(V, Hd)}
+    for l in range(2):
+        p = f"model.layers.{l}."
+        t |= {p + "input_layernorm.weight": bf(Hd), p + "post_attention_layernorm.weight": bf(Hd),
+              p + "self_attn.q_proj.weight": bf(heads * hd, Hd), p + "self_attn.q_proj.bias": bf(heads * hd),
+              p + "self_attn.k_proj.weight": bf(kvh * hd, Hd), p + "self_attn.k_proj.bias": bf(kvh * hd),
+              p + "self_attn.v_proj.weight": bf(kvh * hd, Hd), p + "self_attn.v_proj.bias": bf(kvh * hd),
+              p + "self_attn.o_proj.weight": bf(Hd, heads * hd), p + "self_attn.o_proj.bias": bf(Hd),
+              p + "self_attn.sinks": bf(heads),
+              p + "mlp.router.weight": bf(E, Hd), p + "mlp.router.bias": bf(E),
+              p + "mlp.experts.gate_up_proj_blocks": u8(E, 2 * Ix, Hd // 32, 16),
+              p + "mlp.experts.gate_up_proj_scales": u8(E, 2 * Ix, Hd // 32),
+              p + "mlp.experts.gate_up_proj_bias": bf(E, 2 * Ix),
+              p + "mlp.experts.down_proj_blocks": u8(E, Hd, Ix // 32, 16),
+              p + "mlp.experts.down_proj_scales": u8(E, Hd, Ix // 32),
+              p + "mlp.experts.down_proj_bias": bf(E, Hd)}
+    d = write(tmp_path / "oss", cfg, t)
+    out = fit_json(str(d), "--gpu", "h100", "--mode", "infer")
+    assert out["model"]["checkpoint_bytes"] == nbytes(t) == data_section(d)
+    assert out["components"]["weights"] == sum(block(x.numel() * x.element_size()) for x in t.values())
+    assert out["model"]["weights_notes"] == [] and not any("checkpoint holds" in w for w in out["warnings"])
+    for mode in ("infer", "serve"):
+        a = fit_json(str(d), "--gpu", "h100", "--mode", mode)["components"]["weights"]
+        b = fit_json(str(d), "--gpu", "h100", "--mode", mode, "--weights-from", "config")["components"]["weights"]
+        assert a == b, mode
+
+
+def test_mixtral_per_expert_names_split_like_the_config(tmp_path):
+    """Mixtral's checkpoint names each expert (block_sparse_moe.experts.N.w1/w2/w3) where
+    transformers 5 fuses them (mlp.experts.gate_up_proj): the names differ, so the experts are
+    placed by their names (w1/w3 column-parallel, w2 row-parallel, the gate replicated, as vLLM's
+    FusedMoE and ReplicatedLinear lay them). Every tensor is a multiple of 512 bytes, so the
+    per-GPU weights equal the config reading's at tp 1 and tp 2."""
+    E = 4
+    cfg = config(architectures=["MixtralForCausalLM"], model_type="mixtral", num_local_experts=E,
+                 num_experts_per_tok=2)
+    bf = lambda *s: torch.zeros(s, dtype=torch.bfloat16)     # noqa: E731
+    t = {k: v for k, v in llama_tensors().items() if "mlp" not in k}
+    for l in range(LAYERS):
+        p = f"model.layers.{l}.block_sparse_moe."
+        t[p + "gate.weight"] = bf(E, H)
+        for e in range(E):
+            t |= {f"{p}experts.{e}.w1.weight": bf(I, H), f"{p}experts.{e}.w3.weight": bf(I, H),
+                  f"{p}experts.{e}.w2.weight": bf(H, I)}
+    d = write(tmp_path / "mixtral", cfg, t)
+    for gpu in ("l40s", "l40s:2"):
+        a = fit_json(str(d), "--gpu", gpu)
+        b = fit_json(str(d), "--gpu", gpu, "--weights-from", "config")
+        assert a["components"]["weights"] == b["components"]["weights"], gpu
+        assert not any("checkpoint holds" in w for w in a["warnings"])
+    notes = a["model"]["weights_notes"]
+    assert any("placed by their names" in n for n in notes) and not any("counted whole" in n for n in notes)
+
+
+def test_vision_language_checkpoint_names(monkeypatch):
+    """Gemma 3's checkpoints (transformers 4.5x) name the text stack language_model.model.* and the
+    tower vision_tower.*; transformers 5 reads them as model.language_model.* and
+    model.vision_tower.*. Served from a fake Hub under the 4.x names, every tensor is matched."""
+    gemma = "google/gemma-3-4b-it"
+    spec = load_model(gemma)
+
+    def old_name(n: str) -> str:
+        for new, old in (("model.language_model.", "language_model.model."), ("model.vision_tower.", "vision_tower."),
+                         ("model.multi_modal_projector.", "multi_modal_projector.")):
+            if n.startswith(new):
+                return old + n[len(new):]
+        return n
+
+    meta = _hub_metadata(spec, files=1)
+    files = {f: SafetensorsFileMetadata(metadata={}, tensors={old_name(n): i for n, i in fm.tensors.items()})
+             for f, fm in meta.files_metadata.items()}
+    renamed = SafetensorsRepoMetadata(metadata={}, sharded=False, weight_map={}, files_metadata=files)
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", lambda repo_id, **kw: renamed)
+    a = fit_json(gemma, "--gpu", "h100", "--weights-from", "checkpoint", env={"HF_HUB_OFFLINE": ""})
+    b = fit_json(gemma, "--gpu", "h100", "--weights-from", "config")
+    assert a["model"]["weights_notes"] == []
+    assert a["model"]["checkpoint_bytes"] == 2 * spec.params
+    assert a["components"]["weights"] == b["components"]["weights"]
