@@ -234,8 +234,13 @@ def cross_check(spec: ModelSpec, ckpt: Checkpoint, bits: int, skip: int = 0,
     derived = spec.params
     if derived and abs(held - derived) <= derived * 1e-4:
         return ""
-    return (f"the checkpoint holds {held / 1e9:,.2f} B parameters; the config reading gave "
-            f"{derived / 1e9:,.2f} B: the checkpoint's figures are used.")
+    return (f"the checkpoint holds {_count(held)} parameters; the config reading gave "
+            f"{_count(derived)}: the checkpoint's figures are used.")
+
+
+def _count(n: int) -> str:
+    """15.66 B, 350.1 M, or the exact count below a million."""
+    return f"{n / 1e9:,.2f} B" if n >= 1e9 else f"{n / 1e6:,.1f} M" if n >= 1e6 else f"{n:,}"
 
 
 def _notes(spec, ckpt, guessed, replicated, missing, skipped, tied_head, mtp) -> tuple[list[str], list[str]]:
