@@ -38,15 +38,19 @@ _SUFFIXES = (
 # gpt-oss stores its MXFP4 experts as "<name>_blocks" (uint8, two FP4 values a byte) and
 # "<name>_scales" (uint8 E8M0, one per 32) (transformers integrations/mxfp4.py).
 _MX_SUFFIXES = ("_blocks", "_scales")
-# Parts that hold no parameters of their own (scales, zeros, indices, quantizer state).
-_AUX = re.compile(r"(\.(qzeros|scales|g_idx|SCB|weight_scale_inv|weight_scale|input_scale|weight_zero_point|"
-                  r"weight_global_scale|input_global_scale|weight_shape)$)|(\.weight\.(absmax|quant_map|"
-                  r"nested_absmax|nested_quant_map|quant_state\..*)$)|(_scales$)")
+# The same, by the last name segment: parts of "<module>.<leaf>", parts of
+# "<module>.weight.<leaf>" (bitsandbytes), and the ones that hold no parameters of their own
+# (scales, zeros, indices, quantizer state).
+_LEAVES = frozenset(s.rsplit(".", 1)[-1] for s in _SUFFIXES if s.count(".") == 1)
+_BNB_LEAVES = frozenset({"absmax", "quant_map", "nested_absmax", "nested_quant_map"})
+_AUX_LEAVES = frozenset({"qzeros", "scales", "g_idx", "SCB", "weight_scale_inv", "weight_scale", "input_scale",
+                         "weight_zero_point", "weight_global_scale", "input_global_scale", "weight_shape"})
 # Buffers some checkpoints carry that no loader keeps: vLLM skips "rotary_emb.inv_freq" and the
 # cos/sin caches (vllm/model_executor/models/llama.py, LlamaModel.load_weights).
 _BUFFERS = re.compile(r"rotary_emb\.(inv_freq|cos_cached|sin_cached)$")
 # Leading wrappers dropped before names are compared.
-_WRAPPERS = ("model.", "language_model.", "transformer.")
+_WRAPPERS = re.compile(r"^(?:(?:model|language_model|transformer)\.)+")
+_WRAPPER_STARTS = ("model.", "language_model.", "transformer.")
 _LAYER = re.compile(r"^(?:(?:[A-Za-z_]+)\.)?(?:layers|h|blocks|layer)\.(\d+)\.")
 _TOWER = re.compile(r"(^|\.)(vision|visual|image|audio|mm_|multi_modal|projector|vision_tower|vision_model|"
                     r"audio_tower|patch_embed)", re.IGNORECASE)
@@ -65,41 +69,35 @@ _ROUTER = frozenset({"gate", "router"})
 
 def canonical(name: str) -> str:
     """`name` without the wrappers checkpoints and transformers versions disagree on."""
-    changed = True
-    while changed:
-        changed = False
-        for w in _WRAPPERS:
-            if name.startswith(w):
-                name, changed = name[len(w):], True
-    return name
+    return _WRAPPERS.sub("", name, count=1) if name.startswith(_WRAPPER_STARTS) else name
 
 
 def module_of(name: str) -> str:
     """The module (spec tensor name) a stored part belongs to: its suffix taken off; a bias keeps
     ".bias", as the spec names biases."""
-    for s in _SUFFIXES:
-        if name.endswith(s):
-            return name[: -len(s)]
-    for s in _MX_SUFFIXES:
-        if name.endswith(s):
-            return name[: -len(s)]
+    head, _, leaf = name.rpartition(".")
+    if leaf in _LEAVES:
+        return head
+    if leaf in _BNB_LEAVES and head.endswith(".weight"):
+        return head[:-7]
+    if leaf.startswith("bitsandbytes__") and head.endswith(".weight.quant_state"):
+        return head[: -len(".weight.quant_state")]
+    if leaf.endswith(_MX_SUFFIXES):
+        return name[:-7]
     return name
 
 
-def _candidates(name: str) -> list[str]:
-    """Spec names a stored part may stand for, most specific first (gpt-oss "..._bias" is itself a
-    spec name; its "..._blocks" belongs to the module)."""
-    out = [canonical(name)]
-    module = canonical(module_of(name))
-    if module not in out:
-        out.append(module)
-    return out
+def is_aux(name: str) -> bool:
+    """A stored part that holds no parameters: scales, zeros, indices, quantizer state."""
+    head, _, leaf = name.rpartition(".")
+    return (leaf in _AUX_LEAVES or leaf.endswith("_scales") or (leaf in _BNB_LEAVES and head.endswith(".weight"))
+            or head.endswith(".weight.quant_state"))
 
 
 def logical_params(t: StoredTensor, bits: int) -> int:
     """Parameters a stored part holds: packed int32 (GPTQ/AWQ qweight) holds 32/bits values,
     uint8 MXFP4 blocks and bitsandbytes 4-bit data two each; scales and zeros hold none."""
-    if _AUX.search(t.name) or _BUFFERS.search(t.name):
+    if is_aux(t.name) or _BUFFERS.search(t.name):
         return 0
     if t.name.endswith(".qweight") or (t.dtype == "I32" and t.name.endswith(".weight_packed")):
         return t.numel * (32 // bits if bits in (2, 4, 8) else 8)
@@ -140,7 +138,7 @@ def _role_split(module: str, parts: list[StoredTensor]) -> tuple[str, str, bool]
 def _shape(parts: list[StoredTensor], spec_tensor: Tensor | None) -> tuple[int, ...]:
     """The module's shape: its plain float weight's (the checkpoint's truth), else the spec's, else
     the largest part's."""
-    plain = [p for p in parts if p.dtype in PLAIN_FLOATS and not _AUX.search(p.name)]
+    plain = [p for p in parts if p.dtype in PLAIN_FLOATS and not is_aux(p.name)]
     if len(plain) == 1 and (spec_tensor is None or spec_tensor.count == 1):
         return plain[0].shape
     if spec_tensor is not None:
@@ -170,19 +168,23 @@ def apply(spec: ModelSpec, ckpt: Checkpoint) -> ModelSpec:
     mtp: list[StoredTensor] = []
     n = spec.num_layers
     for st in ckpt.tensors:
-        if _BUFFERS.search(st.name):
+        if "rotary_emb" in st.name and _BUFFERS.search(st.name):
             skipped.append(st)
             continue
-        hit = next((c for c in _candidates(st.name) if c in by_name), None)
-        if hit is not None:
-            matched.setdefault(hit, []).append(st)
+        whole = canonical(st.name)
+        if whole in by_name:
+            matched.setdefault(whole, []).append(st)
             continue
         module = module_of(st.name)
-        if spec.tie_word_embeddings and canonical(module) in _HEAD:
+        name = canonical(module)
+        if name in by_name:
+            matched.setdefault(name, []).append(st)
+            continue
+        if spec.tie_word_embeddings and name in _HEAD:
             tied_head.append(st)          # a tied head stored anyway: the embedding counts once
             continue
-        m = _LAYER.match(canonical(module))
-        if m and not _TOWER.search(canonical(module)) and n <= int(m[1]) < n + spec.mtp_layers:
+        m = _LAYER.match(name) if spec.mtp_layers else None
+        if m and n <= int(m[1]) < n + spec.mtp_layers and not _TOWER.search(name):
             mtp.append(st)                # DeepSeek's multi-token-prediction layers: vLLM's main
             continue                      # model skips them (deepseek_v2.py, get_spec_layer_idx_from_weight_name)
         unknown.setdefault(module, []).append(st)

@@ -38,10 +38,11 @@ class StoredTensor:
     shape: tuple[int, ...]
     nbytes: int                # numel x bits / 8, equal to its data_offsets span
     file: str                  # the file name it sits in
+    numel: int = -1            # elements (set from the shape when not given)
 
-    @property
-    def numel(self) -> int:
-        return prod(self.shape)
+    def __post_init__(self):
+        if self.numel < 0:
+            object.__setattr__(self, "numel", prod(self.shape))
 
 
 @dataclass(frozen=True)
