@@ -618,3 +618,29 @@ def test_checkpoints_written_by_transformers(tmp_path, model_type, extra):
                             "the checkpoint's figures are used."]
     else:
         assert mismatch == []
+
+
+def test_adapter_and_consolidated_files_are_not_the_model(tmp_path):
+    """Without an index or model.safetensors, the directory's *.safetensors files are the model,
+    less a PEFT adapter_model.safetensors and Mistral's own-format consolidated.safetensors beside
+    transformers-format files."""
+    t = llama_tensors()
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(config()))
+    names = sorted(t)
+    save_file({n: t[n] for n in names[::2]}, str(d / "part-a.safetensors"))
+    save_file({n: t[n] for n in names[1::2]}, str(d / "part-b.safetensors"))
+    save_file({"base_model.model.x.lora_A.weight": torch.zeros(8, H)}, str(d / "adapter_model.safetensors"))
+    save_file({"layers.0.attention.wq.weight": torch.zeros(H, H)}, str(d / "consolidated.safetensors"))
+    out = fit_json(str(d), "--gpu", "l40s")
+    assert out["model"]["weights_source"] == "2 safetensors files, headers read"
+    assert out["model"]["checkpoint_bytes"] == nbytes(t)
+
+
+def test_notes_in_the_table(tmp_path):
+    t = {**llama_tensors(), "model.layers.0.mystery.weight": torch.zeros(4, 4, dtype=torch.bfloat16)}
+    d = write(tmp_path / "m", config(), t)
+    r = runner.invoke(app, ["fit", str(d), "--gpu", "l40s"], env={"HF_HUB_OFFLINE": "1"})
+    assert ("\n          1 checkpoint tensors of unknown kind are counted whole on every tensor-parallel rank "
+            "(first: model.layers.0.mystery)\n") in r.stdout

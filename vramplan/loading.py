@@ -83,6 +83,8 @@ def with_weights(spec: ModelSpec, loaded, weights_from: str) -> ModelSpec:
     config (a bundled config plans offline). checkpoint: the same, and the Hub for a bundled or
     partly cached id; none to be had is BadInput (exit 2) for a local directory and
     EnvironmentProblem (exit 3) when the Hub cannot be asked."""
+    if weights_from not in WEIGHTS_FROM:
+        raise BadInput(f"{{weights_from}} {weights_from!r} is not one of: {', '.join(WEIGHTS_FROM)}.")
     if weights_from == "config":
         return spec
     strict = weights_from == "checkpoint"

@@ -37,6 +37,8 @@ HEADER_CAP = 100 * MiB
 INDEX_LIMIT = 64 * MiB
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+# A PEFT adapter saved into the model's directory is not the model (peft SAFETENSORS_WEIGHTS_NAME).
+_NOT_THE_MODEL = frozenset({"adapter_model.safetensors"})
 _HINT = "Download the file again, or plan from the config with --weights-from config."
 
 
@@ -147,10 +149,12 @@ def checkpoint_files(directory: Path) -> tuple[list[str], dict[str, str] | None]
     if kind_of(directory / SINGLE_NAME) != Kind.MISSING:
         return [SINGLE_NAME], None
     try:
-        files = sorted(p.name for p in directory.glob("*.safetensors"))
+        files = sorted(p.name for p in directory.glob("*.safetensors") if p.name not in _NOT_THE_MODEL)
     except OSError:
         files = []
-    return files, None
+    # Mistral's repos ship their own-format consolidated.safetensors beside the transformers files
+    others = [f for f in files if not f.startswith("consolidated")]
+    return (others or files), None
 
 
 def read_local(directory: str | os.PathLike) -> Checkpoint:
