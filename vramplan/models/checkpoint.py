@@ -201,10 +201,8 @@ def apply(spec: ModelSpec, ckpt: Checkpoint) -> ModelSpec:
     missing = [t.name for t in spec.all_tensors() if canonical(t.name) not in matched]
 
     guessed, replicated, towers = [], [], set(spec.traits.towers)
-    for module, parts in unknown.items():
-        role, split, known = _role_split(module, parts)
-        t = Tensor(name=module, shape=_shape(parts, None), role=role, split=split, stored=_stored(parts))
-        (guessed if known else replicated).append(module)
+    for module, t in _unknown_tensors(unknown):
+        (guessed if t.split != "replicated" or t.role != "other" else replicated).append(module)
         name = canonical(module)
         m = _LAYER.match(name)
         tower = _TOWER.search(name)
@@ -225,6 +223,46 @@ def apply(spec: ModelSpec, ckpt: Checkpoint) -> ModelSpec:
     warning = cross_check(spec, ckpt, bits, skip=len(skipped) + len(tied_head) + len(mtp),
                           excluded=skipped + tied_head + mtp)
     return replace(out, warnings=out.warnings + tuple(warnings) + ((warning,) if warning else ()))
+
+
+_EXPERT = re.compile(r"^(?P<stack>.*\.experts)\.(?P<e>\d+)\.(?P<leaf>.+)$")
+
+
+def _unknown_tensors(unknown: dict[str, list[StoredTensor]]):
+    """(module, Tensor) for the checkpoint modules the spec does not name. Per-expert modules
+    ("<...>.experts.<e>.<leaf>", Mixtral's and DeepSeek's checkpoints) of the same shape become one
+    tensor of `count` experts, as the spec counts experts and vLLM's FusedMoE stacks them in one
+    parameter; their stored parts are summed by suffix (all experts' fp8 weights one part, their
+    scales another)."""
+    stacks: dict[str, dict[int, tuple[str, list[StoredTensor]]]] = {}
+    for module, parts in unknown.items():
+        m = _EXPERT.match(module)
+        if m:
+            stacks.setdefault(f"{m['stack']}.{m['leaf']}", {})[int(m["e"])] = (module, parts)
+            continue
+        yield module, _unknown(module, parts)
+    for stack, experts in stacks.items():
+        shapes = {_shape(parts, None) for _, parts in experts.values()}
+        if len(experts) < 2 or len(shapes) != 1:
+            for module, parts in experts.values():
+                yield module, _unknown(module, parts)
+            continue
+        first_module, first_parts = experts[min(experts)]
+        role, split, _ = _role_split(first_module, first_parts)
+        merged: dict[tuple[str, str], list[int]] = {}
+        for _, parts in experts.values():
+            for p in parts:
+                key = (p.name[len(module_of(p.name)):], p.dtype)
+                total = merged.setdefault(key, [0, 0])
+                total[0] += p.numel
+                total[1] += p.nbytes
+        yield stack, Tensor(name=stack, shape=shapes.pop(), role=role, split=split, count=len(experts),
+                            stored=tuple((dtype, numel, nbytes) for (_, dtype), (numel, nbytes) in merged.items()))
+
+
+def _unknown(module: str, parts: list[StoredTensor]) -> Tensor:
+    role, split, _ = _role_split(module, parts)
+    return Tensor(name=module, shape=_shape(parts, None), role=role, split=split, stored=_stored(parts))
 
 
 def cross_check(spec: ModelSpec, ckpt: Checkpoint, bits: int, skip: int = 0,
