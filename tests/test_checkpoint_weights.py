@@ -644,3 +644,30 @@ def test_notes_in_the_table(tmp_path):
     r = runner.invoke(app, ["fit", str(d), "--gpu", "l40s"], env={"HF_HUB_OFFLINE": "1"})
     assert ("\n          1 checkpoint tensors of unknown kind are counted whole on every tensor-parallel rank "
             "(first: model.layers.0.mystery)\n") in r.stdout
+
+
+def test_hf_cache_snapshot(tmp_path, monkeypatch):
+    """A config found in the HF cache: auto reads a complete checkpoint cached beside it (blobs
+    behind snapshot symlinks, as huggingface_hub lays them out), and plans from the config, with a
+    note, when a shard is missing; checkpoint then asks the Hub (offline here: exit 3)."""
+    sha = "a" * 40
+    repo = tmp_path / "hub" / "models--someorg--cached-llama"
+    snap = repo / "snapshots" / sha
+    write(tmp_path / "src", config(), llama_tensors(), shards=2)
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in (tmp_path / "src").iterdir():
+        (repo / "blobs" / f.name).write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(Path("..", "..", "blobs", f.name))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    out = fit_json("someorg/cached-llama", "--gpu", "l40s", env=env)
+    assert out["model"]["source"] == "hf-cache" and out["model"]["weights_from"] == "checkpoint"
+    assert out["model"]["checkpoint_bytes"] == nbytes(llama_tensors())
+    (snap / "model-00002-of-00002.safetensors").unlink()
+    out = fit_json("someorg/cached-llama", "--gpu", "l40s", env=env)
+    assert out["model"]["weights_from"] == "config"
+    assert any("could not be read" in n and "model-00002-of-00002.safetensors" in n for n in out["model"]["weights_notes"])
+    assert_cli_refuses(["fit", "someorg/cached-llama", "--gpu", "l40s", "--weights-from", "checkpoint"], 3,
+                       "HF_HUB_OFFLINE", env=env)
