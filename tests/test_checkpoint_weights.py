@@ -117,7 +117,7 @@ def test_single_file_bytes_exact(tmp_path):
 def test_config_reading_on_request(tmp_path):
     d = write(tmp_path / "m", config(), llama_tensors())
     out = fit_json(str(d), "--gpu", "l40s", "--weights-from", "config")
-    assert out["model"]["weights_from"] == "config" and out["model"]["checkpoint_bytes"] is None
+    assert out["model"]["weights_from"] == "config" and out["model"]["checkpoint_bytes"] == 0
     same = fit_json(str(d), "--gpu", "l40s")
     assert same["components"]["weights"] == out["components"]["weights"]      # bf16 both ways
 

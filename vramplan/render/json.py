@@ -34,7 +34,7 @@ def model_json(m: ModelSpec) -> dict:
         "quantization": None if q is None else {"method": q.method, "bits": q.bits,
                                                 "group_size": q.group_size, "skip": list(q.skip)},
         "weights_from": m.weights_from, "weights_source": m.weights_source,
-        "checkpoint_bytes": m.checkpoint_bytes if m.weights_from == "checkpoint" else None,
+        "checkpoint_bytes": m.checkpoint_bytes,
         "weights_notes": list(m.weights_notes),
     }
 
