@@ -671,3 +671,42 @@ def test_hf_cache_snapshot(tmp_path, monkeypatch):
     assert any("could not be read" in n and "model-00002-of-00002.safetensors" in n for n in out["model"]["weights_notes"])
     assert_cli_refuses(["fit", "someorg/cached-llama", "--gpu", "l40s", "--weights-from", "checkpoint"], 3,
                        "HF_HUB_OFFLINE", env=env)
+
+
+def test_awq_layout(tmp_path):
+    """AutoAWQ's layout (vLLM awq.py create_weights): qweight int32 [in, out*bits/32], qzeros int32
+    [in/group, out*bits/32], scales fp16 [in/group, out], no g_idx: as stored, and the formula agrees."""
+    group, bits = 32, 4
+    t = {k: v.to(torch.float16) for k, v in llama_tensors().items() if "proj" not in k}
+    for l in range(LAYERS):
+        for name, out_f, in_f in (("self_attn.q_proj", H, H), ("self_attn.k_proj", KV, H), ("self_attn.v_proj", KV, H),
+                                  ("self_attn.o_proj", H, H), ("mlp.gate_proj", I, H), ("mlp.up_proj", I, H),
+                                  ("mlp.down_proj", H, I)):
+            p = f"model.layers.{l}.{name}."
+            t[p + "qweight"] = torch.zeros(in_f, out_f * bits // 32, dtype=torch.int32)
+            t[p + "qzeros"] = torch.zeros(in_f // group, out_f * bits // 32, dtype=torch.int32)
+            t[p + "scales"] = torch.zeros(in_f // group, out_f, dtype=torch.float16)
+    cfg = config(torch_dtype="float16", quantization_config={"quant_method": "awq", "bits": bits,
+                                                             "group_size": group, "zero_point": True, "version": "gemm"})
+    d = write(tmp_path / "awq", cfg, t)
+    out = fit_json(str(d), "--gpu", "l40s")
+    assert out["model"]["checkpoint_bytes"] == nbytes(t) == data_section(d)
+    assert out["components"]["weights"] == sum(block(x.numel() * x.element_size()) for x in t.values())
+    assert out["components"]["weights"] == fit_json(str(d), "--gpu", "l40s", "--weights-from", "config")["components"]["weights"]
+    assert not any("checkpoint holds" in w for w in out["warnings"])
+
+
+def test_unknown_quantized_module_takes_its_logical_shape(tmp_path):
+    """A GPTQ module the config does not name (qweight int32 [in/8, out]): counted as stored, and
+    its parameters are out x in (the packed int32 holds eight 4-bit values), so model.params and the
+    cross-check count it right."""
+    d, t = _gptq(tmp_path)
+    extra = {"model.layers.1.mlp.extra_proj.qweight": torch.zeros(I * 4 // 32, H, dtype=torch.int32),
+             "model.layers.1.mlp.extra_proj.qzeros": torch.zeros(I // 32, H * 4 // 32, dtype=torch.int32),
+             "model.layers.1.mlp.extra_proj.scales": torch.zeros(I // 32, H, dtype=torch.float16)}
+    save_file({**t, **extra}, str(d / "model.safetensors"))
+    out = fit_json(str(d), "--gpu", "l40s")
+    config_params = fit_json(str(d), "--gpu", "l40s", "--weights-from", "config")["model"]["params"]
+    assert out["model"]["params"] == config_params + H * I
+    assert out["model"]["checkpoint_bytes"] == nbytes(t) + nbytes(extra)
+    assert any(f"holds {config_params + H * I:,} parameters" in w for w in out["warnings"])

@@ -135,15 +135,35 @@ def _role_split(module: str, parts: list[StoredTensor]) -> tuple[str, str, bool]
     return ("expert" if expert else "linear"), split, True
 
 
-def _shape(parts: list[StoredTensor], spec_tensor: Tensor | None) -> tuple[int, ...]:
+def _shape(parts: list[StoredTensor], spec_tensor: Tensor | None, quant: tuple[str, int] = ("", 16)) -> tuple[int, ...]:
     """The module's shape: its plain float weight's (the checkpoint's truth), else the spec's, else
-    the largest part's."""
+    the logical shape of its packed data (`logical_shape`), else the largest part's."""
     plain = [p for p in parts if p.dtype in PLAIN_FLOATS and not is_aux(p.name)]
     if len(plain) == 1 and (spec_tensor is None or spec_tensor.count == 1):
         return plain[0].shape
     if spec_tensor is not None:
         return spec_tensor.shape
+    for p in parts:
+        shape = logical_shape(p, *quant)
+        if shape is not None:
+            return shape
     return max(parts, key=lambda p: p.numel).shape
+
+
+def logical_shape(p: StoredTensor, method: str, bits: int) -> tuple[int, ...] | None:
+    """The (out, in) shape a packed part stands for, or None when `p` is not packed data. GPTQ's
+    qweight is int32 [in x bits / 32, out] and AWQ's [in, out x bits / 32] (vLLM gptq.py and awq.py
+    create_weights); MXFP4 blocks are uint8 [..., rows, cols / 32, 16] (transformers
+    integrations/mxfp4.py); a bitsandbytes 4-bit weight is uint8 [numel / 2, 1], flat."""
+    leaf = p.name.rsplit(".", 1)[-1]
+    per = 32 // bits if bits in (2, 4, 8) else 0
+    if leaf == "qweight" and len(p.shape) == 2 and per:
+        return (p.shape[1] * per, p.shape[0]) if method == "awq" else (p.shape[1], p.shape[0] * per)
+    if leaf.endswith("_blocks") and len(p.shape) >= 3:
+        return (*p.shape[:-2], p.shape[-2] * p.shape[-1] * 2)
+    if leaf == "weight" and p.dtype == "U8" and method in ("nf4", "fp4") and len(p.shape) == 2 and p.shape[1] == 1:
+        return (2 * p.numel,)
+    return None
 
 
 def _stored(parts: list[StoredTensor]) -> tuple[tuple[str, int, int], ...]:
@@ -201,7 +221,8 @@ def apply(spec: ModelSpec, ckpt: Checkpoint) -> ModelSpec:
     missing = [t.name for t in spec.all_tensors() if canonical(t.name) not in matched]
 
     guessed, replicated, towers = [], [], set(spec.traits.towers)
-    for module, t in _unknown_tensors(unknown):
+    q = spec.quantization
+    for module, t in _unknown_tensors(unknown, (q.method, q.bits) if q is not None else ("", 16)):
         (guessed if t.split != "replicated" or t.role != "other" else replicated).append(module)
         name = canonical(module)
         m = _LAYER.match(name)
@@ -228,7 +249,7 @@ def apply(spec: ModelSpec, ckpt: Checkpoint) -> ModelSpec:
 _EXPERT = re.compile(r"^(?P<stack>.*\.experts)\.(?P<e>\d+)\.(?P<leaf>.+)$")
 
 
-def _unknown_tensors(unknown: dict[str, list[StoredTensor]]):
+def _unknown_tensors(unknown: dict[str, list[StoredTensor]], quant: tuple[str, int]):
     """(module, Tensor) for the checkpoint modules the spec does not name. Per-expert modules
     ("<...>.experts.<e>.<leaf>", Mixtral's and DeepSeek's checkpoints) of the same shape become one
     tensor of `count` experts, as the spec counts experts and vLLM's FusedMoE stacks them in one
@@ -240,12 +261,12 @@ def _unknown_tensors(unknown: dict[str, list[StoredTensor]]):
         if m:
             stacks.setdefault(f"{m['stack']}.{m['leaf']}", {})[int(m["e"])] = (module, parts)
             continue
-        yield module, _unknown(module, parts)
+        yield module, _unknown(module, parts, quant)
     for stack, experts in stacks.items():
-        shapes = {_shape(parts, None) for _, parts in experts.values()}
+        shapes = {_shape(parts, None, quant) for _, parts in experts.values()}
         if len(experts) < 2 or len(shapes) != 1:
             for module, parts in experts.values():
-                yield module, _unknown(module, parts)
+                yield module, _unknown(module, parts, quant)
             continue
         first_module, first_parts = experts[min(experts)]
         role, split, _ = _role_split(first_module, first_parts)
@@ -260,9 +281,9 @@ def _unknown_tensors(unknown: dict[str, list[StoredTensor]]):
                             stored=tuple((dtype, numel, nbytes) for (_, dtype), (numel, nbytes) in merged.items()))
 
 
-def _unknown(module: str, parts: list[StoredTensor]) -> Tensor:
+def _unknown(module: str, parts: list[StoredTensor], quant: tuple[str, int]) -> Tensor:
     role, split, _ = _role_split(module, parts)
-    return Tensor(name=module, shape=_shape(parts, None), role=role, split=split, stored=_stored(parts))
+    return Tensor(name=module, shape=_shape(parts, None, quant), role=role, split=split, stored=_stored(parts))
 
 
 def cross_check(spec: ModelSpec, ckpt: Checkpoint, bits: int, skip: int = 0,
