@@ -25,7 +25,7 @@ from pathlib import Path
 
 from vramplan.errors import BadConfig, EnvironmentProblem
 from vramplan.files import Kind, kind_of, read_head, read_small_file
-from vramplan.spec.checkpoint import DTYPE_BITS, Checkpoint, StoredTensor, tensor_bytes
+from vramplan.spec.checkpoint import DTYPE_BITS, Checkpoint, StoredTensor
 from vramplan.units import printable
 
 MiB = 2**20
@@ -72,21 +72,34 @@ def parse_header(raw: bytes, file: str, data_size: int | None) -> tuple[StoredTe
         if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
             raise bad(f"tensor '{shown}' has dtype {printable(repr(dtype), 40)}, which is not a safetensors "
                       f"dtype vramplan knows ({', '.join(DTYPE_BITS)})")
-        if (not isinstance(shape, list) or len(shape) > 16
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        numel = _numel(shape)           # type(x) is int: a JSON true is not a size
+        if numel is None:
             raise bad(f"tensor '{shown}' has shape {printable(repr(shape), 60)}, not a list of sizes")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)):
+        if (type(offsets) is not list or len(offsets) != 2 or type(offsets[0]) is not int
+                or type(offsets[1]) is not int or offsets[0] < 0):
             raise bad(f"tensor '{shown}' has data_offsets {printable(repr(offsets), 60)}, not [begin, end]")
-        nbytes = tensor_bytes(dtype, tuple(shape))
+        bits = DTYPE_BITS[dtype] * numel
+        nbytes = bits // 8 if bits % 8 == 0 else None
         if nbytes is None or offsets[1] - offsets[0] != nbytes:
             raise bad(f"tensor '{shown}' ({dtype} {tuple(shape)}) spans bytes {offsets[0]}-{offsets[1]}, "
                       f"not the {nbytes} its shape and dtype take")
         if data_size is not None and offsets[1] > data_size:
             raise bad(f"tensor '{shown}' ends at byte {offsets[1]:,} of the data, past the end of the file "
                       f"({data_size:,} bytes of data): the file is truncated")
-        out.append(StoredTensor(name=name, dtype=dtype, shape=tuple(shape), nbytes=nbytes, file=file))
+        out.append(StoredTensor(name=name, dtype=dtype, shape=tuple(shape), nbytes=nbytes, file=file, numel=numel))
     return tuple(out)
+
+
+def _numel(shape) -> int | None:
+    """The element count of a header's shape: a list of at most 16 non-negative integers, else None."""
+    if type(shape) is not list or len(shape) > 16:
+        return None
+    n = 1
+    for d in shape:
+        if type(d) is not int or d < 0:
+            return None
+        n *= d
+    return n
 
 
 def read_file_header(path: Path) -> tuple[tuple[StoredTensor, ...], int]:
