@@ -236,14 +236,13 @@ def apply(spec: ModelSpec, ckpt: Checkpoint) -> ModelSpec:
             new_top.append(t)
 
     layers = tuple(LayerSpec(l.index, l.mixer, l.mlp, tuple(ts)) for l, ts in zip(spec.layers, new_layers))
-    notes, warnings = _notes(spec, ckpt, guessed, replicated, missing, skipped, tied_head, mtp)
+    notes = _notes(spec, guessed, replicated, missing, skipped, tied_head, mtp)
     out = replace(spec, tensors=tuple(new_top), layers=layers,
                   traits=replace(spec.traits, towers=tuple(sorted(towers))),
                   weights_from="checkpoint", weights_source=ckpt.description,
                   checkpoint_bytes=ckpt.total_bytes, weights_notes=tuple(notes))
-    warning = cross_check(spec, ckpt, bits, skip=len(skipped) + len(tied_head) + len(mtp),
-                          excluded=skipped + tied_head + mtp)
-    return replace(out, warnings=out.warnings + tuple(warnings) + ((warning,) if warning else ()))
+    warning = cross_check(spec, ckpt, bits, excluded=skipped + tied_head + mtp)
+    return replace(out, warnings=out.warnings + ((warning,) if warning else ()))
 
 
 _EXPERT = re.compile(r"^(?P<stack>.*\.experts)\.(?P<e>\d+)\.(?P<leaf>.+)$")
@@ -286,7 +285,7 @@ def _unknown(module: str, parts: list[StoredTensor], quant: tuple[str, int]) -> 
     return Tensor(name=module, shape=_shape(parts, None, quant), role=role, split=split, stored=_stored(parts))
 
 
-def cross_check(spec: ModelSpec, ckpt: Checkpoint, bits: int, skip: int = 0,
+def cross_check(spec: ModelSpec, ckpt: Checkpoint, bits: int,
                 excluded: list[StoredTensor] | None = None) -> str:
     """A warning when the checkpoint's parameters and the config's reading disagree by more than
     rounding (0.01 %), else ""."""
@@ -304,9 +303,9 @@ def _count(n: int) -> str:
     return f"{n / 1e9:,.2f} B" if n >= 1e9 else f"{n / 1e6:,.1f} M" if n >= 1e6 else f"{n:,}"
 
 
-def _notes(spec, ckpt, guessed, replicated, missing, skipped, tied_head, mtp) -> tuple[list[str], list[str]]:
-    """Notes on how the checkpoint was placed; warnings for what changes the answer."""
-    notes, warnings = [], []
+def _notes(spec, guessed, replicated, missing, skipped, tied_head, mtp) -> list[str]:
+    """Notes on how the checkpoint was placed (model.weights_notes)."""
+    notes = []
     if guessed:
         notes.append(f"{len(guessed)} checkpoint tensors the config reading does not name were placed by "
                      f"their names (first: {guessed[0]})")
@@ -323,4 +322,4 @@ def _notes(spec, ckpt, guessed, replicated, missing, skipped, tied_head, mtp) ->
     if mtp:
         notes.append(f"{len(mtp)} tensors of layers past the config's {spec.num_layers} (multi-token "
                      f"prediction) are not loaded")
-    return notes, warnings
+    return notes
