@@ -117,6 +117,7 @@ class PlanRequest:
     engine: str | None = None               # --engine; None: the mode's (a GGUF model: llama.cpp)
     llama: LlamaFlags = field(default_factory=LlamaFlags)
     sglang: SglangFlags = field(default_factory=SglangFlags)
+    weights_from: str = "auto"              # --weights-from: auto, config or checkpoint (loading.WEIGHTS_FROM)
 
     @classmethod
     def from_keywords(cls, model: str | ModelSpec, gpu: str | GpuTarget | None = None,

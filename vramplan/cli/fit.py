@@ -42,6 +42,7 @@ def fit(
     dp: Optional[int] = O.DP, enable_expert_parallel: bool = O.EP, max_model_len: Optional[str] = O.MAXLEN,
     quantization: Optional[str] = O.QUANT, cpu_offload_gb: Optional[float] = O.OFFLOAD,
     limit_mm_per_prompt: Optional[str] = O.MM, swap_space: Optional[float] = O.SWAP, cmd: Optional[str] = O.CMD,
+    weights_from: str = O.WEIGHTS_FROM,
 ) -> None:
     """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
     given = {name for name in context.params if _given(context, name)}
@@ -84,6 +85,7 @@ def fit(
             cuda_graph_max_bs=v["cuda_graph_max_bs"], disable_cuda_graph=v["disable_cuda_graph"] or None,
             max_total_tokens=v["max_total_tokens"], dp_size=v["dp_size"], ep_size=v["ep_size"],
             enable_dp_attention=v["enable_dp_attention"] or None),
+        weights_from=weights_from,
     )
     p = api.plan_request(request)
     for note in launch.notes if launch is not None else ():

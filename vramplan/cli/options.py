@@ -16,6 +16,7 @@ MODE = typer.Option("serve", "--mode", help="serve (vLLM engine), infer (transfo
 DTYPE = typer.Option("auto", "--dtype", help="Weights: auto|bf16|fp16|fp32|fp8|int8|int4|gptq|awq|nf4|fp4|mxfp4.")
 KV = typer.Option("auto", "--kv-dtype", "--kv-cache-dtype", help="KV cache: auto|bf16|fp16|fp32|fp8|int8 (vLLM's fp8_e4m3, fp8_e5m2 too).")
 METHOD = typer.Option("analytic", "--method", help="analytic (closed form, ~0.1 s) or trace (the real transformers model on fake tensors; needs the 'trace' extra).")
+WEIGHTS_FROM = typer.Option("auto", "--weights-from", help="Where the weights' bytes come from: checkpoint (the safetensors headers of a local directory or Hub repo: exact), config (derived from config.json), or auto (the checkpoint when one is at hand).")
 NO_CACHE = typer.Option(False, "--no-cache", help="trace: ignore the on-disk cache of earlier traces.")
 JSON = typer.Option(False, "--json", help="Print one JSON object (docs/json-schema.md, docs/compare.md).")
 FORMAT = typer.Option("table", "--format", help="table, csv, markdown or json.")

@@ -34,6 +34,9 @@ def model_json(m: ModelSpec) -> dict:
         "max_position_embeddings": m.max_position_embeddings,
         "quantization": None if q is None else {"method": q.method, "bits": q.bits,
                                                 "group_size": q.group_size, "skip": list(q.skip)},
+        "weights_from": m.weights_from, "weights_source": m.weights_source,
+        "checkpoint_bytes": m.checkpoint_bytes,
+        "weights_notes": list(m.weights_notes),
     }
 
 

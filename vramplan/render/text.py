@@ -45,6 +45,13 @@ def plan_table(p: Plan) -> str:
     kind_text = ", ".join(f"{n} {k}" for k, n in kinds.items())
     lines.append(f"model     {m.id}  [{m.source}]  {m.model_type}, {m.params / 1e9:,.2f} B params, "
                  f"{m.num_layers} layers ({kind_text}), vocab {m.vocab_size:,}")
+    if m.weights_from == "checkpoint":
+        lines.append(f"weights   from the checkpoint: {m.weights_source}, {fmt_bytes(m.checkpoint_bytes)} "
+                     f"bytes as stored")
+    notes = list(m.weights_notes)
+    if notes and m.weights_from != "checkpoint":
+        lines.append(f"weights   from the config: {notes.pop(0)}")
+    lines += [f"          {note}" for note in notes]
     if t.gpu:
         gpu = f"{t.gpu.name} x {t.count}" if t.count > 1 else t.gpu.name
         total = f"{fmt_gib(t.per_gpu_bytes)} CUDA total each" if t.count > 1 else f"{fmt_gib(t.per_gpu_bytes)} CUDA total"

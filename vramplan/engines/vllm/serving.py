@@ -351,7 +351,7 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, backend
             continue
         held = 0
         for t in experts:
-            b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base], layout="vllm")
+            b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base], layout="vllm", stored=fmt.as_stored)
             held += ceil_div(b, divisor(t)) if divisor else b
         per_rank = m.intermediate // moe.tp
         i = ceil_div(per_rank, align_i) * align_i
