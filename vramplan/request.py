@@ -107,6 +107,7 @@ class PlanRequest:
     train: TrainFlags = field(default_factory=TrainFlags)
     engine: str | None = None               # --engine; None: the mode's (a GGUF model: llama.cpp)
     llama: LlamaFlags = field(default_factory=LlamaFlags)
+    strict: bool = False                    # --strict: an approximate plan is refused (exit 2)
 
     @classmethod
     def from_keywords(cls, model: str | ModelSpec, gpu: str | GpuTarget | None = None,

@@ -59,3 +59,4 @@ BS = typer.Option(None, "--batch-size", "-b", help="llama.cpp/ollama: logical ba
 KVU = typer.Option(None, "--kv-unified", "-kvu", help="llama.cpp: one KV buffer shared by all slots.")
 RAM = typer.Option(None, "--ram", help="llama.cpp/ollama: system RAM available for the host side, e.g. 64GB.")
 RAMBW = typer.Option(None, "--ram-bandwidth", help="llama.cpp/ollama: system RAM bandwidth in GB/s for the speed estimate (default 64).")
+STRICT = typer.Option(False, "--strict", help="Refuse (exit 2) a plan whose model was read only approximately (the generic config reader).")

@@ -33,6 +33,7 @@ def model_json(m: ModelSpec) -> dict:
         "max_position_embeddings": m.max_position_embeddings,
         "quantization": None if q is None else {"method": q.method, "bits": q.bits,
                                                 "group_size": q.group_size, "skip": list(q.skip)},
+        "confidence": m.confidence, "assumptions": list(m.assumptions),
     }
 
 
@@ -76,6 +77,8 @@ def plan_json(p: Plan) -> dict:
         "suggestions": [{"change": s.change, "flags": s.flags, "total_bytes": s.total_bytes,
                          "fits": s.fits} for s in p.suggestions],
         "warnings": list(p.warnings),
+        "confidence": p.confidence, "component_confidence": p.component_confidence,
+        "assumptions": list(p.model.assumptions),
     }
     if p.serve is not None:
         out["serve"] = dict(p.serve.__dict__)

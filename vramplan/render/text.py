@@ -37,9 +37,20 @@ _LABELS = {
     "ddp_buckets": "DDP gradient buckets",
     "compute_buffer": "compute buffer",
 }
+def approximate_lines(p: Plan) -> list[str]:
+    """The warning an approximate plan opens with, and the assumptions behind it."""
+    if p.confidence != "approximate":
+        return []
+    lines = [f"APPROXIMATE: {p.model.model_type or 'this model'} was read by vramplan's generic config "
+             f"reader, not a verified family; its numbers may be off (--strict refuses such a plan). "
+             f"It assumed:"]
+    lines += [f"  - {a}" for a in p.model.assumptions] or ["  - a llama-like layout"]
+    return lines + [""]
+
+
 def plan_table(p: Plan) -> str:
     m, t, w = p.model, p.target, p.workload
-    lines = []
+    lines = approximate_lines(p)
     kinds = layer_kinds(m)
     kind_text = ", ".join(f"{n} {k}" for k, n in kinds.items())
     lines.append(f"model     {m.id}  [{m.source}]  {m.model_type}, {m.params / 1e9:,.2f} B params, "
