@@ -100,8 +100,10 @@ def plan_request(request: PlanRequest) -> Plan:
         raise BadInput(f"{{strict}} must be true or false, got {shown(request.strict)}.")
     p = _plan_request(request)
     if request.strict and p.confidence == "approximate":
-        raise BadInput(f"{{strict}} refuses this plan: {_clip_id(p.model)} was read by the generic config "
-                       f"reader, so its sizes are approximate ({'; '.join(p.model.assumptions) or 'a llama-like layout'}).")
+        n = len(p.model.assumptions)
+        raise BadInput(f"{{strict}} refuses this plan: {_clip_id(p.model)} was read by vramplan's generic config "
+                       f"reader, so its sizes are approximate ({n} assumption{'s' if n != 1 else ''}, listed "
+                       f"at the top of the plan without {{strict}}).")
     return p
 
 

@@ -61,10 +61,16 @@ class Layout:
     tie_default: bool = False
     windows: str = "all"                # which layers `sliding_window` applies to without `layer_types`:
                                         # "all", "qwen" (use_sliding_window, max_window_layers), "none"
+    mlp_extra: tuple[tuple[str, int], ...] = ()   # parameters of the MLP besides its projections
+                                        # (Apertus' xIELU alpha_p, alpha_n [1])
+    dense_width: str = "intermediate_size"   # the dense MLP's width key (Llama 4: intermediate_size_mlp)
     moe_block: str = "mlp"
     router: str = "gate"
     shared: str = ""                    # "qwen2": shared_expert + shared_expert_gate [1, H];
-                                        # "deepseek": shared_experts of n_shared_experts x moe width
+                                        # "deepseek": shared_experts of n_shared_experts x moe width;
+                                        # "llama4": shared_expert of intermediate_size, no gate
+    o_from_hidden: bool = False         # o_proj is [H, H] whatever head_dim (Helium's HeliumAttention)
+    gqa: bool = True                    # reads num_key_value_heads (False: one KV head per query head)
     parallel: bool = False              # attention and MLP read the same normed input (documentation:
                                         # the parameters are the same)
     traits: object = GENERIC_TRAITS
@@ -88,7 +94,7 @@ LAYOUTS: dict[str, Layout] = {
     "qwen3": Layout(qk_norm="head", mlp_bias=False, windows="qwen", source="qwen3/modeling_qwen3.py"),
     "granite": Layout(source="granite/modeling_granite.py"),
     "smollm3": Layout(tie_default=True, source="smollm3/modeling_smollm3.py"),
-    "helium": Layout(source="helium/modeling_helium.py"),
+    "helium": Layout(o_from_hidden=True, source="helium/modeling_helium.py (o_proj: nn.Linear(hidden, hidden))"),
     "gemma": Layout(tie_default=True, mlp_bias=False, traits=replace(GENERIC_TRAITS, norm_fp32=True, lora_targets=PEFT_Q_V),
                     source="gemma/modeling_gemma.py"),
     "olmo": Layout(norm="none", final_norm="", layer_norms=("input_layernorm", "post_attention_layernorm"),
@@ -124,13 +130,22 @@ LAYOUTS: dict[str, Layout] = {
                   source="phi/modeling_phi.py"),
     "gpt_neox": Layout(body="gpt_neox", embed="embed_in", attn="attention", qkv=("query_key_value",), o="dense",
                        gated=False, mlp_names=("dense_h_to_4h", "dense_4h_to_h"), mlp_bias=True,
-                       final_norm="final_layer_norm", parallel=True, **_LN,
+                       final_norm="final_layer_norm", parallel=True, gqa=False, **_LN,
                        traits=replace(GENERIC_TRAITS, lora_targets=("query_key_value",)),
                        source="gpt_neox/modeling_gpt_neox.py (use_parallel_residual)"),
     "persimmon": Layout(qkv=("query_key_value",), o="dense", qkv_bias=True, o_bias=True, qk_norm="head_ln",
                         qk_norm_key="qk_layernorm", qk_norm_names=("q_layernorm", "k_layernorm"), gated=False,
                         mlp_names=("dense_h_to_4h", "dense_4h_to_h"), mlp_bias=True, final_norm="final_layernorm",
-                        **_LN, source="persimmon/modeling_persimmon.py"),
+                        gqa=False, **_LN, source="persimmon/modeling_persimmon.py"),
+    # non-gated up -> act -> down
+    "arcee": Layout(gated=False, mlp_names=("up_proj", "down_proj"), source="arcee/modeling_arcee.py (ReLU^2 MLP)"),
+    "apertus": Layout(qk_norm="head", gated=False, mlp_names=("up_proj", "down_proj"), mlp_bias=False,
+                      mlp_extra=(("act_fn.alpha_p", 1), ("act_fn.alpha_n", 1)),
+                      layer_norms=("attention_layernorm", "feedforward_layernorm"),
+                      source="apertus/modeling_apertus.py (xIELU activation with two parameters)"),
+    "jais2": Layout(gated=False, mlp_names=("up_proj", "down_proj"), **_LN, source="jais2/modeling_jais2.py"),
+    "nanochat": Layout(norm="none", final_norm="", gated=False, mlp_names=("fc1", "fc2"), mlp_bias=False,
+                       qkv_bias=False, o_bias=False, source="nanochat/modeling_nanochat.py (parameter-free RMSNorm)"),
     # mixture of experts (transformers 5 stores the routed experts fused: gate_up_proj, down_proj)
     "qwen2_moe": Layout(qkv_bias=("qkv_bias", True), o_bias=False, mlp_bias=False, shared="qwen2", windows="qwen",
                         traits=_QWEN_MOE_TRAITS, source="qwen2_moe/modeling_qwen2_moe.py"),
@@ -139,6 +154,11 @@ LAYOUTS: dict[str, Layout] = {
                          source="granitemoe/modeling_granitemoe.py"),
     "phimoe": Layout(router="router", mlp_bias=False, lm_head_bias=("lm_head_bias", False), **_LN,
                      source="phimoe/modeling_phimoe.py"),
+    # Llama 4 text: MoE in moe_layers (experts intermediate_size wide, one shared expert of that
+    # width), dense layers intermediate_size_mlp wide; its q/k L2 norm has no parameters
+    "llama4_text": Layout(moe_block="feed_forward", mlp="feed_forward", router="router", shared="llama4",
+                          dense_width="intermediate_size_mlp", mlp_bias=False, qkv_bias=False, o_bias=False,
+                          windows="none", source="llama4/modeling_llama4.py"),
     "glm4_moe": Layout(qk_norm="head", qk_norm_key="use_qk_norm", o_bias=False, mlp_bias=False, shared="deepseek",
                        source="glm4_moe/modeling_glm4_moe.py"),
 }
@@ -150,7 +170,8 @@ PEFT_TARGETS_OF_GENERIC: dict[str, tuple[str, ...]] = {
 }
 
 # The text model type of a multimodal model_type whose file keeps its text keys at the top level.
-TEXT_OF = {"qwen2_vl": "qwen2_vl_text", "qwen2_5_vl": "qwen2_5_vl_text", "llava": "llama", "mistral3": "mistral"}
+TEXT_OF = {"qwen2_vl": "qwen2_vl_text", "qwen2_5_vl": "qwen2_5_vl_text", "llava": "llama", "mistral3": "mistral",
+           "llama4": "llama4_text"}
 
 # llama's layout, with every fact it assumes named (an unknown model type).
 GENERIC = Layout()
@@ -184,6 +205,16 @@ SSM_KEYS = ("mamba_d_state", "mamba_expand", "mamba_d_conv", "ssm_state_size", "
             "full_attention_interval", "block_types", "layer_block_types")
 MLA_KEYS = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim")
 EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
+# Keys (read from transformers 5's config classes) that change a layer's structure in a way the
+# llama-like GENERIC layout does not hold: per-layer inputs and shared KV layers (Gemma 3n/4),
+# cross-attention layers (Mllama, Idefics), convolution blocks (LFM2), nested or looped stacks
+# (HRM), per-layer MLP kinds and MoE keys under other names (ERNIE 4.5, Aria, JetMoE, Ergo, Step).
+STRUCTURE_KEYS = ("hidden_size_per_layer_input", "num_kv_shared_layers", "altup_num_inputs", "laurel_rank",
+                  "enable_moe_block", "cross_attention_layers", "cross_layer_interval", "perceiver_config",
+                  "conv_L_cache", "full_attn_idxs", "num_layers_per_stack", "H_cycles", "mlp_layer_types",
+                  "per_layer_config", "moe_num_experts", "moe_layer_interval", "kv_channels",
+                  "num_dense_blocks", "interleave_moe_layer_step", "moe_layers", "intermediate_size_mlp",
+                  "share_expert_dim", "num_sliding_attention_heads", "type_vocab_size")
 
 
 def _architectures(cfg: Cfg) -> list[str]:
@@ -191,7 +222,7 @@ def _architectures(cfg: Cfg) -> list[str]:
     return [x for x in a if isinstance(x, str)] if isinstance(a, list) else []
 
 
-def refuse_unsupported(cfg: Cfg, text: Cfg) -> None:
+def refuse_unsupported(cfg: Cfg, text: Cfg, known: bool) -> None:
     """BadConfig, saying why, for what the generic reader cannot size."""
     mt = cfg.model_type
     who = cfg.who
@@ -211,6 +242,16 @@ def refuse_unsupported(cfg: Cfg, text: Cfg) -> None:
         raise BadConfig(f"{who} has recurrent (Mamba / SSM / linear-attention) layers ({text.key(ssm[0])}); "
                         f"the generic reader cannot size their state and tensors. Families vramplan reads "
                         f"with such layers: nemotron_h.")
+    if known:
+        pass
+    elif text.has("type_vocab_size"):
+        raise BadConfig(f"{who} looks like a BERT-style encoder (it has {text.key('type_vocab_size')}): it has no "
+                        f"KV cache and vLLM serves it as a pooling model, which vramplan does not plan yet.")
+    else:
+        odd = [k for k in STRUCTURE_KEYS if text.has(k)]
+        if odd:
+            raise BadConfig(f"{who} has {text.key(odd[0])}, a layer structure the generic reader does not "
+                            f"model (docs/models.md); vramplan would misjudge its size, so it refuses it.")
     mla = [k for k in MLA_KEYS if text.has(k)]
     if mla:
         raise BadConfig(f"{who} uses multi-head latent attention ({text.key(mla[0])}); the generic reader "
@@ -258,8 +299,9 @@ def _experts(cfg: Cfg) -> tuple[int, str]:
 def _moe_plan(cfg: Cfg, lay: Layout, L: int, assumptions: list[str], exact: bool) -> list[tuple[int, int, int]]:
     """Per layer (experts, width, top_k): experts 0 is a dense MLP of intermediate_size."""
     E, e_key = _experts(cfg)
-    if not E:
-        return [(0, cfg.int("intermediate_size"), 0)] * L
+    dense = lay.dense_width
+    if not E or cfg.raw("is_moe") is False:
+        return [(0, cfg.int(dense), 0)] * L
     k = cfg.int("num_experts_per_tok", "top_k", "moe_topk", "num_experts_per_token")
     rules.top_k(cfg, k, E, ("num_experts_per_tok",), (e_key,))
     width = cfg.int("moe_intermediate_size", "expert_intermediate_size", default=None)
@@ -270,10 +312,11 @@ def _moe_plan(cfg: Cfg, lay: Layout, L: int, assumptions: list[str], exact: bool
     first_dense = cfg.int("first_k_dense_replace", default=0, positive=False)
     step = cfg.int("decoder_sparse_step", default=1)
     only = set(cfg.int_list("mlp_only_layers", L))
+    sparse = set(cfg.int_list("moe_layers", L)) if cfg.raw("moe_layers") is not None else set(range(L))
     plan = []
     for i in range(L):
-        if i < first_dense or i in only or (i + 1) % step:
-            plan.append((0, cfg.int("intermediate_size"), 0))
+        if i < first_dense or i in only or (i + 1) % step or i not in sparse:
+            plan.append((0, cfg.int(dense), 0))
         else:
             plan.append((E, width, k))
     if not exact:
@@ -298,6 +341,8 @@ def build_layers(cfg: Cfg, lay: Layout, assumptions: list[str], exact: bool):
     L = cfg.int("num_hidden_layers")
     vocab = cfg.int("vocab_size")
     heads, kv, hd = rules.attention_heads(cfg, H, rope=False)
+    if not lay.gqa:
+        kv = heads          # the fused QKV projection holds every head's K and V
     types = _window_types(cfg, lay, L, assumptions, exact)
     window = cfg.int("sliding_window", default=0, positive=False) or None
     chunk = cfg.int("attention_chunk_size", default=0, positive=False) or None
@@ -322,7 +367,7 @@ def build_layers(cfg: Cfg, lay: Layout, assumptions: list[str], exact: bool):
             t.linear(f"{a}.{q}", heads * hd, H, qkv_bias, split="column")
             t.linear(f"{a}.{k_}", kv * hd, H, qkv_bias, split="kv_heads")
             t.linear(f"{a}.{v}", kv * hd, H, qkv_bias, split="kv_heads")
-        t.linear(f"{a}.{lay.o}", H, heads * hd, o_bias, split="row")
+        t.linear(f"{a}.{lay.o}", H, H if lay.o_from_hidden else heads * hd, o_bias, split="row")
         qn, kn = lay.qk_norm_names
         if qk_norm == "head":
             t.norm(f"{a}.{qn}", hd, per_head="q")
@@ -350,6 +395,8 @@ def build_layers(cfg: Cfg, lay: Layout, assumptions: list[str], exact: bool):
 
 def _dense(t: Tensors, lay: Layout, H: int, I: int, bias: bool) -> Mlp:
     m = lay.mlp
+    for name, n in lay.mlp_extra:
+        t.param(f"{m}.{name}", (n,), "other", split="replicated")
     if not lay.gated:
         up, down = lay.mlp_names
         t.linear(f"{m}.{up}", I, H, bias, split="column")
@@ -380,6 +427,11 @@ def _moe(t: Tensors, cfg: Cfg, lay: Layout, H: int, E: int, width: int, top_k: i
                 t.linear(f"{b}.shared_expert.{n}", shared, H, split="column")
             t.linear(f"{b}.shared_expert.down_proj", H, shared, split="row")
             t.linear(f"{b}.shared_expert_gate", 1, H, split="replicated")
+    elif lay.shared == "llama4":
+        shared = cfg.int("intermediate_size")
+        for n in ("gate_proj", "up_proj"):
+            t.linear(f"{b}.shared_expert.{n}", shared, H, split="column")
+        t.linear(f"{b}.shared_expert.down_proj", H, shared, split="row")
     elif lay.shared == "deepseek":
         n = cfg.int("n_shared_experts", default=0, positive=False)
         shared = n * width
@@ -398,10 +450,12 @@ def parse_generic(cfg: Cfg) -> ModelSpec:
     multimodal = cfg.has("text_config", "vision_config", "audio_config")
     # transformers 4 files keep the text keys at the top level; 5 moves them into text_config
     text = cfg.sub("text_config") if cfg.has("text_config") else cfg
-    text_type = (text.str("model_type", default="") or TEXT_OF.get(cfg.model_type, cfg.model_type)
-                 if multimodal else cfg.model_type)
-    refuse_unsupported(cfg, text)
+    text_type = cfg.model_type
+    if multimodal:
+        own = text.str("model_type", default="") if text is not cfg else ""
+        text_type = own or TEXT_OF.get(cfg.model_type, cfg.model_type)
     lay = LAYOUTS.get(text_type) or LAYOUTS.get(cfg.model_type)
+    refuse_unsupported(cfg, text, known=lay is not None)
     exact = lay is not None
     assumptions: list[str] = []
     if lay is None:
