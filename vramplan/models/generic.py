@@ -189,7 +189,8 @@ ENCODERS = frozenset({
     "deberta", "deberta-v2", "camembert", "mpnet", "nomic_bert", "new", "ernie", "esm", "megatron-bert",
     "rembert", "roformer", "xlm", "flaubert", "funnel", "layoutlm", "mobilebert", "squeezebert", "ibert",
     "luke", "canine", "data2vec-text", "nystromformer", "yoso", "mra", "big_bird", "longformer",
-    "jina_bert", "gte", "eurobert", "modernbert-decoder",
+    "jina_bert", "gte", "eurobert", "modernbert-decoder", "bert-generation", "roc_bert", "xmod",
+    "roberta-prelayernorm", "data2vec-text",
 })
 ENCODER_DECODERS = frozenset({
     "t5", "mt5", "umt5", "bart", "mbart", "whisper", "pegasus", "pegasus_x", "marian", "m2m_100", "nllb-moe",
