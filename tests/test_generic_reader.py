@@ -160,10 +160,15 @@ def _tiny(case: str):
            "olmoe": dict(num_experts=4), "granitemoe": dict(num_local_experts=4), "phimoe": dict(num_local_experts=4),
            "glm4_moe": dict(n_routed_experts=4, moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1,
                             head_dim=16),
-           "qwen3_moe": dict(num_local_experts=4, moe_intermediate_size=32, head_dim=16)}
+           "qwen3_moe": dict(num_local_experts=4, moe_intermediate_size=32, head_dim=16),
+           "minimax_m2": dict(num_local_experts=4, head_dim=16),
+           "granitemoeshared": dict(num_local_experts=4, shared_intermediate_size=48),
+           "solar_open": dict(n_routed_experts=4, moe_intermediate_size=32, n_shared_experts=1, head_dim=16),
+           **{mt: dict(n_routed_experts=4, moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1,
+                       head_dim=16) for mt in ("sarvam_moe", "param2moe")}}
     if model_type in moe:
         small.update(num_experts_per_tok=2, **moe[model_type])
-    if model_type in ("cohere2", "olmo3", "exaone4"):
+    if model_type in ("cohere2", "olmo3", "exaone4", "cwm", "vaultgemma"):
         small["layer_types"] = ["sliding_attention", "sliding_attention", "full_attention"]
         small["sliding_window"] = 16
     return hf_config(model_type, **small, **extra)

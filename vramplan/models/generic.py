@@ -113,6 +113,14 @@ LAYOUTS: dict[str, Layout] = {
     "stablelm": Layout(qkv_bias=("use_qkv_bias", False), o_bias=False, mlp_bias=False, **_LN,
                        traits=replace(GENERIC_TRAITS, lora_targets=PEFT_Q_V),
                        source="stablelm/modeling_stablelm.py"),
+    "ernie4_5": Layout(qkv_bias=("use_bias", False), o_bias=("use_bias", False), mlp_bias=("use_bias", False),
+                       tie_default=True, source="ernie4_5/modeling_ernie4_5.py"),
+    "seed_oss": Layout(o_bias=("attention_out_bias", False), source="seed_oss/modeling_seed_oss.py"),
+    "cwm": Layout(qkv_bias=False, o_bias=False, windows="none", source="cwm/modeling_cwm.py"),
+    "ministral3": Layout(qkv_bias=False, o_bias=False, mlp_bias=False, source="ministral3/modeling_ministral3.py"),
+    "vaultgemma": Layout(mlp_bias=False, tie_default=True, windows="none",
+                         layer_norms=("input_layernorm", "pre_feedforward_layernorm"),
+                         traits=replace(GENERIC_TRAITS, norm_fp32=True), source="vaultgemma/modeling_vaultgemma.py"),
     # parallel attention + MLP, one input norm, no post-attention norm (CohereDecoderLayer)
     "cohere": Layout(qk_norm="width", qk_norm_key="use_qk_norm", layer_norms=("input_layernorm",),
                      mlp_bias=False, tie_default=True, parallel=True, source="cohere/modeling_cohere.py"),
@@ -159,6 +167,16 @@ LAYOUTS: dict[str, Layout] = {
     "llama4_text": Layout(moe_block="feed_forward", mlp="feed_forward", router="router", shared="llama4",
                           dense_width="intermediate_size_mlp", mlp_bias=False, qkv_bias=False, o_bias=False,
                           windows="none", source="llama4/modeling_llama4.py"),
+    "minimax_m2": Layout(qk_norm="width", qkv_bias=False, o_bias=False, mlp_bias=False,
+                         source="minimax_m2/modeling_minimax_m2.py (q/k RMSNorm over all heads)"),
+    "solar_open": Layout(shared="deepseek", mlp_bias=False, source="solar_open/modeling_solar_open.py"),
+    "sarvam_moe": Layout(qk_norm="head", qk_norm_key="use_qk_norm", shared="deepseek", mlp_bias=False,
+                         source="sarvam_moe/modeling_sarvam_moe.py"),
+    "param2moe": Layout(qk_norm="head", qk_norm_key="use_qk_norm", shared="deepseek", mlp_bias=False, tie_default=True,
+                        source="param2moe/modeling_param2moe.py"),
+    "granitemoeshared": Layout(mlp_bias=False, moe_block="block_sparse_moe", router="router", shared="granite",
+                               source="granitemoeshared/modeling_granitemoeshared.py (shared_mlp: input_linear, "
+                                      "output_linear)"),
     "glm4_moe": Layout(qk_norm="head", qk_norm_key="use_qk_norm", o_bias=False, mlp_bias=False, shared="deepseek",
                        source="glm4_moe/modeling_glm4_moe.py"),
 }
@@ -428,6 +446,11 @@ def _moe(t: Tensors, cfg: Cfg, lay: Layout, H: int, E: int, width: int, top_k: i
                 t.linear(f"{b}.shared_expert.{n}", shared, H, split="column")
             t.linear(f"{b}.shared_expert.down_proj", H, shared, split="row")
             t.linear(f"{b}.shared_expert_gate", 1, H, split="replicated")
+    elif lay.shared == "granite":
+        shared = cfg.int("shared_intermediate_size", default=0, positive=False)
+        if shared:
+            t.linear("shared_mlp.input_linear", 2 * shared, H, split="column")
+            t.linear("shared_mlp.output_linear", H, shared, split="row")
     elif lay.shared == "llama4":
         shared = cfg.int("intermediate_size")
         for n in ("gate_proj", "up_proj"):
