@@ -210,7 +210,8 @@ QWEN25_VL_7B = {
 
 
 @pytest.mark.trace
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen2_vl", "llava", "mistral3"])
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen2_vl", "llava", "llava_next", "llava_onevision",
+                                        "paligemma", "mistral3"])
 def test_vision_towers_exact(model_type):
     config = hf_config(model_type)
     spec = parse(config.to_dict(), model_id=model_type)

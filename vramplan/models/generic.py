@@ -189,7 +189,7 @@ PEFT_TARGETS_OF_GENERIC: dict[str, tuple[str, ...]] = {
 
 # The text model type of a multimodal model_type whose file keeps its text keys at the top level.
 TEXT_OF = {"qwen2_vl": "qwen2_vl_text", "qwen2_5_vl": "qwen2_5_vl_text", "llava": "llama", "mistral3": "mistral",
-           "llama4": "llama4_text"}
+           "llama4": "llama4_text", "llava_next": "llama", "llava_onevision": "qwen2", "paligemma": "gemma"}
 
 # llama's layout, with every fact it assumes named (an unknown model type).
 GENERIC = Layout()
@@ -524,11 +524,11 @@ def _towers(cfg: Cfg, H: int, assumptions: list[str]):
     for key in ("vision_config", "audio_config"):
         if cfg.raw(key) is None:
             continue
-        reader, defaults, own = TOWERS.get((cfg.model_type, key), (None, None, ""))
-        kind = cfg.sub(key).str("model_type", default="")
-        if kind and kind != own:
-            reader = defaults = None
-        sub = cfg.sub(key, defaults)
+        reader, kinds = TOWERS.get((cfg.model_type, key), (None, {}))
+        kind = cfg.sub(key).str("model_type", default="") or next(iter(kinds), "")
+        if kind not in kinds:
+            reader = None
+        sub = cfg.sub(key, {"model_type": kind, **kinds[kind]} if reader else None)
         if reader is not None:
             items, prefix, summary = reader(cfg, sub, H)
         else:

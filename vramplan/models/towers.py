@@ -11,7 +11,8 @@ Qwen2-VL (qwen2_vl/modeling_qwen2_vl.py, Qwen2VisionTransformerPretrainedModel),
 Qwen2.5-VL (qwen2_5_vl/modeling_qwen2_5_vl.py): E = hidden_size, RMSNorms (weight only), a gated
     MLP (gate_proj, up_proj [I, E] + bias, down_proj [E, I] + bias), merger.ln_q RMSNorm, merger
     output out_hidden_size.
-CLIP for Llava (clip/modeling_clip.py CLIPVisionTransformer, llava/modeling_llava.py):
+CLIP for Llava, Llava-NeXT (clip/modeling_clip.py CLIPVisionTransformer, llava/modeling_llava.py;
+SigLIP towers as in models/gemma3.py; NeXT and OneVision add model.image_newline [H]):
     embeddings.class_embedding [E], patch_embedding [E, C, p, p] (no bias), position_embedding
     [(image/p)^2 + 1, E]; pre_layrnorm; encoder.layers.j: q/k/v/out_proj [E, E] + bias,
     layer_norm1/2, mlp.fc1 [I, E] + bias, fc2 [E, I] + bias; post_layernorm (LayerNorms with bias).
@@ -30,6 +31,7 @@ from typing import Callable
 
 from vramplan.spec import Tensor, VisionTower
 from vramplan.models._base import Cfg, Tensors
+from vramplan.models.gemma3 import SIGLIP_DEFAULTS, siglip_vision_tensors
 
 
 def _summary(hidden: int, layers: int, patches: int, tokens: int, items: list[Tensor]) -> VisionTower:
@@ -72,7 +74,43 @@ def qwen2_5_vl(cfg: Cfg, v: Cfg, H: int):
     return qwen2_vl(cfg, v, H, v25=True)
 
 
-def llava_clip(cfg: Cfg, v: Cfg, H: int):
+def llava(cfg: Cfg, v: Cfg, H: int):
+    """Llava, Llava-NeXT, Llava-OneVision: a CLIP or SigLIP tower, a two-layer projector
+    (linear_1 [H, E x feature layers], linear_2 [H, H]) and, for NeXT and OneVision, the
+    image_newline [H] parameter."""
+    if v.str("model_type", default="clip_vision_model") == "siglip_vision_model":
+        tower = siglip_vision_tensors(v, "model.vision_tower")
+        E = v.int("hidden_size")
+        L = v.int("num_hidden_layers")
+        tokens = (v.int("image_size") // v.int("patch_size")) ** 2
+    else:
+        tower, E, L, tokens = _clip(v)
+    layer = cfg.raw("vision_feature_layer", default=-2)
+    n_feat = len(layer) if isinstance(layer, list) else 1
+    bias = cfg.bool("multimodal_projector_bias", default=True)
+    proj = Tensors("model")
+    if cfg.model_type in ("llava_next", "llava_onevision"):
+        proj.param("image_newline", (H,), "other", split="replicated")
+    proj.linear("multi_modal_projector.linear_1", H, E * n_feat, bias=bias, split="column")
+    proj.linear("multi_modal_projector.linear_2", H, H, bias=bias, split="row")
+    items = tower + proj.items
+    prefixes = ["model.vision_tower", "model.multi_modal_projector", "model.image_newline"]
+    return items, prefixes, _summary(E, L, tokens, tokens, items)
+
+
+def paligemma(cfg: Cfg, v: Cfg, H: int):
+    """PaliGemma: SigLIP (no head) and one linear [projection_dim, E] + bias."""
+    tower = siglip_vision_tensors(v, "model.vision_tower")
+    E = v.int("hidden_size")
+    proj = Tensors("model.multi_modal_projector")
+    proj.linear("linear", v.int("projection_dim"), E, bias=True, split="column")
+    items = tower + proj.items
+    patches = (v.int("image_size") // v.int("patch_size")) ** 2
+    return items, ["model.vision_tower", "model.multi_modal_projector"], \
+        _summary(E, v.int("num_hidden_layers"), patches, patches, items)
+
+
+def _clip(v: Cfg):
     E, I, L = v.int("hidden_size"), v.int("intermediate_size"), v.int("num_hidden_layers")
     C, p, image = v.int("num_channels"), v.int("patch_size"), v.int("image_size")
     n_pos = (image // p) ** 2 + 1
@@ -90,15 +128,7 @@ def llava_clip(cfg: Cfg, v: Cfg, H: int):
         t.linear(f"{e}.mlp.fc2", E, I, bias=True)
         t.norm(f"{e}.layer_norm2", E, bias=True)
     t.norm("post_layernorm", E, bias=True)
-    layer = cfg.raw("vision_feature_layer", default=-2)
-    n_feat = len(layer) if isinstance(layer, list) else 1
-    bias = cfg.bool("multimodal_projector_bias", default=True)
-    proj = Tensors("model.multi_modal_projector")
-    proj.linear("linear_1", H, E * n_feat, bias=bias, split="column")
-    proj.linear("linear_2", H, H, bias=bias, split="row")
-    tokens = (image // p) ** 2
-    return t.items + proj.items, ["model.vision_tower", "model.multi_modal_projector"], \
-        _summary(E, L, tokens, tokens, t.items + proj.items)
+    return t.items, E, L, (image // p) ** 2
 
 
 def mistral3_pixtral(cfg: Cfg, v: Cfg, H: int):
@@ -172,13 +202,20 @@ CLIP_VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers
 PIXTRAL_VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
                   "num_channels": 3, "image_size": 1024, "patch_size": 16}
 
+SIGLIP_VISION = dict(SIGLIP_DEFAULTS, projection_dim=2048)
+_CLIP_OR_SIGLIP = {"clip_vision_model": CLIP_VISION, "siglip_vision_model": SIGLIP_VISION}
+
 # (model_type of the whole checkpoint, its tower's config key) -> (reader(cfg, tower cfg, text
-# hidden), the tower config's defaults, the tower's own model_type: another one is not this reader's)
-TOWERS: dict[tuple[str, str], tuple[Callable, dict, str]] = {
-    ("qwen2_vl", "vision_config"): (qwen2_vl, QWEN2_VL_VISION, "qwen2_vl_vision"),
-    ("qwen2_5_vl", "vision_config"): (qwen2_5_vl, QWEN2_5_VL_VISION, "qwen2_5_vl_vision"),
-    ("llava", "vision_config"): (llava_clip, CLIP_VISION, "clip_vision_model"),
-    ("mistral3", "vision_config"): (mistral3_pixtral, PIXTRAL_VISION, "pixtral"),
+# hidden), {tower model_type it reads: that config class's defaults}; the first is what the
+# checkpoint's config class builds when the file names none, another one is not this reader's)
+TOWERS: dict[tuple[str, str], tuple[Callable, dict[str, dict]]] = {
+    ("qwen2_vl", "vision_config"): (qwen2_vl, {"qwen2_vl_vision": QWEN2_VL_VISION}),
+    ("qwen2_5_vl", "vision_config"): (qwen2_5_vl, {"qwen2_5_vl_vision": QWEN2_5_VL_VISION}),
+    ("llava", "vision_config"): (llava, _CLIP_OR_SIGLIP),
+    ("llava_next", "vision_config"): (llava, _CLIP_OR_SIGLIP),
+    ("llava_onevision", "vision_config"): (llava, {"siglip_vision_model": SIGLIP_VISION, **_CLIP_OR_SIGLIP}),
+    ("paligemma", "vision_config"): (paligemma, {"siglip_vision_model": SIGLIP_VISION}),
+    ("mistral3", "vision_config"): (mistral3_pixtral, {"pixtral": PIXTRAL_VISION}),
 }
 
 __all__ = ["TOWERS", "generic_vit"]
