@@ -86,12 +86,17 @@ LAYOUTS: dict[str, Layout] = {
     "llama": Layout(traits=replace(GENERIC_TRAITS, lora_targets=PEFT_Q_V), source="llama/modeling_llama.py"),
     "mistral": Layout(qkv_bias=False, o_bias=False, mlp_bias=False, traits=replace(GENERIC_TRAITS, lora_targets=PEFT_Q_V),
                       source="mistral/modeling_mistral.py"),
-    "qwen2": Layout(qkv_bias=True, o_bias=False, mlp_bias=False, windows="qwen", source="qwen2/modeling_qwen2.py"),
+    "qwen2": Layout(qkv_bias=True, o_bias=False, mlp_bias=False, windows="qwen",
+                    traits=replace(GENERIC_TRAITS, lora_targets=PEFT_Q_V), source="qwen2/modeling_qwen2.py"),
     "qwen2_vl_text": Layout(qkv_bias=True, o_bias=False, mlp_bias=False, windows="qwen",
                             source="qwen2_vl/modeling_qwen2_vl.py"),
     "qwen2_5_vl_text": Layout(qkv_bias=True, o_bias=False, mlp_bias=False, windows="qwen",
                               source="qwen2_5_vl/modeling_qwen2_5_vl.py"),
-    "qwen3": Layout(qk_norm="head", mlp_bias=False, windows="qwen", source="qwen3/modeling_qwen3.py"),
+    "qwen3": Layout(qk_norm="head", mlp_bias=False, windows="qwen",
+                    traits=replace(GENERIC_TRAITS, lora_targets=PEFT_Q_V), source="qwen3/modeling_qwen3.py"),
+    "qwen3_vl_text": Layout(qk_norm="head", mlp_bias=False, windows="none", source="qwen3_vl/modeling_qwen3_vl.py"),
+    "qwen3_vl_moe_text": Layout(qk_norm="head", mlp_bias=False, windows="none",
+                                source="qwen3_vl_moe/modeling_qwen3_vl_moe.py"),
     "granite": Layout(source="granite/modeling_granite.py"),
     "smollm3": Layout(tie_default=True, source="smollm3/modeling_smollm3.py"),
     "helium": Layout(o_from_hidden=True, source="helium/modeling_helium.py (o_proj: nn.Linear(hidden, hidden))"),
@@ -189,7 +194,8 @@ PEFT_TARGETS_OF_GENERIC: dict[str, tuple[str, ...]] = {
 
 # The text model type of a multimodal model_type whose file keeps its text keys at the top level.
 TEXT_OF = {"qwen2_vl": "qwen2_vl_text", "qwen2_5_vl": "qwen2_5_vl_text", "llava": "llama", "mistral3": "mistral",
-           "llama4": "llama4_text", "llava_next": "llama", "llava_onevision": "qwen2", "paligemma": "gemma"}
+           "llama4": "llama4_text", "qwen3_vl": "qwen3_vl_text",
+           "qwen3_vl_moe": "qwen3_vl_moe_text", "llava_next": "llama", "llava_onevision": "qwen2", "paligemma": "gemma"}
 
 # llama's layout, with every fact it assumes named (an unknown model type).
 GENERIC = Layout()
@@ -499,7 +505,8 @@ def parse_generic(cfg: Cfg) -> ModelSpec:
         tower, vision, tower_exact, towers = _towers(cfg, H, assumptions)
         exact = exact and tower_exact
         tensors += tower
-        traits = replace(traits, towers=towers, lora_targets=None)
+        # peft keys its default targets by the checkpoint's model_type (llama4: q_proj, v_proj)
+        traits = replace(traits, towers=towers, lora_targets=PEFT_TARGETS_OF_GENERIC.get(cfg.model_type))
     if not tied:
         t = Tensors()
         t.linear("lm_head", vocab, H, _bias(text, lay.lm_head_bias), role="lm_head", split="vocab")

@@ -74,6 +74,37 @@ def qwen2_5_vl(cfg: Cfg, v: Cfg, H: int):
     return qwen2_vl(cfg, v, H, v25=True)
 
 
+def qwen3_vl(cfg: Cfg, v: Cfg, H: int):
+    """Qwen3-VL (qwen3_vl/modeling_qwen3_vl.py, Qwen3VLVisionModel), at model.visual: Conv3d patch
+    embedding with bias, a learned pos_embed [num_position_embeddings, E], blocks with LayerNorms,
+    qkv/proj and a plain linear_fc1/linear_fc2 MLP (all with biases), the merger (LayerNorm [E],
+    linear_fc1 [E*m^2, E*m^2], linear_fc2 [out, E*m^2]) and one deepstack merger per
+    deepstack_visual_indexes entry (the same, its LayerNorm over E*m^2)."""
+    E, I, depth = v.int("hidden_size"), v.int("intermediate_size"), v.int("depth")
+    C, p, tp, m = v.int("in_channels"), v.int("patch_size"), v.int("temporal_patch_size"), v.int("spatial_merge_size")
+    out = v.int("out_hidden_size")
+    t = Tensors("model.visual")
+    t.add("patch_embed.proj", (E, C, tp, p, p), "conv")
+    t.add("patch_embed.proj.bias", (E,), "bias")
+    t.add("pos_embed", (v.int("num_position_embeddings"), E), "embedding", split="replicated")
+    for j in range(depth):
+        b = f"blocks.{j}"
+        t.norm(f"{b}.norm1", E, bias=True)
+        t.norm(f"{b}.norm2", E, bias=True)
+        t.linear(f"{b}.attn.qkv", 3 * E, E, bias=True, split="column")
+        t.linear(f"{b}.attn.proj", E, E, bias=True, split="row")
+        t.linear(f"{b}.mlp.linear_fc1", I, E, bias=True, split="column")
+        t.linear(f"{b}.mlp.linear_fc2", E, I, bias=True, split="row")
+    merged = E * m * m
+    deep = v.raw("deepstack_visual_indexes", default=[8, 16, 24])
+    n_deep = len(deep) if isinstance(deep, list) else 0
+    for name, norm in [("merger", E)] + [(f"deepstack_merger_list.{k}", merged) for k in range(n_deep)]:
+        t.norm(f"{name}.norm", norm, bias=True)
+        t.linear(f"{name}.linear_fc1", merged, merged, bias=True, split="column")
+        t.linear(f"{name}.linear_fc2", out, merged, bias=True, split="row")
+    return t.items, ["model.visual"], _summary(E, depth, 0, 0, t.items)
+
+
 def llava(cfg: Cfg, v: Cfg, H: int):
     """Llava, Llava-NeXT, Llava-OneVision: a CLIP or SigLIP tower, a two-layer projector
     (linear_1 [H, E x feature layers], linear_2 [H, H]) and, for NeXT and OneVision, the
@@ -202,6 +233,9 @@ CLIP_VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers
 PIXTRAL_VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
                   "num_channels": 3, "image_size": 1024, "patch_size": 16}
 
+QWEN3_VL_VISION = {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16, "in_channels": 3,
+                   "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 3584,
+                   "num_position_embeddings": 2304, "deepstack_visual_indexes": [8, 16, 24]}
 SIGLIP_VISION = dict(SIGLIP_DEFAULTS, projection_dim=2048)
 _CLIP_OR_SIGLIP = {"clip_vision_model": CLIP_VISION, "siglip_vision_model": SIGLIP_VISION}
 
@@ -211,6 +245,8 @@ _CLIP_OR_SIGLIP = {"clip_vision_model": CLIP_VISION, "siglip_vision_model": SIGL
 TOWERS: dict[tuple[str, str], tuple[Callable, dict[str, dict]]] = {
     ("qwen2_vl", "vision_config"): (qwen2_vl, {"qwen2_vl_vision": QWEN2_VL_VISION}),
     ("qwen2_5_vl", "vision_config"): (qwen2_5_vl, {"qwen2_5_vl_vision": QWEN2_5_VL_VISION}),
+    ("qwen3_vl", "vision_config"): (qwen3_vl, {"qwen3_vl_vision": QWEN3_VL_VISION}),
+    ("qwen3_vl_moe", "vision_config"): (qwen3_vl, {"qwen3_vl_moe_vision": QWEN3_VL_VISION}),
     ("llava", "vision_config"): (llava, _CLIP_OR_SIGLIP),
     ("llava_next", "vision_config"): (llava, _CLIP_OR_SIGLIP),
     ("llava_onevision", "vision_config"): (llava, {"siglip_vision_model": SIGLIP_VISION, **_CLIP_OR_SIGLIP}),
