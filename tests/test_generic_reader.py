@@ -373,3 +373,12 @@ def test_bundled_families_are_exact():
     from vramplan.reports import bundled_models
     for row in bundled_models():
         assert api.load_model(row.id).confidence == "exact", row.id
+
+
+def test_kv_table_of_an_approximate_model_opens_with_the_warning(acme_dir):
+    from typer.testing import CliRunner
+    from vramplan.cli import app
+    r = CliRunner().invoke(app, ["kv", acme_dir])
+    assert r.exit_code == 0 and r.stdout.startswith("APPROXIMATE:")
+    r = CliRunner().invoke(app, ["kv", "meta-llama/Llama-3.1-8B"])
+    assert r.exit_code == 0 and "APPROXIMATE" not in r.stdout
