@@ -239,10 +239,10 @@ def test_qwen25_vl_7b_published_config():
 def test_qwen25_vl_kv_is_text_only_and_tower_is_counted():
     spec = parse(QWEN25_VL_7B)
     assert spec.num_layers == 28 and kv_elems_per_token(spec) == 28 * 4 * 128 * 2
-    E, I, m = 1280, 3420, 2
+    E, I, m = 1280, 3420, 2          # the merger folds m x m patches: E * m^2 = 4E
     # per block: 2 RMSNorms, qkv + proj with biases, gated MLP with biases
     block = 2 * E + (3 * E * E + 3 * E) + (E * E + E) + 2 * (I * E + I) + (E * I + E)
-    merger = E + (4 * E * 4 * E + 4 * E) + (3584 * 4 * E + 3584)
+    merger = E + (m * m * E * m * m * E + m * m * E) + (3584 * m * m * E + 3584)
     assert spec.vision.params == E * 3 * 2 * 14 * 14 + 32 * block + merger
 
 

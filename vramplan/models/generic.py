@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from vramplan.errors import BadConfig
-from vramplan.spec import LayerSpec, Mlp, ModelSpec, Tensor, VisionTower
+from vramplan.spec import LayerSpec, Mlp, ModelSpec, Tensor
 from vramplan.models import rules
 from vramplan.models._base import (FULL, GENERIC_TRAITS, PEFT_MOE_QWEN2, PEFT_Q_V, SLIDING, Cfg, Tensors,
                                    _clip, attention, explicit_layer_types, make_spec, torch_dtype)
