@@ -81,3 +81,4 @@ MM = typer.Option(None, "--limit-mm-per-prompt", help='serve: vLLM\'s per-prompt
 SWAP = typer.Option(None, "--swap-space", help="serve: vLLM's CPU swap space in GiB (no GPU effect).")
 CMD = typer.Option(None, "--cmd", help='A server launch line to plan: "vllm serve MODEL --max-model-len 32768 -tp 2" (or python -m vllm.entrypoints.openai.api_server / sglang.launch_server).')
 FIT_MODEL = typer.Argument(None, help="Hub id (meta-llama/Llama-3.1-8B), bundled id, local directory or config.json (or give --cmd).")
+STRICT = typer.Option(False, "--strict", help="Refuse (exit 2) a plan whose model was read only approximately (the generic config reader).")
