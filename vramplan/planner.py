@@ -86,7 +86,7 @@ def build(model: ModelSpec, target: GpuTarget, workload: Workload,
         max_batch=max_batch, max_ctx=max_ctx,
         serve=None if isinstance(report, LocalReport) else report,
         local=report if isinstance(report, LocalReport) else None,
-        warnings=tuple(warnings), phase=b.phase,
+        warnings=tuple(warnings), phase=b.phase, outside=dict(b.outside),
     )
     if suggest and not plan.fits:
         plan = replace(plan, suggestions=tuple(suggestions(plan, catalog, eng, evaluate)))

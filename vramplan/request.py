@@ -145,7 +145,7 @@ def build_workload(request: PlanRequest, gpu_count: int = 1) -> Workload:
     trained, served = request.train.given(), request.serve.given()
     train = None
     if mode in TRAINING_MODES:
-        train = _train_options(world=gpu_count, **trained)
+        train = _train_options(method=mode, world=gpu_count, **trained)
     elif trained:
         raise BadInput(f"{_names(trained)} only {_verb(trained)} to the training modes "
                        f"({{mode}} full, lora or qlora).")

@@ -86,6 +86,8 @@ def plan_json(p: Plan) -> dict:
         out["local"] = local_json(p.local)
         out["workload"].pop("transformers", None)
         out["workload"]["engine"] = p.local.engine
+    if p.outside:                       # training: paged / offloaded state, reported, not counted
+        out["outside_bytes"] = dict(p.outside)
     if getattr(p, "trace", None) is not None:
         out["workload"]["method"] = "trace"
         out["trace"] = p.trace.to_json()

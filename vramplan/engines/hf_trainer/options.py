@@ -45,11 +45,11 @@ class TrainOptions:
     """
 
     optim: str = "adamw_torch"
-    grad_ckpt: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
+    grad_ckpt: bool = False          # TrainingArguments' default; QLoRA's recipes: recipe_grad_ckpt
+    lora_r: int = 8                  # peft LoraConfig defaults (peft 0.21.2 tuners/lora/config.py:632,
+    lora_alpha: int = 8              # :652, :653): r=8, lora_alpha=8, lora_dropout=0.0
     lora_targets: tuple[str, ...] | None = None
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0
     precision: str = "bf16"
     zero: int = 0
     world: int = 1
@@ -92,8 +92,21 @@ def _bool(value, flag: str) -> bool:
     raise BadInput(f"{flag} must be true or false, got {value!r}.")
 
 
-def normalize_train_options(**kwargs) -> TrainOptions:
-    """Validate and canonicalize training settings; a bad value raises BadInput naming the flag."""
+def recipe_grad_ckpt(method: str | None, kbit_prepare: str) -> bool:
+    """Gradient checkpointing when the user says nothing: on for QLoRA prepared the way its
+    recipes prepare it, off otherwise (TrainingArguments.gradient_checkpointing defaults off).
+
+    peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=True) calls
+    model.gradient_checkpointing_enable() (peft 0.21.2 utils/other.py:158-159, :221-240); TRL's
+    SFTConfig defaults gradient_checkpointing=True (trl 1.16.0 trainer/base_config.py:62-63,
+    sft_config.py:132) and qlora.py's finetune scripts pass --gradient_checkpointing. A QLoRA
+    base loaded without either (kbit_prepare "none") keeps the Trainer's default."""
+    return method == "qlora" and kbit_prepare in ("peft", "trl")
+
+
+def normalize_train_options(method: str | None = None, **kwargs) -> TrainOptions:
+    """Validate and canonicalize training settings; a bad value raises BadInput naming the flag.
+    `method` (full, lora, qlora) fills the recipe's defaults for what was not given."""
     unknown = sorted(set(kwargs) - set(_FLAGS))
     if unknown:
         raise BadInput(f"unknown training option {unknown[0]!r}; known: {', '.join(_FLAGS)}.")
@@ -131,4 +144,6 @@ def normalize_train_options(**kwargs) -> TrainOptions:
                                     {"float32": "fp32", "bfloat16": "bf16", "fp16": "bf16"})
     if "kbit_prepare" in d:
         out["kbit_prepare"] = _choice(d["kbit_prepare"], "{kbit_prepare}", KBIT_PREPARE)
+    if "grad_ckpt" not in out:
+        out["grad_ckpt"] = recipe_grad_ckpt(method, out.get("kbit_prepare", TrainOptions.kbit_prepare))
     return TrainOptions(**out)

@@ -316,8 +316,9 @@ def _notes(model: ModelSpec, method: Method, o: TrainOptions, n: Numerics, *, we
                           + (f", sharded over {N}" if shards.grads > 1 else ""))
     notes["optimizer"] = describe_state(opt, n.param_bytes) + (f", sharded over {N}" if shards.optimizer > 1 else "")
     if paged:
-        notes["optimizer_paged"] = ("bitsandbytes paged state in CUDA managed memory: outside "
-                                    "torch.cuda.max_memory_allocated, evicted to CPU under pressure")
+        notes["optimizer_paged"] = ("bitsandbytes paged state in CUDA managed memory, outside torch's "
+                                    "allocator: the driver pages it to host RAM when the GPU is full "
+                                    "(slower steps, no OOM); not in the total")
     notes["optimizer_step_temporaries"] = describe_step_temporaries(opt)
     if "ddp_buckets" in static:
         notes["ddp_buckets"] = "DDP gradient buckets (gradient_as_bucket_view=False): one more gradient copy"
