@@ -36,6 +36,7 @@ _TOOLS = {
     "sweep": "vramplan.compare.grid", "sweep_request": "vramplan.compare.grid",
     "probe": "vramplan.probe.read", "verify": "vramplan.verify.session",
     "calibrate": "vramplan.verify.calibrate",
+    "live_request": "vramplan.live",
 }
 __all__ = [
     "plan", "plan_request", "preflight", "load_model", "gpus",
@@ -117,19 +118,44 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
         kv_dtype=kv_dtype, method=method, no_cache=no_cache, **options))
 
 
-def preflight(model: str | ModelSpec | dict, mode: str = "lora", batch: int | str = 4,
-              ctx: int | str = 2048, gpu: str | int | GpuTarget = "auto", **options) -> Plan:
+def preflight(model, mode: str | None = None, batch: int | str | None = None,
+              ctx: int | str | None = None, gpu: str | int | GpuTarget = "auto", *, args=None,
+              **options) -> Plan:
     """One-line check for a training script: the plan when it fits, else `DoesNotFit`.
 
-    `gpu` is "auto" (the attached GPU, read through NVML: its real capacity and free memory),
-    a catalog id such as "l40s" or "h100:8", a GpuTarget, or a memory size in bytes. The message
-    of `DoesNotFit` names the largest batch and context that fit and the cheapest change that
-    would. Bad arguments raise `BadInput`, a ValueError.
+    `model` is a Hub id, a bundled id, a config dict or a ModelSpec, or the loaded model itself
+    (a transformers / peft model): then its adapters, quantization, checkpointing, attention and
+    dtypes are read from it (vramplan/engines/hf_trainer/live.py). `args` are the Trainer's
+    TrainingArguments (or TRL's SFTConfig): micro-batch, optimizer, checkpointing, precision,
+    DeepSpeed/FSDP, world size, local rank, max_length. What the caller passes wins over what is
+    read; without live objects the defaults are mode "lora", batch 4, ctx 2048.
+
+    `gpu` is "auto" (this process's own CUDA device: the Trainer's device, where the model is,
+    else the local rank; its capacity minus what other processes hold, through NVML: what this
+    process already holds there is room, not a cost), a catalog id such as "l40s" or "h100:8", a
+    GpuTarget, or a memory size in bytes. The message of `DoesNotFit` names the largest batch and
+    context that fit and the cheapest change that would. Bad arguments raise `BadInput`, a
+    ValueError.
     """
+    own_device = isinstance(gpu, str) and gpu.strip().lower() == "auto"
+    if args is None and isinstance(model, (str, dict, ModelSpec)):   # before any NVML probe
+        _check_words(model, gpu, mode=mode or "lora", batch=4 if batch is None else batch,
+                     ctx=2048 if ctx is None else ctx, **options)
+    live = _tool("live_request")(model, args=args, mode=mode, batch=batch, ctx=ctx, gpu=gpu, options=options) \
+        if (args is not None or own_device or not isinstance(model, (str, dict, ModelSpec))) else None
+    if live is not None:
+        model, kw = live.model, dict(live.keywords)
+        mode, batch, ctx = kw.pop("mode"), kw.pop("batch"), kw.pop("ctx")
+        options = kw
+    else:
+        mode, batch, ctx = mode or "lora", 4 if batch is None else batch, 2048 if ctx is None else ctx
     _check_words(model, gpu, mode=mode, batch=batch, ctx=ctx, **options)
     if isinstance(model, dict):
         model = loading.load(model).spec
-    target = resolve_target(gpu_mem=parse_bytes(gpu, "{gpu}")) if isinstance(gpu, int) else resolve_target(gpu)
+    if live is not None:
+        target = live.target
+    else:
+        target = resolve_target(gpu_mem=parse_bytes(gpu, "{gpu}")) if isinstance(gpu, int) else resolve_target(gpu)
     p = plan(model, target, mode=mode, batch=batch, ctx=ctx, **options)
     if p.fits:
         return p
