@@ -36,7 +36,6 @@ _TOOLS = {
     "sweep": "vramplan.compare.grid", "sweep_request": "vramplan.compare.grid",
     "probe": "vramplan.probe.read", "verify": "vramplan.verify.session",
     "calibrate": "vramplan.verify.calibrate",
-    "live_request": "vramplan.live",
 }
 __all__ = [
     "plan", "plan_request", "preflight", "load_model", "gpus",
@@ -118,8 +117,17 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
         kv_dtype=kv_dtype, method=method, no_cache=no_cache, **options))
 
 
-def preflight(model, mode: str | None = None, batch: int | str | None = None,
-              ctx: int | str | None = None, gpu: str | int | GpuTarget = "auto", *, args=None,
+class _Unset:
+    """preflight()'s defaults: what the live objects say, else mode "lora", batch 4, ctx 2048."""
+
+    def __repr__(self) -> str:
+        return "<read from the live objects, else the default>"
+
+
+_UNSET = _Unset()
+
+
+def preflight(model, mode=_UNSET, batch=_UNSET, ctx=_UNSET, gpu: str | int | GpuTarget = "auto", *, args=None,
               **options) -> Plan:
     """One-line check for a training script: the plan when it fits, else `DoesNotFit`.
 
@@ -138,17 +146,22 @@ def preflight(model, mode: str | None = None, batch: int | str | None = None,
     ValueError.
     """
     own_device = isinstance(gpu, str) and gpu.strip().lower() == "auto"
-    if args is None and isinstance(model, (str, dict, ModelSpec)):   # before any NVML probe
-        _check_words(model, gpu, mode=mode or "lora", batch=4 if batch is None else batch,
-                     ctx=2048 if ctx is None else ctx, **options)
-    live = _tool("live_request")(model, args=args, mode=mode, batch=batch, ctx=ctx, gpu=gpu, options=options) \
-        if (args is not None or own_device or not isinstance(model, (str, dict, ModelSpec))) else None
-    if live is not None:
+    live_model = not isinstance(model, (str, dict, ModelSpec)) and callable(getattr(model, "named_parameters", None))
+    if args is None and not live_model:     # by name: the old defaults, checked before any NVML probe
+        mode = "lora" if mode is _UNSET else mode
+        batch = 4 if batch is _UNSET else batch
+        ctx = 2048 if ctx is _UNSET else ctx
+        _check_words(model, gpu, mode=mode, batch=batch, ctx=ctx, **options)
+    live = None
+    if args is not None or live_model or own_device:
+        def given(v):
+            return None if v is _UNSET else v
+        # vramplan.live reads live objects and probes the device: loaded on first use only
+        live = importlib.import_module("vramplan.live").live_request(model, args=args, mode=given(mode), batch=given(batch), ctx=given(ctx),
+                                     gpu=gpu, options=options)
         model, kw = live.model, dict(live.keywords)
         mode, batch, ctx = kw.pop("mode"), kw.pop("batch"), kw.pop("ctx")
         options = kw
-    else:
-        mode, batch, ctx = mode or "lora", 4 if batch is None else batch, 2048 if ctx is None else ctx
     _check_words(model, gpu, mode=mode, batch=batch, ctx=ctx, **options)
     if isinstance(model, dict):
         model = loading.load(model).spec

@@ -26,6 +26,8 @@ def fit(
     lora_dropout: Optional[float] = O.LORA_DROPOUT, precision: Optional[str] = O.PRECISION,
     zero: Optional[int] = O.ZERO, attn: Optional[str] = O.ATTN,
     lora_dtype: Optional[str] = O.LORA_DTYPE, kbit_prepare: Optional[str] = O.KBIT,
+    deepspeed: Optional[str] = O.DEEPSPEED, fsdp: Optional[str] = O.FSDP,
+    gpus_per_node: Optional[int] = O.GPUS_PER_NODE,
     transformers: Optional[int] = O.HF, debug: bool = O.DEBUG,
     engine: Optional[str] = O.ENGINE, parallel: Optional[str] = O.PARALLEL, n_gpu_layers: Optional[str] = O.NGL,
     tensor_split: Optional[str] = O.TS, n_cpu_moe: Optional[int] = O.NCMOE, cpu_moe: bool = O.CPUMOE,
@@ -45,7 +47,8 @@ def fit(
         train=api.TrainFlags(
             optim=optim, grad_ckpt=grad_ckpt, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_targets=lora_targets, lora_dropout=lora_dropout, precision=precision, zero=zero,
-            attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare),
+            attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare, deepspeed=deepspeed, fsdp=fsdp,
+            gpus_per_node=gpus_per_node),
         engine=engine, llama=api.LlamaFlags(
             parallel=parallel, n_gpu_layers=n_gpu_layers, tensor_split=tensor_split, n_cpu_moe=n_cpu_moe,
             cpu_moe=cpu_moe or None, override_tensor=override_tensor, cache_type_k=cache_type_k,

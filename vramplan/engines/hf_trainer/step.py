@@ -63,9 +63,12 @@ def components(s: Setup[TrainState], batch: int, ctx: int) -> Breakdown:
     parts = {k: v for k, v in peak.components.items() if v and k not in peak.outside_allocator}
     parts["allocator_slack"] = overhead.allocator_slack(peak.peak_allocated_bytes, ALLOCATOR_SLACK_TRAIN)
     parts.update(s.overhead)
-    return Breakdown(parts, dict(peak.notes), peak.phase,
+    outside = {k: v for k, v in {**peak.outside_allocator, **peak.host}.items() if v}
+    notes = {k: v for k, v in peak.notes.items()          # DeepSpeed's step-only / backward-only parts
+             if k not in ("zero_fp32_grads", "zero_buckets") or k in parts}
+    return Breakdown(parts, notes, peak.phase,
                      peak.peak_allocated_bytes + s.overhead["cublas_workspace"],
-                     outside={k: v for k, v in peak.outside_allocator.items() if v})
+                     outside=outside)
 
 
 def paging_warning(s: Setup[TrainState], b: Breakdown) -> str | None:
