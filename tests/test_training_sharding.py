@@ -188,3 +188,27 @@ def test_cli_reads_a_deepspeed_json(tmp_path):
     bad = subprocess.run(run + ["--deepspeed", str(tmp_path / "missing.json")], capture_output=True,
                          text=True, cwd=ROOT)
     assert bad.returncode == 2 and "DeepSpeed config" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_zero3_against_deepspeed_s_estimator(l8b):
+    """DeepSpeed's estimate_zero3_model_states_mem_needs (stage3.py:3744-3780) without offload:
+    4 x largest layer + 18 Psi / N (2 grads16 + 4 grads32 + 4 params32 + 8 Adam). The code keeps
+    more at the optimizer step: the 16-bit parameter partition (param.ds_tensor, 2 Psi / N), and
+    the sub-group's flattened 16-bit gradients beside their fp32 cast (stage3.py:2401-2402); it
+    casts one sub-group (<= sub_group_size 1e9) at a time, not 4 Psi / N.
+    Llama-3.1-8B, N = 8, fused AdamW: by hand, at the step,
+      params16 + grads16 + master + Adam = (2 + 2 + 4 + 8) x Psi / 8   = 16,060,522,496
+      sub-group 1e9 x (2 + 4)                                          =  6,000,000,000
+      IPG buffer 5e8 x 2 + persistent norms 65 x 4,096 x 2             =  1,000,532,480
+    estimator: 18 x Psi / 8 + 4 x 525,336,576 (embed_tokens)           = 20,169,434,112
+    -> ours 23,061,054,976 (+14.3 %), model states alone (the first two lines) +9.4 %."""
+    P, N = PSI_8B, 8
+    o = opts(grad_ckpt=True, precision="mixed", world=N, optim="adamw_torch_fused",
+             deepspeed={"zero_optimization": {"stage": 3}})
+    r = training_peak(l8b, "full", 1, 1024, o)
+    step = r.phases["optimizer step"]
+    shards = 16 * P // N
+    assert abs(step - (shards + 6_000_000_000 + 1_000_000_000 + 65 * 4096 * 2)) < 2**20   # block rounding
+    estimator = 18 * P / N + 4 * 525_336_576
+    assert 0.14 < step / estimator - 1 < 0.15
+    assert 0.09 < (shards + 6e9) / estimator - 1 < 0.10
