@@ -257,3 +257,27 @@ def test_pid_hidden_from_nvml_uses_torch_s_figure(gpus):
     # fake context; + reserved + 426 MiB of planned context: 74 MiB short of what NVML says
     room = H100_TOTAL - 512 * MiB
     assert p.fits and p.capacity_bytes == room - (500 - 426) * MiB
+
+
+def test_read_a_peft_prepared_kbit_model():
+    """peft's real prepare_model_for_kbit_training on a tiny llama whose linear weights are
+    bitsandbytes-like Params4bit (the class name is what peft and the reader look at): it casts
+    every other 16-bit parameter to fp32 and switches checkpointing on (peft 0.21.2
+    utils/other.py:203-209, :221-240); the reader sees QLoRA, "peft" and checkpointing."""
+    class Params4bit(torch.nn.Parameter):          # noqa: N801 - bitsandbytes' class name
+        pass
+
+    m = _tiny_model().to(torch.bfloat16)
+    for layer in m.model.layers:
+        for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                    layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+            lin.weight = Params4bit(lin.weight.data, requires_grad=False)
+    m.is_loaded_in_4bit = True
+    m = peft.prepare_model_for_kbit_training(m)
+    pm = peft.get_peft_model(m, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    s = read_model(pm).settings
+    assert (s["mode"], s["dtype"], s["kbit_prepare"], s["grad_ckpt"], s["lora_r"]) == ("qlora", "nf4", "peft", True, 4)
+    # the arguments said nothing about checkpointing: the model did (peft turned it on)
+    args = SimpleNamespace(per_device_train_batch_size=1, optim="paged_adamw_8bit", bf16=True)
+    p = vramplan.preflight(pm, args=args, ctx=64, gpu="l40s")
+    assert p.workload.mode == "qlora" and p.workload.train.grad_ckpt and p.workload.train.kbit_prepare == "peft"
