@@ -90,6 +90,8 @@ def test_read_args_world_rank_and_sharding():
     la = read_args(args)
     assert (la.world, la.local_rank, la.device, la.autocast) == (8, 3, "cuda:3", True)
     assert la.settings == {"batch": 8, "optim": "paged_adamw_8bit", "grad_ckpt": True, "fsdp": "full_shard auto_wrap"}
+    assert read_args(SimpleNamespace(per_device_train_batch_size=1, local_rank=0)).local_rank == 0
+    assert read_args(SimpleNamespace(per_device_train_batch_size=1, local_rank=-1)).local_rank == -1
 
 
 def _tiny_model():

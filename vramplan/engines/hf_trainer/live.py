@@ -178,6 +178,11 @@ class LiveArgs:
     autocast: bool = False               # bf16 / fp16 mixed precision
 
 
+def _local_rank(value) -> int:
+    """TrainingArguments.local_rank: -1 when not distributed; rank 0 is a rank."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else -1
+
+
 def read_args(args) -> LiveArgs:
     s: dict = {"batch": int(args.per_device_train_batch_size)}
     optim = getattr(args, "optim", None)
@@ -198,8 +203,7 @@ def read_args(args) -> LiveArgs:
     if length is None:
         length = getattr(args, "max_seq_length", None)        # TRL < 0.20
     return LiveArgs(settings=s, world=int(world) if isinstance(world, int) and world > 0 else 1,
-                    local_rank=int(getattr(args, "local_rank", -1) or -1) if isinstance(
-                        getattr(args, "local_rank", -1), int) else -1,
+                    local_rank=_local_rank(getattr(args, "local_rank", -1)),
                     device=None if device is None else str(device),
                     ctx=length if isinstance(length, int) and not isinstance(length, bool) and length > 0 else None,
                     autocast=bool(getattr(args, "bf16", False) or getattr(args, "fp16", False)))
