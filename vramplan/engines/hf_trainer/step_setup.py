@@ -467,7 +467,10 @@ def step_setup(model: ModelSpec, method: Method, o: TrainOptions, weight_dtype: 
     head = _head_weights(model, text)
     head_copy = 2 * sum(t.numel for t in head) if (n.head_copy and n.autocast) else 0
     grads = _outside_grads(model, method, o, n, text, head, adapted, shards)
-    gather_fwd, gather_bwd = _zero3_gather(text, layers, wbytes, shards, o.deepspeed, model, n.grad_bytes)
+    # the largest module's gradient before its reduce: only full fine-tuning trains it (LoRA's
+    # frozen embedding has none)
+    gather_fwd, gather_bwd = _zero3_gather(text, layers, wbytes, shards, o.deepspeed, model,
+                                           n.grad_bytes if method == "full" else 0)
     notes = _notes(model, method, o, n, weights_label=weights_label,
                    copies_are_weights=copies_are_weights, shards=shards, static=static, paged=paged, opt=opt, n_train=n_train, adapted=adapted, n_adapter=n_adapter,
                    head_copy=head_copy, layers=layers)
