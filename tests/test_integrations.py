@@ -91,6 +91,7 @@ def test_read_args_world_rank_and_sharding():
     assert (la.world, la.local_rank, la.device, la.autocast) == (8, 3, "cuda:3", True)
     assert la.settings == {"batch": 8, "optim": "paged_adamw_8bit", "grad_ckpt": True, "fsdp": "full_shard auto_wrap"}
     assert read_args(SimpleNamespace(per_device_train_batch_size=1, local_rank=0)).local_rank == 0
+    assert read_args(SimpleNamespace(per_device_train_batch_size=1, gradient_accumulation_steps=4)).grad_accum == 4
     assert read_args(SimpleNamespace(per_device_train_batch_size=1, local_rank=-1)).local_rank == -1
 
 

@@ -176,11 +176,18 @@ class LiveArgs:
     device: str | None = None            # args.device: "cuda:N", "cpu"
     ctx: int | None = None               # SFTConfig.max_length (TRL truncates there, default 1024)
     autocast: bool = False               # bf16 / fp16 mixed precision
+    grad_accum: int = 1                  # gradient_accumulation_steps: read, not yet planned (issue
+                                         # #14 item 6 adds it to the plan: gradients kept through
+                                         # the next micro-batch's forward)
 
 
 def _local_rank(value) -> int:
     """TrainingArguments.local_rank: -1 when not distributed; rank 0 is a rank."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else -1
+
+
+def _steps(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
 def read_args(args) -> LiveArgs:
@@ -206,7 +213,8 @@ def read_args(args) -> LiveArgs:
                     local_rank=_local_rank(getattr(args, "local_rank", -1)),
                     device=None if device is None else str(device),
                     ctx=length if isinstance(length, int) and not isinstance(length, bool) and length > 0 else None,
-                    autocast=bool(getattr(args, "bf16", False) or getattr(args, "fp16", False)))
+                    autocast=bool(getattr(args, "bf16", False) or getattr(args, "fp16", False)),
+                    grad_accum=_steps(getattr(args, "gradient_accumulation_steps", 1)))
 
 
 def own_cuda_index(args: LiveArgs | None, model: LiveModel | None, local_rank_env: str | None,
