@@ -284,3 +284,17 @@ def test_read_a_peft_prepared_kbit_model():
     args = SimpleNamespace(per_device_train_batch_size=1, optim="paged_adamw_8bit", bf16=True)
     p = vramplan.preflight(pm, args=args, ctx=64, gpu="l40s")
     assert p.workload.mode == "qlora" and p.workload.train.grad_ckpt and p.workload.train.kbit_prepare == "peft"
+
+
+def test_callback_reads_the_deepspeed_config_of_the_arguments(llama8b_ckpt, tmp_path):
+    """TrainingArguments.deepspeed (a path, as the Trainer takes it) and world_size: the plan is
+    DeepSpeed ZeRO-2 over 8 ranks, with its IPG bucket (2 buffers with overlap_comm, each
+    reduce_bucket_size "auto" = hidden² = 16,777,216 elements of the fp32 adapters' gradients)."""
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2, "overlap_comm": True, "reduce_bucket_size": "auto"}}))
+    args = SimpleNamespace(per_device_train_batch_size=4, optim="adamw_torch", world_size=8, deepspeed=str(ds),
+                           bf16=True, fp16=False)
+    p = vramplan.preflight(llama8b_ckpt, args=args, ctx=2048, gpu="h100")
+    o = p.workload.train
+    assert (o.zero, o.world, o.deepspeed.stage, o.deepspeed.overlap) == (2, 8, 2, True)
+    assert p.components["zero_buckets"] == 2 * 4096 * 4096 * 4
