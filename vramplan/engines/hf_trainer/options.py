@@ -100,7 +100,7 @@ def deepspeed_masters(o: TrainOptions) -> bool:
     """DeepSpeed ZeRO always steps an fp32 master partition (stage_1_and_2.py:490-516
     single_partition_of_fp32_groups; stage3.py fp32_partitioned_groups_flat), whatever the
     16-bit training says: under it full fine-tuning is the "mixed" row of the dtype plan."""
-    return o.deepspeed is not None and o.zero >= 1 and o.world > 1
+    return o.deepspeed is not None and o.zero >= 1
 
 
 def recipe_grad_ckpt(method: str | None, kbit_prepare: str) -> bool:

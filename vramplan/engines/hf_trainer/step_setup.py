@@ -121,7 +121,9 @@ class Shards:
         group = o.world
         if o.fsdp is not None and o.fsdp.mode.startswith("hybrid"):
             group = min(o.world, o.fsdp.gpus_per_node)
-        return cls(o.world, o.zero if o.world > 1 else 0, group)
+        # DeepSpeed runs its ZeRO stage on one GPU too (a partition of one, its buffers and fp32
+        # masters all there; ZeRO-Offload is mostly a one-GPU setup); FSDP/DDP on one GPU is none
+        return cls(o.world, o.zero if (o.world > 1 or o.deepspeed is not None) else 0, group)
 
     @property
     def n(self) -> int:
@@ -333,7 +335,7 @@ def _zero_extras(model: ModelSpec, o: TrainOptions, n: Numerics, shards: Shards,
     part = ceil_div(n_train, shards.optimizer)
     offload_opt = (ds is not None and ds.offload_optimizer) or (o.fsdp is not None and o.fsdp.offload)
     offload_par = (ds is not None and ds.offload_param and shards.zero == 3) or (o.fsdp is not None and o.fsdp.offload)
-    if ds is not None and shards.world > 1 and shards.zero >= 1:
+    if ds is not None and shards.zero >= 1:
         bucket = ds.reduce_bucket_size * n.grad_bytes if ds.contiguous_gradients else 0
         if shards.zero in (1, 2):
             buckets = bucket * (2 if ds.overlap else 1)
