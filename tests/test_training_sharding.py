@@ -257,3 +257,27 @@ def test_deepspeed_on_one_gpu(l8b):
     assert -0.084 < states / (18 * P + 4 * 525_336_576) - 1 < -0.082
     t0 = 2_783e6
     assert round((16 * t0 + 6e9) / 2**30, 2) == 47.06
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--fsdp", "bogus"], "--fsdp"),
+    (["--deepspeed", "/dev/null/missing.json"], "DeepSpeed config"),
+    (["--deepspeed", "{ds}"], "--zero 1 contradicts"),
+    (["--fsdp", "full_shard", "--deepspeed", "{ds}"], "not both"),
+    (["--gpus-per-node", "0", "--fsdp", "hybrid_shard"], "--gpus-per-node"),
+])
+def test_sharding_refusals(tmp_path, extra, needle):
+    from tests.bad_input.contract import assert_cli_refuses
+
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    argv = ["fit", MISTRAL, "--mode", "full", "--gpu", "h100:8"] + [str(ds) if a == "{ds}" else a for a in extra]
+    if "contradicts" in needle:
+        argv += ["--zero", "1"]
+    assert_cli_refuses(argv, 2, needle)
+
+
+def test_deepspeed_flag_outside_training():
+    from tests.bad_input.contract import assert_cli_refuses
+
+    assert_cli_refuses(["fit", MISTRAL, "--deepspeed", "ds.json"], 2, "--deepspeed only applies")
