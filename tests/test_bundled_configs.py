@@ -93,7 +93,7 @@ def test_every_bundled_file_has_one_sources_row_and_every_row_a_file():
 def test_expected_new_covers_exactly_the_rows_added_for_issue_12():
     added = {model_id for model_id, cells in _source_rows().items() if cells[1] == "#12"}
     assert added == {hub_id(k) for k in EXPECTED}
-    assert len(added) == 22
+    assert len(added) == 23
 
 
 @pytest.mark.parametrize("stem", sorted(EXPECTED))
@@ -141,6 +141,8 @@ def test_oracle_figures_agree_with_hand_derivations():
     # R1 and V3.1 share DeepSeek-V3's architecture: the reference's 671,026,404,352 parameters
     assert EXPECTED["deepseek-ai--DeepSeek-R1"]["params"] == 671_026_404_352
     assert EXPECTED["deepseek-ai--DeepSeek-V3.1"]["params"] == 671_026_404_352
+    # Qwen3-VL-8B-Instruct: the checkpoint's own tensor total, quoted beside its config (SOURCES.md)
+    assert EXPECTED["Qwen--Qwen3-VL-8B-Instruct"]["params"] == 8_767_123_696
 
 
 # --- variants.toml ------------------------------------------------------------------------------
