@@ -93,7 +93,7 @@ def test_every_bundled_file_has_one_sources_row_and_every_row_a_file():
 def test_expected_new_covers_exactly_the_rows_added_for_issue_12():
     added = {model_id for model_id, cells in _source_rows().items() if cells[1] == "#12"}
     assert added == {hub_id(k) for k in EXPECTED}
-    assert len(added) == 25
+    assert len(added) == 26
 
 
 @pytest.mark.parametrize("stem", sorted(EXPECTED))
@@ -128,6 +128,7 @@ def test_oracle_figures_agree_with_hand_derivations():
     assert kv["Qwen--Qwen3-30B-A3B"] == 2 * 48 * 4 * 128 * 2
     assert kv["google--gemma-2-9b"] == 2 * 42 * 8 * 256 * 2     # below the 4,096-token window
     assert kv["microsoft--phi-4"] == 2 * 40 * 10 * (5120 // 40) * 2
+    assert kv["mistralai--Mistral-Nemo-Base-2407"] == 2 * 40 * 8 * 128 * 2   # head_dim 128, not 5120/32
     assert kv["Qwen--Qwen2.5-7B-Instruct"] == 2 * 28 * 4 * 128 * 2
     assert kv["allenai--OLMo-2-1124-7B-Instruct"] == 2 * 32 * 32 * 128 * 2
     assert kv["bigcode--starcoder2-15b"] == 2 * 40 * 4 * (6144 // 48) * 2
