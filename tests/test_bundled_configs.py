@@ -93,7 +93,7 @@ def test_every_bundled_file_has_one_sources_row_and_every_row_a_file():
 def test_expected_new_covers_exactly_the_rows_added_for_issue_12():
     added = {model_id for model_id, cells in _source_rows().items() if cells[1] == "#12"}
     assert added == {hub_id(k) for k in EXPECTED}
-    assert len(added) == 26
+    assert len(added) == 27
 
 
 @pytest.mark.parametrize("stem", sorted(EXPECTED))
@@ -174,6 +174,15 @@ def test_the_rule_rejects_qwen25_7b_instruct_so_it_is_bundled_itself():
     assert "Qwen/Qwen2.5-7B-Instruct" not in VARIANTS
     # use_mrope false is written only in the base; it is the class default, yet the rule counts it
     assert set(diff) == {"max_position_embeddings", "use_mrope"}
+
+
+def test_r1_distill_qwen_15b_is_not_a_variant_of_qwen25_15b():
+    """The distill ties no embeddings and uses rope_theta 1e4 where Qwen2.5-1.5B ties them and
+    uses 1e6: a different architecture, so it is bundled itself."""
+    distill = json.loads((MODELS / "deepseek-ai--DeepSeek-R1-Distill-Qwen-1.5B.json").read_text())
+    base = json.loads((MODELS / "Qwen--Qwen2.5-1.5B.json").read_text())
+    diff = architecture_diff(distill, base)
+    assert diff["tie_word_embeddings"] == (False, True) and diff["rope_theta"] == (10000, 1000000.0)
 
 
 def test_llama_32_3b_pair_shows_the_rule_passing_on_an_instruct_config():

@@ -242,9 +242,9 @@ def test_parse_gpu_arg_unknown_gpu():
 MODEL_FILES = sorted((REPO / "configs" / "models").glob("*.json"))
 
 
-def test_bundled_ids_are_the_61_config_files():
+def test_bundled_ids_are_the_62_config_files():
     ids = catalog.bundled_model_ids()
-    assert len(MODEL_FILES) == 61    # 35 from shared/reference, 26 added by issue #12 (SOURCES.md)
+    assert len(MODEL_FILES) == 62    # 35 from shared/reference, 27 added by issue #12 (SOURCES.md)
     assert sorted(ids) == sorted(f.stem.replace("--", "/", 1) for f in MODEL_FILES)
     assert "meta-llama/Llama-3.1-8B" in ids and "openai-community/gpt2" in ids
 
