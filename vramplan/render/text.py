@@ -239,7 +239,10 @@ def gpus_table(gpus: tuple[GpuSpec, ...], defaults: dict | None = None) -> str:
 
 
 def models_table(rows: tuple[BundledModel, ...]) -> str:
-    return tabulate([[r.id, r.model_type, f"{r.params / 1e9:,.2f} B", fmt_bytes(r.kv_bytes_per_token_bf16)]
-                     for r in rows],
-                    headers=["id", "model_type", "params", "KV B/token (bf16)"],
+    def figures(r: BundledModel) -> list[str]:
+        if r.params is None:
+            return ["-", "-"]
+        return [f"{r.params / 1e9:,.2f} B", fmt_bytes(r.kv_bytes_per_token_bf16)]
+    return tabulate([[r.id, r.model_type, *figures(r), r.note] for r in rows],
+                    headers=["id", "model_type", "params", "KV B/token (bf16)", "note"],
                     tablefmt="simple", disable_numparse=True)
