@@ -61,7 +61,10 @@ def load_model(model: str | ModelSpec) -> ModelSpec:
 
 
 def is_gguf(model: str) -> bool:
-    """A local .gguf file or a directory of them, or a Hub GGUF repo ("org/X-GGUF", "org/X:Q4_K_M")."""
+    """A local .gguf file or a directory of them, or a Hub GGUF repo ("org/X-GGUF", "org/X:Q4_K_M").
+    A config dict is never one."""
+    if not isinstance(model, str):
+        return False
     return gguf_source.is_gguf_path(model) or gguf_source.is_hub_gguf(model)
 
 

@@ -37,6 +37,10 @@ _LABELS = {
     "zero3_gather": "ZeRO-3 gather buffer",
     "ddp_buckets": "DDP gradient buckets",
     "compute_buffer": "compute buffer",
+    "optimizer_offloaded": "optimizer state (host RAM)",
+    "params_offloaded": "parameters (host RAM)",
+    "zero_buckets": "ZeRO gradient buckets",
+    "zero_fp32_grads": "ZeRO fp32 gradient partition",
 }
 def plan_table(p: Plan) -> str:
     m, t, w = p.model, p.target, p.workload
@@ -79,6 +83,9 @@ def plan_table(p: Plan) -> str:
                      p.component_notes.get(name, "")])
     rows.append(["total", fmt_bytes(p.total_bytes), f"{p.total_bytes / GiB:,.2f}", "", "per GPU"])
     rows.append(["capacity", fmt_bytes(p.capacity_bytes), f"{p.capacity_bytes / GiB:,.2f}", "", ""])
+    for name, b in p.outside.items():    # reported, not in the total nor the verdict
+        rows.append([f"not counted: {_LABELS.get(name, name)}", fmt_bytes(b), f"{b / GiB:,.2f}", "",
+                     p.component_notes.get(name, "")])
     lines.append(tabulate(rows, headers=["component", "bytes", "GiB", "share", "note"],
                           tablefmt="simple", colalign=("left", "right", "right", "right", "left"),
                           disable_numparse=True))
