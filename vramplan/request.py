@@ -88,6 +88,10 @@ class TrainFlags:
     deepspeed: str | dict | None = None     # a DeepSpeed JSON config: its path, or the dict
     fsdp: str | None = None                 # the Trainer's fsdp: full_shard, hybrid_shard, shard_grad_op [offload]
     gpus_per_node: int | None = None        # hybrid shard: the shard group (None: 8)
+    grad_accum: int | None = None           # gradient_accumulation_steps (None: 1)
+    liger: bool | None = None               # use_liger_kernel (None: off)
+    loss: str | None = None                 # default | chunked | cut (None: default)
+    offload_activations: bool | None = None  # activation offloading to host RAM (None: off)
 
     def given(self) -> dict:
         """The settings that were given, in declaration order."""

@@ -28,6 +28,8 @@ def fit(
     lora_dtype: Optional[str] = O.LORA_DTYPE, kbit_prepare: Optional[str] = O.KBIT,
     deepspeed: Optional[str] = O.DEEPSPEED, fsdp: Optional[str] = O.FSDP,
     gpus_per_node: Optional[int] = O.GPUS_PER_NODE,
+    grad_accum: Optional[int] = O.GRAD_ACCUM, liger: Optional[bool] = O.LIGER, loss: Optional[str] = O.LOSS,
+    offload_activations: Optional[bool] = O.OFFLOAD_ACTS,
     transformers: Optional[int] = O.HF, debug: bool = O.DEBUG,
     engine: Optional[str] = O.ENGINE, parallel: Optional[str] = O.PARALLEL, n_gpu_layers: Optional[str] = O.NGL,
     tensor_split: Optional[str] = O.TS, n_cpu_moe: Optional[int] = O.NCMOE, cpu_moe: bool = O.CPUMOE,
@@ -53,7 +55,8 @@ def fit(
             optim=optim, grad_ckpt=grad_ckpt, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_targets=lora_targets, lora_dropout=lora_dropout, precision=precision, zero=zero,
             attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare, deepspeed=deepspeed, fsdp=fsdp,
-            gpus_per_node=gpus_per_node),
+            gpus_per_node=gpus_per_node, grad_accum=grad_accum, liger=liger, loss=loss,
+            offload_activations=offload_activations),
         engine=engine, llama=api.LlamaFlags(
             parallel=parallel, n_gpu_layers=n_gpu_layers, tensor_split=tensor_split, n_cpu_moe=n_cpu_moe,
             cpu_moe=cpu_moe or None, override_tensor=override_tensor, cache_type_k=cache_type_k,
