@@ -24,7 +24,11 @@ class HfTrainerEngine(EngineBase):
     def warnings(self, setup: Setup, report) -> list[str]:
         w = setup.workload
         paging = step.paging_warning(setup, step.components(setup, w.batch, w.ctx))
-        return [paging] if paging else []
+        out = [paging] if paging else []
+        if w.train.liger and not setup.model.traits.liger:
+            out.append("--liger: Liger-Kernel does not patch this model type (not in its "
+                       "MODEL_TYPE_TO_APPLY_LIGER_FN), so transformers runs the step unchanged; planned without it.")
+        return out
 
     def levers(self, plan: Plan, attempt: Attempt) -> None:
         """A trainer's switches, cheapest first (docs/training.md §16): what costs no speed or

@@ -26,6 +26,7 @@ from vramplan.engines.hf_trainer.lora import lora_params
 from vramplan.engines.hf_trainer.loss import (LOSS_BWD_PER_LOGIT, LOSS_FWD_EXTRA_PER_LOGIT,  # noqa: F401 (re-exported)
                                               liger_chunk, loss_terms)
 from vramplan.engines.hf_trainer.options import Method, TrainOptions, normalize_train_options
+from vramplan.engines.hf_trainer.saved_activations import effective_loss
 from vramplan.engines.hf_trainer.step_setup import step_setup as _setup   # cached; tests clear it as training._setup
 
 __all__ = ["TrainOptions", "normalize_train_options", "TrainingPeak", "training_peak", "lora_params"]
@@ -92,9 +93,10 @@ def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: 
     gc = opts.grad_ckpt
     static = s.static
     S = sum(static.values())
-    lt = loss_terms(opts.loss, T, s.vocab, model.hidden_size, s.logits, s.resid)
+    loss_kind = effective_loss(model, opts)
+    lt = loss_terms(loss_kind, T, s.vocab, model.hidden_size, s.logits, s.resid)
     loss_fwd, loss_bwd, dlogits = lt.forward, lt.backward, lt.lm_head
-    if opts.loss == "cut" and not s.g_head:
+    if loss_kind == "cut" and not s.g_head:
         # cut cross-entropy saves its input e even when lm_head is frozen (cce.py:141)
         loss_fwd += T * model.hidden_size * s.resid
         loss_bwd += T * model.hidden_size * s.resid
@@ -205,7 +207,7 @@ def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: 
         "default": f"{batch} x {ctx:,} x {s.vocab:,} logits: fp32 upcast, log-softmax and its gradient",
         "chunked": f"fused linear cross-entropy: {liger_chunk(T, s.vocab, model.hidden_size):,}-token chunks of "
                    f"{s.vocab:,} logits + the hidden-state gradient made in the forward",
-        "cut": "cut cross-entropy: no logits; per-token log-sum-exp + the hidden-state gradient"}[opts.loss]
+        "cut": "cut cross-entropy: no logits; per-token log-sum-exp + the hidden-state gradient"}[loss_kind]
     if opts.offload_activations:
         notes["activations"] += "; saved tensors offloaded to host RAM (running + prefetched layer on the GPU)"
     if opts.grad_accum > 1:

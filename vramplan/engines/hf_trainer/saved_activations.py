@@ -24,8 +24,6 @@ LSE_BYTES = 4
 EAGER_SINKS_BWD = 3
 # Liger's RMSNorm keeps rstd in fp32 per row in the llama and gemma casting modes (rms_norm.py:452).
 LIGER_RSTD = 4
-# The activations Liger's fused gated MLP replaces: LigerSwiGLUMLP (SiLU) and LigerGEGLUMLP (GELU-tanh).
-LIGER_GLU_ACTS = ("silu", "swish", "gelu_pytorch_tanh", "gelu_new")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,7 +146,7 @@ def _mlp(m: Mlp, h: int, n: Numerics, liger: bool = False) -> tuple[int, int]:
     so the backward holds only the incoming gradient."""
     I, e = m.intermediate, n.lin_out
     extra = act.PYTHON_ACTS.get(m.act, (0, 0))[1]   # a Python activation's saved intermediates
-    if liger and m.kind == "dense" and m.gated and m.act in LIGER_GLU_ACTS:
+    if liger and m.kind == "dense" and m.gated:    # LigerSwiGLUMLP / LigerGEGLUMLP (same saves)
         return 2 * I * e, I * e
     if m.kind == "dense":
         if m.gated:
@@ -313,3 +311,11 @@ def head_saved(text: list[Tensor], h: int, n: Numerics, fp32: bool = False, lige
 def uses_liger(model: ModelSpec, o: TrainOptions) -> bool:
     """Liger's kernels run only where it patches the model type (ModelSpec.traits.liger)."""
     return o.liger and model.traits.liger
+
+
+def effective_loss(model: ModelSpec, o: TrainOptions) -> str:
+    """The loss the step computes: --liger on a model type Liger does not patch changes nothing
+    (transformers' apply_liger_kernel warns and leaves the model as it is), loss included."""
+    if o.liger and not model.traits.liger:
+        return "default"
+    return o.loss

@@ -19,7 +19,7 @@ from vramplan.engines.hf_trainer.lora import Adapted, adapted_modules
 from vramplan.engines.hf_trainer.optimizers import (Optim, Param, describe_state, describe_step_temporaries, param_of,
                                                     resolve_optim, state_bytes, step_temp_bytes)
 from vramplan.engines.hf_trainer.saved_activations import (LayerCost, dropout_masks, fp32_norms, head_saved, layer_cost,
-                                                            uses_liger)
+                                                            effective_loss, uses_liger)
 from vramplan.engines.hf_trainer.numerics import Numerics, numerics, qlora_base, stored_weights
 from vramplan.engines.hf_trainer.options import TRAIN_MODES, Method, TrainOptions, deepspeed_masters
 from vramplan.engines.hf_trainer.sharding import ZeroConfig
@@ -476,7 +476,7 @@ def step_setup(model: ModelSpec, method: Method, o: TrainOptions, weight_dtype: 
         layers=layers, static=static, paged=paged, step_temp=step_temp, grads_total=grads_total,
         grad_shard=shards.grads,
         out_saved=head_saved(text, model.hidden_size, n, fp32_norms(model), uses_liger(model, o),
-                             head_input=o.loss != "chunked") + dropout_masks(model)[1],
+                             head_input=effective_loss(model, o) != "chunked") + dropout_masks(model)[1],
         head_copy=head_copy, copies_are_weights=copies_are_weights, g_head=grads.head,
         g_norm=grads.norm, g_emb=grads.emb, tied_tmp=grads.tied_tmp, vocab=model.vocab_size,
         resid=n.resid, logits=n.logits, attn_bytes=n.attn, gather_fwd=gather_fwd,
