@@ -33,7 +33,7 @@ ENGINE_OF_MODE = {
 # --engine: whose rules apply within a mode (DESIGN.md), by the names users type
 ENGINES = {"vllm": "vllm", "llama.cpp": "llama_cpp", "llamacpp": "llama_cpp", "llama_cpp": "llama_cpp",
            "ollama": "ollama", "transformers": "transformers", "hf-trainer": "hf_trainer", "hf_trainer": "hf_trainer",
-           "sglang": "sglang"}
+           "sglang": "sglang", "unsloth": "unsloth"}
 LOCAL_ENGINES = ("llama_cpp", "ollama")     # take the llama.cpp flags and GGUF mixes
 MODES = tuple(ENGINE_OF_MODE)
 TRAINING_MODES = tuple(m for m, e in ENGINE_OF_MODE.items() if e == "hf_trainer")
@@ -200,8 +200,11 @@ def _engine(request: PlanRequest):
     given = request.engine
     engine = default if given is None else ENGINES.get(str(given).strip().lower())
     serving = ("vllm", "sglang", *LOCAL_ENGINES)
-    if engine is None or (engine != ENGINE_OF_MODE[request.mode] and (request.mode != "serve" or engine not in serving)):
-        allowed = "vllm, sglang, llama.cpp or ollama" if request.mode == "serve" else default.replace("_", "-")
+    adapters = request.mode in ("lora", "qlora") and engine == "unsloth"    # Unsloth's LoRA/QLoRA recipe
+    if engine is None or (engine != ENGINE_OF_MODE[request.mode] and not adapters
+                          and (request.mode != "serve" or engine not in serving)):
+        allowed = ("vllm, sglang, llama.cpp or ollama" if request.mode == "serve" else
+                   "hf-trainer or unsloth" if request.mode in ("lora", "qlora") else default.replace("_", "-"))
         raise BadInput(f"{{engine}} {given!r} does not plan {{mode}} {request.mode}; it takes {allowed}.")
     flags = request.llama.given()
     vllm_flags = request.serve.given()

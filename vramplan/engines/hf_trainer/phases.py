@@ -83,12 +83,12 @@ def _mask_bytes(L, batch: int, ctx: int, attn_bytes: int) -> int:
 
 
 def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: TrainOptions,
-                  weight_dtype: str = "auto", transformers: int = 5) -> TrainingPeak:
+                  weight_dtype: str = "auto", transformers: int = 5, layer_fn=None) -> TrainingPeak:
     """Peak bytes per GPU of one training step and the phase where it falls, with the module
     layout of that transformers major version."""
     _check_count(batch, "{batch}")
     _check_count(ctx, "{ctx}")
-    s = _setup(model, method, opts, weight_dtype or "auto", transformers)
+    s = _setup(model, method, opts, weight_dtype or "auto", transformers, layer_fn)
     T = batch * ctx
     gc = opts.grad_ckpt
     static = s.static

@@ -319,3 +319,8 @@ def effective_loss(model: ModelSpec, o: TrainOptions) -> str:
     if o.liger and not model.traits.liger:
         return "default"
     return o.loss
+
+
+# The attention core's cost, for engines that replace the rest of a layer's saved tensors
+# (engines/unsloth/kernels.py): the same kernel saves the same tensors whoever calls it.
+attention_cost = _attention

@@ -186,7 +186,7 @@ def _memoized(stored: Callable[[Tensor], int]) -> Callable[[Tensor], int]:
 
 
 def _layer_costs(model: ModelSpec, o: TrainOptions, n: Numerics, adapted: tuple[Adapted, ...],
-                 wbytes: Callable[[Tensor], int]) -> tuple[LayerCost, ...]:
+                 wbytes: Callable[[Tensor], int], layer_fn=layer_cost) -> tuple[LayerCost, ...]:
     """Each decoder layer's cost. Most models repeat a few layer kinds many times, so layers with
     the same mixer, MLP, tensors and adapters are computed once."""
     by_layer: dict[int | None, dict[str, Adapted]] = {}
@@ -199,7 +199,7 @@ def _layer_costs(model: ModelSpec, o: TrainOptions, n: Numerics, adapted: tuple[
         sig = (l.mixer, l.mlp, tuple((t.leaf, t.shape, t.role, t.count, wbytes(t), t.name in ad)
                                      for t in l.tensors))
         if sig not in memo:
-            memo[sig] = layer_cost(l, model, o, n, ad, wbytes)
+            memo[sig] = layer_fn(l, model, o, n, ad, wbytes)
         built.append(memo[sig])
     return tuple(built)
 
@@ -425,10 +425,11 @@ def _notes(model: ModelSpec, method: Method, o: TrainOptions, n: Numerics, *, we
 
 @lru_cache(maxsize=128)
 def step_setup(model: ModelSpec, method: Method, o: TrainOptions, weight_dtype: str,
-               transformers: int = 5) -> StepSetup:
+               transformers: int = 5, layer_fn=None) -> StepSetup:
     """Everything of a training step that batch and context do not change, for the module
     layout of that transformers major version. The order of the steps is the order in which
-    their refusals (BadInput) are checked."""
+    their refusals (BadInput) are checked. `layer_fn` replaces saved_activations.layer_cost for
+    an engine whose kernels save other tensors per layer (engines/unsloth/kernels.py)."""
     _check_method(method)
     base = qlora_base(model, weight_dtype, transformers) if method == "qlora" else None
     bnb_linears = base is not None and _qlora_base_checked(model, base, o, transformers)
@@ -438,7 +439,7 @@ def step_setup(model: ModelSpec, method: Method, o: TrainOptions, weight_dtype: 
     stored, weights_label = stored_weights(method, o, model, weight_dtype, transformers)
     wbytes = _memoized(stored)
     adapted = _adapters(model, method, o, transformers)
-    layers = _layer_costs(model, o, n, adapted, wbytes)
+    layers = _layer_costs(model, o, n, adapted, wbytes, layer_fn or layer_cost)
     text = [t for t in model.tensors if not _is_tower(model, t.name)]
 
     params, n_train = _trainable(model, method, o, text, adapted)
