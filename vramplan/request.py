@@ -120,6 +120,7 @@ class PlanRequest:
     engine: str | None = None               # --engine; None: the mode's (a GGUF model: llama.cpp)
     llama: LlamaFlags = field(default_factory=LlamaFlags)
     sglang: SglangFlags = field(default_factory=SglangFlags)
+    new_tokens: int | str | None = None     # infer: tokens generate() adds to the --ctx prompt
 
     @classmethod
     def from_keywords(cls, model: str | ModelSpec, gpu: str | GpuTarget | None = None,
@@ -172,6 +173,8 @@ def build_workload(request: PlanRequest, gpu_count: int = 1) -> Workload:
                        "{mode} serve plans vLLM, whatever transformers is installed.")
     serve = _serve_options(request.serve, gpu_count, mode == "serve")
     engine, llama = _engine(request)
+    if engine != "transformers":
+        _new_tokens(request, engine)
     if engine == "sglang":
         serve, sglang = _sglang(request, serve, gpu_count)
         return Workload(mode=mode, batch=parse_tokens(request.batch, "{batch}"),
@@ -187,8 +190,18 @@ def build_workload(request: PlanRequest, gpu_count: int = 1) -> Workload:
         dtype=normalize(request.dtype, WEIGHT_FORMATS, "{dtype}"),
         kv_dtype=normalize(request.kv_dtype, KV_FORMATS, "{kv_dtype}"), serve=serve, train=train,
         transformers=transformers_major(request.transformers) if mode != "serve" else TRANSFORMERS_MAJORS[-1],
-        engine=engine,
+        engine=engine, new_tokens=_new_tokens(request, engine),
     )
+
+
+def _new_tokens(request: PlanRequest, engine: str) -> int:
+    """--new-tokens: transformers generate() only (the prompt is --ctx, the cache grows by N)."""
+    if request.new_tokens is None:
+        return 0
+    if engine != "transformers":
+        raise BadInput("{new_tokens} only applies to {mode} infer (transformers generate()); the other modes "
+                       "plan a context of {ctx} tokens in all.")
+    return parse_tokens(request.new_tokens, "{new_tokens}")
 
 
 def _engine(request: PlanRequest):

@@ -29,7 +29,7 @@ def fit(
     deepspeed: Optional[str] = O.DEEPSPEED, fsdp: Optional[str] = O.FSDP,
     gpus_per_node: Optional[int] = O.GPUS_PER_NODE,
     grad_accum: Optional[int] = O.GRAD_ACCUM, liger: Optional[bool] = O.LIGER, loss: Optional[str] = O.LOSS,
-    offload_activations: Optional[bool] = O.OFFLOAD_ACTS,
+    offload_activations: Optional[bool] = O.OFFLOAD_ACTS, new_tokens: Optional[str] = O.NEW_TOKENS,
     transformers: Optional[int] = O.HF, debug: bool = O.DEBUG,
     engine: Optional[str] = O.ENGINE, parallel: Optional[str] = O.PARALLEL, n_gpu_layers: Optional[str] = O.NGL,
     tensor_split: Optional[str] = O.TS, n_cpu_moe: Optional[int] = O.NCMOE, cpu_moe: bool = O.CPUMOE,
@@ -46,6 +46,7 @@ def fit(
     request = api.PlanRequest(
         model=model, gpu=gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx,
         dtype=dtype, kv_dtype=kv_dtype, method=method, no_cache=no_cache, transformers=transformers,
+        new_tokens=new_tokens,
         serve=api.ServeFlags(
             gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
             max_num_seqs=max_num_seqs, block_size=block_size, tp=tp, pp=pp, enforce_eager=enforce_eager or None,

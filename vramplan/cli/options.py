@@ -44,6 +44,7 @@ DEEPSPEED = typer.Option(None, "--deepspeed", help="train: the DeepSpeed JSON co
 FSDP = typer.Option(None, "--fsdp", help="train: the Trainer's fsdp: full_shard, hybrid_shard or shard_grad_op, optionally with offload (e.g. 'hybrid_shard offload').")
 GPUS_PER_NODE = typer.Option(None, "--gpus-per-node", help="train: GPUs per node; FSDP hybrid_shard shards within one node (default 8).")
 KBIT = typer.Option(None, "--kbit-prepare", help="qlora: peft (prepare_model_for_kbit_training: fp32 embeddings/norms), trl, or none.")
+NEW_TOKENS = typer.Option(None, "--new-tokens", help="infer: tokens generate() adds after the --ctx prompt; the cache grows to ctx + N.")
 GRAD_ACCUM = typer.Option(None, "--grad-accum", help="train: gradient accumulation steps (default 1); the effective batch is --batch x --grad-accum x GPUs.")
 LIGER = typer.Option(None, "--liger/--no-liger", help="train: Liger kernels (use_liger_kernel): fused linear cross-entropy, RMSNorm, SwiGLU, RoPE.")
 LOSS = typer.Option(None, "--loss", help="train: default (full logits), chunked (Liger/Unsloth fused linear CE) or cut (Apple cut cross-entropy).")
