@@ -64,6 +64,10 @@ def plan_json(p: Plan) -> dict:
         workload.update({k: v for k, v in w.serve.__dict__.items()})
     else:
         workload["transformers"] = w.transformers
+    if w.new_tokens:                    # infer --new-tokens (added key)
+        workload["new_tokens"] = w.new_tokens
+    if w.engine == "unsloth":           # --engine unsloth (added key)
+        workload["engine"] = "unsloth"
     out = {
         "vramplan_version": __version__,
         "model": model_json(p.model), "gpu": gpu, "workload": workload,
