@@ -117,3 +117,20 @@ def test_offload_activations_host_bytes():
 def test_loss_refusals():
     assert_cli_refuses(["fit", LLAMA, "--mode", "lora", "--liger", "--loss", "cut"], 2, "--liger")
     assert_cli_refuses(["fit", LLAMA, "--mode", "lora", "--loss", "blocked"], 2, "--loss")
+
+
+def test_live_arguments_carry_liger_and_accumulation():
+    """preflight(args=...) reads use_liger_kernel and gradient_accumulation_steps from a real
+    TrainingArguments (transformers as installed), so the pre-flight plans what the Trainer runs."""
+    transformers = pytest.importorskip("transformers")
+    import tempfile
+
+    from vramplan.engines.hf_trainer.live import read_args
+
+    with tempfile.TemporaryDirectory() as d:
+        a = transformers.TrainingArguments(output_dir=d, use_liger_kernel=True, gradient_accumulation_steps=4,
+                                           per_device_train_batch_size=2, report_to=[])
+        s = read_args(a).settings
+    assert (s["batch"], s["grad_accum"], s["liger"]) == (2, 4, True)
+    p = vramplan.plan(LLAMA, "h100", mode="lora", batch=s["batch"], grad_accum=s["grad_accum"], liger=s["liger"])
+    assert p.workload.train.liger and p.workload.train.grad_accum == 4
