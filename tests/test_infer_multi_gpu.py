@@ -138,3 +138,12 @@ def test_new_tokens_refused_outside_infer():
     assert_cli_refuses(["fit", "meta-llama/Llama-3.1-8B", "--new-tokens", "128"], 2, "--mode infer")
     assert_cli_refuses(["fit", "meta-llama/Llama-3.1-8B", "--mode", "lora", "--new-tokens", "128"], 2, "--new-tokens")
     assert_cli_refuses(["fit", "meta-llama/Llama-3.1-8B", "--mode", "infer", "--new-tokens", "0"], 2, "--new-tokens")
+
+
+def test_trace_refuses_what_it_does_not_replay():
+    assert_cli_refuses(["fit", "meta-llama/Llama-3.1-8B", "--mode", "infer", "--new-tokens", "64",
+                        "--method", "trace"], 2, "--new-tokens")
+    assert_cli_refuses(["fit", "meta-llama/Llama-3.1-8B", "--mode", "lora", "--liger", "--method", "trace"],
+                       2, "--liger")
+    assert_cli_refuses(["fit", "meta-llama/Llama-3.1-8B", "--engine", "unsloth", "--mode", "qlora",
+                        "--method", "trace"], 2, "analytic")
