@@ -62,8 +62,11 @@ class UnslothEngine(HfTrainerEngine):
         if "logits_and_loss" in notes:
             notes["logits_and_loss"] = LOSS_NOTE
         if "activations" in notes:
-            notes["activations"] = notes["activations"].replace(
-                "saved tensors offloaded to host RAM", "Unsloth checkpointing: layer inputs in host RAM")
+            a = notes["activations"].replace("saved tensors offloaded to host RAM",
+                                             "Unsloth checkpointing: layer inputs in host RAM")
+            if setup.workload.train.attn != "flash_attention_2":
+                a = a.replace("SDPA flash/efficient kernel", "xFormers (Unsloth's dispatch without flash-attn)")
+            notes["activations"] = a
         return replace(b, notes=notes)
 
     def levers(self, plan: Plan, attempt: Attempt) -> None:
