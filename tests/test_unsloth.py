@@ -67,3 +67,14 @@ def test_recipe_defaults_and_refusals():
     assert_cli_refuses(["fit", LLAMA, "--engine", "unsloth", "--mode", "full"], 2, "hf-trainer")
     assert_cli_refuses(["fit", LLAMA, "--engine", "unsloth", "--mode", "serve"], 2, "--engine")
     assert_cli_refuses(["fit", LLAMA, "--engine", "unsloth", "--mode", "qlora", "--gpu", "h100:2"], 2, "one GPU")
+
+
+@pytest.mark.parametrize("model,published", [("meta-llama/Llama-3.1-8B", 342_733),
+                                             ("meta-llama/Llama-3.3-70B-Instruct", 89_389)])
+def test_80gb_a100_rows_on_the_real_card(model, published):
+    """The 80 GB row of both tables, planned on the catalog A100-SXM4-80GB (79.15 GiB CUDA total),
+    the card the 70B test names ("We tested Llama 3.3 (70B) Instruct on a 80GB A100",
+    https://unsloth.ai/blog/llama3-3): 8B 360,327 (+5.1 %), 70B 88,720 (-0.7 %)."""
+    p = vramplan.plan(model, "a100-80gb", engine="unsloth", mode="qlora", lora_r=32, lora_targets=ALL7,
+                      batch=1, ctx=2048)
+    assert abs(p.max_ctx / published - 1) < 0.10, (p.max_ctx, published)
