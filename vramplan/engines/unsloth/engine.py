@@ -12,7 +12,10 @@ unsloth-zoo commit ce232d6):
   140-165), beside the hidden-state gradient: planned as the cut loss's terms (the chunk adapts
   to what is free, so it never decides the verdict);
 - its 4-bit models keep norms and embeddings in 16 bits (no peft k-bit upcast): kbit_prepare none;
-- its notebooks' optimizer, adamw_8bit, unless another --optim is given.
+- its notebooks' optimizer, adamw_8bit, unless another --optim is given;
+- get_peft_model's target_modules (q, k, v, o, gate, up, down: unsloth/models/llama.py:3064-3072)
+  when --lora-targets is not given. Its default r = 16, alpha = 16 (:3063, :3073) are not applied:
+  --lora-r keeps peft's default 8 unless given.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from vramplan.engines.base import Attempt
 from vramplan.engines.hf_trainer import step
 from vramplan.engines.hf_trainer.engine import HfTrainerEngine, traded_batches
 from vramplan.engines.hf_trainer.options import ADAPTER_METHODS
-from vramplan.engines.unsloth.kernels import unsloth_layer_cost
+from vramplan.engines.hf_trainer.lora import adapted_modules
+from vramplan.engines.unsloth.kernels import FAST_TARGETS, fast_path, unsloth_layer_cost
 from vramplan.errors import BadInput
 from vramplan.memory.setup import Breakdown, Setup
 from vramplan.spec import GpuTarget, ModelSpec, Plan, Workload
@@ -40,8 +44,9 @@ UNSLOTH_OPTIM = "adamw_8bit"
 def unsloth_options(o):
     """The training options as Unsloth's recipe runs them."""
     optim = UNSLOTH_OPTIM if o.optim == "adamw_torch" else o.optim
+    targets = o.lora_targets if o.lora_targets is not None else FAST_TARGETS   # get_peft_model's default
     return replace(o, grad_ckpt=True, offload_activations=True, loss="cut", liger=False, kbit_prepare="none",
-                   optim=optim)
+                   optim=optim, lora_targets=targets)
 
 
 class UnslothEngine(HfTrainerEngine):
@@ -68,6 +73,19 @@ class UnslothEngine(HfTrainerEngine):
                 a = a.replace("SDPA flash/efficient kernel", "xFormers (Unsloth's dispatch without flash-attn)")
             notes["activations"] = a
         return replace(b, notes=notes)
+
+    def warnings(self, setup: Setup, report) -> list[str]:
+        out = super().warnings(setup, report)
+        w, o = setup.workload, setup.workload.train
+        by_layer: dict = {}
+        for a in adapted_modules(setup.model, o.lora_targets, w.transformers):
+            by_layer.setdefault(a.layer, {})[a.tensor.name] = a
+        slow = [l.index for l in setup.model.layers if not fast_path(l, o, by_layer.get(l.index, {}))]
+        if slow:
+            out.append(f"{len(slow)} of {len(setup.model.layers)} layers are planned with peft's modules, not "
+                       f"Unsloth's fused LoRA kernels (they need attention + gated MLP with all seven "
+                       f"projections adapted and no LoRA dropout, as Unsloth's default targets): an upper bound there.")
+        return out
 
     def levers(self, plan: Plan, attempt: Attempt) -> None:
         w, o = plan.workload, plan.workload.train
