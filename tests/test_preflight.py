@@ -34,7 +34,8 @@ def test_does_not_fit_names_limits_and_the_cheapest_fix():
     first_fix = next(s for s in p.suggestions if s.fits)
     assert first_fix.change in msg
     # the named fix really fits when applied
-    assert vramplan.preflight(LLAMA, mode="lora", batch=4, ctx=2048, gpu="l40s", **first_fix.flags).fits
+    # (a fix may change the micro-batch itself: --batch 2 --grad-accum 2)
+    assert vramplan.preflight(LLAMA, **{**dict(mode="lora", batch=4, ctx=2048, gpu="l40s"), **first_fix.flags}).fits
 
 
 def test_gpu_as_bytes_and_as_catalog_id_agree():

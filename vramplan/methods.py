@@ -32,6 +32,13 @@ def plan(request: PlanRequest) -> Plan:
         if workload.engine == "sglang":
             raise BadInput("{method} trace replays transformers and vLLM programs; {engine} sglang is "
                            "planned with {method} analytic.")
+        o = workload.train
+        if o is not None and (o.liger or o.loss != "default" or o.offload_activations or o.grad_accum > 1):
+            raise BadInput("{method} trace does not replay {liger}, {loss}, {offload_activations} or "
+                           "{grad_accum}; plan them with {method} analytic.")
+        if workload.new_tokens:
+            raise BadInput("{method} trace replays a prefill and one decode step, not {new_tokens}; plan "
+                           "{new_tokens} with {method} analytic.")
         from vramplan import trace      # the trace tier loads only when asked for
 
         return trace.plan(request.model, target, workload, no_cache=request.no_cache)

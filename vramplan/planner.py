@@ -78,7 +78,7 @@ def build(model: ModelSpec, target: GpuTarget, workload: Workload,
                         f"quality past it is not guaranteed and vLLM refuses it by default.")
     warnings += eng.warnings(s, report)
     plan = Plan(
-        model=model, target=target, workload=workload, weight_dtype=s.fmt.label,
+        model=model, target=target, workload=s.workload, weight_dtype=s.fmt.label,
         kv_dtype=s.kv_dtype, components=b.parts, component_notes=b.notes,
         peak_allocated_bytes=b.peak_allocated, total_bytes=b.total, capacity_bytes=s.capacity,
         kv_bytes_per_token=(report.kv_bytes_per_token if isinstance(report, LocalReport)

@@ -34,7 +34,7 @@ ENGINE_OF_MODE = {
 # --engine: whose rules apply within a mode (DESIGN.md), by the names users type
 ENGINES = {"vllm": "vllm", "llama.cpp": "llama_cpp", "llamacpp": "llama_cpp", "llama_cpp": "llama_cpp",
            "ollama": "ollama", "transformers": "transformers", "hf-trainer": "hf_trainer", "hf_trainer": "hf_trainer",
-           "sglang": "sglang"}
+           "sglang": "sglang", "unsloth": "unsloth"}
 LOCAL_ENGINES = ("llama_cpp", "ollama")     # take the llama.cpp flags and GGUF mixes
 MODES = tuple(ENGINE_OF_MODE)
 TRAINING_MODES = tuple(m for m, e in ENGINE_OF_MODE.items() if e == "hf_trainer")
@@ -94,6 +94,10 @@ class TrainFlags:
     deepspeed: str | dict | None = None     # a DeepSpeed JSON config: its path, or the dict
     fsdp: str | None = None                 # the Trainer's fsdp: full_shard, hybrid_shard, shard_grad_op [offload]
     gpus_per_node: int | None = None        # hybrid shard: the shard group (None: 8)
+    grad_accum: int | None = None           # gradient_accumulation_steps (None: 1)
+    liger: bool | None = None               # use_liger_kernel (None: off)
+    loss: str | None = None                 # default | chunked | cut (None: default)
+    offload_activations: bool | None = None  # activation offloading to host RAM (None: off)
 
     def given(self) -> dict:
         """The settings that were given, in declaration order."""
@@ -124,6 +128,7 @@ class PlanRequest:
     sglang: SglangFlags = field(default_factory=SglangFlags)
     weights_from: str = "auto"              # --weights-from: auto, config or checkpoint (loading.WEIGHTS_FROM)
     strict: bool = False                    # --strict: an approximate plan is refused (exit 2)
+    new_tokens: int | str | None = None     # infer: tokens generate() adds to the --ctx prompt
 
     @classmethod
     def from_keywords(cls, model: str | ModelSpec, gpu: str | GpuTarget | None = None,
@@ -176,6 +181,8 @@ def build_workload(request: PlanRequest, gpu_count: int = 1) -> Workload:
                        "{mode} serve plans vLLM, whatever transformers is installed.")
     serve = _serve_options(request.serve, gpu_count, mode == "serve")
     engine, llama = _engine(request)
+    if engine != "transformers":
+        _new_tokens(request, engine)
     if engine == "sglang":
         serve, sglang = _sglang(request, serve, gpu_count)
         return Workload(mode=mode, batch=parse_tokens(request.batch, "{batch}"),
@@ -191,8 +198,18 @@ def build_workload(request: PlanRequest, gpu_count: int = 1) -> Workload:
         dtype=normalize(request.dtype, WEIGHT_FORMATS, "{dtype}"),
         kv_dtype=normalize(request.kv_dtype, KV_FORMATS, "{kv_dtype}"), serve=serve, train=train,
         transformers=transformers_major(request.transformers) if mode != "serve" else TRANSFORMERS_MAJORS[-1],
-        engine=engine,
+        engine=engine, new_tokens=_new_tokens(request, engine),
     )
+
+
+def _new_tokens(request: PlanRequest, engine: str) -> int:
+    """--new-tokens: transformers generate() only (the prompt is --ctx, the cache grows by N)."""
+    if request.new_tokens is None:
+        return 0
+    if engine != "transformers":
+        raise BadInput("{new_tokens} only applies to {mode} infer (transformers generate()); the other modes "
+                       "plan a context of {ctx} tokens in all.")
+    return parse_tokens(request.new_tokens, "{new_tokens}")
 
 
 def _engine(request: PlanRequest):
@@ -204,8 +221,11 @@ def _engine(request: PlanRequest):
     given = request.engine
     engine = default if given is None else ENGINES.get(str(given).strip().lower())
     serving = ("vllm", "sglang", *LOCAL_ENGINES)
-    if engine is None or (engine != ENGINE_OF_MODE[request.mode] and (request.mode != "serve" or engine not in serving)):
-        allowed = "vllm, sglang, llama.cpp or ollama" if request.mode == "serve" else default.replace("_", "-")
+    adapters = request.mode in ("lora", "qlora") and engine == "unsloth"    # Unsloth's LoRA/QLoRA recipe
+    if engine is None or (engine != ENGINE_OF_MODE[request.mode] and not adapters
+                          and (request.mode != "serve" or engine not in serving)):
+        allowed = ("vllm, sglang, llama.cpp or ollama" if request.mode == "serve" else
+                   "hf-trainer or unsloth" if request.mode in ("lora", "qlora") else default.replace("_", "-"))
         raise BadInput(f"{{engine}} {given!r} does not plan {{mode}} {request.mode}; it takes {allowed}.")
     flags = request.llama.given()
     vllm_flags = request.serve.given()

@@ -104,7 +104,7 @@ def suggestions(plan: Plan, catalog: tuple[GpuSpec, ...], eng: Engine, evaluate:
                 keep(f"{a.text} {b.text}", {**a.flags, **b.flags}, t, *result)
             if pairs >= MAX_PAIRS:
                 break
-    if 0 < plan.max_batch < w.batch:
+    if 0 < plan.max_batch < w.batch and not any(x.flags.get("batch") == plan.max_batch for x in out):
         attempt(f"--batch {plan.max_batch}", {"batch": plan.max_batch}, batch=plan.max_batch)
     if 0 < plan.max_ctx < w.ctx:
         attempt(f"{eng.ctx_flag} {plan.max_ctx}", {"ctx": plan.max_ctx}, ctx=plan.max_ctx)

@@ -197,6 +197,21 @@ def cases() -> dict[str, list[str]]:
         "--precision", "mixed", "--grad-ckpt", "--transformers", "5", "--json")
     add("fit", "meta-llama/Llama-3.1-8B", "--mode", "qlora", "--gpu", "rtx-4090", "--ctx", "4k",
         "--optim", "paged_adamw_32bit", "--lora-targets", "all-linear", "--lora-r", "64", "--transformers", "5")
+    # issue #14 items 5-7: levers and the micro-batch trade (case 6), Liger, loss, offload,
+    # Unsloth, device_map="auto" inference, --new-tokens
+    add("compare", "meta-llama/Llama-3.1-8B", "--mode", "qlora", "--batch", "3", "--gpus", "rtx-4090,l4",
+        "--transformers", "5")
+    add("fit", "meta-llama/Llama-3.1-8B", "--mode", "qlora", "--batch", "3", "--gpu", "rtx-4090", "--transformers", "5")
+    add("fit", "meta-llama/Llama-3.1-8B", "--mode", "lora", "--batch", "4", "--gpu", "h100", "--liger",
+        "--grad-ckpt", "--transformers", "5")
+    add("fit", "meta-llama/Llama-3.1-8B", "--mode", "lora", "--gpu", "h100", "--loss", "cut",
+        "--offload-activations", "--grad-accum", "4", "--transformers", "5", "--json")
+    add("fit", "meta-llama/Llama-3.1-8B", "--engine", "unsloth", "--mode", "qlora", "--gpu", "rtx-4090",
+        "--ctx", "32k", "--lora-r", "32", "--transformers", "5")
+    add("fit", "meta-llama/Llama-3.1-70B", "--mode", "infer", "--gpu", "a100-80gb:2", "--ctx", "8k",
+        "--transformers", "5")
+    add("fit", "meta-llama/Llama-3.1-8B", "--mode", "infer", "--gpu", "l40s", "--ctx", "8k", "--new-tokens", "24k",
+        "--transformers", "5", "--json")
     return c
 
 

@@ -45,6 +45,8 @@ def compare(
     lora_dropout: Optional[float] = O.LORA_DROPOUT, precision: Optional[str] = O.PRECISION,
     zero: Optional[int] = O.ZERO, attn: Optional[str] = O.ATTN, lora_dtype: Optional[str] = O.LORA_DTYPE,
     kbit_prepare: Optional[str] = O.KBIT, transformers: Optional[int] = O.HF, debug: bool = O.DEBUG,
+    grad_accum: Optional[int] = O.GRAD_ACCUM, liger: Optional[bool] = O.LIGER, loss: Optional[str] = O.LOSS,
+    offload_activations: Optional[bool] = O.OFFLOAD_ACTS,
 ) -> None:
     """The same workload on every catalog GPU: fits on one card, GPUs needed, max batch and ctx,
     $/h, estimated tok/s and $/M tokens, cheapest first. Exit 0 when some GPU fits, 1 when none."""
@@ -62,7 +64,8 @@ def compare(
         train=api.TrainFlags(
             optim=optim, grad_ckpt=grad_ckpt, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_targets=lora_targets, lora_dropout=lora_dropout, precision=precision, zero=zero,
-            attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare),
+            attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare, grad_accum=grad_accum,
+            liger=liger, loss=loss, offload_activations=offload_activations),
     )
     c = api.compare_request(request, gpus, prices=price, price_source=price_source, efficiency=efficiency,
                             input_len=input_len, output_len=output_len, concurrency=concurrency,
@@ -95,6 +98,8 @@ def sweep(
     lora_dropout: Optional[float] = O.LORA_DROPOUT, precision: Optional[str] = O.PRECISION,
     zero: Optional[int] = O.ZERO, attn: Optional[str] = O.ATTN, lora_dtype: Optional[str] = O.LORA_DTYPE,
     kbit_prepare: Optional[str] = O.KBIT, transformers: Optional[int] = O.HF, debug: bool = O.DEBUG,
+    grad_accum: Optional[int] = O.GRAD_ACCUM, liger: Optional[bool] = O.LIGER, loss: Optional[str] = O.LOSS,
+    offload_activations: Optional[bool] = O.OFFLOAD_ACTS,
 ) -> None:
     """Where a workload fits on a card: every context x batch of a grid, fit or not, and the
     largest batch at each context. Exit 0 when some point fits, 1 when none does."""
@@ -113,7 +118,8 @@ def sweep(
         train=api.TrainFlags(
             optim=optim, grad_ckpt=grad_ckpt, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_targets=lora_targets, lora_dropout=lora_dropout, precision=precision, zero=zero,
-            attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare),
+            attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare, grad_accum=grad_accum,
+            liger=liger, loss=loss, offload_activations=offload_activations),
     )
     s = api.sweep_request(request)
     table = render.compare

@@ -30,6 +30,8 @@ def fit(
     lora_dtype: Optional[str] = O.LORA_DTYPE, kbit_prepare: Optional[str] = O.KBIT,
     deepspeed: Optional[str] = O.DEEPSPEED, fsdp: Optional[str] = O.FSDP,
     gpus_per_node: Optional[int] = O.GPUS_PER_NODE,
+    grad_accum: Optional[int] = O.GRAD_ACCUM, liger: Optional[bool] = O.LIGER, loss: Optional[str] = O.LOSS,
+    offload_activations: Optional[bool] = O.OFFLOAD_ACTS, new_tokens: Optional[str] = O.NEW_TOKENS,
     transformers: Optional[int] = O.HF, debug: bool = O.DEBUG,
     engine: Optional[str] = O.ENGINE, parallel: Optional[str] = O.PARALLEL, n_gpu_layers: Optional[str] = O.NGL,
     tensor_split: Optional[str] = O.TS, n_cpu_moe: Optional[int] = O.NCMOE, cpu_moe: bool = O.CPUMOE,
@@ -66,6 +68,7 @@ def fit(
     request = api.PlanRequest(
         model=model, gpu=gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx,
         dtype=dtype, kv_dtype=kv_dtype, method=method, no_cache=no_cache, transformers=transformers,
+        new_tokens=new_tokens,
         serve=api.ServeFlags(
             gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
             max_num_seqs=max_num_seqs, block_size=block_size, tp=tp, pp=pp, enforce_eager=enforce_eager or None,
@@ -77,7 +80,8 @@ def fit(
             optim=optim, grad_ckpt=grad_ckpt, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_targets=lora_targets, lora_dropout=lora_dropout, precision=precision, zero=zero,
             attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare, deepspeed=deepspeed, fsdp=fsdp,
-            gpus_per_node=gpus_per_node),
+            gpus_per_node=gpus_per_node, grad_accum=grad_accum, liger=liger, loss=loss,
+            offload_activations=offload_activations),
         engine=engine, llama=api.LlamaFlags(
             parallel=parallel, n_gpu_layers=n_gpu_layers, tensor_split=tensor_split, n_cpu_moe=n_cpu_moe,
             cpu_moe=cpu_moe or None, override_tensor=override_tensor, cache_type_k=cache_type_k,

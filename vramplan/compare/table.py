@@ -15,6 +15,7 @@ from vramplan import planner as core_plan
 from vramplan.loading import load_model
 from vramplan.memory.weights import weight_bytes
 from vramplan.errors import BadInput
+from vramplan.engines.hf_trainer.engine import traded_batches
 from vramplan.engines.hf_trainer.options import ADAPTER_METHODS
 from vramplan.request import ENGINE_OF_MODE, PlanRequest, build_workload, with_train
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan, Workload
@@ -82,23 +83,41 @@ class _Planner:
     def zero_stage(self) -> int:
         return 3 if self.zero is None else self.zero
 
+    def variants(self, w: Workload) -> list[Workload]:
+        """The workload as given, then (training) the same effective batch per device with a
+        smaller micro-batch and more gradient accumulation, largest micro-batch first: a trainer
+        lowers the micro-batch before renting a second card (issue #14, case 6)."""
+        if self.engine != "hf_trainer":
+            return [w]
+        return [w] + [replace(w, batch=b, train=replace(w.train, grad_accum=a))
+                      for b, a in traded_batches(w.batch, w.train.grad_accum)]
+
     def row(self, gpu: GpuSpec) -> tuple[Plan, Plan, int | None]:
         one = core_plan.build(self.model, GpuTarget(gpu), self.workload(1), suggest=False)
         if one.fits:
             return one, one, 1
-        last = 1
-        for n in self.counts[1:]:
+        found: tuple[int, Workload] | None = None
+        last = (1, self.workload(1))
+        for n in self.counts:
             try:
                 w = self.workload(n)
-                _, fits = core_plan.evaluate(self.model, GpuTarget(gpu, count=n), w)
             except BadInput:        # e.g. heads that do not split n ways
                 continue
-            last = n
-            if fits:
+            for v in self.variants(w)[1 if n == 1 else 0:]:
+                try:
+                    _, fits = core_plan.evaluate(self.model, GpuTarget(gpu, count=n), v)
+                except BadInput:
+                    continue
+                last = (n, v)
+                if fits:
+                    found = (n, v)
+                    break
+            if found:
                 break
-        plan = one if last == 1 else core_plan.build(self.model, GpuTarget(gpu, count=last),
-                                                    self.workload(last), suggest=False)
-        return one, plan, last if plan.fits else None
+        n, w = found or last
+        plan = one if (n, w) == (1, self.workload(1)) else core_plan.build(
+            self.model, GpuTarget(gpu, count=n), w, suggest=False)
+        return one, plan, n if plan.fits else None
 
 
 def compare(model: str | ModelSpec, gpus=None, *, mode: str = "serve", batch: int | str = 1,

@@ -15,6 +15,7 @@ PACKAGES = {
     "llama_cpp": "vramplan.engines.llama_cpp.engine",  # llama.cpp (llama-server): GGUF, partial offload
     "ollama": "vramplan.engines.ollama",               # Ollama: llama-server with Ollama's defaults
     "sglang": "vramplan.engines.sglang.engine",        # SGLang (python -m sglang.launch_server)
+    "unsloth": "vramplan.engines.unsloth",             # Unsloth's LoRA/QLoRA recipe (FastLanguageModel)
 }
 
 

@@ -6,6 +6,7 @@ Nothing here imports torch or transformers: a config.json is parsed as plain dat
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Callable
 
 from vramplan.errors import BadConfig
@@ -419,6 +420,16 @@ GENERIC_TRAITS = Traits(
 )
 
 
+# The model types Liger-Kernel patches (Liger-Kernel src/liger_kernel/transformers/monkey_patch.py:3534
+# MODEL_TYPE_TO_APPLY_LIGER_FN, commit ead96b6); _apply_liger_kernel_to_instance (:3637-3639) leaves
+# any other type unpatched. Text model types only: a step here runs the text model.
+LIGER_MODEL_TYPES = frozenset((
+    "deepseek_v4", "gemma", "gemma2", "gemma3_text", "gemma3", "gemma4_text", "gemma4", "glm4", "gpt_oss",
+    "llama", "llama4_text", "llama4", "granite", "ministral", "mistral", "mixtral", "nemotron", "olmo2",
+    "olmo3", "qwen2", "qwen3", "qwen3_moe", "qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe",
+    "qwen3_5_moe_text", "smollm3", "phi3", "falcon_h1", "hunyuan_v1_dense", "hunyuan_v1_moe", "exaone4"))
+
+
 def make_spec(cfg: Cfg, *, family: str, hidden: int, vocab: int, layers: list[LayerSpec],
               tensors: list[Tensor], tied: bool, dtype: str, quant: Quantization | None,
               max_pos: int | None, traits: Traits = GENERIC_TRAITS, mtp_layers: int = 0,
@@ -437,7 +448,7 @@ def make_spec(cfg: Cfg, *, family: str, hidden: int, vocab: int, layers: list[La
         torch_dtype_assumed=root.dtype_assumed,
         quantization=quant,
         max_position_embeddings=max_pos,
-        traits=traits,
+        traits=replace(traits, liger=True) if root.model_type in LIGER_MODEL_TYPES else traits,
         mtp_layers=mtp_layers,
         vision=vision,
         warnings=tuple(root.warnings),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from tabulate import tabulate
 
@@ -70,6 +70,9 @@ def layout(r: Row) -> str:
     if r.gpus_needed is None:
         return "-"
     n = r.gpus_needed
+    w, w1 = r.plan.workload, r.one_card.workload
+    if w.train is not None and w.batch != w1.batch:     # the micro-batch traded for accumulation
+        return layout(replace(r, plan=r.one_card)) + f", micro-batch {w.batch} x {w.train.grad_accum} accum"
     if r.parallelism == "none":
         return "1 GPU"
     name = {"tp": f"TP{n}", "ddp": f"DDP x{n}"}.get(r.parallelism, f"ZeRO-{r.parallelism[-1]} x{n}")
@@ -115,6 +118,8 @@ def row_json(r: Row) -> dict:
         "meets_target": r.meets_target,
         "notes": list(g.notes),
         "cheapest": r.cheapest,
+        **({"micro_batch": r.plan.workload.batch, "grad_accum": r.plan.workload.train.grad_accum}
+           if r.plan.workload.train is not None else {}),   # training: the setting that fits
     }
 
 

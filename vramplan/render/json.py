@@ -85,6 +85,10 @@ def plan_json(p: Plan) -> dict:
                          if k not in SERVE_SET_ONLY or v != SERVE_SET_ONLY[k]})
     else:
         workload["transformers"] = w.transformers
+    if w.new_tokens:                    # infer --new-tokens (added key)
+        workload["new_tokens"] = w.new_tokens
+    if w.engine == "unsloth":           # --engine unsloth (added key)
+        workload["engine"] = "unsloth"
     out = {
         "vramplan_version": __version__,
         "model": model_json(p.model), "gpu": gpu, "workload": workload,

@@ -268,6 +268,11 @@ class Traits:
     on the first pipeline stage (memory/parallel.py, stage_tensors) and a text-only training
     step runs none of them (engines/hf_trainer/step_setup.py)."""
 
+    liger: bool = False
+    """Liger-Kernel patches this model type when the Trainer's use_liger_kernel is on (its
+    monkey_patch.py MODEL_TYPE_TO_APPLY_LIGER_FN); for any other type _apply_liger_kernel_to_instance
+    logs a warning and changes nothing (engines/hf_trainer, docs/training.md §15)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class VisionTower:

@@ -53,6 +53,7 @@ class Workload:
                                  # the edge from the mode (vramplan.request.ENGINE_OF_MODE)
     llama: object = None         # --engine llama.cpp / ollama: engines.llama_cpp.options.LlamaOptions
     sglang: object = None        # --engine sglang: engines.sglang.options.SglangOptions
+    new_tokens: int = 0          # infer: tokens generated after the `ctx`-token prompt (0: not given)
 
 
 @dataclass(frozen=True)

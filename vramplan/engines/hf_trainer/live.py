@@ -197,6 +197,13 @@ def read_args(args) -> LiveArgs:
         s["optim"] = str(getattr(optim, "value", optim))
     if getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", None):
         s["grad_ckpt"] = True          # the Trainer enables it on the model at train start
+    accum = getattr(args, "gradient_accumulation_steps", 1)
+    if isinstance(accum, int) and not isinstance(accum, bool) and accum > 1:
+        s["grad_accum"] = accum        # gradients stay alive across micro-batches (training.md §15)
+    if getattr(args, "use_liger_kernel", False) is True:
+        s["liger"] = True              # the Trainer applies Liger's kernels at train start
+    if getattr(args, "activation_offloading", False) is True:
+        s["offload_activations"] = True   # TRL SFTConfig: saved activations in host RAM
     ds = getattr(args, "deepspeed", None)
     if ds:
         s["deepspeed"] = ds

@@ -25,6 +25,12 @@ ADAPTER_METHODS: tuple[Method, ...] = ("lora", "qlora")     # peft trains adapte
 PRECISIONS = ("bf16", "mixed")
 ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2")
 KBIT_PREPARE = ("peft", "trl", "none")
+# How the loss is computed (docs/training.md §15): transformers' ForCausalLMLoss over the whole
+# logits ("default"); the logits one chunk of tokens at a time with their gradient made in the
+# forward, as Liger's fused linear cross-entropy and Unsloth's fused CE loss do ("chunked"); or
+# Apple's cut cross-entropy, which never materializes the logits ("cut").
+LOSSES = ("default", "chunked", "cut")
+MAX_GRAD_ACCUM = 1 << 16
 LORA_DTYPES = ("fp32", "bf16")
 # lora_alpha only scales the adapters' output (alpha / r); no memory depends on it. Bounded so a
 # typo (1e308) is caught: 16x the largest rank accepted (65,536).
@@ -59,6 +65,11 @@ class TrainOptions:
     kbit_prepare: str = "peft"
     deepspeed: ZeroConfig | None = None     # DeepSpeed's ZeRO settings (--deepspeed, or --zero 1/2)
     fsdp: FsdpConfig | None = None          # FSDP (--fsdp, or --zero 3 without --deepspeed)
+    grad_accum: int = 1              # gradient_accumulation_steps: > 1 keeps the gradients alive
+                                     # through the next micro-batches' forward and backward
+    liger: bool = False              # use_liger_kernel: fused linear CE, RMSNorm, SwiGLU, RoPE
+    loss: str = "default"            # default | chunked | cut (LOSSES); liger implies chunked
+    offload_activations: bool = False   # saved activations kept in host RAM (TRL activation_offloading)
 
 
 # The parameter each option is set by, as BadInput names it (and the list of known options).
@@ -67,7 +78,8 @@ _FLAGS = {"optim": "{optim}", "grad_ckpt": "{grad_ckpt}", "lora_r": "{lora_r}",
           "lora_dropout": "{lora_dropout}", "precision": "{precision}", "zero": "{zero}",
           "world": "the GPU count ({gpu} ID:COUNT)", "attn": "{attn}",
           "lora_dtype": "{lora_dtype}", "kbit_prepare": "{kbit_prepare}", "deepspeed": "{deepspeed}",
-          "fsdp": "{fsdp}", "gpus_per_node": "{gpus_per_node}"}
+          "fsdp": "{fsdp}", "gpus_per_node": "{gpus_per_node}", "grad_accum": "{grad_accum}",
+          "liger": "{liger}", "loss": "{loss}", "offload_activations": "{offload_activations}"}
 
 
 def _int(value, flag: str, low: int, high: int) -> int:
@@ -155,6 +167,20 @@ def normalize_train_options(method: str | None = None, **kwargs) -> TrainOptions
                                     {"float32": "fp32", "bfloat16": "bf16", "fp16": "bf16"})
     if "kbit_prepare" in d:
         out["kbit_prepare"] = _choice(d["kbit_prepare"], "{kbit_prepare}", KBIT_PREPARE)
+    if "grad_accum" in d:
+        out["grad_accum"] = _int(d["grad_accum"], "{grad_accum}", 1, MAX_GRAD_ACCUM)
+    if "liger" in d:
+        out["liger"] = _bool(d["liger"], "{liger}")
+    if "loss" in d:
+        out["loss"] = _choice(d["loss"], "{loss}", LOSSES, {"cce": "cut", "cut_cross_entropy": "cut",
+                                                              "fused": "chunked", "none": "default"})
+    if out.get("liger") and out.get("loss", "chunked") != "chunked":
+        raise BadInput(f"{{liger}} computes the loss with Liger's fused linear cross-entropy (chunked); "
+                       f"it cannot be combined with {{loss}} {out['loss']}.")
+    if out.get("liger"):
+        out["loss"] = "chunked"
+    if "offload_activations" in d:
+        out["offload_activations"] = _bool(d["offload_activations"], "{offload_activations}")
     if "grad_ckpt" not in out:
         out["grad_ckpt"] = recipe_grad_ckpt(method, out.get("kbit_prepare", TrainOptions.kbit_prepare))
     out.update(_sharding(d, out.get("zero")))

@@ -23,19 +23,15 @@ from vramplan.spec import ModelSpec
 from vramplan.units import ceil_div
 from vramplan.memory.activations import attention_impl
 from vramplan.engines.hf_trainer.lora import lora_params
+from vramplan.engines.hf_trainer.loss import (LOSS_BWD_PER_LOGIT, LOSS_FWD_EXTRA_PER_LOGIT,  # noqa: F401 (re-exported)
+                                              liger_chunk, loss_terms)
 from vramplan.engines.hf_trainer.options import Method, TrainOptions, normalize_train_options
+from vramplan.engines.hf_trainer.saved_activations import effective_loss
 from vramplan.engines.hf_trainer.step_setup import step_setup as _setup   # cached; tests clear it as training._setup
 
 __all__ = ["TrainOptions", "normalize_train_options", "TrainingPeak", "training_peak", "lora_params"]
 
-# Bytes per logit element (N = batch x ctx positions, V = vocabulary) in transformers >= 4.49
-# ForCausalLMLoss (logits.float(); labels padded, not logits sliced; F.cross_entropy =
-# log_softmax + nll_loss). Forward, at log_softmax: 16-bit logits (kept in outputs) + fp32 copy +
-# fp32 log-probs = 2 + 4 + 4 (8 when the logits are already fp32: .float() is a no-op).
-# The log-probs (4) are saved into the backward, where log_softmax's backward holds them, the
-# dense grad from nll_loss and its own input grad: 4 + 4 + 4.
-LOSS_FWD_EXTRA_PER_LOGIT = 8
-LOSS_BWD_PER_LOGIT = 12
+# The loss's bytes by how it is computed (transformers' default, chunked, cut): loss.py.
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,22 +83,32 @@ def _mask_bytes(L, batch: int, ctx: int, attn_bytes: int) -> int:
 
 
 def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: TrainOptions,
-                  weight_dtype: str = "auto", transformers: int = 5) -> TrainingPeak:
+                  weight_dtype: str = "auto", transformers: int = 5, layer_fn=None) -> TrainingPeak:
     """Peak bytes per GPU of one training step and the phase where it falls, with the module
     layout of that transformers major version."""
     _check_count(batch, "{batch}")
     _check_count(ctx, "{ctx}")
-    s = _setup(model, method, opts, weight_dtype or "auto", transformers)
+    s = _setup(model, method, opts, weight_dtype or "auto", transformers, layer_fn)
     T = batch * ctx
     gc = opts.grad_ckpt
     static = s.static
     S = sum(static.values())
-    NV = T * s.vocab
-    l = s.logits
-    loss_fwd = NV * ((l + LOSS_FWD_EXTRA_PER_LOGIT) if l != 4 else LOSS_FWD_EXTRA_PER_LOGIT)
-    loss_bwd = NV * LOSS_BWD_PER_LOGIT
-    dlogits = NV * l
+    loss_kind = effective_loss(model, opts)
+    lt = loss_terms(loss_kind, T, s.vocab, model.hidden_size, s.logits, s.resid)
+    loss_fwd, loss_bwd, dlogits = lt.forward, lt.backward, lt.lm_head
+    if loss_kind == "cut" and not s.g_head:
+        # cut cross-entropy saves its input e even when lm_head is frozen (cce.py:141)
+        loss_fwd += T * model.hidden_size * s.resid
+        loss_bwd += T * model.hidden_size * s.resid
     out_saved = T * s.out_saved
+    # gradient_accumulation_steps > 1: the Trainer zeroes the gradients only after the optimizer
+    # step (transformers trainer.py, model.zero_grad() after optimizer.step()), so from the second
+    # micro-batch on every gradient is alive through the forward and the backward; a layer's new
+    # gradient is then accumulated into it (AccumulateGrad adds in place: one layer transient)
+    held = s.grads_total if opts.grad_accum > 1 else 0
+    # the fused linear cross-entropy makes lm_head's weight gradient in the forward (Liger
+    # fused_linear_cross_entropy.py:77, zeros_like(weight)): alive from the loss on
+    head_fwd = s.g_head if (lt.head_grad_in_forward and not held) else 0
 
     acts, recs, bwds, copies, grads = [], [], [], [], []
     fwd_x = 0
@@ -121,6 +127,17 @@ def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: 
         copies.append(L.copies)
         grads.append(ceil_div(L.grads, s.grad_shard))
     A, C = sum(acts), sum(copies)
+    off = opts.offload_activations
+    host_acts = A if off else 0
+    if off:
+        # activation offloading (TRL models/activation_offloading.py OffloadActivations, Unsloth's
+        # offloaded checkpointing): every saved tensor of at least min_offload_size (1,024 bytes,
+        # :128) moves to host RAM as the forward saves it; the backward brings a layer's tensors
+        # back as it reaches them and prefetches the next layer's on a side stream (:280-300).
+        # On the GPU: the layer in flight (forward) or the running and the prefetched layer
+        # (backward); the fused loss's and the final norm's tensors stay (needed first).
+        A = max(acts, default=0)
+
     gfwd, gbwd = s.gather_fwd, s.gather_bwd
     bk = s.buckets
     head = s.head_copy
@@ -128,22 +145,26 @@ def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: 
 
     # forward: everything saved; the peak is the loss (or, checkpointed, a layer's no-grad forward)
     if loss_fwd >= fwd_x:
-        fwd_pt = Point(copies=C + head, activations=A + out_saved, logits=loss_fwd, gather=gfwd)
+        fwd_pt = Point(copies=C + head, activations=A + out_saved, logits=loss_fwd, gather=gfwd,
+                       grads=held + head_fwd)
     else:
-        fwd_pt = Point(copies=C + head, activations=A + fwd_x + dq, gather=gfwd)
+        fwd_pt = Point(copies=C + head, activations=A + fwd_x + dq, gather=gfwd, grads=held)
     # backward: the loss, the lm_head, each layer from the last, then the embedding
-    bwd_pts = [Point(copies=C + head, activations=A + out_saved, logits=loss_bwd, gather=gbwd, buckets=bk),
-               Point(copies=C + head, grads=s.g_head, activations=A + out_saved + T * model.hidden_size * s.resid,
+    bwd_pts = [Point(copies=C + head, activations=A + out_saved, logits=loss_bwd, gather=gbwd, buckets=bk,
+                     grads=held + head_fwd),
+               Point(copies=C + head, grads=held + s.g_head,
+                     activations=A + out_saved + T * model.hidden_size * s.resid,
                      logits=dlogits, gather=gbwd, buckets=bk)]
     done = s.g_head + s.g_norm
-    c_left, a_left = C, A
+    c_left, a_left = C, (sum(acts) if not off else 0)
     for i in range(len(s.layers) - 1, -1, -1):
-        a_left -= acts[i]
-        bwd_pts.append(Point(copies=c_left, grads=done + grads[i],
+        a_left = a_left - acts[i] if not off else (acts[i - 1] if i > 0 else 0)
+        new = grads[i] if held else done + grads[i]
+        bwd_pts.append(Point(copies=c_left, grads=held + new,
                              activations=a_left + acts[i] + recs[i] + bwds[i] + dq, gather=gbwd, buckets=bk))
         c_left -= copies[i]
         done += grads[i]
-    bwd_pts.append(Point(grads=done + s.g_emb + s.tied_tmp, buckets=bk))
+    bwd_pts.append(Point(grads=(held + s.g_emb + s.tied_tmp) if held else done + s.g_emb + s.tied_tmp, buckets=bk))
     bwd_pt = max(bwd_pts, key=lambda p: p.total)
     step_pt = Point(grads=s.grads_total, temporaries=s.step_temp, fp32_grads=s.fp32_grads)
     cands = (("forward", fwd_pt), ("backward", bwd_pt), ("optimizer step", step_pt))
@@ -182,10 +203,21 @@ def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: 
         attn = "SDPA math backend for fp32 GQA (seq x seq probabilities)"
     notes["activations"] = ("checkpointed layer inputs + one layer recomputed" if gc else
                             "tensors saved for the backward, all layers") + "; " + attn
-    notes["logits_and_loss"] = (f"{batch} x {ctx:,} x {s.vocab:,} logits: fp32 upcast, log-softmax "
-                                f"and its gradient")
+    notes["logits_and_loss"] = {
+        "default": f"{batch} x {ctx:,} x {s.vocab:,} logits: fp32 upcast, log-softmax and its gradient",
+        "chunked": f"fused linear cross-entropy: {liger_chunk(T, s.vocab, model.hidden_size):,}-token chunks of "
+                   f"{s.vocab:,} logits + the hidden-state gradient made in the forward",
+        "cut": "cut cross-entropy: no logits; per-token log-sum-exp + the hidden-state gradient"}[loss_kind]
+    if opts.offload_activations:
+        notes["activations"] += "; saved tensors offloaded to host RAM (running + prefetched layer on the GPU)"
+    if opts.grad_accum > 1:
+        notes["gradients"] = notes.get("gradients", "") + f"; alive through every micro-batch ({opts.grad_accum} accumulated)"
     notes = {k: notes[k] for k in (*comp, *s.host) if k in notes}
     outside = {"optimizer_paged": s.paged} if s.paged else {}
+    host = dict(s.host)
+    if host_acts:
+        host["activations_offloaded"] = host_acts
+        notes["activations_offloaded"] = "host RAM: the saved activations of every layer (activation offloading)"
     return TrainingPeak(components=dict(comp), notes=notes, phase=phase,
                         peak_allocated_bytes=phases[phase], outside_allocator=outside, phases=phases,
-                        host=dict(s.host))
+                        host=host)

@@ -22,6 +22,8 @@ LSE_BYTES = 4
 # gpt-oss eager attention's backward: score-sized gradients alive at once (softmax, max and cat
 # backward), in the compute dtype; fitted to the trace tier on gpt-oss-20b (docs/trace.md gap 5).
 EAGER_SINKS_BWD = 3
+# Liger's RMSNorm keeps rstd in fp32 per row in the llama and gemma casting modes (rms_norm.py:452).
+LIGER_RSTD = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,9 +51,15 @@ def _parent(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
 
 
-def _norm_saved(width: int, rows: int, x: int, layer_norm: bool, n: Numerics, fp32: bool = False) -> int:
+def _norm_saved(width: int, rows: int, x: int, layer_norm: bool, n: Numerics, fp32: bool = False,
+                liger: bool = False) -> int:
     """Bytes one norm saves for `rows` rows of `width` values whose input has `x` bytes each.
-    `fp32`: a Gemma RMSNorm, which scales by (1 + weight) in fp32 and casts only its result."""
+    `fp32`: a Gemma RMSNorm, which scales by (1 + weight) in fp32 and casts only its result.
+    `liger`: Liger's RMSNorm, which saves its input as given and an fp32 rstd per row, and
+    recomputes the normalized tensor for the weight's gradient (Liger-Kernel
+    src/liger_kernel/ops/rms_norm.py:449-453 Y and RSTD, :656-659 save_for_backward(X, W, RSTD))."""
+    if liger and not layer_norm:
+        return x * width + LIGER_RSTD * rows
     if layer_norm:                      # nn.LayerNorm: saves its input (fp32 under autocast), mean, rstd
         return width * (4 if n.autocast else x) + 8 * rows
     # RMSNorm: x.float() (saved by pow/mul), rsqrt per row, and the normalized tensor (input
@@ -63,7 +71,8 @@ def fp32_norms(model: ModelSpec) -> bool:
     return model.traits.norm_fp32
 
 
-def _norm_cost(t: Tensor, layer: LayerSpec, names: set[str], h: int, n: Numerics, fp32: bool) -> int:
+def _norm_cost(t: Tensor, layer: LayerSpec, names: set[str], h: int, n: Numerics, fp32: bool,
+               liger: bool = False) -> int:
     """A norm inside a layer: the residual norms, per-head q/k norms, or a narrower one (MLA)."""
     w = t.shape[0]
     m = layer.mixer
@@ -75,7 +84,7 @@ def _norm_cost(t: Tensor, layer: LayerSpec, names: set[str], h: int, n: Numerics
         width, rows, x = h, 1, n.resid
     else:
         width, rows, x = w, 1, n.lin_out
-    return _norm_saved(width, rows, x, t.name + ".bias" in names, n, fp32)
+    return _norm_saved(width, rows, x, t.name + ".bias" in names, n, fp32, liger)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,10 +139,15 @@ def _attention(a: Attention, impl: str, n: Numerics) -> AttentionCost:
     return AttentionCost(saved=saved, saved_q=saved_q, bwd=bwd, bwd_q=bwd_q, window=window)
 
 
-def _mlp(m: Mlp, h: int, n: Numerics) -> tuple[int, int]:
-    """(saved, bwd) per token for the MLP's elementwise chain (projection inputs excluded)."""
+def _mlp(m: Mlp, h: int, n: Numerics, liger: bool = False) -> tuple[int, int]:
+    """(saved, bwd) per token for the MLP's elementwise chain (projection inputs excluded).
+    `liger`: LigerSiLUMulFunction saves only gate and up (swiglu.py:262 save_for_backward(a, b))
+    and its backward writes both gradients into them in place (swiglu.py:191-228 returns a, b),
+    so the backward holds only the incoming gradient."""
     I, e = m.intermediate, n.lin_out
     extra = act.PYTHON_ACTS.get(m.act, (0, 0))[1]   # a Python activation's saved intermediates
+    if liger and m.kind == "dense" and m.gated:    # LigerSwiGLUMLP / LigerGEGLUMLP (same saves)
+        return 2 * I * e, I * e
     if m.kind == "dense":
         if m.gated:
             return 3 * I * e, 3 * I * e        # gate (act input), act(gate), up; 3 grads in backward
@@ -220,6 +234,7 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     h = model.hidden_size
     names = {t.name for t in layer.tensors}
     m = layer.mixer
+    liger = uses_liger(model, o)
     impl = act.attention_impl(model, o.attn)
     eager = impl in ("eager", "eager_sinks")
     math = (isinstance(m, Attention) and impl == "sdpa" and n.attn == 4 and m.num_kv_heads < m.num_heads)
@@ -228,7 +243,7 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
     for t in layer.tensors:
         # a Mamba layer's gated norm (split by head) runs inside mamba_ssm's fused kernel
         if t.role == "norm" and not (isinstance(m, Recurrent) and t.split == "heads"):
-            saved += _norm_cost(t, layer, names, h, n, fp32_norms(model))
+            saved += _norm_cost(t, layer, names, h, n, fp32_norms(model), liger)
     saved_q = bwd_q = window = 0
     bwd_mix = bwd_mlp = 0
     if isinstance(m, Attention):
@@ -243,7 +258,7 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
         saved += (m.in_proj + m.d_inner) * n.lin_out + 4 * m.n_groups
         bwd_mix = (m.in_proj + 2 * m.conv_channels + 4 * m.d_inner + 6 * m.chunk_state_elems) * n.lin_out
     if layer.mlp is not None:
-        s, bwd_mlp = _mlp(layer.mlp, h, n)
+        s, bwd_mlp = _mlp(layer.mlp, h, n, liger)
         saved += s
     lora_in = max((a.in_features for a in adapted.values()), default=0) * n.lora_w
     bwd = max(bwd_mix, bwd_mlp) + 2 * h * n.resid + lora_in
@@ -280,11 +295,32 @@ def layer_cost(layer: LayerSpec, model: ModelSpec, o: TrainOptions, n: Numerics,
                      merged_grad=max(merged, default=0), grads=grads, work=work)
 
 
-def head_saved(text: list[Tensor], h: int, n: Numerics, fp32: bool = False) -> int:
-    """Bytes per token saved outside the decoder layers: the final norm and lm_head's input."""
+def head_saved(text: list[Tensor], h: int, n: Numerics, fp32: bool = False, liger: bool = False,
+               head_input: bool = True) -> int:
+    """Bytes per token saved outside the decoder layers: the final norm and lm_head's input
+    (`head_input` False: a fused linear cross-entropy computes lm_head's weight gradient in its
+    forward and keeps no input)."""
     names = {t.name for t in text}
     norms = [t for t in text if t.role == "norm" and t.shape == (h,)]
-    saved = sum(_norm_saved(h, 1, n.resid, t.name + ".bias" in names, n, fp32) for t in norms[-1:])
-    if n.base_trainable:                            # lm_head saves its input for the weight grad
+    saved = sum(_norm_saved(h, 1, n.resid, t.name + ".bias" in names, n, fp32, liger) for t in norms[-1:])
+    if n.base_trainable and head_input:             # lm_head saves its input for the weight grad
         saved += h * (2 if n.autocast and n.norm_out != 2 else n.norm_out)
     return saved
+
+
+def uses_liger(model: ModelSpec, o: TrainOptions) -> bool:
+    """Liger's kernels run only where it patches the model type (ModelSpec.traits.liger)."""
+    return o.liger and model.traits.liger
+
+
+def effective_loss(model: ModelSpec, o: TrainOptions) -> str:
+    """The loss the step computes: --liger on a model type Liger does not patch changes nothing
+    (transformers' apply_liger_kernel warns and leaves the model as it is), loss included."""
+    if o.liger and not model.traits.liger:
+        return "default"
+    return o.loss
+
+
+# The attention core's cost, for engines that replace the rest of a layer's saved tensors
+# (engines/unsloth/kernels.py): the same kernel saves the same tensors whoever calls it.
+attention_cost = _attention

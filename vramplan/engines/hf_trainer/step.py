@@ -54,9 +54,11 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup[Tr
                  state=TrainState(method, dtype), warnings=warnings)
 
 
-def components(s: Setup[TrainState], batch: int, ctx: int) -> Breakdown:
+def components(s: Setup[TrainState], batch: int, ctx: int, layer_fn=None) -> Breakdown:
+    """`layer_fn`: another engine's per-layer saved tensors (engines/unsloth), else the HF ones."""
     w = s.workload
-    peak = training.training_peak(s.model, s.state.method, batch, ctx, w.train, s.state.dtype, w.transformers)
+    peak = training.training_peak(s.model, s.state.method, batch, ctx, w.train, s.state.dtype, w.transformers,
+                                  layer_fn)
     # Paged optimizer state is reported but kept out of the total and the verdict: it lives in
     # CUDA managed memory, which the driver evicts to host RAM when torch's allocator needs the
     # room (QLoRA arXiv 2305.14314 §3 "Paged Optimizers"); the run then goes on, slower.

@@ -18,7 +18,8 @@ from vramplan.units import ceil_div
 from vramplan.engines.hf_trainer.lora import Adapted, adapted_modules
 from vramplan.engines.hf_trainer.optimizers import (Optim, Param, describe_state, describe_step_temporaries, param_of,
                                                     resolve_optim, state_bytes, step_temp_bytes)
-from vramplan.engines.hf_trainer.saved_activations import LayerCost, dropout_masks, fp32_norms, head_saved, layer_cost
+from vramplan.engines.hf_trainer.saved_activations import (LayerCost, dropout_masks, fp32_norms, head_saved, layer_cost,
+                                                            effective_loss, uses_liger)
 from vramplan.engines.hf_trainer.numerics import Numerics, numerics, qlora_base, stored_weights
 from vramplan.engines.hf_trainer.options import TRAIN_MODES, Method, TrainOptions, deepspeed_masters
 from vramplan.engines.hf_trainer.sharding import ZeroConfig
@@ -187,7 +188,7 @@ def _memoized(stored: Callable[[Tensor], int]) -> Callable[[Tensor], int]:
 
 
 def _layer_costs(model: ModelSpec, o: TrainOptions, n: Numerics, adapted: tuple[Adapted, ...],
-                 wbytes: Callable[[Tensor], int]) -> tuple[LayerCost, ...]:
+                 wbytes: Callable[[Tensor], int], layer_fn=layer_cost) -> tuple[LayerCost, ...]:
     """Each decoder layer's cost. Most models repeat a few layer kinds many times, so layers with
     the same mixer, MLP, tensors and adapters are computed once."""
     by_layer: dict[int | None, dict[str, Adapted]] = {}
@@ -200,7 +201,7 @@ def _layer_costs(model: ModelSpec, o: TrainOptions, n: Numerics, adapted: tuple[
         sig = (l.mixer, l.mlp, tuple((t.leaf, t.shape, t.role, t.count, wbytes(t), t.name in ad)
                                      for t in l.tensors))
         if sig not in memo:
-            memo[sig] = layer_cost(l, model, o, n, ad, wbytes)
+            memo[sig] = layer_fn(l, model, o, n, ad, wbytes)
         built.append(memo[sig])
     return tuple(built)
 
@@ -426,10 +427,11 @@ def _notes(model: ModelSpec, method: Method, o: TrainOptions, n: Numerics, *, we
 
 @lru_cache(maxsize=128)
 def step_setup(model: ModelSpec, method: Method, o: TrainOptions, weight_dtype: str,
-               transformers: int = 5) -> StepSetup:
+               transformers: int = 5, layer_fn=None) -> StepSetup:
     """Everything of a training step that batch and context do not change, for the module
     layout of that transformers major version. The order of the steps is the order in which
-    their refusals (BadInput) are checked."""
+    their refusals (BadInput) are checked. `layer_fn` replaces saved_activations.layer_cost for
+    an engine whose kernels save other tensors per layer (engines/unsloth/kernels.py)."""
     _check_method(method)
     base = qlora_base(model, weight_dtype, transformers) if method == "qlora" else None
     bnb_linears = base is not None and _qlora_base_checked(model, base, o, transformers)
@@ -439,7 +441,7 @@ def step_setup(model: ModelSpec, method: Method, o: TrainOptions, weight_dtype: 
     stored, weights_label = stored_weights(method, o, model, weight_dtype, transformers)
     wbytes = _memoized(stored)
     adapted = _adapters(model, method, o, transformers)
-    layers = _layer_costs(model, o, n, adapted, wbytes)
+    layers = _layer_costs(model, o, n, adapted, wbytes, layer_fn or layer_cost)
     text = [t for t in model.tensors if not _is_tower(model, t.name)]
 
     params, n_train = _trainable(model, method, o, text, adapted)
@@ -479,7 +481,8 @@ def step_setup(model: ModelSpec, method: Method, o: TrainOptions, weight_dtype: 
     return StepSetup(
         layers=layers, static=static, paged=paged, step_temp=step_temp, grads_total=grads_total,
         grad_shard=shards.grads,
-        out_saved=head_saved(text, model.hidden_size, n, fp32_norms(model)) + dropout_masks(model)[1],
+        out_saved=head_saved(text, model.hidden_size, n, fp32_norms(model), uses_liger(model, o),
+                             head_input=effective_loss(model, o) != "chunked") + dropout_masks(model)[1],
         head_copy=head_copy, copies_are_weights=copies_are_weights, g_head=grads.head,
         g_norm=grads.norm, g_emb=grads.emb, tied_tmp=grads.tied_tmp, vocab=model.vocab_size,
         resid=n.resid, logits=n.logits, attn_bytes=n.attn, gather_fwd=gather_fwd,

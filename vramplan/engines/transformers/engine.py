@@ -3,7 +3,7 @@ ones a transformers user has (a quantized cache, bitsandbytes weights)."""
 
 from __future__ import annotations
 
-from vramplan.engines.base import Attempt, EngineBase
+from vramplan.engines.base import Attempt, EngineBase, ScaleOut
 from vramplan.engines.transformers import generate
 from vramplan.memory.dtypes import FLOAT_BYTES
 from vramplan.memory.setup import Breakdown, Setup
@@ -25,6 +25,13 @@ class TransformersEngine(EngineBase):
         for dtype in ("int8", "nf4"):
             if not plan.weight_dtype.startswith(dtype):
                 attempt(f"--dtype {dtype}", {"dtype": dtype}, dtype=dtype)
+
+
+    def scale_out(self, plan: Plan, n: int) -> ScaleOut:
+        """device_map="auto" over n cards of the same kind (device_map.py): the layers split,
+        one process, no tensor parallelism."""
+        gpu = plan.target.gpu.id if plan.target.gpu else "custom"
+        return ScaleOut(f"--gpu {gpu}:{n}", {"gpu": f"{gpu}:{n}"})
 
 
 ENGINE = TransformersEngine()
