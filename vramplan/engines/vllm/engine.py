@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from vramplan.engines.base import Attempt, EngineBase, ScaleOut
 from vramplan.engines.vllm import serving
+from vramplan.engines.vllm.encoder_profile import image_limit, profiled
 from vramplan.memory.dtypes import FLOAT_BYTES
 from vramplan.memory.parallel import NODE_GPUS
 from vramplan.memory.setup import Breakdown, Setup
@@ -26,10 +27,15 @@ def serve_flag_notes(model: ModelSpec, o) -> list[str]:
     if o.dp > 1:
         out.append(f"--data-parallel-size {o.dp}: {o.dp} engines, each with its own KV cache and max_num_seqs; "
                    f"the batch is spread evenly over them and the figures are per engine.")
-    if o.limit_mm_per_prompt:
-        limits = ", ".join(f"{k}={v}" for k, v in o.limit_mm_per_prompt)
-        out.append(f"--limit-mm-per-prompt {limits} is read but not modelled: the multimodal encoder's "
-                   "profiling budget is not part of this plan.")
+    if model.vision is not None and not profiled(model.vision) and image_limit(o.limit_mm_per_prompt):
+        out.append("vLLM profiles this model's vision encoder at start-up on dummy images; that profile is not "
+                   "modelled for this tower, so the activations and the available KV memory may be "
+                   "optimistic (--limit-mm-per-prompt image=0 turns the profile off, as vLLM does).")
+    others = [(k, v) for k, v in o.limit_mm_per_prompt if k != "image"]
+    if others:
+        limits = ", ".join(f"{k}={v}" for k, v in others)
+        out.append(f"--limit-mm-per-prompt {limits} is read but not modelled: vLLM's encoder profile is "
+                   "planned for images only.")
     if o.swap_space_gib is not None:
         out.append(f"--swap-space {o.swap_space_gib:g} is CPU memory; it changes nothing on the GPU.")
     return out
