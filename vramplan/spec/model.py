@@ -268,6 +268,11 @@ class Traits:
     on the first pipeline stage (memory/parallel.py, stage_tensors) and a text-only training
     step runs none of them (engines/hf_trainer/step_setup.py)."""
 
+    pooling: bool = False
+    """An encoder-only (embedding) model that vLLM serves as a pooling model: no KV cache, a dummy
+    pooler instead of the sampler in its profile (models/encoder.py, engines/vllm/serving.py);
+    other modes refuse it."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class VisionTower:

@@ -31,6 +31,10 @@ def serve_flag_notes(model: ModelSpec, o) -> list[str]:
         out.append("vLLM profiles this model's vision encoder at start-up on dummy images; that profile is not "
                    "modelled for this tower, so the activations and the available KV memory may be "
                    "optimistic (--limit-mm-per-prompt image=0 turns the profile off, as vLLM does).")
+    if model.traits.pooling:
+        out.append("pooling model: no KV cache; max batch limited by max_num_batched_tokens (vLLM serves this "
+                   "encoder-only model with --runner pooling: every request is read in one step, no chunked "
+                   "prefill, and the profile runs a dummy pooler instead of the sampler).")
     others = [(k, v) for k, v in o.limit_mm_per_prompt if k != "image"]
     if others:
         limits = ", ".join(f"{k}={v}" for k, v in others)
@@ -56,7 +60,7 @@ class VllmEngine(EngineBase):
 
     def fits(self, setup: Setup, breakdown: Breakdown, ctx: int) -> bool:
         """The budget holds the workload and vLLM starts (the report's `starts`)."""
-        return breakdown.total <= setup.capacity and serving.starts(setup, ctx)
+        return breakdown.total <= setup.capacity and breakdown.admits and serving.starts(setup, ctx)
 
     def warnings(self, setup: Setup, report: ServeReport | None) -> list[str]:
         out = []

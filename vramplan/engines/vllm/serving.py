@@ -405,6 +405,8 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     act_elem, kv_elem = FLOAT_BYTES[fmt.base], FLOAT_BYTES[kv_dtype]
     per_gpu = target.per_gpu_bytes
     tokens, seqs = engine_limits(o, target.gpu, per_gpu)
+    if model.traits.pooling and not o.max_num_batched_tokens:
+        tokens = max(tokens, workload.ctx)      # no chunked prefill: SchedulerConfig's max(max_model_len, default)
     specs, notes = kv.page_specs(model, kv_elem, o.tp, o.block_size, MLA_BLOCK.get(_sm(target.gpu)),
                                  act_elem, _ssm_elem(model, act_elem))
     layout = kv.kv_layout(specs)
@@ -423,7 +425,8 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
 
     forward = act.forward_peak(model, tokens, act_elem, widest)
     fwd = (ceil_div(forward.bytes, o.tp), f"profile forward, {tokens:,} tokens ({forward.where})")
-    sampler = sampler_peak(era, seqs, model.vocab_size, target.gpu, tokens * model.hidden_size * act_elem)
+    sampler = ((0, "") if model.traits.pooling     # a dummy pooler pass, no sampler (profile_run)
+               else sampler_peak(era, seqs, model.vocab_size, target.gpu, tokens * model.hidden_size * act_elem))
     rope = rope_cache_bytes(model, act_elem)
     mm = encoder_profile(model, tokens, seqs, o.limit_mm_per_prompt, act_elem, o.tp)
     stages = []
@@ -498,7 +501,12 @@ def components(s: Setup[VllmState], batch: int, ctx: int) -> Breakdown:
                           + (" (NCCL included)" if s.overhead["non_torch"] > NON_TORCH_INCREASE else "")}
     if "cuda_graphs" in parts:
         notes["cuda_graphs"] = "vLLM's CUDA graph estimate, inside the budget since 0.21"
-    return Breakdown(parts, notes, "profile run", s.weights + cache + worst.activation.bytes)
+    admits = True
+    if s.model.traits.pooling:
+        notes["kv_cache"] = (f"pooling model: no KV cache; {share} x {ctx:,} tokens in one step of "
+                             f"max_num_batched_tokens {s.state.batched_tokens:,}")
+        admits = share * ctx <= s.state.batched_tokens and share <= s.state.max_seqs
+    return Breakdown(parts, notes, "profile run", s.weights + cache + worst.activation.bytes, admits=admits)
 
 
 def _gib(b: int) -> float:
@@ -634,7 +642,7 @@ def startup(s: Setup[VllmState], b: Breakdown, ctx: int) -> ServeReport:
         max_model_len_that_starts=longest, outside_budget=dict(d.outside), headroom_ok=d.headroom_ok,
         refusal=refusal, available_bytes=worst.available, rank=worst.index * o.tp, kv_groups=groups,
         kv_notes=d.notes, ranks=ranks if o.pp > 1 else (),
-        holds=b.total <= s.capacity, mxfp4_backend=d.mxfp4_backend,
+        holds=b.total <= s.capacity and b.admits, mxfp4_backend=d.mxfp4_backend,
     )
 
 
