@@ -265,8 +265,8 @@ BGE_M3 = {"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta", "hi
 
 
 @pytest.mark.parametrize("config, needle", [
-    ({"architectures": ["ModernBertModel"], "model_type": "modernbert", "hidden_size": 768, "intermediate_size": 1152,
-      "num_hidden_layers": 22, "num_attention_heads": 12, "vocab_size": 50368}, "encoder-only"),
+    ({"architectures": ["NomicBertModel"], "model_type": "nomic_bert", "n_embd": 768, "n_layer": 12,
+      "n_head": 12, "vocab_size": 30528}, "encoder-only"),
     ({"model_type": "new_encoder", "architectures": ["NewForMaskedLM"], "hidden_size": 64,
       "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100, "intermediate_size": 128}, "encoder-only"),
     ({"model_type": "t5", "d_model": 512, "num_layers": 6}, "encoder-decoder"),

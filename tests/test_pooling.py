@@ -73,6 +73,32 @@ def test_params_equal_transformers_on_meta(config):
     assert parse(config).params == _meta_params(config)
 
 
+# answerdotai/ModernBERT-base (ModernBertForMaskedLM; its config.json names no biases, the defaults)
+MODERNBERT_BASE = {"architectures": ["ModernBertForMaskedLM"], "model_type": "modernbert", "hidden_size": 768,
+                   "intermediate_size": 1152, "num_hidden_layers": 22, "num_attention_heads": 12,
+                   "vocab_size": 50368, "max_position_embeddings": 8192, "norm_bias": False,
+                   "attention_bias": False, "mlp_bias": False, "classifier_bias": False, "decoder_bias": True}
+
+
+def test_modernbert_by_hand():
+    # tok_embeddings V x H + its norm H; per layer Wqkv 3H x H, Wo H x H, mlp_norm H, Wi 2I x H,
+    # Wo H x I, attn_norm H except in layer 0; final_norm H; MLM head dense H x H, norm H, decoder
+    # bias V (decoder weight tied)
+    H, I, L, V = 768, 1152, 22, 50368
+    body = V * H + H + L * (3 * H * H + H * H + H + 2 * I * H + H * I) + (L - 1) * H + H
+    assert parse(dict(MODERNBERT_BASE, architectures=["ModernBertModel"])).params == body == 149_014_272
+    assert parse(MODERNBERT_BASE).params == body + H * H + H + V == 149_655_232
+
+
+@pytest.mark.trace
+@pytest.mark.parametrize("extra", [{}, {"architectures": ["ModernBertModel"]},
+                                   {"norm_bias": True, "attention_bias": True, "mlp_bias": True,
+                                    "classifier_bias": True}])
+def test_modernbert_equals_transformers_on_meta(extra):
+    config = dict(MODERNBERT_BASE, **extra)
+    assert parse(config).params == _meta_params(config)
+
+
 def test_tensor_names_follow_transformers():
     names = {t.name for t in parse(BERT_BASE).all_tensors()}
     assert {"bert.embeddings.word_embeddings", "bert.encoder.layer.11.output.LayerNorm.bias",

@@ -1,4 +1,4 @@
-"""BERT-style encoders (BERT, RoBERTa, XLM-R and its bge-m3, CamemBERT; e5 and many gte/bge
+"""BERT-style encoders (BERT, RoBERTa, XLM-R and its bge-m3, CamemBERT, ModernBERT; e5 and many gte/bge
 checkpoints are these model types): embedding models that vLLM serves as pooling models, with no
 KV cache (docs/models.md, "Encoders"; docs/serving.md section 10).
 
@@ -88,3 +88,50 @@ def parse(cfg: Cfg):
                      tied=True, dtype=torch_dtype(cfg), quant=parse_quantization(cfg), max_pos=P,
                      traits=POOLING_TRAITS)
     return spec
+
+
+@register("modernbert")
+def parse_modernbert(cfg: Cfg):
+    """ModernBERT (modernbert/modeling_modernbert.py, transformers 5): tok_embeddings [V, H] and a
+    norm; per layer an attn_norm except in layer 0 (an Identity there), Wqkv [3H, H], Wo [H, H],
+    mlp_norm, a GeGLU Wi [2I, H] and Wo [H, I]; final_norm. Norms are LayerNorms with a bias only
+    when norm_bias, the projections have biases when attention_bias / mlp_bias (all false by
+    default); rotary positions, no position table. *ForMaskedLM adds head.dense [H, H] (+bias when
+    classifier_bias), head.norm and the decoder's bias [V] (decoder_bias, default true; its weight
+    is tied to tok_embeddings)."""
+    cfg.require_all(REQUIRED)
+    H, L, I, V = (cfg.int("hidden_size"), cfg.int("num_hidden_layers"), cfg.int("intermediate_size"),
+                  cfg.int("vocab_size"))
+    nb, ab, mb = cfg.bool("norm_bias"), cfg.bool("attention_bias"), cfg.bool("mlp_bias")
+    arch = _architectures(cfg)
+    heads = [a for a in arch if not a.endswith(("Model", "ForMaskedLM"))]
+    if heads:
+        raise BadConfig(f"{cfg.who} is an encoder-only model with a {heads[0]} head, which vramplan does not "
+                        f"model; it plans the bare encoder (*Model) and *ForMaskedLM.")
+    masked_lm = any(a.endswith("ForMaskedLM") for a in arch)
+    base = "model." if masked_lm else ""
+    emb = Tensors(f"{base}embeddings")
+    emb.add("tok_embeddings", (V, H), "embedding", split="vocab")
+    emb.norm("norm", H, bias=nb)
+    layers = []
+    for i in range(L):
+        t = Tensors(f"{base}layers.{i}")
+        if i:
+            t.norm("attn_norm", H, bias=nb)
+        t.linear("attn.Wqkv", 3 * H, H, bias=ab, split="column")
+        t.linear("attn.Wo", H, H, bias=ab, split="row")
+        t.norm("mlp_norm", H, bias=nb)
+        t.linear("mlp.Wi", 2 * I, H, bias=mb, split="column")
+        t.linear("mlp.Wo", H, I, bias=mb, split="row")
+        layers.append(LayerSpec(i, None, Mlp(kind="dense", intermediate=I, gated=True, fused_gate_up=True),
+                                t.tuple()))
+    tail = Tensors()
+    tail.norm(f"{base}final_norm", H, bias=nb)
+    if masked_lm:
+        tail.linear("head.dense", H, H, bias=cfg.bool("classifier_bias"), split="replicated")
+        tail.norm("head.norm", H, bias=nb)
+        if cfg.bool("decoder_bias", default=True):
+            tail.param("decoder.bias", (V,), "bias", split="vocab")
+    return make_spec(cfg, family="encoder", hidden=H, vocab=V, layers=layers, tensors=emb.items + tail.items,
+                     tied=True, dtype=torch_dtype(cfg), quant=parse_quantization(cfg),
+                     max_pos=cfg.int("max_position_embeddings", default=8192), traits=POOLING_TRAITS)
