@@ -8,7 +8,10 @@ encoder's activation peak is modelled, and checked on one public start-up log (b
 
 from dataclasses import replace
 
+from typer.testing import CliRunner
+
 from vramplan import api, catalog
+from vramplan.cli import app
 from vramplan import planner as core_plan
 from vramplan.engines.vllm import encoder_profile as ep
 from vramplan.models import parse
@@ -120,3 +123,17 @@ def test_qwen25_vl_7b_l4_log():
     assert 0.19 < (ours - logged) / logged < 0.21                  # the stated error, not hidden
     without = serve(spec, gpu="l4", version="0.9.0", ctx=2048, limit_mm_per_prompt="image=0,video=0")
     assert (without.serve.available_bytes / GiB - logged) / logged > 0.4
+
+
+def test_launch_line_limits_reach_the_profile():
+    """--limit-mm-per-prompt pasted in a launch line, in both of vLLM's syntaxes: image=2 with
+    --max-num-seqs 4 caps the images at 4 x min(2, 8,192 // 256) = 8 (below 8,192 // 256 = 32);
+    image=0 removes the profile."""
+    runner = CliRunner()
+    r = runner.invoke(app, ["fit", "--cmd", "vllm serve google/gemma-3-4b-it --limit-mm-per-prompt image=2 "
+                            "--max-num-seqs 4", "--gpu", "h100"], env={"HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
+    assert "budget of 8192 tokens, and profiled with 8 image items" in r.stdout
+    assert "profile vision encoder, 8 dummy images of 256 tokens (modelled)" in r.stdout
+    r = runner.invoke(app, ["fit", "--cmd", "vllm serve google/gemma-3-4b-it --limit-mm-per-prompt "
+                            "'{\"image\": 0}'", "--gpu", "h100"], env={"HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
+    assert "Encoder cache" not in r.stdout and "encoder cache" not in r.stdout
