@@ -147,3 +147,11 @@ def test_other_modes_are_refused_with_a_sentence(tmp_path):
 def test_other_heads_are_refused():
     with pytest.raises(BadConfig, match="XLMRobertaForSequenceClassification head"):
         parse(dict(BGE_M3, architectures=["XLMRobertaForSequenceClassification"]))
+
+
+def test_the_lever_is_a_larger_step(tmp_path):
+    """Too large a batch for one step: the first suggestion is vLLM's own flag, raised to batch x ctx
+    (16 x 512 = 8,192 tokens), re-planned and fitting."""
+    p = api.plan(_dir(tmp_path, BGE_M3), "l4", ctx=512, batch=16)
+    first = p.suggestions[0]
+    assert "--max-num-batched-tokens 8192" in first.change and first.fits

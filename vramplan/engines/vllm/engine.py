@@ -103,6 +103,12 @@ class VllmEngine(EngineBase):
         if util is not None:
             attempt(f"--gpu-memory-utilization {util:g}", {"gpu_memory_utilization": util},
                     serve=replace(o, gpu_memory_utilization=util))
+        if plan.model.traits.pooling and report is not None:
+            # a pooling model reads each request in one step: a larger step takes the whole batch
+            need = ceil_div(w.batch, o.dp) * w.ctx
+            if need > report.max_num_batched_tokens:
+                attempt(f"--max-num-batched-tokens {need}", {"max_num_batched_tokens": need},
+                        serve=replace(o, max_num_batched_tokens=need))
         if report is not None:
             _smaller(attempt, "--max-num-seqs", "max_num_seqs", report.max_num_seqs, SEQS_STEPS, w.batch, o)
             _smaller(attempt, "--max-num-batched-tokens", "max_num_batched_tokens", report.max_num_batched_tokens,
