@@ -103,10 +103,11 @@ def test_added_config_plans_without_a_traceback(stem):
         assert json.loads(result.stdout)["model"]["id"] == hub_id(stem)
 
 
-# Refused by the analytic reader, with its reason (encoder-only; Gated DeltaNet and DeepSeek's
-# sparse-attention indexer, which it does not model; Gemma 4's per-layer embeddings): the
-# transformers-derived path (issue #12 item 2) answers them where transformers is installed.
-REFUSED_ANALYTIC = {"BAAI--bge-m3", "Qwen--Qwen3-Next-80B-A3B-Thinking", "Qwen--Qwen3.5-27B", "Qwen--Qwen3.5-35B-A3B",
+# Refused by the analytic reader, with its reason (Gated DeltaNet and DeepSeek's sparse-attention
+# indexer, which it does not model; Gemma 4's per-layer embeddings): the transformers-derived path
+# (issue #12 item 2) answers them where transformers is installed. bge-m3 is read as an encoder
+# (models/encoder.py): a pooling model with no KV cache.
+REFUSED_ANALYTIC = {"Qwen--Qwen3-Next-80B-A3B-Thinking", "Qwen--Qwen3.5-27B", "Qwen--Qwen3.5-35B-A3B",
                     "deepseek-ai--DeepSeek-V3.2", "google--gemma-4-26B-A4B"}
 # Mistral-Small-3.2: transformers 5.25 ties lm_head to the embeddings (no top-level
 # tie_word_embeddings; Mistral3Config defaults it to True) although text_config says False and the

@@ -265,7 +265,8 @@ BGE_M3 = {"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta", "hi
 
 
 @pytest.mark.parametrize("config, needle", [
-    (BGE_M3, "encoder-only"),
+    ({"architectures": ["NomicBertModel"], "model_type": "nomic_bert", "n_embd": 768, "n_layer": 12,
+      "n_head": 12, "vocab_size": 30528}, "encoder-only"),
     ({"model_type": "new_encoder", "architectures": ["NewForMaskedLM"], "hidden_size": 64,
       "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100, "intermediate_size": 128}, "encoder-only"),
     ({"model_type": "t5", "d_model": 512, "num_layers": 6}, "encoder-decoder"),
@@ -285,8 +286,10 @@ def test_what_the_reader_cannot_size_is_refused(config, needle):
 
 
 def test_bge_m3_is_exit_2_saying_why(tmp_path):
+    """Planned as a vLLM pooling model in serve mode (tests/test_pooling.py); every other mode is
+    exit 2, saying why."""
     (tmp_path / "config.json").write_text(json.dumps(BGE_M3))
-    assert_cli_refuses(["fit", str(tmp_path)], 2, "encoder-only")
+    assert_cli_refuses(["fit", str(tmp_path), "--mode", "infer"], 2, "encoder-only")
 
 
 def test_missing_layer_keys_are_named(tmp_path):

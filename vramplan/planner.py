@@ -17,6 +17,14 @@ from vramplan.memory.solve import largest_fitting
 from vramplan.spec import GpuSpec, GpuTarget, LocalReport, ModelSpec, Plan, SglangReport, Workload
 from vramplan.suggestions import suggestions
 from vramplan.units import MAX_BATCH, MAX_TOKENS
+from vramplan.errors import BadInput
+
+# An encoder-only (embedding) model is planned only as vLLM serves it (models/encoder.py).
+POOLING_ONLY = ("{model} is an encoder-only (embedding) model: vramplan plans it only as vLLM serves it, a "
+                "pooling model without a KV cache ({{mode}} serve with the vLLM engine); {engine} is not "
+                "modelled for it.")
+ENGINE_WORDS = {"transformers": "transformers generate()", "hf_trainer": "training", "sglang": "SGLang",
+                "llamacpp": "llama.cpp", "ollama": "Ollama"}
 
 
 def engine_of(workload: Workload) -> Engine:
@@ -55,6 +63,8 @@ def _limits(eng: Engine, s: Setup, batch: int, ctx: int) -> tuple[int, int]:
 def evaluate(model: ModelSpec, target: GpuTarget, workload: Workload) -> tuple[int, bool]:
     """(total bytes, fits) of one workload, without solving limits: what suggestions need."""
     eng = engine_of(workload)
+    if model.traits.pooling and eng.name != "vllm":
+        raise BadInput(POOLING_ONLY.format(model=model.id or "this model", engine=ENGINE_WORDS.get(eng.name, eng.name)))
     s = eng.prepare(model, target, workload)
     b = eng.components(s, workload.batch, workload.ctx)
     return b.total, eng.fits(s, b, workload.ctx)
@@ -63,6 +73,8 @@ def evaluate(model: ModelSpec, target: GpuTarget, workload: Workload) -> tuple[i
 def build(model: ModelSpec, target: GpuTarget, workload: Workload,
           catalog: tuple[GpuSpec, ...] = (), suggest: bool = True) -> Plan:
     eng = engine_of(workload)
+    if model.traits.pooling and eng.name != "vllm":
+        raise BadInput(POOLING_ONLY.format(model=model.id or "this model", engine=ENGINE_WORDS.get(eng.name, eng.name)))
     s = eng.prepare(model, target, workload)
     batch, ctx = workload.batch, workload.ctx
     b = eng.components(s, batch, ctx)

@@ -48,8 +48,13 @@ def cases() -> dict[str, list[str]]:
     """name -> argv. Names are stable file names; the order is the order of the files."""
     c: dict[str, list[str]] = {}
 
-    def add(*argv: str) -> None:
-        name = "_".join(a.replace("/", "-").replace(":", "x").lstrip("-") for a in argv)
+    def add(*argv: str, path: str = "") -> None:
+        """`path`: a local model directory, put first after the command, its name shown as given
+        (a checkout's absolute path must not enter a case's name)."""
+        if path:
+            argv = (argv[0], str(REPO / path)) + argv[1:]
+        shown = (argv[0], path) + argv[2:] if path else argv
+        name = "_".join(a.replace("/", "-").replace(":", "x").lstrip("-") for a in shown)
         name = name.replace("=", "-").replace(",", "+").replace(" ", "_")
         if len(name) > 120:
             name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
@@ -212,6 +217,14 @@ def cases() -> dict[str, list[str]]:
         "--transformers", "5")
     add("fit", "meta-llama/Llama-3.1-8B", "--mode", "infer", "--gpu", "l40s", "--ctx", "8k", "--new-tokens", "24k",
         "--transformers", "5", "--json")
+    # issue #12 item 4: vLLM's encoder profile (--limit-mm-per-prompt image=0 turns it off); an
+    # embedding model served as a pooling model (bge-m3's config.json, tests/test_pooling.py)
+    add("fit", "google/gemma-3-4b-it", "--gpu", "h100", "--ctx", "8k", "--max-num-seqs", "8")
+    add("fit", "google/gemma-3-4b-it", "--gpu", "h100", "--ctx", "8k", "--limit-mm-per-prompt", "image=0", "--json")
+    bge = "tests/golden/fixtures/bge-m3"
+    add("fit", "--gpu", "l4", "--ctx", "8k", path=bge)
+    add("fit", "--gpu", "l4", "--ctx", "512", "--batch", "16", "--json", path=bge)
+    add("fit", "--gpu", "l4", "--mode", "infer", path=bge)
     return c
 
 

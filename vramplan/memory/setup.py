@@ -48,6 +48,8 @@ class Breakdown:
                                  # program can put elsewhere (bitsandbytes paged state in CUDA
                                  # managed memory, evicted to host RAM under pressure; state
                                  # offloaded to host RAM)
+    admits: bool = True          # the engine takes this batch at once (vLLM's pooling models: every
+                                 # request's tokens in one step of max_num_batched_tokens)
 
     @property
     def total(self) -> int:

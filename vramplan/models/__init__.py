@@ -26,7 +26,7 @@ from dataclasses import replace
 from vramplan.errors import BadConfig
 from vramplan.spec import ModelSpec
 from vramplan.models._base import REGISTRY, Cfg, _clip, show
-from vramplan.models import (deepseek, falcon, gemma2, gemma3, gpt2, gpt_oss, llama, mistral, mixtral,  # noqa: F401
+from vramplan.models import (deepseek, encoder, falcon, gemma2, gemma3, gpt2, gpt_oss, llama, mistral, mixtral,  # noqa: F401
                nemotron_h, phi3, qwen2, qwen3, qwen3_moe)
 from vramplan.models.generic import parse_generic
 

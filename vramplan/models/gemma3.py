@@ -99,6 +99,8 @@ def parse(cfg: Cfg):
             hidden_size=Hv, num_layers=vision.int("num_hidden_layers"), patches_per_image=patches,
             tokens_per_image=cfg.int("mm_tokens_per_image", default=256),
             params=sum(t.numel for t in tower) + sum(t.numel for t in proj.items),
+            intermediate_size=vision.int("intermediate_size"),
+            patch_input=vision.int("num_channels") * vision.int("patch_size") ** 2,
         ),
     )
 

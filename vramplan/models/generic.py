@@ -260,8 +260,8 @@ def refuse_unsupported(cfg: Cfg, text: Cfg, known: bool) -> None:
                  and not a.endswith("LMHeadModel") for a in arch) and not any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in arch)
     if mt in ENCODERS or (masked and mt not in LAYOUTS):
         raise BadConfig(f"{who} is an encoder-only (embedding) model (BERT, XLM-R, ModernBERT, bge, e5, gte ...): "
-                        f"it has no KV cache and vLLM serves it as a pooling model, which vramplan does not "
-                        f"plan yet.")
+                        f"it has no KV cache and vLLM serves it as a pooling model, which vramplan plans for "
+                        f"the BERT, RoBERTa, XLM-R, CamemBERT and ModernBERT layouts only.")
     ssm = [k for k in SSM_KEYS if text.has(k)]
     if ssm:
         raise BadConfig(f"{who} has recurrent (Mamba / SSM / linear-attention) layers ({text.key(ssm[0])}); "

@@ -34,9 +34,23 @@ from vramplan.models._base import Cfg, Tensors
 from vramplan.models.gemma3 import SIGLIP_DEFAULTS, siglip_vision_tensors
 
 
-def _summary(hidden: int, layers: int, patches: int, tokens: int, items: list[Tensor]) -> VisionTower:
+def _summary(hidden: int, layers: int, patches: int, tokens: int, items: list[Tensor], **sizes) -> VisionTower:
     return VisionTower(hidden_size=hidden, num_layers=layers, patches_per_image=patches, tokens_per_image=tokens,
-                       params=sum(t.numel for t in items))
+                       params=sum(t.numel for t in items), **sizes)
+
+
+# The largest image of Qwen's dynamic-resolution processors, in pixels: Qwen2VLImageProcessor's
+# max_pixels default 12,845,056 = 16,384 x 28^2 (Qwen2-VL, Qwen2.5-VL) and Qwen3-VL's
+# size.longest_edge 16,777,216 = 16,384 x 32^2 (preprocessor_config.json, not read here: a
+# checkpoint that lowers max_pixels profiles fewer patches). vLLM's dummy image is that large
+# (get_image_size_with_most_features), so the profile sees max_pixels / patch^2 patches and
+# 1 / merge^2 as many tokens: 65,536 and 16,384, the "budget of 16384 tokens" vLLM logs.
+QWEN_MAX_PIXELS = {"qwen2_vl": 12845056, "qwen3_vl": 16777216}
+
+
+def _qwen_image(family: str, p: int, m: int) -> tuple[int, int]:
+    patches = QWEN_MAX_PIXELS[family] // (p * p)
+    return patches, patches // (m * m)
 
 
 def qwen2_vl(cfg: Cfg, v: Cfg, H: int, v25: bool = False):
@@ -66,8 +80,10 @@ def qwen2_vl(cfg: Cfg, v: Cfg, H: int, v25: bool = False):
     t.norm("merger.ln_q", E, bias=ln)
     t.linear("merger.mlp.0", merged, merged, bias=True, split="column")
     t.linear("merger.mlp.2", out, merged, bias=True, split="row")
-    # dynamic resolution: patches per image depend on the image; 0 says "not fixed"
-    return t.items, ["model.visual"], _summary(E, depth, 0, 0, t.items)
+    # dynamic resolution: the profile's image is the processor's largest (QWEN_MAX_PIXELS)
+    patches, tokens = _qwen_image("qwen2_vl", p, m)
+    return t.items, ["model.visual"], _summary(E, depth, patches, tokens, t.items, intermediate_size=I,
+                                               gated_mlp=v25, patch_input=C * tp * p * p)
 
 
 def qwen2_5_vl(cfg: Cfg, v: Cfg, H: int):
@@ -102,7 +118,9 @@ def qwen3_vl(cfg: Cfg, v: Cfg, H: int):
         t.norm(f"{name}.norm", norm, bias=True)
         t.linear(f"{name}.linear_fc1", merged, merged, bias=True, split="column")
         t.linear(f"{name}.linear_fc2", out, merged, bias=True, split="row")
-    return t.items, ["model.visual"], _summary(E, depth, 0, 0, t.items)
+    patches, tokens = _qwen_image("qwen3_vl", p, m)
+    return t.items, ["model.visual"], _summary(E, depth, patches, tokens, t.items, intermediate_size=I,
+                                               patch_input=C * tp * p * p)
 
 
 def llava(cfg: Cfg, v: Cfg, H: int):

@@ -148,9 +148,13 @@ def plan_table(p: Plan) -> str:
         s = p.serve
         lines.append(f"engine    {s.engine}")
         groups = f" x {s.kv_groups} groups" if s.kv_groups > 1 else ""
-        lines.append(f"vLLM      GPU KV cache size: {s.kv_cache_tokens:,} tokens ({s.num_gpu_blocks:,} blocks "
-                     f"of {s.block_size}{groups}); maximum concurrency for {w.ctx:,} tokens per request: "
-                     f"{s.max_concurrency:.2f}x")
+        if p.model.traits.pooling:
+            lines.append(f"vLLM      pooling model, no KV cache: {s.max_num_batched_tokens:,} tokens per step "
+                         f"(max_num_batched_tokens), at most {s.max_num_seqs:,} requests")
+        else:
+            lines.append(f"vLLM      GPU KV cache size: {s.kv_cache_tokens:,} tokens ({s.num_gpu_blocks:,} blocks "
+                         f"of {s.block_size}{groups}); maximum concurrency for {w.ctx:,} tokens per request: "
+                         f"{s.max_concurrency:.2f}x")
         if s.ranks:
             lines.append(f"          components are rank {s.rank}'s, the GPU with the fewest KV blocks")
         for note in s.kv_notes:
@@ -190,6 +194,9 @@ def _serve_verdict(p: Plan) -> str:
                 f"{fmt_gib(p.capacity_bytes)}, headroom {fmt_gib(p.headroom_bytes)}")
     if s.holds:     # started and holds: only what vLLM keeps outside its budget fails
         return f"✗ does not fit: {starts}, but runs out of memory outside its budget"
+    if p.model.traits.pooling:
+        return (f"✗ does not fit: {starts}, but takes only {p.max_batch:,} of {load} in one step of "
+                f"max_num_batched_tokens {s.max_num_batched_tokens:,} (the rest queue)")
     return (f"✗ does not fit: {starts}, but holds only {p.max_batch:,} of {load} at once "
             f"({s.max_concurrency:.2f}x; the rest queue): needs {fmt_gib(p.total_bytes)}, capacity "
             f"{fmt_gib(p.capacity_bytes)}")

@@ -272,18 +272,28 @@ class Traits:
     """Liger-Kernel patches this model type when the Trainer's use_liger_kernel is on (its
     monkey_patch.py MODEL_TYPE_TO_APPLY_LIGER_FN); for any other type _apply_liger_kernel_to_instance
     logs a warning and changes nothing (engines/hf_trainer, docs/training.md §15)."""
+    pooling: bool = False
+    """An encoder-only (embedding) model that vLLM serves as a pooling model: no KV cache, a dummy
+    pooler instead of the sampler in its profile (models/encoder.py, engines/vllm/serving.py);
+    other modes refuse it."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class VisionTower:
     """A summary of a multimodal checkpoint's vision encoder (its tensors are in ModelSpec.tensors).
-    No formula reads it yet: text-only workloads run no tower."""
+    Serving reads it for vLLM's start-up encoder profile (engines/vllm/encoder_profile.py); other
+    workloads are text-only and run no tower."""
 
     hidden_size: int
     num_layers: int
     patches_per_image: int
     tokens_per_image: int        # image tokens the projector hands the language model
     params: int                  # tower and projector
+    # What vLLM's encoder profile reads (engines/vllm/encoder_profile.py); 0 where a reader does not
+    # size it, and then the profile is not modelled.
+    intermediate_size: int = 0   # the tower's MLP width
+    gated_mlp: bool = False      # gate and up projections (Qwen2.5-VL), else fc1 -> act -> fc2
+    patch_input: int = 0         # pixel_values elements per patch: channels x patch^2 (x temporal patch)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -150,7 +150,7 @@ class Plan:
         """The engine's verdict (engines/base.py, Engine.fits) read back from the plan: the total
         within the capacity, and the program starts (vLLM: its report's `starts`)."""
         inside = self.total_bytes <= self.capacity_bytes
-        return (inside and (self.serve is None or self.serve.starts)
+        return (inside and (self.serve is None or (self.serve.starts and self.serve.holds))
                 and (self.local is None or self.local.ram_ok)
                 and (self.sglang is None or self.sglang.starts))
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from vramplan.engines.base import Attempt, EngineBase, ScaleOut
 from vramplan.engines.vllm import serving
+from vramplan.engines.vllm.encoder_profile import image_limit, profiled
 from vramplan.memory.dtypes import FLOAT_BYTES
 from vramplan.memory.parallel import NODE_GPUS
 from vramplan.memory.setup import Breakdown, Setup
@@ -26,10 +27,19 @@ def serve_flag_notes(model: ModelSpec, o) -> list[str]:
     if o.dp > 1:
         out.append(f"--data-parallel-size {o.dp}: {o.dp} engines, each with its own KV cache and max_num_seqs; "
                    f"the batch is spread evenly over them and the figures are per engine.")
-    if o.limit_mm_per_prompt:
-        limits = ", ".join(f"{k}={v}" for k, v in o.limit_mm_per_prompt)
-        out.append(f"--limit-mm-per-prompt {limits} is read but not modelled: the multimodal encoder's "
-                   "profiling budget is not part of this plan.")
+    if model.vision is not None and not profiled(model.vision) and image_limit(o.limit_mm_per_prompt):
+        out.append("vLLM profiles this model's vision encoder at start-up on dummy images; that profile is not "
+                   "modelled for this tower, so the activations and the available KV memory may be "
+                   "optimistic (--limit-mm-per-prompt image=0 turns the profile off, as vLLM does).")
+    if model.traits.pooling:
+        out.append("pooling model: no KV cache; max batch limited by max_num_batched_tokens (vLLM serves this "
+                   "encoder-only model with --runner pooling: every request is read in one step, no chunked "
+                   "prefill, and the profile runs a dummy pooler instead of the sampler).")
+    others = [(k, v) for k, v in o.limit_mm_per_prompt if k != "image"]
+    if others:
+        limits = ", ".join(f"{k}={v}" for k, v in others)
+        out.append(f"--limit-mm-per-prompt {limits} is read but not modelled: vLLM's encoder profile is "
+                   "planned for images only.")
     if o.swap_space_gib is not None:
         out.append(f"--swap-space {o.swap_space_gib:g} is CPU memory; it changes nothing on the GPU.")
     return out
@@ -50,7 +60,7 @@ class VllmEngine(EngineBase):
 
     def fits(self, setup: Setup, breakdown: Breakdown, ctx: int) -> bool:
         """The budget holds the workload and vLLM starts (the report's `starts`)."""
-        return breakdown.total <= setup.capacity and serving.starts(setup, ctx)
+        return breakdown.total <= setup.capacity and breakdown.admits and serving.starts(setup, ctx)
 
     def warnings(self, setup: Setup, report: ServeReport | None) -> list[str]:
         out = []
@@ -93,6 +103,12 @@ class VllmEngine(EngineBase):
         if util is not None:
             attempt(f"--gpu-memory-utilization {util:g}", {"gpu_memory_utilization": util},
                     serve=replace(o, gpu_memory_utilization=util))
+        if plan.model.traits.pooling and report is not None:
+            # a pooling model reads each request in one step: a larger step takes the whole batch
+            need = ceil_div(w.batch, o.dp) * w.ctx
+            if need > report.max_num_batched_tokens:
+                attempt(f"--max-num-batched-tokens {need}", {"max_num_batched_tokens": need},
+                        serve=replace(o, max_num_batched_tokens=need))
         if report is not None:
             _smaller(attempt, "--max-num-seqs", "max_num_seqs", report.max_num_seqs, SEQS_STEPS, w.batch, o)
             _smaller(attempt, "--max-num-batched-tokens", "max_num_batched_tokens", report.max_num_batched_tokens,

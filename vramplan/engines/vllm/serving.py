@@ -41,6 +41,7 @@ from vramplan.memory.overhead import CUDA_CONTEXT_BYTES, NCCL_BYTES_PER_RANK
 from vramplan.memory.parallel import MoeSplit, check_parallel, moe_split, pp_stages, stage_tensors, tp_divisor
 from vramplan.memory.setup import Breakdown, Setup, resolve_kv_dtype
 from vramplan.memory.weights import WeightFormat, allocated_bytes, quantizes, resolve_format, weight_bytes
+from vramplan.engines.vllm.encoder_profile import EncoderProfile, encoder_profile
 
 # Whose accounting is modelled (--vllm-version X.Y[.Z] picks one; vllm-accounting.md A.2, A.4, A.8,
 # A.9). Each era starts at the release where a change that moves the start-up numbers landed:
@@ -404,6 +405,8 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     act_elem, kv_elem = FLOAT_BYTES[fmt.base], FLOAT_BYTES[kv_dtype]
     per_gpu = target.per_gpu_bytes
     tokens, seqs = engine_limits(o, target.gpu, per_gpu)
+    if model.traits.pooling and not o.max_num_batched_tokens:
+        tokens = max(tokens, workload.ctx)      # no chunked prefill: SchedulerConfig's max(max_model_len, default)
     specs, notes = kv.page_specs(model, kv_elem, o.tp, o.block_size, MLA_BLOCK.get(_sm(target.gpu)),
                                  act_elem, _ssm_elem(model, act_elem))
     layout = kv.kv_layout(specs)
@@ -422,8 +425,10 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
 
     forward = act.forward_peak(model, tokens, act_elem, widest)
     fwd = (ceil_div(forward.bytes, o.tp), f"profile forward, {tokens:,} tokens ({forward.where})")
-    sampler = sampler_peak(era, seqs, model.vocab_size, target.gpu, tokens * model.hidden_size * act_elem)
+    sampler = ((0, "") if model.traits.pooling     # a dummy pooler pass, no sampler (profile_run)
+               else sampler_peak(era, seqs, model.vocab_size, target.gpu, tokens * model.hidden_size * act_elem))
     rope = rope_cache_bytes(model, act_elem)
+    mm = encoder_profile(model, tokens, seqs, o.limit_mm_per_prompt, act_elem, o.tp)
     stages = []
     for k, layers in enumerate(pp_stages(model.num_layers, o.pp)):
         first, last = k == 0, k == o.pp - 1
@@ -433,6 +438,8 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
                    + (mxfp4_padding(part, fmt, divisor, o.tp, backend, moe) if backend else 0))
         weights -= offloaded_bytes(part, fmt, divisor, o.cpu_offload_bytes)
         peak, where = max(fwd, sampler) if last else fwd
+        if first and mm is not None:    # the vision encoder runs first; its outputs stay cached
+            peak, where = _with_encoder(mm, peak, where)
         if not first:   # hidden states + residual received from the previous stage
             peak += 2 * tokens * model.hidden_size * act_elem
             where += " + PP intermediate tensors"
@@ -451,6 +458,8 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
                                  o.kv_cache_memory)
         headroom_ok = not oom           # the rest of the card, beside the fixed footprint, is what is outside
     free = _free_memory_refusal(target, outside, era, o.gpu_memory_utilization, requested)
+    if mm is not None:
+        notes = tuple(notes) + (mm.log,)
     state = VllmState(batched_tokens=tokens, max_seqs=seqs, requested=requested, era=era, version=version,
                       mxfp4_backend=backend, rope_bytes=rope,
                       outside=outside, layout=layout, stages=tuple(stages), worst=worst,
@@ -461,6 +470,16 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     return Setup(model=model, target=target, workload=workload, fmt=fmt, kv_dtype=kv_dtype,
                  kv_elem=kv_elem, act_elem=act_elem, weights=worst.weights, overhead=overhead,
                  capacity=capacity, tp=o.tp, widest=widest, state=state)
+
+
+def _with_encoder(mm: EncoderProfile, peak: int, where: str) -> tuple[int, str]:
+    """The first stage's torch peak once vLLM's encoder profile runs before the text dummy forward:
+    the encoder's own transient, or the text peak with the encoder cache held
+    (encoder_profile.py)."""
+    images = f"{mm.items} dummy image{'s' if mm.items > 1 else ''} of {mm.tokens_per_item:,} tokens"
+    if mm.forward > peak + mm.cache:
+        return mm.forward, f"profile vision encoder, {images} (modelled)"
+    return peak + mm.cache, f"{where} + encoder cache, {images} (modelled)"
 
 
 def components(s: Setup[VllmState], batch: int, ctx: int) -> Breakdown:
@@ -482,7 +501,12 @@ def components(s: Setup[VllmState], batch: int, ctx: int) -> Breakdown:
                           + (" (NCCL included)" if s.overhead["non_torch"] > NON_TORCH_INCREASE else "")}
     if "cuda_graphs" in parts:
         notes["cuda_graphs"] = "vLLM's CUDA graph estimate, inside the budget since 0.21"
-    return Breakdown(parts, notes, "profile run", s.weights + cache + worst.activation.bytes)
+    admits = True
+    if s.model.traits.pooling:
+        notes["kv_cache"] = (f"pooling model: no KV cache; {share} x {ctx:,} tokens in one step of "
+                             f"max_num_batched_tokens {s.state.batched_tokens:,}")
+        admits = share * ctx <= s.state.batched_tokens and share <= s.state.max_seqs
+    return Breakdown(parts, notes, "profile run", s.weights + cache + worst.activation.bytes, admits=admits)
 
 
 def _gib(b: int) -> float:
@@ -618,7 +642,7 @@ def startup(s: Setup[VllmState], b: Breakdown, ctx: int) -> ServeReport:
         max_model_len_that_starts=longest, outside_budget=dict(d.outside), headroom_ok=d.headroom_ok,
         refusal=refusal, available_bytes=worst.available, rank=worst.index * o.tp, kv_groups=groups,
         kv_notes=d.notes, ranks=ranks if o.pp > 1 else (),
-        holds=b.total <= s.capacity, mxfp4_backend=d.mxfp4_backend,
+        holds=b.total <= s.capacity and b.admits, mxfp4_backend=d.mxfp4_backend,
     )
 
 
