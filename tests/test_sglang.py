@@ -293,3 +293,19 @@ def test_api_aliases():
 def test_trace_method_is_refused():
     assert_cli_refuses(["fit", "meta-llama/Llama-3.1-8B", "--engine", "sglang", "--method", "trace"], 2,
                        "--engine sglang is planned with --method analytic")
+
+
+def test_tensor_parallel_refusals_name_sglang_not_vllm():
+    # Qwen3-8B: 32 attention heads, 8 KV heads (configs/models/Qwen--Qwen3-8B.json); SGLang's
+    # attention layers assert total_num_heads % tp_size == 0 and that the KV heads divide tp or are
+    # a multiple of it (sglang/srt/models/llama.py LlamaAttention), the splits vLLM refuses too.
+    heads = ["fit", "Qwen/Qwen3-8B", "--engine", "sglang", "--gpu", "l40s:3", "--tp-size", "3"]
+    assert_cli_refuses(heads, 2, "does not divide the 32 attention heads of Qwen/Qwen3-8B; SGLang requires it")
+    r = CliRunner().invoke(app, heads)
+    assert "vLLM" not in r.output
+    # GLM-4.5-Air: 96 heads (3 divides them), 8 KV heads (3 neither divides nor is a multiple).
+    kv = ["fit", "zai-org/GLM-4.5-Air", "--engine", "sglang", "--gpu", "h100:3"]
+    assert_cli_refuses(kv, 2, "cannot split the 8 KV heads of zai-org/GLM-4.5-Air: SGLang needs tp")
+    # vLLM's own message is still quoted on the vLLM path.
+    assert_cli_refuses(["fit", "Qwen/Qwen3-8B", "--gpu", "l40s:3", "--tp", "3"], 2,
+                       "Total number of attention heads (32) must be divisible by tensor parallel size (3).")

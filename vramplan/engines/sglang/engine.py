@@ -137,7 +137,7 @@ class SglangEngine(EngineBase):
     def prepare(self, model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
         w, o = workload, workload.sglang or SglangOptions()
         tp, pp = w.serve.tp, w.serve.pp
-        check_parallel(model, tp, pp)
+        check_parallel(model, tp, pp, engine="SGLang")
         attn_dp = o.dp_size if o.enable_dp_attention else 1
         fmt = _format(model, w.dtype)
         if w.kv_dtype not in ("auto", *KV_DTYPES):
