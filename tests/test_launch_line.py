@@ -182,3 +182,11 @@ def test_relaunch_replaces_a_flag_given_in_another_form():
 ])
 def test_refusals(argv, needle):
     assert_cli_refuses(argv, 2, needle)
+
+
+def test_a_pasted_multi_line_command_ignores_no_newline_words():
+    # The shell removes backslash-newline (a line continuation); shlex.split alone keeps "\n" as a
+    # word, which the note then printed as an empty "ignored" entry.
+    launch = L.parse("vllm serve Qwen/Qwen3-8B \\\n  --max-model-len 8192 \\\r\n  --port 8000")
+    assert launch.params == {"ctx": 8192}
+    assert launch.ignored == ("--port 8000",)

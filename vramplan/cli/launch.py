@@ -184,7 +184,9 @@ def parse(cmd: str) -> Launch:
     if not isinstance(cmd, str) or len(cmd) > MAX_CMD_CHARS:
         raise BadInput(f"--cmd must be one launch line of at most {MAX_CMD_CHARS:,} characters.")
     try:
-        words = shlex.split(cmd, comments=True)
+        # a pasted multi-line command: the shell drops backslash-newline (line continuation);
+        # shlex would keep the newline as a word of its own
+        words = shlex.split(re.sub(r"\\\r?\n", " ", cmd), comments=True)
     except ValueError as e:
         raise BadInput(f"--cmd could not be split as a shell line ({e}).") from None
     words = [w for w in words if w != "\\"]
