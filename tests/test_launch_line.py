@@ -190,3 +190,21 @@ def test_a_pasted_multi_line_command_ignores_no_newline_words():
     launch = L.parse("vllm serve Qwen/Qwen3-8B \\\n  --max-model-len 8192 \\\r\n  --port 8000")
     assert launch.params == {"ctx": 8192}
     assert launch.ignored == ("--port 8000",)
+
+
+def test_a_scale_out_suggestion_undoes_the_users_dp():
+    # Qwen3-Coder-480B with -dp 8 on h200:8 leaves no room for a KV block; the two-node suggestion is
+    # planned as one engine (tp 8 x pp 2 x dp 1 = 16 GPUs), so it must say -dp 1: pasted onto the
+    # user's line without it, --dp 8 would ask for 8 x 16 = 128 GPUs (a refusal, exit 2).
+    argv = ["fit", "Qwen/Qwen3-Coder-480B-A35B-Instruct", "--gpu", "h200:8", "--dp", "8",
+            "--enable-expert-parallel", "--tp", "1"]
+    s = {x["change"]: x for x in plan_json(argv)["suggestions"]}
+    two_nodes = s["--gpu h200:16 -tp 8 -pp 2 -dp 1"]
+    assert two_nodes["flags"] == {"gpu": "h200:16", "tp": 8, "pp": 2, "dp": 1} and two_nodes["fits"]
+    pasted = plan_json(argv + ["--gpu", "h200:16", "-tp", "8", "-pp", "2", "-dp", "1"])
+    assert pasted["fits"] and pasted["total_bytes"] == two_nodes["total_bytes"]
+    code, out, _ = run(["fit", "--cmd", "vllm serve Qwen/Qwen3-Coder-480B-A35B-Instruct -dp 8 "
+                        "--enable-expert-parallel", "--gpu", "h200:8"])
+    assert code == 1
+    assert ("  vllm serve Qwen/Qwen3-Coder-480B-A35B-Instruct --enable-expert-parallel --tensor-parallel-size 8 "
+            "--pipeline-parallel-size 2 --data-parallel-size 1") in out.splitlines()
