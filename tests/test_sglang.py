@@ -309,3 +309,26 @@ def test_tensor_parallel_refusals_name_sglang_not_vllm():
     # vLLM's own message is still quoted on the vLLM path.
     assert_cli_refuses(["fit", "Qwen/Qwen3-8B", "--gpu", "l40s:3", "--tp", "3"], 2,
                        "Total number of attention heads (32) must be divisible by tensor parallel size (3).")
+
+
+def _suggestions(argv):
+    r = CliRunner().invoke(app, argv + ["--json"])
+    assert r.exit_code in (0, 1), r.output
+    return {s["change"]: s for s in json.loads(r.output)["suggestions"]}
+
+
+def test_scale_out_suggestions_undo_the_users_pp_and_dp_size():
+    # A tp-only layout of n GPUs is planned; the change must reset a replica --dp-size and a --pp the
+    # user gave, or pasting it asks for n x dp (or n x pp) GPUs and is refused (exit 2).
+    base = ["fit", "moonshotai/Kimi-K2-Instruct", "--engine", "sglang", "--ctx", "32k"]
+    dp = base + ["--gpu", "h200:8", "--dp-size", "2", "--tp", "4"]
+    s = _suggestions(dp)["--gpu h200:16 --tp-size 16 --dp-size 1"]
+    assert s["flags"] == {"gpu": "h200:16", "tp": 16, "dp_size": 1}
+    pasted = json.loads(CliRunner().invoke(app, dp + ["--gpu", "h200:16", "--tp-size", "16", "--dp-size", "1",
+                                                      "--json"]).output)
+    assert pasted["fits"] is s["fits"] is True and pasted["total_bytes"] == s["total_bytes"]
+    pp = base + ["--gpu", "h200:4", "--pp", "2", "--tp", "2"]
+    s = _suggestions(pp)["--gpu h200:8 --tp-size 8 --pp 1"]
+    pasted = json.loads(CliRunner().invoke(app, pp + ["--gpu", "h200:8", "--tp-size", "8", "--pp", "1",
+                                                      "--json"]).output)
+    assert pasted["total_bytes"] == s["total_bytes"] and pasted["fits"] == s["fits"]

@@ -300,8 +300,16 @@ class SglangEngine(EngineBase):
 
     def scale_out(self, plan: Plan, n: int) -> ScaleOut:
         gpu = plan.target.gpu.id if plan.target.gpu else "custom"
-        return ScaleOut(f"--gpu {gpu}:{n} --tp-size {n}", {"gpu": f"{gpu}:{n}", "tp": n},
-                        {"serve": replace(plan.workload.serve, tp=n)})
+        o = plan.workload.sglang or SglangOptions()
+        # all n GPUs in one tensor-parallel group: a --pp or a replica --dp-size the user gave is
+        # undone in the change too, or pasting it asks for n x pp x dp GPUs
+        text, flags, extra = f"--gpu {gpu}:{n} --tp-size {n}", {"gpu": f"{gpu}:{n}", "tp": n}, {}
+        if plan.workload.serve.pp > 1:
+            text, flags["pp"] = text + " --pp 1", 1
+        if o.dp_size > 1 and not o.enable_dp_attention:
+            text, flags["dp_size"] = text + " --dp-size 1", 1
+            extra["sglang"] = replace(o, dp_size=1)
+        return ScaleOut(text, flags, {"serve": replace(plan.workload.serve, tp=n, pp=1), **extra})
 
 
 ENGINE = SglangEngine()
