@@ -332,3 +332,23 @@ def test_scale_out_suggestions_undo_the_users_pp_and_dp_size():
     pasted = json.loads(CliRunner().invoke(app, pp + ["--gpu", "h200:8", "--tp-size", "8", "--pp", "1",
                                                       "--json"]).output)
     assert pasted["total_bytes"] == s["total_bytes"] and pasted["fits"] == s["fits"]
+
+
+def test_the_env_var_that_lets_sglang_start_past_the_derived_context_length():
+    # Qwen3-8B derives context_length 40,960 (max_position_embeddings); SGLang raises for 131,072
+    # unless SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1, when it warns and starts
+    # (configs/model_config.py _derive_context_length). The prefix was listed as "ignored".
+    line = "python -m sglang.launch_server --model-path Qwen/Qwen3-8B --context-length 131072"
+    refused = CliRunner().invoke(app, ["fit", "--cmd", line, "--gpu", "h100", "--json"])
+    assert refused.exit_code == 1 and json.loads(refused.stdout)["sglang"]["starts"] is False
+    env = CliRunner().invoke(app, ["fit", "--cmd", "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 " + line,
+                                   "--gpu", "h100", "--json"])
+    flag = CliRunner().invoke(app, ["fit", "Qwen/Qwen3-8B", "--engine", "sglang", "--ctx", "131072",
+                                    "--allow-long-max-model-len", "--gpu", "h100", "--json"])
+    assert env.exit_code == flag.exit_code == 0 and "ignored" not in env.stderr
+    assert json.loads(env.stdout) == json.loads(flag.stdout)
+    assert any("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1" in x for x in json.loads(flag.stdout)["warnings"])
+    # the other server's variable is not read: on a vLLM line it is ignored, and vLLM still refuses
+    other = CliRunner().invoke(app, ["fit", "--cmd", "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 vllm serve "
+                                     "Qwen/Qwen3-8B --max-model-len 131072", "--gpu", "h100"])
+    assert other.exit_code == 1 and "ignored" in other.stderr

@@ -177,7 +177,8 @@ class SglangEngine(EngineBase):
         headroom_ok = sum(slack.values()) <= pre - worst.weights - pool_alloc
         state = SglangState(settings=s, attn_dp=attn_dp, pre=pre, stages=tuple(stages), worst=worst,
                             tokens=tokens, pool_bytes=tokens * worst.cell, outside={**slack, **before},
-                            context_len=ctx, context_limit=_limit(model), refusal=refusal,
+                            context_len=ctx, refusal=refusal,
+                            context_limit=None if w.serve.allow_long_max_model_len else _limit(model),
                             headroom_ok=headroom_ok)
         overhead = {**slack, **before}
         capacity = min(worst.weights + state.pool_bytes + sum(overhead.values()), target.per_gpu_bytes)
@@ -240,6 +241,11 @@ class SglangEngine(EngineBase):
                        f"{1 - d.settings.mem_fraction_static:.1%} SGLang leaves outside its static fraction; it "
                        "would run out of memory capturing CUDA graphs or on the first long prefill. Lower "
                        "--mem-fraction-static or --chunked-prefill-size.")
+        limit = _limit(setup.model)
+        if w.serve.allow_long_max_model_len and limit is not None and w.ctx > limit:
+            out.append(f"--ctx {w.ctx:,} is above the model's derived context_length ({limit:,}); planned as "
+                       "SGLang starts with SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1, which warns that it "
+                       "may lead to incorrect model outputs or CUDA errors.")
         return out
 
     @staticmethod
