@@ -208,3 +208,24 @@ def test_a_scale_out_suggestion_undoes_the_users_dp():
     assert code == 1
     assert ("  vllm serve Qwen/Qwen3-Coder-480B-A35B-Instruct --enable-expert-parallel --tensor-parallel-size 8 "
             "--pipeline-parallel-size 2 --data-parallel-size 1") in out.splitlines()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    # the line says whose rules apply; a contradicting --engine was planned silently (an SGLang line
+    # as vLLM) or refused for a flag the user never gave ("--dp is vLLM's")
+    (["--cmd", "vllm serve Qwen/Qwen3-8B", "--engine", "sglang"],
+     "--cmd is a vLLM launch line, which --engine sglang contradicts"),
+    (["--cmd", "python -m sglang.launch_server --model-path Qwen/Qwen3-8B", "--engine", "vllm"],
+     "--cmd is an SGLang launch line, which --engine vllm contradicts"),
+    # a launch line serves; a training mode was refused as "--tp, --pp, --dp only apply to --mode serve"
+    (["--cmd", "vllm serve Qwen/Qwen3-8B", "--mode", "lora"],
+     "--cmd is a serving launch line (vLLM), which --mode lora contradicts"),
+])
+def test_cmd_refuses_a_contradicting_engine_or_mode(argv, needle):
+    assert_cli_refuses(["fit", *argv], 2, needle)
+
+
+def test_cmd_accepts_the_engine_and_mode_it_implies():
+    for argv in (["--cmd", "vllm serve Qwen/Qwen3-8B", "--engine", "vllm", "--mode", "serve"],
+                 ["--cmd", "python -m sglang.launch_server --model-path Qwen/Qwen3-8B", "--engine", "sglang"]):
+        assert run(["fit", *argv, "--gpu", "h100"])[0] == 0
