@@ -176,3 +176,19 @@ def test_analytic_path_imports_nothing_heavy():
     for heavy in ("torch", "transformers", "huggingface_hub", "pynvml", "accelerate", "peft", "numpy"):
         assert heavy not in imported, heavy
     assert json.loads(proc.stdout)["fits"] is False
+
+
+@pytest.mark.parametrize("argv, verdict", [
+    (["compare", "Qwen/Qwen3-8B", "--mode", "lora", "--ctx", "2k"], 0),   # fits somewhere
+    (["fit", "Qwen/Qwen3-235B-A22B", "--gpu", "l40s"], 1),                  # 235 B params on one L40S
+])
+def test_a_reader_that_leaves_early_keeps_the_verdict(argv, verdict):
+    # `vramplan ... | head -1`: the reader closes the pipe before the answer is written. The exit
+    # code is still the verdict and nothing is said on stderr (it was "internal error:
+    # BrokenPipeError", exit 3).
+    proc = subprocess.Popen([sys.executable, "-m", "vramplan", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            cwd=os.path.join(os.path.dirname(__file__), ".."))
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == verdict and err == ""

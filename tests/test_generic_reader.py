@@ -386,3 +386,18 @@ def test_kv_table_of_an_approximate_model_opens_with_the_warning(acme_dir):
     assert r.exit_code == 0 and r.stdout.startswith("APPROXIMATE:")
     r = CliRunner().invoke(app, ["kv", "meta-llama/Llama-3.1-8B"])
     assert r.exit_code == 0 and "APPROXIMATE" not in r.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["compare"], ["compare", "--format", "markdown"], ["sweep", "--gpu", "l40s", "--ctx", "4k,8k", "--batch", "1,2"],
+])
+def test_compare_and_sweep_open_with_the_approximate_label(acme_dir, argv):
+    # compare and sweep plan the same approximately read model as fit; their tables said nothing of it
+    from typer.testing import CliRunner
+    from vramplan.cli import app
+    r = CliRunner().invoke(app, [argv[0], acme_dir, *argv[1:]])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0].startswith("APPROXIMATE: acme_lm was read by vramplan's generic config reader")
+    assert r.stdout.index("gated MLP") < r.stdout.index(acme_dir)
+    exact = CliRunner().invoke(app, [argv[0], "meta-llama/Llama-3.1-8B", *argv[1:]])
+    assert "APPROXIMATE" not in exact.stdout

@@ -182,3 +182,50 @@ def test_relaunch_replaces_a_flag_given_in_another_form():
 ])
 def test_refusals(argv, needle):
     assert_cli_refuses(argv, 2, needle)
+
+
+def test_a_pasted_multi_line_command_ignores_no_newline_words():
+    # The shell removes backslash-newline (a line continuation); shlex.split alone keeps "\n" as a
+    # word, which the note then printed as an empty "ignored" entry.
+    launch = L.parse("vllm serve Qwen/Qwen3-8B \\\n  --max-model-len 8192 \\\r\n  --port 8000")
+    assert launch.params == {"ctx": 8192}
+    assert launch.ignored == ("--port 8000",)
+
+
+def test_a_scale_out_suggestion_undoes_the_users_dp():
+    # Qwen3-Coder-480B with -dp 8 on h200:8 leaves no room for a KV block; the two-node suggestion is
+    # planned as one engine (tp 8 x pp 2 x dp 1 = 16 GPUs), so it must say -dp 1: pasted onto the
+    # user's line without it, --dp 8 would ask for 8 x 16 = 128 GPUs (a refusal, exit 2).
+    argv = ["fit", "Qwen/Qwen3-Coder-480B-A35B-Instruct", "--gpu", "h200:8", "--dp", "8",
+            "--enable-expert-parallel", "--tp", "1"]
+    s = {x["change"]: x for x in plan_json(argv)["suggestions"]}
+    two_nodes = s["--gpu h200:16 -tp 8 -pp 2 -dp 1"]
+    assert two_nodes["flags"] == {"gpu": "h200:16", "tp": 8, "pp": 2, "dp": 1} and two_nodes["fits"]
+    pasted = plan_json(argv + ["--gpu", "h200:16", "-tp", "8", "-pp", "2", "-dp", "1"])
+    assert pasted["fits"] and pasted["total_bytes"] == two_nodes["total_bytes"]
+    code, out, _ = run(["fit", "--cmd", "vllm serve Qwen/Qwen3-Coder-480B-A35B-Instruct -dp 8 "
+                        "--enable-expert-parallel", "--gpu", "h200:8"])
+    assert code == 1
+    assert ("  vllm serve Qwen/Qwen3-Coder-480B-A35B-Instruct --enable-expert-parallel --tensor-parallel-size 8 "
+            "--pipeline-parallel-size 2 --data-parallel-size 1") in out.splitlines()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    # the line says whose rules apply; a contradicting --engine was planned silently (an SGLang line
+    # as vLLM) or refused for a flag the user never gave ("--dp is vLLM's")
+    (["--cmd", "vllm serve Qwen/Qwen3-8B", "--engine", "sglang"],
+     "--cmd is a vLLM launch line, which --engine sglang contradicts"),
+    (["--cmd", "python -m sglang.launch_server --model-path Qwen/Qwen3-8B", "--engine", "vllm"],
+     "--cmd is an SGLang launch line, which --engine vllm contradicts"),
+    # a launch line serves; a training mode was refused as "--tp, --pp, --dp only apply to --mode serve"
+    (["--cmd", "vllm serve Qwen/Qwen3-8B", "--mode", "lora"],
+     "--cmd is a serving launch line (vLLM), which --mode lora contradicts"),
+])
+def test_cmd_refuses_a_contradicting_engine_or_mode(argv, needle):
+    assert_cli_refuses(["fit", *argv], 2, needle)
+
+
+def test_cmd_accepts_the_engine_and_mode_it_implies():
+    for argv in (["--cmd", "vllm serve Qwen/Qwen3-8B", "--engine", "vllm", "--mode", "serve"],
+                 ["--cmd", "python -m sglang.launch_server --model-path Qwen/Qwen3-8B", "--engine", "sglang"]):
+        assert run(["fit", *argv, "--gpu", "h100"])[0] == 0

@@ -293,3 +293,62 @@ def test_api_aliases():
 def test_trace_method_is_refused():
     assert_cli_refuses(["fit", "meta-llama/Llama-3.1-8B", "--engine", "sglang", "--method", "trace"], 2,
                        "--engine sglang is planned with --method analytic")
+
+
+def test_tensor_parallel_refusals_name_sglang_not_vllm():
+    # Qwen3-8B: 32 attention heads, 8 KV heads (configs/models/Qwen--Qwen3-8B.json); SGLang's
+    # attention layers assert total_num_heads % tp_size == 0 and that the KV heads divide tp or are
+    # a multiple of it (sglang/srt/models/llama.py LlamaAttention), the splits vLLM refuses too.
+    heads = ["fit", "Qwen/Qwen3-8B", "--engine", "sglang", "--gpu", "l40s:3", "--tp-size", "3"]
+    assert_cli_refuses(heads, 2, "does not divide the 32 attention heads of Qwen/Qwen3-8B; SGLang requires it")
+    r = CliRunner().invoke(app, heads)
+    assert "vLLM" not in r.output
+    # GLM-4.5-Air: 96 heads (3 divides them), 8 KV heads (3 neither divides nor is a multiple).
+    kv = ["fit", "zai-org/GLM-4.5-Air", "--engine", "sglang", "--gpu", "h100:3"]
+    assert_cli_refuses(kv, 2, "cannot split the 8 KV heads of zai-org/GLM-4.5-Air: SGLang needs tp")
+    # vLLM's own message is still quoted on the vLLM path.
+    assert_cli_refuses(["fit", "Qwen/Qwen3-8B", "--gpu", "l40s:3", "--tp", "3"], 2,
+                       "Total number of attention heads (32) must be divisible by tensor parallel size (3).")
+
+
+def _suggestions(argv):
+    r = CliRunner().invoke(app, argv + ["--json"])
+    assert r.exit_code in (0, 1), r.output
+    return {s["change"]: s for s in json.loads(r.output)["suggestions"]}
+
+
+def test_scale_out_suggestions_undo_the_users_pp_and_dp_size():
+    # A tp-only layout of n GPUs is planned; the change must reset a replica --dp-size and a --pp the
+    # user gave, or pasting it asks for n x dp (or n x pp) GPUs and is refused (exit 2).
+    base = ["fit", "moonshotai/Kimi-K2-Instruct", "--engine", "sglang", "--ctx", "32k"]
+    dp = base + ["--gpu", "h200:8", "--dp-size", "2", "--tp", "4"]
+    s = _suggestions(dp)["--gpu h200:16 --tp-size 16 --dp-size 1"]
+    assert s["flags"] == {"gpu": "h200:16", "tp": 16, "dp_size": 1}
+    pasted = json.loads(CliRunner().invoke(app, dp + ["--gpu", "h200:16", "--tp-size", "16", "--dp-size", "1",
+                                                      "--json"]).output)
+    assert pasted["fits"] is s["fits"] is True and pasted["total_bytes"] == s["total_bytes"]
+    pp = base + ["--gpu", "h200:4", "--pp", "2", "--tp", "2"]
+    s = _suggestions(pp)["--gpu h200:8 --tp-size 8 --pp 1"]
+    pasted = json.loads(CliRunner().invoke(app, pp + ["--gpu", "h200:8", "--tp-size", "8", "--pp", "1",
+                                                      "--json"]).output)
+    assert pasted["total_bytes"] == s["total_bytes"] and pasted["fits"] == s["fits"]
+
+
+def test_the_env_var_that_lets_sglang_start_past_the_derived_context_length():
+    # Qwen3-8B derives context_length 40,960 (max_position_embeddings); SGLang raises for 131,072
+    # unless SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1, when it warns and starts
+    # (configs/model_config.py _derive_context_length). The prefix was listed as "ignored".
+    line = "python -m sglang.launch_server --model-path Qwen/Qwen3-8B --context-length 131072"
+    refused = CliRunner().invoke(app, ["fit", "--cmd", line, "--gpu", "h100", "--json"])
+    assert refused.exit_code == 1 and json.loads(refused.stdout)["sglang"]["starts"] is False
+    env = CliRunner().invoke(app, ["fit", "--cmd", "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 " + line,
+                                   "--gpu", "h100", "--json"])
+    flag = CliRunner().invoke(app, ["fit", "Qwen/Qwen3-8B", "--engine", "sglang", "--ctx", "131072",
+                                    "--allow-long-max-model-len", "--gpu", "h100", "--json"])
+    assert env.exit_code == flag.exit_code == 0 and "ignored" not in env.stderr
+    assert json.loads(env.stdout) == json.loads(flag.stdout)
+    assert any("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1" in x for x in json.loads(flag.stdout)["warnings"])
+    # the other server's variable is not read: on a vLLM line it is ignored, and vLLM still refuses
+    other = CliRunner().invoke(app, ["fit", "--cmd", "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 vllm serve "
+                                     "Qwen/Qwen3-8B --max-model-len 131072", "--gpu", "h100"])
+    assert other.exit_code == 1 and "ignored" in other.stderr

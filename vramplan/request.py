@@ -255,7 +255,7 @@ def _engine(request: PlanRequest):
 
 
 # ServeFlags that SGLang reads too, under its own names: --tp-size, --pp-size
-SGLANG_SHARED = ("tp", "pp")
+SGLANG_SHARED = ("tp", "pp", "allow_long_max_model_len")   # the last: SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1
 
 
 def _sglang(request: PlanRequest, serve: ServeOptions, gpu_count: int):

@@ -12,7 +12,9 @@ renderers load on first use, so `vramplan fit` never pays for `compare`, `probe`
 from __future__ import annotations
 
 import functools
+import os
 import re
+import sys
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -123,5 +125,38 @@ for _command in (fit, kv, models, gpus, probe, verify, calibrate, compare, sweep
     command(_command)
 
 
+class _PipeGuard:
+    """stdout for a reader that may leave early (`vramplan compare MODEL | head`): once the pipe is
+    closed the rest of the answer goes nowhere, and the command still ends with its verdict's exit
+    code rather than an "internal error: BrokenPipeError"."""
+
+    def __init__(self, stream):
+        self._stream, self._closed = stream, False
+
+    def _close(self) -> None:
+        self._closed = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())   # the exit-time flush too
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._close()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main() -> None:
+    if sys.stdout is not None and not isinstance(sys.stdout, _PipeGuard):
+        sys.stdout = _PipeGuard(sys.stdout)
     app()

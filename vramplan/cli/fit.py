@@ -141,6 +141,14 @@ def _apply_launch(launch: L.Launch, values: dict, given: set[str]) -> dict:
     if clash:
         raise api.BadInput(f"--cmd already sets {', '.join('--' + c.replace('_', '-') for c in clash)}; give "
                            f"each setting once, in the launch line or as a flag.")
+    server = "SGLang" if launch.server == "sglang" else "vLLM"
+    engine = str(values.get("engine") or "").lower()
+    if "engine" in given and engine != launch.server:
+        raise api.BadInput(f"--cmd is {'an' if server == 'SGLang' else 'a'} {server} launch line, which --engine "
+                           f"{values['engine']} contradicts; drop --engine (the line says whose rules apply).")
+    if "mode" in given and values.get("mode") != "serve":
+        raise api.BadInput(f"--cmd is a serving launch line ({server}), which --mode {values['mode']} "
+                           f"contradicts; drop --mode or --cmd.")
     unknown = sorted(set(launch.params) - set(values))
     if unknown:
         flags = ", ".join(launch.used[k] for k in unknown)

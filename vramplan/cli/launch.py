@@ -68,7 +68,11 @@ SWITCHES = {
     "--enable-log-requests", "--no-enable-log-requests", "--enable-prompt-embeds",
 }
 # Environment variables with a memory effect; every other NAME=value prefix is ignored.
-ENV = {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": ("allow_long_max_model_len", "switch")}
+# Each is read only on its own server's line (the prefix says which).
+ENV = {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": ("allow_long_max_model_len", "switch"),
+       # SGLang configs/model_config.py _derive_context_length: a --context-length above the derived
+       # one starts (with a warning) instead of raising
+       "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN": ("allow_long_max_model_len", "switch")}
 TRUE_WORDS = ("1", "true", "yes", "on")
 
 # vLLM --quantization -> vramplan --dtype. Online quantizations change the bytes; a method read
@@ -184,7 +188,9 @@ def parse(cmd: str) -> Launch:
     if not isinstance(cmd, str) or len(cmd) > MAX_CMD_CHARS:
         raise BadInput(f"--cmd must be one launch line of at most {MAX_CMD_CHARS:,} characters.")
     try:
-        words = shlex.split(cmd, comments=True)
+        # a pasted multi-line command: the shell drops backslash-newline (line continuation);
+        # shlex would keep the newline as a word of its own
+        words = shlex.split(re.sub(r"\\\r?\n", " ", cmd), comments=True)
     except ValueError as e:
         raise BadInput(f"--cmd could not be split as a shell line ({e}).") from None
     words = [w for w in words if w != "\\"]
@@ -195,17 +201,20 @@ def parse(cmd: str) -> Launch:
     start = 0
     if words[:1] == ["env"]:
         start = 1
+    env = []
     while start < len(words) and _ENV_WORD.fullmatch(words[start]):
-        name, _, value = words[start].partition("=")
-        if name in ENV:
+        env.append(words[start])
+        start += 1
+    server, i = _program(words[start:])
+    i += start
+    for word in env:
+        name, _, value = word.partition("=")
+        if name in ENV and name.startswith("SGLANG_") == (server == "sglang"):
             param = ENV[name][0]
             if value.strip().lower() in TRUE_WORDS:
                 params[param], used[param] = True, f"{name}={value}"
         else:
-            ignored.append(words[start])
-        start += 1
-    server, i = _program(words[start:])
-    i += start
+            ignored.append(word)
     table = VLLM if server == "vllm" else SGLANG
     model = None
     dotted: dict[str, str] = {}

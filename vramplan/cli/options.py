@@ -28,7 +28,7 @@ MNBT = typer.Option(None, "--max-num-batched-tokens", help="serve: token budget 
 MNS = typer.Option(None, "--max-num-seqs", help="serve: max concurrent requests (default: vLLM's).")
 BLOCK = typer.Option(None, "--block-size", help="serve: tokens per KV block (default 16).")
 EAGER = typer.Option(False, "--enforce-eager", help="serve: no CUDA graphs.")
-LONG = typer.Option(False, "--allow-long-max-model-len", help="serve: plan as vLLM runs with VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (a --ctx above the config's max_position_embeddings starts, with a warning).")
+LONG = typer.Option(False, "--allow-long-max-model-len", help="serve: plan as vLLM runs with VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (a --ctx above the config's max_position_embeddings starts, with a warning); with --engine sglang, as SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1.")
 VLLM = typer.Option(None, "--vllm-version", help="serve: the vLLM release whose accounting is planned, e.g. 0.10, 0.14.1, 0.20 (default: the newest known, 0.31.0).")
 KVMEM = typer.Option(None, "--kv-cache-memory", help="serve: explicit KV cache size per GPU (e.g. 20GiB), bypassing the profile.")
 OPTIM = typer.Option(None, "--optim", help="train: adamw_torch|adamw_torch_fused|adamw_8bit|paged_adamw_8bit|adafactor|sgd (HF names).")

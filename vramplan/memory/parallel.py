@@ -58,10 +58,13 @@ def _attention(model: ModelSpec) -> Attention | None:
     return next((l.mixer for l in model.layers if isinstance(l.mixer, Attention)), None)
 
 
-def check_parallel(model: ModelSpec, tp: int, pp: int, moe: "MoeSplit | None" = None) -> None:
+def check_parallel(model: ModelSpec, tp: int, pp: int, moe: "MoeSplit | None" = None,
+                   engine: str = "vLLM") -> None:
     """The splits vLLM refuses, as BadInput naming the fix (ModelConfig.verify_with_parallel_config,
     QKVParallelLinear, MambaMixer2; FusedMoE's intermediate split when experts are sliced over
-    tp x dp ranks)."""
+    tp x dp ranks). SGLang's attention layers assert the same head splits (sglang/srt/models/
+    llama.py LlamaAttention: total_num_heads % tp_size, and the KV heads divide tp_size or are a
+    multiple of it); `engine` names the server in the message."""
     a = _attention(model)
     m = next((l.mlp for l in model.layers if l.mlp is not None and l.mlp.kind == "moe"), None)
     if m is not None and moe is not None and moe.tp > 1 and m.intermediate % moe.tp:
@@ -69,18 +72,19 @@ def check_parallel(model: ModelSpec, tp: int, pp: int, moe: "MoeSplit | None" = 
                        f"({{tp}} x {{dp}}), which vLLM's FusedMoE requires; add {{enable_expert_parallel}} "
                        f"to shard whole experts instead, or use fewer ranks.")
     if a is not None and a.num_heads % tp:
-        raise BadInput(f"{{tp}} {tp} does not divide the {a.num_heads} attention heads of {model.id}; vLLM "
-                       f"requires it (\"Total number of attention heads ({a.num_heads}) must be divisible "
-                       f"by tensor parallel size ({tp}).\"). Use {{tp}} {_divisors(a.num_heads, tp)}.")
+        quote = (f" (\"Total number of attention heads ({a.num_heads}) must be divisible by tensor "
+                 f"parallel size ({tp}).\")" if engine == "vLLM" else "")
+        raise BadInput(f"{{tp}} {tp} does not divide the {a.num_heads} attention heads of {model.id}; {engine} "
+                       f"requires it{quote}. Use {{tp}} {_divisors(a.num_heads, tp)}.")
     if a is not None and a.kind != "mla":
         kv = a.num_kv_heads
         if (kv >= tp and kv % tp) or (kv < tp and tp % kv):
-            raise BadInput(f"{{tp}} {tp} cannot split the {kv} KV heads of {model.id}: vLLM needs tp to "
+            raise BadInput(f"{{tp}} {tp} cannot split the {kv} KV heads of {model.id}: {engine} needs tp to "
                            f"divide them or be a multiple of them. Use {{tp}} {_divisors(kv, tp)}.")
     r = next((l.mixer for l in model.layers if isinstance(l.mixer, Recurrent)), None)
     if r is not None and r.num_heads % tp:
         raise BadInput(f"{{tp}} {tp} does not divide the {r.num_heads} Mamba heads of {model.id}, which "
-                       f"vLLM's MambaMixer2 requires. Use {{tp}} {_divisors(r.num_heads, tp)}.")
+                       f"{engine}'s MambaMixer2 requires. Use {{tp}} {_divisors(r.num_heads, tp)}.")
     if pp > model.num_layers:
         raise BadInput(f"{{pp}} {pp} exceeds the {model.num_layers} layers of {model.id}.")
 

@@ -14,6 +14,7 @@ from vramplan import __version__
 from vramplan.compare.result import Comparison, Row, Sweep
 from vramplan.compare.speed import ERROR_BAND
 from vramplan.render.json import SERVE_SET_ONLY, gpu_json, model_json
+from vramplan.render.text import model_approximate_lines
 from vramplan.spec import Plan
 from vramplan.units import GiB, fmt_tokens
 
@@ -245,7 +246,7 @@ def notes(c: Comparison) -> list[str]:
 def comparison_table(c: Comparison) -> str:
     top = c.rows[0].one_card
     m = c.model
-    lines = [f"model     {m.id}  {m.params / 1e9:,.2f} B params",
+    lines = [*model_approximate_lines(m), f"model     {m.id}  {m.params / 1e9:,.2f} B params",
              f"workload  {_workload_line(top)}", ""]
     rows = [_cells(r, c.max_gpus) for r in c.rows]
     heads = _headers(c)
@@ -266,7 +267,8 @@ def comparison_table(c: Comparison) -> str:
 
 def comparison_markdown(c: Comparison) -> str:
     rows = [_cells(r, c.max_gpus) for r in c.rows]
-    head = f"**{c.model.id}**, {_workload_line(c.rows[0].one_card)}\n\n"
+    head = "".join(line + "\n" for line in model_approximate_lines(c.model))
+    head += f"**{c.model.id}**, {_workload_line(c.rows[0].one_card)}\n\n"
     table = tabulate(rows, headers=_headers(c), tablefmt="github", disable_numparse=True)
     return head + table + "\n\n" + "\n\n".join(notes(c))
 
@@ -307,7 +309,7 @@ def _sweep_head(s: Sweep) -> list[str]:
         gpu += f" x {t.count}"
     w = s.workload
     kind = "micro-batch x seq" if w.train is not None else "batch x ctx"
-    return [f"model     {s.model.id}  {s.model.params / 1e9:,.2f} B params",
+    return [*model_approximate_lines(s.model), f"model     {s.model.id}  {s.model.params / 1e9:,.2f} B params",
             f"gpu       {gpu}; capacity {s.capacity_bytes / GiB:,.2f} GiB per GPU",
             f"workload  {w.mode} ({kind} below); weights {s.weight_dtype}, KV {s.kv_dtype}"]
 

@@ -137,7 +137,7 @@ class SglangEngine(EngineBase):
     def prepare(self, model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
         w, o = workload, workload.sglang or SglangOptions()
         tp, pp = w.serve.tp, w.serve.pp
-        check_parallel(model, tp, pp)
+        check_parallel(model, tp, pp, engine="SGLang")
         attn_dp = o.dp_size if o.enable_dp_attention else 1
         fmt = _format(model, w.dtype)
         if w.kv_dtype not in ("auto", *KV_DTYPES):
@@ -177,7 +177,8 @@ class SglangEngine(EngineBase):
         headroom_ok = sum(slack.values()) <= pre - worst.weights - pool_alloc
         state = SglangState(settings=s, attn_dp=attn_dp, pre=pre, stages=tuple(stages), worst=worst,
                             tokens=tokens, pool_bytes=tokens * worst.cell, outside={**slack, **before},
-                            context_len=ctx, context_limit=_limit(model), refusal=refusal,
+                            context_len=ctx, refusal=refusal,
+                            context_limit=None if w.serve.allow_long_max_model_len else _limit(model),
                             headroom_ok=headroom_ok)
         overhead = {**slack, **before}
         capacity = min(worst.weights + state.pool_bytes + sum(overhead.values()), target.per_gpu_bytes)
@@ -240,6 +241,11 @@ class SglangEngine(EngineBase):
                        f"{1 - d.settings.mem_fraction_static:.1%} SGLang leaves outside its static fraction; it "
                        "would run out of memory capturing CUDA graphs or on the first long prefill. Lower "
                        "--mem-fraction-static or --chunked-prefill-size.")
+        limit = _limit(setup.model)
+        if w.serve.allow_long_max_model_len and limit is not None and w.ctx > limit:
+            out.append(f"--ctx {w.ctx:,} is above the model's derived context_length ({limit:,}); planned as "
+                       "SGLang starts with SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1, which warns that it "
+                       "may lead to incorrect model outputs or CUDA errors.")
         return out
 
     @staticmethod
@@ -300,8 +306,16 @@ class SglangEngine(EngineBase):
 
     def scale_out(self, plan: Plan, n: int) -> ScaleOut:
         gpu = plan.target.gpu.id if plan.target.gpu else "custom"
-        return ScaleOut(f"--gpu {gpu}:{n} --tp-size {n}", {"gpu": f"{gpu}:{n}", "tp": n},
-                        {"serve": replace(plan.workload.serve, tp=n)})
+        o = plan.workload.sglang or SglangOptions()
+        # all n GPUs in one tensor-parallel group: a --pp or a replica --dp-size the user gave is
+        # undone in the change too, or pasting it asks for n x pp x dp GPUs
+        text, flags, extra = f"--gpu {gpu}:{n} --tp-size {n}", {"gpu": f"{gpu}:{n}", "tp": n}, {}
+        if plan.workload.serve.pp > 1:
+            text, flags["pp"] = text + " --pp 1", 1
+        if o.dp_size > 1 and not o.enable_dp_attention:
+            text, flags["dp_size"] = text + " --dp-size 1", 1
+            extra["sglang"] = replace(o, dp_size=1)
+        return ScaleOut(text, flags, {"serve": replace(plan.workload.serve, tp=n, pp=1), **extra})
 
 
 ENGINE = SglangEngine()

@@ -133,11 +133,15 @@ class VllmEngine(EngineBase):
     def scale_out(self, plan: Plan, n: int) -> ScaleOut:
         gpu = plan.target.gpu.id if plan.target.gpu else "custom"
         o = plan.workload.serve
+        # the layout is planned with one engine (dp 1); a --dp the user gave must be undone in the
+        # change too, or pasting it asks for tp x pp x dp GPUs
+        dp_text, dp_flag = (" -dp 1", {"dp": 1}) if o.dp > 1 else ("", {})
         if n > NODE_GPUS and n % NODE_GPUS == 0:      # whole nodes: TP inside, PP across (serve_layout)
             tp, pp = NODE_GPUS, n // NODE_GPUS
-            return ScaleOut(f"--gpu {gpu}:{n} -tp {tp} -pp {pp}", {"gpu": f"{gpu}:{n}", "tp": tp, "pp": pp},
+            return ScaleOut(f"--gpu {gpu}:{n} -tp {tp} -pp {pp}{dp_text}",
+                            {"gpu": f"{gpu}:{n}", "tp": tp, "pp": pp, **dp_flag},
                             {"serve": replace(o, tp=tp, pp=pp, dp=1, layout_note="")})
-        return ScaleOut(f"--gpu {gpu}:{n} -tp {n}", {"gpu": f"{gpu}:{n}", "tp": n},
+        return ScaleOut(f"--gpu {gpu}:{n} -tp {n}{dp_text}", {"gpu": f"{gpu}:{n}", "tp": n, **dp_flag},
                         {"serve": replace(o, tp=n, pp=1, dp=1, layout_note="")})
 
 
