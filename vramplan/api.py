@@ -86,10 +86,11 @@ def _check_words(model, gpu=None, **keywords) -> None:
     build_workload(PlanRequest.from_keywords(model, **keywords), MAX_GPU_COUNT)   # any card count
 
 
-def load_model(model: str | ModelSpec | dict) -> ModelSpec:
-    """A Hub id, a bundled id, a local directory or config.json path, or a config dict -> ModelSpec."""
+def load_model(model: str | ModelSpec | dict, layers_from: str = "auto") -> ModelSpec:
+    """A Hub id, a bundled id, a local directory or config.json path, or a config dict -> ModelSpec.
+    `layers_from`: auto, analytic or transformers (loading.LAYERS_FROM)."""
     check_model(model)
-    return loading.load_model(model)
+    return loading.load_model(model, layers_from)
 
 
 def plan_request(request: PlanRequest) -> Plan:

@@ -8,7 +8,8 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 
-from vramplan import models, sources
+from vramplan import derive, models, sources
+from vramplan.errors import BadConfig, BadInput
 from vramplan.models.gguf import parse_header
 from vramplan.sources import gguf as gguf_source
 from vramplan.spec import ModelSpec
@@ -33,31 +34,59 @@ class Loaded:
     spec: ModelSpec
 
 
-def load(model: str | dict | ModelSpec) -> Loaded:
+# Which reader turns a config into layers (--layers-from): "analytic" the family modules and the
+# generic reader of models/ (no torch); "transformers" the model transformers builds from the config
+# (vramplan/derive/); "auto" the family module where one reads this model_type, else transformers
+# when torch and transformers are installed, else the analytic reader.
+LAYERS_FROM = ("auto", "analytic", "transformers")
+
+
+def parse(config: dict, model_id: str, source: str, layers_from: str = "auto") -> ModelSpec:
+    """config.json -> ModelSpec by the reader `layers_from` selects (LAYERS_FROM)."""
+    if layers_from not in LAYERS_FROM:
+        raise BadInput(f"{{layers_from}} {layers_from!r} is not one of: {', '.join(LAYERS_FROM)}.")
+    if layers_from == "transformers":
+        return derive.spec(config, model_id, source)
+    if layers_from == "auto" and derive_answers(config):
+        try:
+            return derive.spec(config, model_id, source)
+        except (BadInput, BadConfig):
+            pass                # transformers cannot build it: the analytic reader answers or refuses
+    return models.parse(config, model_id=model_id, source=source)
+
+
+def derive_answers(config) -> bool:
+    """--layers-from auto: no family module reads this model_type exactly, and transformers is
+    installed (checked without importing it)."""
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    return isinstance(model_type, str) and model_type not in models.REGISTRY and derive.available()
+
+
+def load(model: str | dict | ModelSpec, layers_from: str = "auto") -> Loaded:
     """Read and parse; a ModelSpec is re-read from where it was loaded (its config is needed)."""
     if isinstance(model, dict):
         blob = json.dumps(model, sort_keys=True).encode()
-        spec = models.parse(model, model_id=str(model.get("_name_or_path", "config")), source="dict")
+        spec = parse(model, str(model.get("_name_or_path", "config")), "dict", layers_from)
         spec = replace(spec, context_limit=context_limit(model, spec))
         return Loaded(model, hashlib.sha256(blob).hexdigest(), spec)
     name = model.id if isinstance(model, ModelSpec) else str(model)
     if isinstance(model, ModelSpec) and model.location:
         name = model.location if not model.location.startswith("http") else name
     loaded = sources.load_config(name)
-    spec = models.parse(loaded.config, model_id=loaded.id, source=loaded.source)
+    spec = parse(loaded.config, loaded.id, loaded.source, layers_from)
     spec = replace(spec, location=loaded.location, config_sha256=loaded.sha256,
                    context_limit=context_limit(loaded.config, spec))
     return Loaded(loaded.config, loaded.sha256, spec)
 
 
-def load_model(model: str | ModelSpec) -> ModelSpec:
+def load_model(model: str | ModelSpec, layers_from: str = "auto") -> ModelSpec:
     """A Hub id, a bundled id, a local directory or config.json path -> ModelSpec; a GGUF file
     (or a directory or Hub repo of them) is read by its header (load_gguf)."""
     if isinstance(model, ModelSpec):
         return model
     if is_gguf(model):
         return load_gguf(model)
-    return load(model).spec
+    return load(model, layers_from).spec
 
 
 def is_gguf(model: str) -> bool:

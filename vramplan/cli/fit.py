@@ -32,6 +32,7 @@ def fit(
     override_tensor: Optional[str] = O.OT, cache_type_k: Optional[str] = O.CTK, cache_type_v: Optional[str] = O.CTV,
     flash_attn: Optional[str] = O.FA, ubatch_size: Optional[str] = O.UB, batch_size: Optional[str] = O.BS,
     kv_unified: Optional[bool] = O.KVU, ram: Optional[str] = O.RAM, ram_bandwidth: Optional[float] = O.RAMBW,
+    layers_from: str = O.LAYERS_FROM,
 ) -> None:
     """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
     request = api.PlanRequest(
@@ -51,6 +52,7 @@ def fit(
             cpu_moe=cpu_moe or None, override_tensor=override_tensor, cache_type_k=cache_type_k,
             cache_type_v=cache_type_v, flash_attn=flash_attn, ubatch_size=ubatch_size, batch_size=batch_size,
             kv_unified=kv_unified, ram=ram, ram_bandwidth=ram_bandwidth),
+        layers_from=layers_from,
     )
     p = api.plan_request(request)
     if as_json:

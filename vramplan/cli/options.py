@@ -59,3 +59,4 @@ BS = typer.Option(None, "--batch-size", "-b", help="llama.cpp/ollama: logical ba
 KVU = typer.Option(None, "--kv-unified", "-kvu", help="llama.cpp: one KV buffer shared by all slots.")
 RAM = typer.Option(None, "--ram", help="llama.cpp/ollama: system RAM available for the host side, e.g. 64GB.")
 RAMBW = typer.Option(None, "--ram-bandwidth", help="llama.cpp/ollama: system RAM bandwidth in GB/s for the speed estimate (default 64).")
+LAYERS_FROM = typer.Option("auto", "--layers-from", help="Which reader turns the config into layers: analytic (vramplan's family modules and generic reader, no torch), transformers (the model transformers builds from the config, on the meta device; needs the 'trace' extra), or auto (a family module where one reads the model type, else transformers when installed, else analytic).")

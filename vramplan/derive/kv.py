@@ -100,15 +100,33 @@ def _quiet():
 
 
 def _prefill(model, tokens: int):
+    """The cache after a prompt of `tokens` zeros. A model whose forward demands more than text
+    (BLIP's pixel_values) is asked through its text decoder (`get_decoder()`), which holds the
+    same cache layers."""
     ids = torch.zeros((1, tokens), dtype=torch.long)
     with torch.no_grad():
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        try:
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        except TypeError:
+            decoder = _decoder(model)
+            if decoder is None:
+                raise
+            out = decoder(input_ids=ids, use_cache=True)
     cache = getattr(out, "past_key_values", None)
     if cache is None:
         return None
+    cache = getattr(cache, "self_attention_cache", cache)   # an EncoderDecoderCache: the decoder's own
     if not hasattr(cache, "layers"):
         raise ValueError(f"{type(model).__name__} returned a {type(cache).__name__}, not a transformers Cache")
     return cache
+
+
+def _decoder(model):
+    try:
+        decoder = model.get_decoder()
+    except Exception:       # noqa: BLE001 - a class without one
+        return None
+    return decoder if decoder is not None and decoder is not model else None
 
 
 def _dtype(t) -> str:

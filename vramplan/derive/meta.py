@@ -8,6 +8,7 @@ model class is the one transformers maps that config to (causal LM, else image-t
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 
@@ -58,7 +59,9 @@ def hf_config(raw: dict, model_id: str = "", dtype: str | None = None):
     overrides the file's; None keeps it (transformers then defaults to fp32)."""
     from transformers import CONFIG_MAPPING, AutoConfig
 
-    d = {k: v for k, v in raw.items() if k not in _LOADER_KEYS}
+    # a deep copy: transformers rewrites nested dicts in place (rope_scaling -> rope_parameters),
+    # and the caller's dict is the cache key
+    d = copy.deepcopy({k: v for k, v in raw.items() if k not in _LOADER_KEYS})
     model_type = d.pop("model_type", "") or ""
     if model_type in ("RefinedWeb", "RefinedWebModel"):
         d = {_FALCON_KEYS.get(k, k): v for k, v in d.items()}
@@ -227,3 +230,9 @@ _TOWER_WORDS = ("vision", "visual", "audio", "image", "speech", "encoder", "mm_p
 def _tower(name: str) -> bool:
     low = name.lower()
     return any(w in low for w in _TOWER_WORDS)
+
+
+def library_versions() -> dict[str, str]:
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}

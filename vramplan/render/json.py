@@ -33,6 +33,8 @@ def model_json(m: ModelSpec) -> dict:
         "max_position_embeddings": m.max_position_embeddings,
         "quantization": None if q is None else {"method": q.method, "bits": q.bits,
                                                 "group_size": q.group_size, "skip": list(q.skip)},
+        "layers_from": "transformers" if m.derived_from else "analytic",
+        "derived_from": m.derived_from or None,
     }
 
 

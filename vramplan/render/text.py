@@ -44,6 +44,9 @@ def plan_table(p: Plan) -> str:
     kind_text = ", ".join(f"{n} {k}" for k, n in kinds.items())
     lines.append(f"model     {m.id}  [{m.source}]  {m.model_type}, {m.params / 1e9:,.2f} B params, "
                  f"{m.num_layers} layers ({kind_text}), vocab {m.vocab_size:,}")
+    if m.derived_from:
+        lines.append(f"layers    derived from {m.derived_from} (the model built on the meta device, its cache "
+                     f"after a prefill on fake tensors)")
     if t.gpu:
         gpu = f"{t.gpu.name} x {t.count}" if t.count > 1 else t.gpu.name
         total = f"{fmt_gib(t.per_gpu_bytes)} CUDA total each" if t.count > 1 else f"{fmt_gib(t.per_gpu_bytes)} CUDA total"
