@@ -37,6 +37,7 @@ _KV = frozenset({"k_proj", "v_proj"})
 _TOWER = re.compile(r"^(.*?(?:vision|visual|audio|image|speech|multi_modal_projector|mm_projector)[^.]*)",
                     re.IGNORECASE)
 _MLP_ROW = ("down_proj", "fc2", "c_proj", "dense_4h_to_h", "w2", "wo", "down")
+_WINDOWED = {"sliding_attention": "sliding", "chunked_attention": "chunked"}
 _MLP_WORDS = ("mlp", "feed_forward", "ffn", "moe", "experts", "block_sparse_moe")
 
 
@@ -174,10 +175,9 @@ def _tensor(name: str, shape: tuple, pdtype: str, module: str, head_name: str,
 def _mixer(c: dict, text: dict) -> Attention | Recurrent | None:
     if c["k_heads"]:
         heads = _int(text.get("num_attention_heads")) or c["k_heads"]
-        kind = {"sliding_attention": "sliding", "chunked_attention": "chunked"}.get(c["layer_type"], "full")
-        window = c["window"] if kind != "full" else None
-        if kind != "full" and not window:
-            kind = "full"
+        windowed = _WINDOWED.get(c["layer_type"])      # a sliding or chunked layer without a window
+        window = c["window"] if windowed else None       # caches as a full one (DynamicCache)
+        kind = windowed if windowed and window else "full"
         if c["k_heads"] == 1 and c["v_heads"] == 1 and _int(text.get("kv_lora_rank")) == c["k_dim"]:
             nope, rope = _int(text.get("qk_nope_head_dim")) or 0, c["v_dim"]
             return Attention(kind="mla", num_heads=heads, num_kv_heads=heads, head_dim=nope + rope,

@@ -15,10 +15,14 @@ its per-token size.
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from dataclasses import dataclass
 
 import torch
+
+from vramplan.trace import build as trace_build
+from vramplan.trace import patches
 
 SHORT, LONG = 3, 5
 
@@ -62,9 +66,6 @@ def derive_cache(model, config) -> list[CacheLayer]:
     model is left materialized on fake `cpu` tensors, unusable afterwards)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from vramplan.trace import build as trace_build
-    from vramplan.trace import patches
-
     try:
         types = layer_types(config)
     except Exception:       # noqa: BLE001 - a config transformers' cache cannot read: classes only
@@ -84,8 +85,6 @@ def derive_cache(model, config) -> list[CacheLayer]:
 @contextlib.contextmanager
 def _quiet():
     from transformers.utils import logging as hf_logging
-
-    import logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
