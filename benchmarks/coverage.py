@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from vramplan.derive import oracle  # noqa: E402  (the checkout's vramplan, first on the path)
 
 REALISTIC = (ROOT / "configs" / "models", ROOT / "tests" / "data" / "popular")
+JOBS_PER_WORKER = 40     # a fresh worker now and then: what a model's code leaks stays bounded
 STATUSES = ("exact", "within 1%", "approximate-labelled", "WRONG", "refused", "oracle-error")
 
 
@@ -59,6 +60,67 @@ def run_file(name: str, path: Path, limit: float) -> oracle.Row:
         return oracle.Row(name=name, model_type="", source=str(path.relative_to(ROOT)),
                           oracle=oracle.Side(error=oracle._error(e)), analytic=oracle.Side(error="not run"))
     return oracle.compare(raw, name.replace("--", "/"), str(path.relative_to(ROOT)), limit)
+
+
+def run_job(job: tuple[str, str], limit: float) -> oracle.Row:
+    kind, what = job
+    if kind == "defaults":
+        return run_defaults(what, limit)
+    path = Path(what)
+    return run_file(path.stem, path, limit)
+
+
+def worker(limit: float) -> int:
+    """`--worker`: jobs as JSON lines on stdin, one Row as a JSON line on stdout per job."""
+    for line in sys.stdin:
+        job = tuple(json.loads(line))
+        row = run_job(job, limit)
+        print(json.dumps(row.to_json()), flush=True)
+    return 0
+
+
+def run_isolated(jobs: list[tuple[str, str]], limit: float, say) -> list[oracle.Row]:
+    """Every job in a worker process, so that a model whose code crashes the interpreter or runs
+    past the time limit costs its own row only: the worker is killed and a new one takes the
+    remaining jobs. Each worker imports torch and transformers once for many jobs."""
+    import select
+    import subprocess
+
+    rows: list[oracle.Row] = []
+    pending = list(jobs)
+    while pending:
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", "--limit", str(limit)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, bufsize=1)
+        try:
+            for _ in range(JOBS_PER_WORKER):
+                if not pending:
+                    break
+                job = pending[0]
+                proc.stdin.write(json.dumps(list(job)) + "\n")
+                proc.stdin.flush()
+                # the worker's own limit fires first; this one covers a hang in C code and the import
+                ready, _, _ = select.select([proc.stdout], [], [], limit + 90)
+                line = proc.stdout.readline() if ready else ""
+                pending.pop(0)
+                if not line:
+                    kind, what = job
+                    name = what if kind == "defaults" else Path(what).stem
+                    why = "TimeLimit: no answer in time" if not ready else \
+                        f"Crash: the worker process died (exit {proc.poll()})"
+                    row = oracle.Row(name=name, model_type=name if kind == "defaults" else "",
+                                     source=kind if kind == "defaults" else what,
+                                     oracle=oracle.Side(error=why), analytic=oracle.Side())
+                    rows.append(row)
+                    say(row)
+                    break
+                row = oracle.row_from_json(json.loads(line))
+                rows.append(row)
+                say(row)
+        finally:
+            proc.kill()
+            proc.wait()
+    return rows
 
 
 def _pct(e: float | None) -> str:
@@ -136,25 +198,36 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=float, default=120.0, help="seconds per config (default 120)")
     ap.add_argument("--md", default=None, help="write the markdown table here (default: docs/coverage.md "
                     "for the full sweep, nowhere otherwise)")
+    ap.add_argument("--in-process", action="store_true", help="run every config in this process (no "
+                    "worker: faster for a few types, but a crash in a model's code ends the run)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
+    if args.worker:
+        return worker(args.limit)
     start = time.perf_counter()
     types = [t.strip() for t in args.types.split(",") if t.strip()] if args.types else None
-    rows: list[oracle.Row] = []
+    jobs: list[tuple[str, str]] = []
     if not args.configs_only:
-        for mt in types if types is not None else oracle.generation_types():
-            row = run_defaults(mt, args.limit)
-            rows.append(row)
-            print(f"{row.status:22} {mt:36} {row.seconds:5.1f}s", file=sys.stderr, flush=True)
+        jobs += [("defaults", mt) for mt in (types if types is not None else oracle.generation_types())]
     if not args.no_configs:
         for name, path in realistic_configs():
             if types is not None and not args.configs_only:
                 mt = json.loads(path.read_text()).get("model_type")
                 if mt not in types:
                     continue
-            row = run_file(name, path, args.limit)
-            rows.append(row)
-            print(f"{row.status:22} {name:36} {row.seconds:5.1f}s", file=sys.stderr, flush=True)
+            jobs.append(("file", str(path)))
+
+    def say(row: oracle.Row) -> None:
+        print(f"{row.status:22} {row.name:40} {row.seconds:5.1f}s", file=sys.stderr, flush=True)
+
+    if args.in_process:
+        rows = []
+        for job in jobs:
+            rows.append(run_job(job, args.limit))
+            say(rows[-1])
+    else:
+        rows = run_isolated(jobs, args.limit, say)
     seconds = time.perf_counter() - start
     if args.json:
         json.dump([r.to_json() for r in rows], sys.stdout, indent=1)

@@ -89,6 +89,15 @@ class Row:
                 "oracle": vars(self.oracle), "analytic": vars(self.analytic)}
 
 
+def row_from_json(d: dict) -> Row:
+    """A Row back from `Row.to_json` (the coverage benchmark's worker processes send them)."""
+    def side(x: dict) -> Side:
+        return Side(**{k: x.get(k) for k in ("params", "kv_bytes", "state_elems")},
+                    cache=dict(x.get("cache") or {}), label=x.get("label") or "", error=x.get("error") or "")
+    return Row(name=d["name"], model_type=d["model_type"], source=d["source"], oracle=side(d["oracle"]),
+               analytic=side(d["analytic"]), seconds=float(d.get("seconds") or 0))
+
+
 def _rel(a: int | None, b: int | None) -> float | None:
     if a is None or b is None:
         return None
