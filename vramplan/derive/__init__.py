@@ -25,9 +25,14 @@ from vramplan.spec import ModelSpec
 __all__ = ["available", "spec", "facts"]
 
 
+def missing() -> str | None:
+    """The first of torch and transformers that is not installed (checked without importing)."""
+    return next((m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None), None)
+
+
 def available() -> bool:
     """torch and transformers are importable (checked without importing them)."""
-    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    return missing() is None
 
 
 def facts(raw: dict, model_id: str = "", *, use_cache: bool = True) -> dict:
@@ -36,9 +41,9 @@ def facts(raw: dict, model_id: str = "", *, use_cache: bool = True) -> dict:
     found = cache.load(k) if use_cache else None
     if found is not None:
         return found
-    if not available():
-        missing = next(m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None)
-        raise MissingExtra("trace", missing)
+    absent = missing()
+    if absent is not None:
+        raise MissingExtra("trace", absent)
     from vramplan.derive import extract     # torch and transformers load only here
 
     found = extract.facts(raw, model_id)
