@@ -20,7 +20,7 @@ from pathlib import Path
 from vramplan.errors import VramplanError
 from vramplan.files import read_small_file
 
-DERIVE_VERSION = 1
+DERIVE_VERSION = 2
 FORMAT = 1
 _PACKAGES = ("torch", "transformers")
 _KEY = re.compile(r"[0-9a-f]{32}")

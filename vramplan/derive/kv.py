@@ -8,8 +8,7 @@ the growth / (LONG - SHORT)), what does not is a per-sequence recurrent state (M
 attention). The layer's class (DynamicLayer, DynamicSlidingWindowLayer, LinearAttentionLayer,
 LinearAttention*AttentionLayer, DummyLayer for shared-KV or attention-free layers) and the
 layer types transformers derives from the config (cache_utils.get_layer_types_and_kwargs) name
-its kind and window. Both prompts are shorter than any window, so a sliding layer's growth is
-its per-token size.
+its kind and window. The prompt is shorter than any window, so a sliding layer holds all of it.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import torch
 from vramplan.trace import build as trace_build
 from vramplan.trace import patches
 
-SHORT, LONG = 3, 5
+TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -74,12 +73,10 @@ def derive_cache(model, config) -> list[CacheLayer]:
             FakeTensorMode(allow_non_fake_inputs=True):
         warnings.simplefilter("ignore")
         trace_build.materialize(model, True)
-        short = _prefill(model, SHORT)
-        long = _prefill(model, LONG)
-    if short is None or long is None:
+        cache = _prefill(model, TOKENS)
+    if cache is None:
         return []       # an encoder (or a config built as one): transformers keeps no cache
-    return [_layer(i, a, b, types[i] if i < len(types) else ("", None))
-            for i, (a, b) in enumerate(zip(short.layers, long.layers))]
+    return [_layer(i, layer, types[i] if i < len(types) else ("", None)) for i, layer in enumerate(cache.layers)]
 
 
 @contextlib.contextmanager
@@ -148,20 +145,17 @@ def _numel(shape) -> int:
     return n
 
 
-def _layer(i: int, short, long, kind: tuple[str, int | None]) -> CacheLayer:
+def _layer(i: int, layer, kind: tuple[str, int | None]) -> CacheLayer:
     layer_type, window = kind
-    fields = dict(index=i, cls=type(long).__name__, layer_type=layer_type, window=window)
-    k1, k2 = getattr(short, "keys", None), getattr(long, "keys", None)
-    v1, v2 = getattr(short, "values", None), getattr(long, "values", None)
-    if isinstance(k2, torch.Tensor) and k2.dim() == 4 and isinstance(k1, torch.Tensor):
-        grown_k = k2.shape[-2] - k1.shape[-2]
-        grown_v = v2.shape[-2] - v1.shape[-2]
-        if grown_k != LONG - SHORT or grown_v != LONG - SHORT:
-            raise ValueError(f"cache layer {i} grew by {grown_k} tokens over {LONG - SHORT}")
-        fields.update(k_heads=int(k2.shape[1]), k_dim=int(k2.shape[-1]), v_heads=int(v2.shape[1]),
-                      v_dim=int(v2.shape[-1]), kv_dtype=_dtype(k2))
-    conv = _states(long, "conv_states")
-    rec = _states(long, "recurrent_states")
+    fields = dict(index=i, cls=type(layer).__name__, layer_type=layer_type, window=window)
+    k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
+    if isinstance(k, torch.Tensor) and k.dim() == 4 and isinstance(v, torch.Tensor):
+        if k.shape[-2] != TOKENS or v.shape[-2] != TOKENS:
+            raise ValueError(f"cache layer {i} holds {k.shape[-2]} tokens after a prompt of {TOKENS}")
+        fields.update(k_heads=int(k.shape[1]), k_dim=int(k.shape[-1]), v_heads=int(v.shape[1]),
+                      v_dim=int(v.shape[-1]), kv_dtype=_dtype(k))
+    conv = _states(layer, "conv_states")
+    rec = _states(layer, "recurrent_states")
     if conv or rec:
         fields.update(conv_shape=tuple(int(d) for d in conv[0].shape[1:]) if conv else (),
                       recurrent_shape=tuple(int(d) for d in rec[0].shape[1:]) if rec else (),
