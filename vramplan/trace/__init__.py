@@ -106,13 +106,17 @@ def load(model: str | dict | ModelSpec, layers_from: str = "auto") -> loading.Lo
     """The model as the trace sees it: with `auto`, the family module where one reads this
     model_type exactly (verified against transformers: docs/coverage.md), else the layers
     derived from transformers; a family module's refusal is not the trace's, so the trace then
-    derives the layers from transformers too (transformers refuses what it cannot build)."""
+    derives the layers from transformers too. When transformers refuses the config as well, the
+    family module's refusal stands (it names the key at fault)."""
     if layers_from != "auto":
         return loading.load(model, layers_from)
     try:
         return loading.load(model, "auto")
-    except BadConfig:
-        return loading.load(model, "transformers")
+    except BadConfig as refused:
+        try:
+            return loading.load(model, "transformers")
+        except (BadConfig, BadInput):
+            raise refused from None
 
 
 def scenario_for(spec: ModelSpec, target: GpuTarget, workload: Workload):
