@@ -150,8 +150,8 @@ def _layer(i: int, layer, kind: tuple[str, int | None]) -> CacheLayer:
     fields = dict(index=i, cls=type(layer).__name__, layer_type=layer_type, window=window)
     k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
     if isinstance(k, torch.Tensor) and k.dim() == 4 and isinstance(v, torch.Tensor):
-        if k.shape[-2] != TOKENS or v.shape[-2] != TOKENS:
-            raise ValueError(f"cache layer {i} holds {k.shape[-2]} tokens after a prompt of {TOKENS}")
+        if not (0 < k.shape[-2] and k.shape[-2] == v.shape[-2]):
+            raise ValueError(f"cache layer {i} holds {k.shape[-2]} keys and {v.shape[-2]} values")
         fields.update(k_heads=int(k.shape[1]), k_dim=int(k.shape[-1]), v_heads=int(v.shape[1]),
                       v_dim=int(v.shape[-1]), kv_dtype=_dtype(k))
     conv = _states(layer, "conv_states")
