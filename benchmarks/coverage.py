@@ -156,16 +156,25 @@ def markdown(rows: list[oracle.Row], versions: dict, seconds: float) -> str:
              "with all `conv_kernel` columns). Status: exact; within 1%; approximate-labelled (off by more, "
              "labelled `approximate` by the analytic plan); WRONG (off by more than 1 % without that label); "
              "refused (the analytic tier refuses the config: exit 2); oracle-error (transformers itself "
-             "cannot build or run the config, e.g. a library it needs is missing).", ""]
+             "cannot build or run the config, e.g. a library it needs is missing, or its defaults are "
+             "inconsistent). Column **auto**: what `vramplan fit` answers when transformers is installed "
+             "(`--layers-from auto`): the family module's status where one reads the model type, else "
+             "`exact (derived)` when the layers derived from transformers (`vramplan/derive/assemble.py`) "
+             "reproduce the oracle, else the analytic reader's status.", ""]
     for title, group in (("Model types (the config class's defaults)", defaults), ("Realistic configs", files)):
         if not group:
             continue
         counts = Counter(r.status for r in group)
+        auto = Counter(r.auto_status for r in group)
         lines += [f"## {title}", "",
-                  f"{len(group)} configs: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES) + ".", "",
-                  "| config | status | params (oracle) | params (analytic) | error | KV B/token (oracle) | "
+                  f"{len(group)} configs. The analytic tier (no torch): "
+                  + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES) + ".", "",
+                  "With transformers installed (`--layers-from auto`: the family module where one reads the "
+                  "model type, else the layers derived from transformers, else the analytic reader): "
+                  + ", ".join(f"{n} {s}" for s, n in sorted(auto.items(), key=lambda kv: -kv[1])) + ".", "",
+                  "| config | status | auto | params (oracle) | params (analytic) | error | KV B/token (oracle) | "
                   "KV (analytic) | state (oracle) | state (analytic) | label | cache layers / error |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
         for r in sorted(group, key=lambda r: r.name):
             o, a = r.oracle, r.analytic
             if not o.ok:
@@ -176,7 +185,7 @@ def markdown(rows: list[oracle.Row], versions: dict, seconds: float) -> str:
                 note = ", ".join(f"{k} {v}" for k, v in sorted(o.cache.items()))
             kv = _n(a.kv_bytes) if a.kv_bytes == o.kv_bytes or a.kv_bytes is None else \
                 f"{_n(a.kv_bytes)} ({_pct(r.kv_error)})"
-            lines.append(f"| {_cell(r.name)} | {r.status} | {_n(o.params)} | {_n(a.params)} | "
+            lines.append(f"| {_cell(r.name)} | {r.status} | {r.auto_status} | {_n(o.params)} | {_n(a.params)} | "
                          f"{_pct(r.params_error)} | {_n(o.kv_bytes)} | {kv} | {_n(o.state_elems) if o.state_elems else ''} | "
                          f"{_n(a.state_elems) if a.state_elems else ''} | {a.label} | {_cell(note)} |")
         lines.append("")
@@ -219,7 +228,7 @@ def main(argv=None) -> int:
             jobs.append(("file", str(path)))
 
     def say(row: oracle.Row) -> None:
-        print(f"{row.status:22} {row.name:40} {row.seconds:5.1f}s", file=sys.stderr, flush=True)
+        print(f"{row.status:22} {row.auto_status:18} {row.name:40} {row.seconds:5.1f}s", file=sys.stderr, flush=True)
 
     if args.in_process:
         rows = []
@@ -235,6 +244,8 @@ def main(argv=None) -> int:
     else:
         counts = Counter(r.status for r in rows)
         print(f"{len(rows)} configs: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES))
+        auto = Counter(r.auto_status for r in rows)
+        print("with transformers (--layers-from auto): " + ", ".join(f"{n} {s}" for s, n in auto.most_common()))
     md = args.md or (str(ROOT / "docs" / "coverage.md") if types is None and not args.configs_only
                      and not args.no_configs else None)
     if md:

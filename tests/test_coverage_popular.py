@@ -61,6 +61,9 @@ def test_analytic_tier_is_exact_against_transformers(path):
     assert (row.analytic.params, row.analytic.kv_bytes, row.analytic.state_elems) == \
         (row.oracle.params, row.oracle.kv_bytes, row.oracle.state_elems), row.status
     assert row.status == "exact"
+    # what --layers-from transformers plans with reproduces the oracle too
+    assert (row.derived.params, row.derived.kv_bytes, row.derived.state_elems) == \
+        (row.oracle.params, row.oracle.kv_bytes, row.oracle.state_elems)
 
 
 def test_bundled_configs_all_have_reference_counts():

@@ -18,8 +18,6 @@ TEXT_KEYS = ("hidden_size", "vocab_size", "num_attention_heads", "num_key_value_
              "qk_rope_head_dim", "v_head_dim", "num_experts_per_tok", "moe_topk", "top_k",
              "num_experts", "num_local_experts", "n_routed_experts", "chunk_size", "intermediate_size",
              "hidden_act", "hidden_activation", "model_type")
-# Leaves that name a model's output embedding module when transformers' get_output_embeddings
-# says nothing.
 FACTS_FORMAT = 1
 
 
@@ -31,18 +29,23 @@ def facts(raw: dict, model_id: str = "") -> dict:
     config, model = meta.build(raw, model_id, dtype="bf16")   # bf16: the grouped MoE kernels need it
     params = meta.parameters(model)
     prefix = meta.decoder_layers_prefix(model, config)
-    head = _output_embeddings(model)
+    head = output_embeddings(model)
     tied = meta.tied_names(model)
+    try:
+        layers = kv.derive_cache(model, config)
+    except Exception as e:          # noqa: BLE001 - transformers cannot run this model's prefill
+        raise meta.refusal(e, model_id) from e
+    return pack(config, model, params, prefix, head, tied, layers, time.perf_counter() - start)
+
+
+def pack(config, model, params: list, prefix: str, head: str, tied: list, layers: list, seconds: float) -> dict:
+    """The facts as JSON data."""
     text = config.get_text_config(decoder=True)
     text_values = {}
     for k in TEXT_KEYS:
         v = getattr(text, k, None)
         if isinstance(v, (bool, int, float, str)):
             text_values[k] = v
-    try:
-        layers = kv.derive_cache(model, config)
-    except Exception as e:          # noqa: BLE001 - transformers cannot run this model's prefill
-        raise meta.refusal(e, model_id) from e
     return {
         "format": FACTS_FORMAT,
         "versions": meta.library_versions(),
@@ -53,11 +56,11 @@ def facts(raw: dict, model_id: str = "") -> dict:
         "text": text_values,
         "params": [[p.name, list(p.shape), p.dtype, p.module] for p in params],
         "cache": [_layer_json(c) for c in layers],
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": round(seconds, 2),
     }
 
 
-def _output_embeddings(model) -> str:
+def output_embeddings(model) -> str:
     try:
         out = model.get_output_embeddings()
     except Exception:       # noqa: BLE001 - some classes raise NotImplementedError

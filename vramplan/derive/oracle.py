@@ -18,8 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from vramplan import models
+from vramplan.derive import assemble, extract, meta
 from vramplan.derive import kv as kv_mod
-from vramplan.derive import meta
 from vramplan.errors import VramplanError
 from vramplan.spec import Attention, Recurrent
 
@@ -53,6 +53,8 @@ class Row:
     oracle: Side
     analytic: Side
     seconds: float = 0.0
+    derived: Side = field(default_factory=Side)
+    explicit: bool = False     # a family module reads this model_type (--layers-from auto keeps it)
 
     @property
     def params_error(self) -> float | None:
@@ -82,9 +84,23 @@ class Row:
             return "approximate-labelled"
         return "WRONG"
 
+    @property
+    def auto_status(self) -> str:
+        """The status of what `vramplan fit` answers with transformers installed (--layers-from
+        auto): the family module where there is one, else the derived layers when transformers
+        built them, else the analytic reader."""
+        if self.explicit or not self.derived.ok:
+            return self.status
+        if not self.oracle.ok:
+            return "oracle-error"
+        same = (self.derived.params, self.derived.kv_bytes, self.derived.state_elems) == \
+            (self.oracle.params, self.oracle.kv_bytes, self.oracle.state_elems)
+        return "exact (derived)" if same else "WRONG (derived)"
+
     def to_json(self) -> dict:
         return {"name": self.name, "model_type": self.model_type, "source": self.source,
-                "status": self.status, "seconds": round(self.seconds, 2),
+                "status": self.status, "auto_status": self.auto_status, "explicit": self.explicit,
+                "seconds": round(self.seconds, 2), "derived": vars(self.derived),
                 "params_error": self.params_error, "kv_error": self.kv_error,
                 "oracle": vars(self.oracle), "analytic": vars(self.analytic)}
 
@@ -95,7 +111,8 @@ def row_from_json(d: dict) -> Row:
         return Side(**{k: x.get(k) for k in ("params", "kv_bytes", "state_elems")},
                     cache=dict(x.get("cache") or {}), label=x.get("label") or "", error=x.get("error") or "")
     return Row(name=d["name"], model_type=d["model_type"], source=d["source"], oracle=side(d["oracle"]),
-               analytic=side(d["analytic"]), seconds=float(d.get("seconds") or 0))
+               analytic=side(d["analytic"]), seconds=float(d.get("seconds") or 0),
+               derived=side(d.get("derived") or {}), explicit=bool(d.get("explicit")))
 
 
 def _rel(a: int | None, b: int | None) -> float | None:
@@ -111,24 +128,41 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {first[:160]}"
 
 
-def oracle(raw: dict, name: str = "", dtype: str = "bf16") -> Side:
+def oracle(raw: dict, name: str = "", dtype: str = "bf16") -> tuple[Side, dict | None]:
     """transformers' own figures for this config.json: parameters on the meta device, the KV
-    bytes per token and the recurrent state from its cache after a fake prefill."""
+    bytes per token and the recurrent state from its cache after a fake prefill; and the
+    derivation's facts (extract.py) when both ran."""
     side = Side()
     try:
         config, model = meta.build(raw, name, dtype)
         side.params = meta.count_parameters(model)
+        params = meta.parameters(model)
+        prefix = meta.decoder_layers_prefix(model, config)
+        head = extract.output_embeddings(model)
+        tied = meta.tied_names(model)
         layers = kv_mod.derive_cache(model, config)
         side.kv_bytes = sum(l.kv_elems_per_token for l in layers) * KV_BYTES
         side.state_elems = sum(l.conv_elems + l.recurrent_elems for l in layers)
         side.cache = dict(Counter(l.cls for l in layers))
+        return side, extract.pack(config, model, params, prefix, head, tied, layers, 0.0)
     except TimeLimit:
         raise
     except BaseException as e:      # noqa: BLE001 - recorded, never a traceback
         if isinstance(e, KeyboardInterrupt):
             raise
         side.error = _error(e)
-    return side
+    return side, None
+
+
+def derived(raw: dict, facts: dict, name: str = "") -> Side:
+    """What `--layers-from transformers` plans with: the ModelSpec assembled from the facts
+    (assemble.py), in the oracle's terms; it must reproduce the oracle."""
+    try:
+        return _side_of(assemble.spec(raw, facts, name))
+    except TimeLimit:
+        raise
+    except Exception as e:          # noqa: BLE001 - recorded
+        return Side(error=_error(e))
 
 
 def analytic(raw: dict, name: str = "") -> Side:
@@ -144,6 +178,11 @@ def analytic(raw: dict, name: str = "") -> Side:
     except Exception as e:          # noqa: BLE001 - a crash of the parser is recorded as such
         side.error = "crash " + _error(e)
         return side
+    return _side_of(spec)
+
+
+def _side_of(spec) -> Side:
+    side = Side()
     side.params = spec.params
     side.kv_bytes = sum(l.mixer.kv_elems_per_token for l in spec.layers
                         if isinstance(l.mixer, Attention)) * KV_BYTES
@@ -174,8 +213,11 @@ def compare(raw: dict, name: str, source: str, limit_s: float = 0) -> Row:
         previous = signal.signal(signal.SIGALRM, _alarm)
         signal.setitimer(signal.ITIMER_REAL, limit_s)
     try:
+        row.explicit = model_type in models.REGISTRY
         row.analytic = analytic(raw, name)
-        row.oracle = oracle(raw, name)
+        row.oracle, facts = oracle(raw, name)
+        if facts is not None:
+            row.derived = derived(raw, facts, name)
     except TimeLimit as e:
         row.oracle.error = row.oracle.error or f"TimeLimit: {e}"
     finally:
