@@ -12,7 +12,6 @@ import re
 import statistics
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 import pytest
@@ -144,6 +143,27 @@ def test_estimated_totals_copy_a_card_with_the_same_memory():
         assert any("estimated" in s for s in gpu(gpu_id).sources)
 
 
+def test_nominal_totals_are_labelled_estimates():
+    # no NVML or CUDA total found: nominal capacity minus the H100 SXM's 840 MiB gap (81920 MiB of
+    # HBM, 79.18 GiB = 81080 MiB CUDA total)
+    assert round(79.18 * 1024) == 81080 == 81920 - 840
+    for gpu_id, nominal in [("h100-nvl", 96256), ("h20", 98304), ("gh200", 98304), ("mi300x", 196608),
+                            ("mi325x", 262144)]:
+        g = gpu(gpu_id)
+        assert g.cuda_total_bytes == (nominal - 840) * MiB and not g.cuda_total_measured
+        assert any("estimated: nominal" in s for s in g.sources)
+    # measured where a log was found: RTX 5090 31.37 GiB (Wan-Video/Wan2.1#465), MI355X 287.98 GiB
+    assert gpu("rtx-5090").cuda_total_measured and gpu("mi355x").cuda_total_measured
+    assert gpu("mi355x").cuda_total_bytes == round(287.98 * GiB) // MiB * MiB
+
+
+def test_amd_cards_carry_the_rocm_notes():
+    for gpu_id in ("mi300x", "mi325x", "mi355x"):
+        g = gpu(gpu_id)
+        assert g.vendor == "amd" and g.link_gbs and any("FlashInfer" in n for n in g.notes)
+    assert gpu("h100").vendor == "nvidia" and not gpu("h100").notes
+
+
 def test_totals_are_consistent():
     for g in catalog.load_gpus():
         assert isinstance(g.cuda_total_bytes, int) and g.cuda_total_bytes % MiB == 0, g.id
@@ -160,7 +180,7 @@ def test_speed_and_capability_columns():
     assert h100.nvlink and h100.mig == 7 and not l40s.nvlink and l40s.mig == 0
     assert gpu("rtx-pro-6000").mig == 4
     assert gpu("t4").bf16_tflops is None  # Turing has no BF16 tensor cores
-    native_fp8 = {"Ada Lovelace", "Hopper", "Blackwell"}
+    native_fp8 = {"Ada Lovelace", "Hopper", "Blackwell", "CDNA 3", "CDNA 4"}     # MI300X and later: FP8
     for g in catalog.load_gpus():
         assert g.fp8 == (g.architecture in native_fp8), g.id
         assert g.fp8_tflops is None or g.fp8, g.id
@@ -171,9 +191,10 @@ def test_every_gpu_names_its_sources_and_dated_prices():
         assert len(g.sources) >= 2, g.id
         for p in g.prices:
             assert p.usd_per_hour > 0 and p.provider and p.source, g.id
-            assert p.kind in {"on-demand", "spot", "community", "secure", "reserved"}
+            assert p.kind in {"on-demand", "spot", "community", "secure", "reserved", "range"}
             if p.date:
-                date.fromisoformat(p.date)
+                assert catalog.quote_date(p) is not None, (g.id, p.date)      # YYYY-MM-DD or YYYY-MM
+            assert p.kind != "range" or not p.date          # ranges are the seeds' undated market spans
     l40s = {(p.provider, p.kind, p.date): p.usd_per_hour for p in gpu("l40s").prices}
     assert l40s[("Spheron", "on-demand", "2026-05-26")] == 0.72
     assert l40s[("Spheron", "spot", "2026-05-26")] == 1.07

@@ -27,7 +27,8 @@ def run_json(args):
 def test_readme_example_does_not_fit():
     code, p = run_json(EXAMPLE)
     assert code == 1 and p["fits"] is False
-    assert p["components"]["weights"] == 16_060_522_496        # 2 B x 8,030,261,248 params
+    # 2 B x 8,030,261,248 params + vLLM's rotary cos_sin_cache, 131,072 x 128 x 2 B = 32 MiB
+    assert p["components"]["weights"] == 16_060_522_496 + 33_554_432
     assert p["kv_bytes_per_token"] == 131_072                   # 32 layers x 2 x 8 x 128 x 2 B
     # KV for 8 x 32,768 tokens: 262,144 tokens x 131,072 B = 32 GiB exactly (2048 full blocks each)
     assert p["components"]["kv_cache"] == 32 * 2**30
@@ -70,7 +71,7 @@ def test_readme_example_fixes_fit(extra):
 def test_table_output_explains():
     code, out, _ = run(EXAMPLE)
     assert code == 1
-    for text in ("16,060,522,496", "131,072", "does not fit", "max batch", "max ctx",
+    for text in ("16,094,076,928", "131,072", "does not fit", "max batch", "max ctx",
                  "GPU KV cache size", "--kv-dtype fp8"):
         assert text in out
 

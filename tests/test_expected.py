@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from vramplan import api
 from vramplan.cli import app
+from vramplan.engines.vllm.serving import rope_cache_bytes
 
 HERE = os.path.dirname(__file__)
 EXPECTED = json.load(open(os.path.join(HERE, "data", "expected.json")))["models"]
@@ -43,6 +44,12 @@ def hub_id(name: str) -> str:
     return name.replace("--", "/", 1)
 
 
+def vllm_buffers(name: str) -> int:
+    """What vLLM's serve plan adds to the parameters: its rotary cos_sin_cache buffer (bf16),
+    docs/sources/vllm-accounting.md A.9; the parameters themselves are the oracle's."""
+    return rope_cache_bytes(api.load_model(hub_id(name)), 2)
+
+
 def bf16_allocated(name: str) -> int:
     """2 B per param, each tensor rounded up to the caching allocator's 512-B block. The shapes
     are ours, but their sum is the exact reference count (asserted beside), and the rounding can
@@ -60,7 +67,7 @@ def test_bundled_id_bf16(name):
     assert result.exit_code in (0, 1), result.stderr
     p = json.loads(result.stdout)
     assert p["model"]["params"] == expected_params(name)
-    assert p["components"]["weights"] == bf16_allocated(name)
+    assert p["components"]["weights"] == bf16_allocated(name) + vllm_buffers(name)
     assert p["kv_bytes_per_token"] == expected_kv(name)
 
 
@@ -79,7 +86,7 @@ def test_local_config_path_bf16(name):
     assert result.exit_code in (0, 1), result.stderr
     p = json.loads(result.stdout)
     assert p["model"]["source"] == "path"
-    assert p["components"]["weights"] == bf16_allocated(name)
+    assert p["components"]["weights"] == bf16_allocated(name) + vllm_buffers(name)
     assert p["kv_bytes_per_token"] == expected_kv(name)
 
 

@@ -57,7 +57,8 @@ def test_phi3_fused_gate_up(models):
     # the 2 x 8,192 gate_up output stays alive beside silu(gate) and the product: 4 I, not 3
     m = models["Phi-3-mini-4k-instruct"]
     assert act.widest_layer(m, layout="transformers")[0] == 4 * 3072 + 4 * 8192
-    assert act.widest_layer(m, layout="vllm")[0] == 4 * 3072 + 3 * 8192          # vLLM's fused SiluAndMul
+    # vLLM's fused SiluAndMul, and its 3 residual-stream tensors (activations.VLLM_RESIDUAL)
+    assert act.widest_layer(m, layout="vllm")[0] == 3 * 3072 + 3 * 8192
     # a prefill as long as the 2,047-token window builds one bool (1, 1, s, s) mask
     assert act.sliding_mask_bytes(m, 2046) == 0 and act.sliding_mask_bytes(m, 4096) == 4096 * 4096
 

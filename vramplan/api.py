@@ -23,7 +23,7 @@ from vramplan.catalog import MAX_GPU_COUNT
 from vramplan.errors import BadInput, DoesNotFit
 from vramplan.methods import plan as _plan_request
 from vramplan.request import (ENGINE_OF_MODE, METHODS, MODES, TRAINING_MODES, TRANSFORMERS_MAJORS, LlamaFlags,
-                              PlanRequest, ServeFlags, TrainFlags, build_workload, check_model,
+                              PlanRequest, ServeFlags, SglangFlags, TrainFlags, build_workload, check_model,
                               make_workload, transformers_major)
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan
 from vramplan.targets import auto_target, resolve_target
@@ -39,10 +39,12 @@ _TOOLS = {
 }
 __all__ = [
     "plan", "plan_request", "preflight", "load_model", "gpus",
-    "PlanRequest", "ServeFlags", "TrainFlags", "LlamaFlags", "make_workload", "resolve_target", "auto_target",
+    "PlanRequest", "ServeFlags", "TrainFlags", "LlamaFlags", "SglangFlags", "make_workload", "resolve_target", "auto_target",
     "transformers_major", "BadInput", "ENGINE_OF_MODE", "METHODS", "MODES", "TRAINING_MODES",
     "TRANSFORMERS_MAJORS", *_TOOLS,
 ]
+# SGLang's names for vramplan's own keywords (docs/sglang.md): plan(..., context_length=..., tp_size=...)
+KEYWORD_ALIASES = {"context_length": "ctx", "tp_size": "tp"}
 MAX_VERIFY_SECONDS = 24 * 3600      # verify --timeout: a day; a longer run is no memory check
 
 
@@ -107,12 +109,22 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
 
     `options` are vLLM's engine flags (`ServeFlags`: tp, pp, gpu_memory_utilization, ...), the
     training settings (`TrainFlags`: optim, grad_ckpt, lora_r, ...) and `transformers`; an
-    unknown keyword raises BadInput naming it.
+    unknown keyword raises BadInput naming it. With engine="sglang", SGLang's own (`SglangFlags`:
+    mem_fraction_static, page_size, chunked_prefill_size, max_running_requests, cuda_graph_max_bs,
+    dp_size, ep_size, ...); context_length and tp_size are SGLang's names for ctx and tp.
 
     >>> p = plan("meta-llama/Llama-3.1-8B", "l40s", ctx="32k", batch=8)
     >>> p.fits, p.components["weights"]
     (False, 16060522496)
     """
+    for alias, name in KEYWORD_ALIASES.items():
+        if alias in options:
+            if name == "ctx" and ctx != 4096 or name in options:
+                raise BadInput(f"{alias} is SGLang's name for {name}; give one of them.")
+            value = options.pop(alias)
+            ctx = value if name == "ctx" else ctx
+            if name != "ctx":
+                options[name] = value
     return plan_request(PlanRequest.from_keywords(
         model, gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
         kv_dtype=kv_dtype, method=method, no_cache=no_cache, **options))
@@ -150,6 +162,17 @@ def gpus() -> tuple[GpuSpec, ...]:
     return catalog.load_gpus()
 
 
+def default_prices(gpus: tuple[GpuSpec, ...] | None = None) -> dict:
+    """GPU id -> the price compare charges by default (catalog.default_price: the cheapest dated
+    on-demand quote of a named provider); cards without one are left out."""
+    out = {}
+    for g in gpus if gpus is not None else catalog.load_gpus():
+        p = catalog.default_price(g)
+        if p is not None:
+            out[g.id] = p
+    return out
+
+
 def kv_report(model: str | ModelSpec | dict):
     """KV cache bytes per token of MODEL, per layer kind and cache dtype (`vramplan kv`)."""
     check_model(model)
@@ -171,7 +194,7 @@ def _compare_options(gpus, prices, price_source, efficiency, step_overhead_s) ->
                                      "a number of seconds in [0, 1]"))
 
 
-def compare(model: str | ModelSpec, gpus=None, *, prices=None, price_source: str = "median",
+def compare(model: str | ModelSpec, gpus=None, *, prices=None, price_source: str = "cheapest",
             efficiency: float | None = None, step_overhead_s: float | None = None, **options):
     """The same workload on every catalog GPU (or `gpus`), ranked; see vramplan.compare.table.
     Other keywords are those of `plan`, except the layout (tp, pp), which compare chooses."""
@@ -183,14 +206,15 @@ def compare(model: str | ModelSpec, gpus=None, *, prices=None, price_source: str
     return _tool("compare")(model, gpus, **extra, **options)
 
 
-def compare_request(request: PlanRequest, gpus=None, *, prices=None, price_source: str = "median",
-                    efficiency: float | None = None, step_overhead_s: float | None = None):
-    """`compare` of a PlanRequest that names no GPU and no parallel layout."""
+def compare_request(request: PlanRequest, gpus=None, *, prices=None, price_source: str = "cheapest",
+                    efficiency: float | None = None, step_overhead_s: float | None = None, **traffic):
+    """`compare` of a PlanRequest that names no GPU and no parallel layout; `traffic`: input_len,
+    output_len, concurrency, max_ttft, min_tokens_per_s (vramplan.compare.table.compare_request)."""
     extra = _compare_options(_ids(gpus, "gpus", "'l40s,h100'"), prices, price_source, efficiency,
                              0.0 if step_overhead_s is None else step_overhead_s)
     if step_overhead_s is None:
         extra.pop("step_overhead_s")
-    return _tool("compare_request")(_request(request), gpus, **extra)
+    return _tool("compare_request")(_request(request), gpus, **extra, **traffic)
 
 
 def sweep(model: str | ModelSpec, gpu: str | GpuTarget | None = None, **options):

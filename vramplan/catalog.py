@@ -11,7 +11,9 @@ The meaning and source of every catalog column is in docs/gpus.md.
 
 from __future__ import annotations
 
+import datetime
 import functools
+import os
 import re
 import sys
 from pathlib import Path
@@ -36,6 +38,7 @@ MAX_GPU_COUNT = 64
 __all__ = [
     "configs_dir", "load_gpus", "find_gpu", "parse_gpu_arg", "driver_reserve_mib",
     "bundled_model_ids", "find_bundled", "nearest_bundled", "load_bundled_text",
+    "default_price", "firm_quotes", "quote_date", "today", "is_stale",
 ]
 
 
@@ -79,9 +82,11 @@ def _read_toml(*parts: str) -> dict:
 # TOML keys copied straight into GpuSpec; the others are turned into bytes or tuples below.
 _PLAIN_KEYS = {
     "id", "name", "nvml_name", "marketing", "memory_bandwidth_gbs", "bf16_tflops", "fp8_tflops",
-    "tdp_w", "interconnect", "nvlink", "mig", "architecture", "fp8",
+    "tdp_w", "interconnect", "nvlink", "mig", "architecture", "fp8", "fp4_tflops", "int8_tops",
+    "link_gbs", "vendor",
 }
-_OTHER_KEYS = {"nvml_total_mib", "cuda_total_gib", "cuda_total_like", "aliases", "sources", "prices"}
+_OTHER_KEYS = {"nvml_total_mib", "cuda_total_gib", "cuda_total_like", "nominal_mib", "aliases", "sources",
+               "prices", "notes"}
 _PRICE_KEYS = {"usd_per_hour", "provider", "kind", "date", "source"}
 
 
@@ -97,8 +102,9 @@ def driver_reserve_mib() -> int:
     return int(_read_toml("gpus.toml")["driver_reserve_mib"])
 
 
-def _cuda_total(entry: dict, by_id: dict, reserve: int, seen: tuple = ()) -> tuple[int, bool, str]:
-    """(bytes, measured?, how): measured GiB, else NVML minus reserve, else a sibling's total."""
+def _cuda_total(entry: dict, by_id: dict, reserve: int, seen: tuple = (), nominal_reserve: int = 0) -> tuple[int, bool, str]:
+    """(bytes, measured?, how): measured GiB, else NVML minus reserve, else a sibling's total,
+    else the nominal capacity minus the usual reserve (an estimate, labelled)."""
     if "cuda_total_gib" in entry:
         exact = round(entry["cuda_total_gib"] * GiB)
         total = exact - exact % MiB
@@ -109,8 +115,13 @@ def _cuda_total(entry: dict, by_id: dict, reserve: int, seen: tuple = ()) -> tup
                               f"{reserve} MiB driver reserve (docs/gpus.md)")
     like = entry.get("cuda_total_like")
     if like in by_id and like not in seen:
-        total, _, _ = _cuda_total(by_id[like], by_id, reserve, seen + (entry["id"],))
+        total, _, _ = _cuda_total(by_id[like], by_id, reserve, seen + (entry["id"],), nominal_reserve)
         return total, False, f"estimated: taken from '{like}', which has the same memory (docs/gpus.md)"
+    if "nominal_mib" in entry:
+        total = (entry["nominal_mib"] - nominal_reserve) * MiB
+        return total, False, (f"estimated: nominal {entry['nominal_mib']} MiB minus the usual "
+                              f"{nominal_reserve} MiB between nominal and CUDA totals (docs/gpus.md); "
+                              "no published log of this card's total was found")
     raise ValueError(f"gpus.toml: '{entry['id']}' needs cuda_total_gib, nvml_total_mib or a valid cuda_total_like")
 
 
@@ -127,6 +138,7 @@ def load_gpus() -> tuple[GpuSpec, ...]:
     """Every catalog GPU, in file order, with an integer CUDA total each."""
     data = _read_toml("gpus.toml")
     reserve = int(data["driver_reserve_mib"])
+    nominal_reserve = int(data.get("nominal_reserve_mib", 0))
     entries = data["gpu"]
     by_id: dict[str, dict] = {}
     for entry in entries:
@@ -139,7 +151,7 @@ def load_gpus() -> tuple[GpuSpec, ...]:
 
     gpus = []
     for entry in entries:
-        total, measured, how = _cuda_total(entry, by_id, reserve)
+        total, measured, how = _cuda_total(entry, by_id, reserve, (), nominal_reserve)
         nvml = entry.get("nvml_total_mib")
         plain = {k: v for k, v in entry.items() if k in _PLAIN_KEYS}
         gpus.append(GpuSpec(
@@ -150,6 +162,7 @@ def load_gpus() -> tuple[GpuSpec, ...]:
             aliases=tuple(entry.get("aliases", ())),
             prices=tuple(_price(p, entry["id"]) for p in entry.get("prices", ())),
             sources=tuple(entry.get("sources", ())) + (f"cuda_total_bytes {total}: {how}",),
+            notes=tuple(entry.get("notes", ())),
         ))
     return tuple(gpus)
 
@@ -198,6 +211,68 @@ def parse_gpu_arg(text: str) -> GpuTarget:
             f"{MAX_GPU_COUNT}, e.g. {{gpu}} {name}:2."
         )
     return GpuTarget(gpu=find_gpu(name), count=int(count_text))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prices: which quote a buyer would recognise (docs/compare.md, "Prices")
+
+# Kinds of quote one can rent now and keep: RunPod's "secure" and "community" clouds are
+# on-demand tiers. Spot can be taken back, reserved needs a term, a "range" is no one's offer.
+ON_DEMAND_KINDS = ("on-demand", "secure", "community")
+STALE_DAYS = 365          # a quote older than this is flagged: cloud prices move within months
+TODAY_ENV = "VRAMPLAN_TODAY"   # YYYY-MM-DD: pins "today" (tests, reproducible reports)
+
+
+def quote_date(p: Price) -> datetime.date | None:
+    """The quote's date; "YYYY-MM" means the first of that month; None when undated."""
+    text = p.date.strip()
+    for fmt in ("%Y-%m-%d", "%Y-%m"):
+        try:
+            return datetime.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+def today() -> datetime.date:
+    """The date prices are judged against: $VRAMPLAN_TODAY when set (YYYY-MM-DD), else today."""
+    pinned = os.environ.get(TODAY_ENV, "").strip()
+    if pinned:
+        try:
+            return datetime.datetime.strptime(pinned, "%Y-%m-%d").date()
+        except ValueError:
+            raise BadInput(f"${TODAY_ENV} {pinned!r} is not a date; write YYYY-MM-DD.") from None
+    return datetime.date.today()
+
+
+def is_stale(p: Price, on: datetime.date | None = None) -> bool:
+    """Older than STALE_DAYS (an undated quote is not stale: it is never a default)."""
+    d = quote_date(p)
+    return d is not None and ((on or today()) - d).days > STALE_DAYS
+
+
+def firm_quotes(gpu: GpuSpec, kinds: tuple[str, ...] = ON_DEMAND_KINDS) -> list[Price]:
+    """Dated quotes of these kinds, the latest per (provider, kind): a provider's older price was
+    replaced by its newer one."""
+    latest: dict[tuple[str, str], Price] = {}
+    for p in gpu.prices:
+        d = quote_date(p)
+        if p.kind not in kinds or d is None:
+            continue
+        k = (p.provider, p.kind)
+        if k not in latest or d >= quote_date(latest[k]):
+            latest[k] = p
+    return list(latest.values())
+
+
+def default_price(gpu: GpuSpec) -> Price | None:
+    """The price `vramplan compare` charges by default: the cheapest dated on-demand quote from a
+    named provider (the latest of each provider's), or None when the catalog has none. Ties go to
+    the newer quote."""
+    quotes = firm_quotes(gpu)
+    if not quotes:
+        return None
+    return min(quotes, key=lambda p: (p.usd_per_hour, -quote_date(p).toordinal(), p.provider))
 
 
 # ---------------------------------------------------------------------------------------------

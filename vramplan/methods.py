@@ -26,6 +26,9 @@ def plan(request: PlanRequest) -> Plan:
         if isinstance(request.model, str) and is_gguf(request.model):
             raise BadInput("{method} trace runs the transformers model of a config.json; a GGUF file is "
                            "planned with {method} analytic.")
+        if workload.engine == "sglang":
+            raise BadInput("{method} trace replays transformers and vLLM programs; {engine} sglang is "
+                           "planned with {method} analytic.")
         from vramplan import trace      # the trace tier loads only when asked for
 
         return trace.plan(request.model, target, workload, no_cache=request.no_cache,

@@ -14,7 +14,7 @@ from vramplan.engines.registry import engine as engine_named
 from vramplan.memory import kv_cache as kv
 from vramplan.memory.setup import Breakdown, Setup
 from vramplan.memory.solve import largest_fitting
-from vramplan.spec import GpuSpec, GpuTarget, LocalReport, ModelSpec, Plan, Workload
+from vramplan.spec import GpuSpec, GpuTarget, LocalReport, ModelSpec, Plan, SglangReport, Workload
 from vramplan.suggestions import suggestions
 from vramplan.units import MAX_BATCH, MAX_TOKENS
 
@@ -84,8 +84,9 @@ def build(model: ModelSpec, target: GpuTarget, workload: Workload,
         kv_bytes_per_token=(report.kv_bytes_per_token if isinstance(report, LocalReport)
                             else kv.kv_bytes_per_token(model, s.kv_elem, s.tp)),
         max_batch=max_batch, max_ctx=max_ctx,
-        serve=None if isinstance(report, LocalReport) else report,
+        serve=None if isinstance(report, (LocalReport, SglangReport)) else report,
         local=report if isinstance(report, LocalReport) else None,
+        sglang=report if isinstance(report, SglangReport) else None,
         warnings=tuple(warnings), phase=b.phase,
     )
     if suggest and not plan.fits:

@@ -12,6 +12,7 @@ import difflib
 from dataclasses import dataclass, field, fields, replace
 
 from vramplan.engines.llama_cpp.options import LlamaFlags, normalize as llama_options
+from vramplan.engines.sglang.options import SglangFlags, normalize as sglang_options
 from vramplan.errors import BadInput
 from vramplan.loading import LAYERS_FROM, is_gguf
 from vramplan.memory.dtypes import KV_FORMATS, WEIGHT_FORMATS, normalize
@@ -28,7 +29,8 @@ ENGINE_OF_MODE = {
 }
 # --engine: whose rules apply within a mode (DESIGN.md), by the names users type
 ENGINES = {"vllm": "vllm", "llama.cpp": "llama_cpp", "llamacpp": "llama_cpp", "llama_cpp": "llama_cpp",
-           "ollama": "ollama", "transformers": "transformers", "hf-trainer": "hf_trainer", "hf_trainer": "hf_trainer"}
+           "ollama": "ollama", "transformers": "transformers", "hf-trainer": "hf_trainer", "hf_trainer": "hf_trainer",
+           "sglang": "sglang"}
 LOCAL_ENGINES = ("llama_cpp", "ollama")     # take the llama.cpp flags and GGUF mixes
 MODES = tuple(ENGINE_OF_MODE)
 TRAINING_MODES = tuple(m for m, e in ENGINE_OF_MODE.items() if e == "hf_trainer")
@@ -50,7 +52,7 @@ class ServeFlags:
     tp: int | None = None                               # None: the GPU count
     pp: int | None = None                               # None: 1
     enforce_eager: bool | None = None                   # None: CUDA graphs captured
-    vllm_version: str | None = None                     # None: the default era (0.11-0.20)
+    vllm_version: str | None = None                     # None: the newest vLLM release known
     kv_cache_memory: int | str | None = None            # explicit KV bytes per GPU, e.g. "20GiB"
     allow_long_max_model_len: bool | None = None        # as VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
 
@@ -107,6 +109,7 @@ class PlanRequest:
     train: TrainFlags = field(default_factory=TrainFlags)
     engine: str | None = None               # --engine; None: the mode's (a GGUF model: llama.cpp)
     llama: LlamaFlags = field(default_factory=LlamaFlags)
+    sglang: SglangFlags = field(default_factory=SglangFlags)
     layers_from: str = "auto"               # auto | analytic | transformers (loading.LAYERS_FROM)
 
     @classmethod
@@ -114,7 +117,7 @@ class PlanRequest:
                       **keywords) -> PlanRequest:
         """The Python API's flat keywords (`plan(model, gpu, ctx=..., tp=..., optim=...)`) sorted
         into the request and its ServeFlags and TrainFlags; an unknown keyword is BadInput."""
-        sections = {"serve": {}, "train": {}, "llama": {}, "": {}}
+        sections = {"serve": {}, "train": {}, "llama": {}, "sglang": {}, "": {}}
         for name, value in keywords.items():
             section = _SECTION_OF.get(name)
             if section is None:
@@ -124,14 +127,16 @@ class PlanRequest:
                                f"{', '.join(_SECTION_OF)}.")
             sections[section][name] = value
         return cls(model=model, gpu=gpu, **sections[""], serve=ServeFlags(**sections["serve"]),
-                   train=TrainFlags(**sections["train"]), llama=LlamaFlags(**sections["llama"]))
+                   train=TrainFlags(**sections["train"]), llama=LlamaFlags(**sections["llama"]),
+                   sglang=SglangFlags(**sections["sglang"]))
 
 
 _SECTION_OF = {
-    **{f.name: "" for f in fields(PlanRequest) if f.name not in ("model", "gpu", "serve", "train", "llama")},
+    **{f.name: "" for f in fields(PlanRequest) if f.name not in ("model", "gpu", "serve", "train", "llama", "sglang")},
     **{f.name: "llama" for f in fields(LlamaFlags)},
     **{f.name: "serve" for f in fields(ServeFlags)},
     **{f.name: "train" for f in fields(TrainFlags)},
+    **{f.name: "sglang" for f in fields(SglangFlags)},
 }
 
 
@@ -158,6 +163,12 @@ def build_workload(request: PlanRequest, gpu_count: int = 1) -> Workload:
                        "{mode} serve plans vLLM, whatever transformers is installed.")
     serve = _serve_options(request.serve, gpu_count, mode == "serve")
     engine, llama = _engine(request)
+    if engine == "sglang":
+        serve, sglang = _sglang(request, serve, gpu_count)
+        return Workload(mode=mode, batch=parse_tokens(request.batch, "{batch}"),
+                        ctx=parse_tokens(request.ctx, "{ctx}"), dtype=normalize(request.dtype, WEIGHT_FORMATS, "{dtype}"),
+                        kv_dtype=normalize(request.kv_dtype, KV_FORMATS, "{kv_dtype}"), serve=serve,
+                        engine=engine, sglang=sglang)
     if llama is not None:
         return Workload(mode=mode, batch=parse_tokens(request.batch, "{batch}"),
                         ctx=parse_tokens(request.ctx, "{ctx}"), dtype=request.dtype.strip().lower(),
@@ -179,15 +190,27 @@ def _engine(request: PlanRequest):
         default = "llama_cpp"                 # a GGUF file is served by llama.cpp unless --engine says
     given = request.engine
     engine = default if given is None else ENGINES.get(str(given).strip().lower())
-    serving = ("vllm", *LOCAL_ENGINES)
+    serving = ("vllm", "sglang", *LOCAL_ENGINES)
     if engine is None or (engine != ENGINE_OF_MODE[request.mode] and (request.mode != "serve" or engine not in serving)):
-        allowed = "vllm, llama.cpp or ollama" if request.mode == "serve" else default.replace("_", "-")
+        allowed = "vllm, sglang, llama.cpp or ollama" if request.mode == "serve" else default.replace("_", "-")
         raise BadInput(f"{{engine}} {given!r} does not plan {{mode}} {request.mode}; it takes {allowed}.")
     flags = request.llama.given()
     vllm_flags = request.serve.given()
     if engine in LOCAL_ENGINES and vllm_flags:
         raise BadInput(f"{_names(vllm_flags)} {'is' if len(vllm_flags) == 1 else 'are'} vLLM's; "
                        f"{{engine}} {engine.replace('_', '.')} does not read {'it' if len(vllm_flags) == 1 else 'them'}.")
+    sglang_flags = request.sglang.given() if isinstance(request.sglang, SglangFlags) else {"sglang": request.sglang}
+    if engine != "sglang" and sglang_flags:
+        raise BadInput(f"{_names(sglang_flags)} {'is' if len(sglang_flags) == 1 else 'are'} SGLang's; add "
+                       f"{{engine}} sglang (vLLM's own names: {{gpu_memory_utilization}}, {{max_num_seqs}}, "
+                       f"{{max_num_batched_tokens}}, {{block_size}}).")
+    if engine == "sglang":
+        vllm_only = {k: v for k, v in vllm_flags.items() if k not in SGLANG_SHARED}
+        if vllm_only:
+            raise BadInput(f"{_names(vllm_only)} {'is' if len(vllm_only) == 1 else 'are'} vLLM's; {{engine}} sglang "
+                           f"does not read {'it' if len(vllm_only) == 1 else 'them'} (SGLang's own: "
+                           f"{{mem_fraction_static}}, {{max_running_requests}}, {{chunked_prefill_size}}, "
+                           f"{{page_size}}, {{cuda_graph_max_bs}}, {{disable_cuda_graph}}).")
     if engine not in LOCAL_ENGINES:
         if flags:
             names = ", ".join("{" + k + "}" for k in flags)
@@ -196,6 +219,27 @@ def _engine(request: PlanRequest):
         return engine, None
     return engine, llama_options(request.llama, normalize(request.kv_dtype, KV_FORMATS, "{kv_dtype}"),
                                  ollama=engine == "ollama")
+
+
+# ServeFlags that SGLang reads too, under its own names: --tp-size, --pp-size
+SGLANG_SHARED = ("tp", "pp")
+
+
+def _sglang(request: PlanRequest, serve: ServeOptions, gpu_count: int):
+    """(ServeOptions, SglangOptions) for --engine sglang: its flags checked, and the GPUs its
+    layout needs (tp x pp, times --dp-size replicas unless the DP is attention's, inside tp)."""
+    given = request.sglang.given()
+    dp_given = given.get("dp_size")
+    if "tp" not in request.serve.given() and dp_given is not None and not given.get("enable_dp_attention"):
+        dp = whole(dp_given, "{dp_size}", 1, MAX_GPU_COUNT)
+        serve = replace(serve, tp=max(1, gpu_count // (dp * serve.pp)))
+    options = sglang_options(request.sglang, serve.tp)
+    replicas = 1 if options.enable_dp_attention else options.dp_size
+    need = serve.tp * serve.pp * replicas
+    if need > gpu_count:
+        raise BadInput(f"{{tp}} {serve.tp} x {{pp}} {serve.pp} x {{dp_size}} {replicas} needs {need} GPUs but "
+                       f"{{gpu}} gives {gpu_count}; ask for them with {{gpu}} ID:{need}.")
+    return serve, options
 
 
 def check_request(request: PlanRequest) -> None:

@@ -149,6 +149,32 @@ def cases() -> dict[str, list[str]]:
     add("fit", "meta-llama/Llama-3.1-8B", "--gpu", "l40s", "--tp", "3")
     add("fit", "meta-llama/Llama-3.1-8B", "--mode", "infer", "--optim", "sgd")
     add("fit", "meta-llama/Llama-3.1-8B", "--dtype", "int3")
+    # vLLM releases (issue #13): each era, the MXFP4 backend per release, refusals
+    add("fit", "meta-llama/Llama-3.1-8B", "--gpu", "l40s", "--ctx", "32k", "--batch", "8", "--vllm-version", "0.16")
+    add("fit", "meta-llama/Llama-3.1-8B", "--gpu", "h100", "--vllm-version", "0.19.0", "--json")
+    add("fit", "openai/gpt-oss-120b", "--gpu", "h100", "--ctx", "64k", "--json")
+    add("fit", "openai/gpt-oss-120b", "--gpu", "h100", "--ctx", "64k", "--vllm-version", "0.11.0")
+    add("fit", "Qwen/Qwen3-0.6B", "--gpu", "h100", "--vllm-version", "0.40")
+    add("fit", "Qwen/Qwen3-0.6B", "--gpu", "h100", "--kv-dtype", "int8")
+    # SGLang (docs/sglang.md): default fraction per card, a given one, DP attention, refusals
+    add("fit", "meta-llama/Llama-3.1-8B", "--engine", "sglang", "--gpu", "h100", "--ctx", "32k", "--batch", "8")
+    add("fit", "meta-llama/Llama-3.1-8B", "--engine", "sglang", "--gpu", "l40s", "--ctx", "8k", "--batch", "4", "--json")
+    add("fit", "deepseek-ai/DeepSeek-V3", "--engine", "sglang", "--gpu", "h200:8", "--tp-size", "8",
+        "--context-length", "64k", "--batch", "16")
+    add("fit", "Qwen/Qwen3-8B", "--engine", "sglang", "--gpu", "b200", "--mem-fraction-static", "0.9",
+        "--chunked-prefill-size", "4096", "--cuda-graph-max-bs", "128")
+    add("fit", "mistralai/Mixtral-8x7B-v0.1", "--engine", "sglang", "--gpu", "h100:4", "--tp-size", "4",
+        "--dp-size", "2", "--enable-dp-attention", "--ep-size", "4")
+    add("fit", "meta-llama/Llama-3.1-70B", "--engine", "sglang", "--gpu", "h100:2", "--tp-size", "2",
+        "--mem-fraction-static", "0.5")
+    add("fit", "meta-llama/Llama-3.1-8B", "--mem-fraction-static", "0.8")
+    # compare (issue 18): traffic shape, latency targets, price columns, the new cards
+    add("compare", "meta-llama/Llama-3.1-8B", "--ctx", "8k", "--batch", "32", "--gpus", "h100,l40s,mi300x",
+        "--max-ttft", "50ms")
+    add("compare", "meta-llama/Llama-3.1-8B", "--gpus", "l40s,h100,rtx-5090", "--input-len", "1000",
+        "--output-len", "200", "--concurrency", "8", "--json")
+    add("compare", "meta-llama/Llama-3.1-70B", "--gpus", "h100,mi300x,h200", "--price-source", "hyperscaler")
+    add("compare", "meta-llama/Llama-3.1-8B", "--ctx", "8k", "--input-len", "9000")
     return c
 
 
@@ -160,7 +186,7 @@ def normalize(text: str) -> str:
 
 
 def run_case(runner, app, argv: list[str]) -> str:
-    r = runner.invoke(app, argv, env={"HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
+    r = runner.invoke(app, argv, env={"HF_HUB_OFFLINE": "1", "COLUMNS": "120", "VRAMPLAN_TODAY": "2026-12-07"})
     return f"exit {r.exit_code}\n--- stdout\n{normalize(r.stdout)}--- stderr\n{normalize(r.stderr)}"
 
 

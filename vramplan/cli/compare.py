@@ -28,8 +28,13 @@ def compare(
     batch: str = typer.Option("1", "--batch", help="Concurrent sequences (training: per-device micro-batch)."),
     mode: str = O.MODE, dtype: str = O.DTYPE, kv_dtype: str = O.KV,
     price: Optional[List[str]] = typer.Option(None, "--price", help="Override a price per GPU-hour: l40s=0.79 (repeatable or comma-separated)."),
-    price_source: str = typer.Option("median", "--price-source", help="Which catalog quote: median, min, max, latest, or a provider (spheron, runpod, aws, ...)."),
-    efficiency: Optional[float] = typer.Option(None, "--efficiency", help="serve: share of peak bandwidth decode reaches (calibrated 0.94); training: MFU (0.40)."),
+    price_source: str = typer.Option("cheapest", "--price-source", help="Which catalog quote: cheapest (dated on-demand, the default), median, spot, hyperscaler, min, max, latest, or a provider (runpod, lambda, aws, ...)."),
+    efficiency: Optional[float] = typer.Option(None, "--efficiency", help="serve: share of peak bandwidth decode reaches (calibrated 0.95); training: MFU (0.40)."),
+    input_len: Optional[str] = typer.Option(None, "--input-len", help="serve: prompt tokens per request (default: half of --ctx)."),
+    output_len: Optional[str] = typer.Option(None, "--output-len", help="serve: output tokens per request (default: 512, within --ctx)."),
+    concurrency: Optional[str] = typer.Option(None, "--concurrency", help="serve: requests in flight (the same as --batch)."),
+    max_ttft: Optional[str] = typer.Option(None, "--max-ttft", help="serve: latency target, time to first token: 0.5 (seconds) or 500ms."),
+    min_tokens_per_s: Optional[float] = typer.Option(None, "--min-tokens-per-s", help="serve: latency target, decode tokens/s each sequence must see."),
     plot: Optional[str] = O.PLOT, fmt: str = O.FORMAT, as_json: bool = O.JSON,
     gpu_memory_utilization: Optional[float] = O.UTIL, max_num_batched_tokens: Optional[str] = O.MNBT,
     max_num_seqs: Optional[str] = O.MNS, block_size: Optional[int] = O.BLOCK, enforce_eager: bool = O.EAGER,
@@ -59,7 +64,9 @@ def compare(
             lora_targets=lora_targets, lora_dropout=lora_dropout, precision=precision, zero=zero,
             attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare),
     )
-    c = api.compare_request(request, gpus, prices=price, price_source=price_source, efficiency=efficiency)
+    c = api.compare_request(request, gpus, prices=price, price_source=price_source, efficiency=efficiency,
+                            input_len=input_len, output_len=output_len, concurrency=concurrency,
+                            max_ttft=max_ttft, min_tokens_per_s=min_tokens_per_s)
     table = render.compare
     emit(out, lambda: table.comparison_json(c), lambda: table.comparison_table(c),
          lambda: table.comparison_csv(c), lambda: table.comparison_markdown(c))

@@ -32,6 +32,11 @@ def fit(
     override_tensor: Optional[str] = O.OT, cache_type_k: Optional[str] = O.CTK, cache_type_v: Optional[str] = O.CTV,
     flash_attn: Optional[str] = O.FA, ubatch_size: Optional[str] = O.UB, batch_size: Optional[str] = O.BS,
     kv_unified: Optional[bool] = O.KVU, ram: Optional[str] = O.RAM, ram_bandwidth: Optional[float] = O.RAMBW,
+    mem_fraction_static: Optional[float] = O.MFS, page_size: Optional[int] = O.PAGE,
+    chunked_prefill_size: Optional[str] = O.CPS, max_running_requests: Optional[str] = O.MRR,
+    cuda_graph_max_bs: Optional[str] = O.CGBS, disable_cuda_graph: bool = O.NOGRAPH,
+    max_total_tokens: Optional[str] = O.MTT, dp_size: Optional[int] = O.DPS, ep_size: Optional[int] = O.EPS,
+    enable_dp_attention: bool = O.DPA,
     layers_from: str = O.LAYERS_FROM,
 ) -> None:
     """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
@@ -52,6 +57,12 @@ def fit(
             cpu_moe=cpu_moe or None, override_tensor=override_tensor, cache_type_k=cache_type_k,
             cache_type_v=cache_type_v, flash_attn=flash_attn, ubatch_size=ubatch_size, batch_size=batch_size,
             kv_unified=kv_unified, ram=ram, ram_bandwidth=ram_bandwidth),
+        sglang=api.SglangFlags(
+            mem_fraction_static=mem_fraction_static, page_size=page_size,
+            chunked_prefill_size=chunked_prefill_size, max_running_requests=max_running_requests,
+            cuda_graph_max_bs=cuda_graph_max_bs, disable_cuda_graph=disable_cuda_graph or None,
+            max_total_tokens=max_total_tokens, dp_size=dp_size, ep_size=ep_size,
+            enable_dp_attention=enable_dp_attention or None),
         layers_from=layers_from,
     )
     p = api.plan_request(request)

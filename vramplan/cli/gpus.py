@@ -16,6 +16,6 @@ def gpus(
     """The GPU catalog: memory, bandwidth, compute and dated prices."""
     catalog = api.gpus()
     if as_json:
-        emit_json(render.gpus_json(catalog))
+        emit_json(render.gpus_json(catalog, api.default_prices(catalog)))
     else:
-        print(render.gpus_table(catalog))
+        print(render.gpus_table(catalog, api.default_prices(catalog)))

@@ -1,9 +1,10 @@
 """Which $/GPU-hour to charge for a card: one of the catalog's dated quotes, or the user's.
 
-The catalog keeps several quotes per GPU (provider, kind, date, source: configs/gpus.toml).
-Spot quotes are left out unless a provider is asked for by name and has nothing else: spot
-capacity can be taken back, so it does not price a serving deployment. When one provider and
-kind was quoted on several dates, only the latest counts.
+The catalog keeps several quotes per GPU (provider, kind, date, source: configs/gpus.toml). The
+default is the one a buyer can act on: the cheapest dated on-demand quote from a named provider
+(`catalog.default_price`), shown with its provider and date. Undated quotes and market ranges
+are never a default; a quote older than a year is flagged. When one provider and kind was
+quoted on several dates, only the latest counts.
 """
 
 from __future__ import annotations
@@ -12,19 +13,29 @@ import re
 import statistics
 from dataclasses import dataclass
 
+from vramplan import catalog
 from vramplan.catalog import find_gpu
 from vramplan.errors import BadInput
 from vramplan.spec import GpuSpec, Price
 
-SOURCES = ("median", "min", "max", "latest")
-DEFAULT_SOURCE = "median"
+SOURCES = ("cheapest", "median", "min", "max", "latest", "spot", "hyperscaler")
+DEFAULT_SOURCE = "cheapest"
+# Hyperscalers: the clouds whose list prices are the high anchor (provider names as the catalog
+# writes them, matched on their first word).
+HYPERSCALERS = ("AWS", "Azure", "Google", "GCP", "Oracle")
 
 
 @dataclass(frozen=True)
 class PriceChoice:
     usd_per_hour: float
-    basis: str                       # "median of 10 quotes", "Spheron on-demand 2026-05-26", "--price"
+    basis: str                       # "Spheron on-demand 2026-05-26", "median of 10 quotes", "--price"
     quotes: tuple[Price, ...] = ()   # the catalog quotes it came from (none for --price)
+    stale: bool = False              # the quote is more than a year old (catalog.STALE_DAYS)
+
+    @property
+    def label(self) -> str:
+        """The basis as printed: with "over a year old" when stale."""
+        return self.basis + (" (over a year old)" if self.stale else "")
 
 
 def _key(text: str) -> str:
@@ -32,20 +43,13 @@ def _key(text: str) -> str:
 
 
 def quotes(gpu: GpuSpec) -> list[Price]:
-    """Non-spot quotes, the latest per (provider, kind)."""
-    latest: dict[tuple[str, str], Price] = {}
-    for p in gpu.prices:
-        if p.kind == "spot":
-            continue
-        k = (p.provider, p.kind)
-        if k not in latest or p.date >= latest[k].date:
-            latest[k] = p
-    return list(latest.values())
+    """Dated on-demand quotes, the latest per (provider, kind)."""
+    return catalog.firm_quotes(gpu)
 
 
 def _by_provider(gpu: GpuSpec, provider: str) -> Price | None:
     """The provider's latest quote (cheapest on that date), spot only if it has nothing else."""
-    mine = [p for p in gpu.prices if _key(provider) in _key(p.provider)]
+    mine = [p for p in gpu.prices if _key(provider) in _key(p.provider) and p.kind != "range"]
     firm = [p for p in mine if p.kind != "spot"] or mine
     if not firm:
         return None
@@ -57,30 +61,47 @@ def _describe(p: Price) -> str:
     return f"{p.provider} {p.kind}" + (f" {p.date}" if p.date else " (undated)")
 
 
+def _one(p: Price | None, prefix: str = "") -> PriceChoice | None:
+    if p is None:
+        return None
+    return PriceChoice(p.usd_per_hour, prefix + _describe(p), (p,), catalog.is_stale(p))
+
+
+def _cheapest(qs: list[Price]) -> Price | None:
+    return min(qs, key=lambda p: (p.usd_per_hour, p.provider)) if qs else None
+
+
 def choose(gpu: GpuSpec, source: str = DEFAULT_SOURCE, overrides: dict[str, float] | None = None) -> PriceChoice | None:
-    """The price of one GPU-hour under `source` (median | min | max | latest | a provider name),
-    or None when the catalog has no such quote."""
+    """The price of one GPU-hour under `source` (cheapest | median | min | max | latest | spot |
+    hyperscaler | a provider name), or None when the catalog has no such quote."""
     if overrides and gpu.id in overrides:
         return PriceChoice(overrides[gpu.id], "--price")
+    if source == "cheapest":
+        return _one(catalog.default_price(gpu))
+    if source == "spot":
+        return _one(_cheapest(catalog.firm_quotes(gpu, ("spot",))), "spot: ")
+    if source == "hyperscaler":
+        big = [p for p in quotes(gpu) if p.provider.split(" ")[0] in HYPERSCALERS]
+        return _one(_cheapest(big), "hyperscaler: ")
     if source not in SOURCES:
-        p = _by_provider(gpu, source)
-        return PriceChoice(p.usd_per_hour, _describe(p), (p,)) if p else None
+        return _one(_by_provider(gpu, source))
     qs = quotes(gpu)
     if not qs:
         return None
     if source == "latest":
-        newest = max(p.date for p in qs)
-        qs = [p for p in qs if p.date == newest]
+        newest = max(catalog.quote_date(p) for p in qs)
+        qs = [p for p in qs if catalog.quote_date(p) == newest]
         if len(qs) == 1:
-            return PriceChoice(qs[0].usd_per_hour, _describe(qs[0]), (qs[0],))
+            return _one(qs[0])
         source = "median"
     if source in ("min", "max"):
         p = (min if source == "min" else max)(qs, key=lambda q: q.usd_per_hour)
-        return PriceChoice(p.usd_per_hour, f"{source}: {_describe(p)}", (p,))
+        return _one(p, f"{source}: ")
     value = statistics.median(p.usd_per_hour for p in qs)
     n = len(qs)
-    basis = _describe(qs[0]) if n == 1 else f"median of {n} quotes"
-    return PriceChoice(round(value, 4), basis, tuple(qs))
+    if n == 1:
+        return _one(qs[0])
+    return PriceChoice(round(value, 4), f"median of {n} quotes", tuple(qs), all(catalog.is_stale(p) for p in qs))
 
 
 def check_source(source: str, gpus: tuple[GpuSpec, ...]) -> str:

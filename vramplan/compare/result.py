@@ -11,6 +11,56 @@ from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan, Workload
 
 
 @dataclass(frozen=True, kw_only=True)
+class Phase:
+    """One forward pass: its time and which side of the roofline binds."""
+    seconds: float
+    memory_s: float
+    compute_s: float
+    comm_s: float
+    bound: str            # "memory" | "compute"
+    bytes_read: int       # per rank
+    flops: float          # per rank
+
+
+@dataclass(frozen=True, kw_only=True)
+class Estimate:
+    """A serving configuration under a traffic shape (per configuration, all ranks)."""
+    decode: Phase                 # one decode step at the mean context
+    prefill: Phase                # one prompt alone (time to first token, less queueing)
+    batch_prefill: Phase          # the `concurrency` prompts of one request cycle
+    concurrency: int
+    input_len: int
+    output_len: int
+
+    @property
+    def per_sequence_tokens_per_s(self) -> float:
+        return 1.0 / self.decode.seconds
+
+    @property
+    def cycle_s(self) -> float:
+        return self.batch_prefill.seconds + self.output_len * self.decode.seconds
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        """Aggregate output tokens per second over request cycles (prefill included)."""
+        return self.concurrency * self.output_len / self.cycle_s
+
+    @property
+    def input_tokens_per_s(self) -> float:
+        return self.concurrency * self.input_len / self.cycle_s
+
+    @property
+    def ttft_s(self) -> float:
+        """One prompt's prefill plus the decode step it waits behind: a lower bound under load."""
+        return self.prefill.seconds + self.decode.seconds
+
+    @property
+    def prefill_share(self) -> float:
+        """Share of a cycle's GPU time spent in prefill: what input tokens are charged."""
+        return self.batch_prefill.seconds / self.cycle_s
+
+
+@dataclass(frozen=True, kw_only=True)
 class Throughput:
     tokens_per_s: float
     bound: str                  # "memory" or "compute" (which side of the roofline binds)
@@ -32,6 +82,8 @@ class Row:
     price: PriceChoice | None       # None: no quote from the price source, no --price
     speed: Throughput | None        # of the configuration on `gpus_needed` cards
     cheapest: bool = False
+    serve: Estimate | None = None   # serving: the traffic shape's estimate (prefill, decode, TTFT)
+    meets_target: bool = True       # --max-ttft / --min-tokens-per-s met (True without targets)
 
     @property
     def fits(self) -> bool:
@@ -61,11 +113,30 @@ class Row:
 
     @property
     def usd_per_million_tokens(self) -> float | None:
-        """The seeds' formula: hourly x cards / tokens per second x 1e6 / 3600."""
+        """The seeds' formula: hourly x cards / tokens per second x 1e6 / 3600 (serving: output
+        tokens per second over whole request cycles, so prefill time is paid for too)."""
         cost, rate = self.cost_per_hour, self.tokens_per_s
         if cost is None or not rate:
             return None
         return cost / rate * 1e6 / 3600
+
+    def _split(self, prefill: bool) -> float | None:
+        e, cost = self.serve, self.cost_per_hour
+        if e is None or cost is None:
+            return None
+        seconds = e.batch_prefill.seconds if prefill else e.output_len * e.decode.seconds
+        tokens = e.concurrency * (e.input_len if prefill else e.output_len)
+        return cost / 3600 * seconds / tokens * 1e6
+
+    @property
+    def usd_per_million_input(self) -> float | None:
+        """Serving: the cycle's prefill time, charged to its input tokens ($ per million)."""
+        return self._split(True)
+
+    @property
+    def usd_per_million_output(self) -> float | None:
+        """Serving: the cycle's decode time, charged to its output tokens ($ per million)."""
+        return self._split(False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,7 +150,11 @@ class Comparison:
     step_overhead_s: float          # serve only
     decode_context: int             # serve: KV tokens each sequence holds in the estimate
     max_gpus: int                   # the most cards of one kind tried
-    pcie_tp_penalty: float          # serve: the estimate's cost of tensor parallel over PCIe
+    input_len: int = 0              # serve: the traffic shape (tokens in and out per request,
+    output_len: int = 0             # requests in flight)
+    concurrency: int = 0
+    max_ttft_s: float | None = None         # latency targets, None when not asked
+    min_tokens_per_s: float | None = None   # per sequence
 
     @property
     def cheapest(self) -> Row | None:

@@ -18,9 +18,11 @@ from vramplan.errors import BadInput
 from vramplan.engines.hf_trainer.options import ADAPTER_METHODS
 from vramplan.request import ENGINE_OF_MODE, PlanRequest, build_workload, with_train
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan, Workload
+from vramplan.units import parse_tokens
 from vramplan.compare import prices as price_mod
+from vramplan.compare import speed as sp
 from vramplan.compare import throughput as th
-from vramplan.compare.result import Comparison, Row
+from vramplan.compare.result import Comparison, Estimate, Row, Throughput
 
 # Serving: the tensor-parallel sizes deployments use inside one 8-GPU node (vLLM also needs the
 # heads to divide). Training: ZeRO-3 / FSDP worlds up to the catalog's 64-GPU limit.
@@ -102,7 +104,8 @@ class _Planner:
 def compare(model: str | ModelSpec, gpus=None, *, mode: str = "serve", batch: int | str = 1,
             ctx: int | str = 4096, dtype: str = "auto", kv_dtype: str = "auto", prices=None,
             price_source: str = price_mod.DEFAULT_SOURCE, efficiency: float | None = None,
-            step_overhead_s: float = th.STEP_OVERHEAD_S, **options) -> Comparison:
+            step_overhead_s: float = sp.STEP_OVERHEAD_S, input_len=None, output_len=None,
+            concurrency=None, max_ttft=None, min_tokens_per_s=None, **options) -> Comparison:
     """Plan one workload on every catalog GPU (or `gpus`: ids or "l40s,h100") and rank them.
 
     `prices` overrides catalog prices ({"l40s": 0.79} or "l40s=0.79,h100=2.5"); `price_source`
@@ -114,19 +117,85 @@ def compare(model: str | ModelSpec, gpus=None, *, mode: str = "serve", batch: in
     request = PlanRequest.from_keywords(model, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
                                         kv_dtype=kv_dtype, **options)
     return compare_request(request, gpus, prices=prices, price_source=price_source,
-                           efficiency=efficiency, step_overhead_s=step_overhead_s)
+                           efficiency=efficiency, step_overhead_s=step_overhead_s, input_len=input_len,
+                           output_len=output_len, concurrency=concurrency, max_ttft=max_ttft,
+                           min_tokens_per_s=min_tokens_per_s)
+
+
+DEFAULT_OUTPUT_LEN = 512        # output tokens per request when --output-len is not given
+
+
+def traffic(ctx: int, input_len, output_len) -> tuple[int, int]:
+    """(input, output) tokens per request: as given, else half the context in and up to 512 out.
+    Together they must fit the context (vLLM's max model length)."""
+    out = DEFAULT_OUTPUT_LEN if output_len is None else parse_tokens(output_len, "{output_len}")
+    inp = ctx // 2 if input_len is None else parse_tokens(input_len, "{input_len}")
+    if output_len is None and input_len is None:
+        out = max(1, min(out, ctx - inp))
+    if inp + out > ctx:
+        raise BadInput(f"{{input_len}} {inp:,} + {{output_len}} {out:,} tokens exceed {{ctx}} {ctx:,}: a request "
+                       f"must fit the context; raise {{ctx}} or shorten the request.")
+    return inp, out
+
+
+def _targets(max_ttft, min_tokens_per_s) -> tuple[float | None, float | None]:
+    out = []
+    for value, name, unit in ((max_ttft, "max_ttft", "seconds, e.g. 0.5"),
+                              (min_tokens_per_s, "min_tokens_per_s", "tokens/s per sequence, e.g. 20")):
+        if value is None:
+            out.append(None)
+            continue
+        text = str(value).strip().lower()
+        scale = 1e-3 if name == "max_ttft" and text.endswith("ms") else 1.0
+        text = text[:-2] if scale != 1.0 else text.rstrip("s") if name == "max_ttft" else text
+        try:
+            v = float(text) * scale
+        except ValueError:
+            v = -1.0
+        if not 0 < v < float("inf"):
+            raise BadInput(f"{{{name}}} {value!r} must be a positive number ({unit}).")
+        out.append(v)
+    return out[0], out[1]
+
+
+def _meets(e: Estimate | None, max_ttft: float | None, min_rate: float | None) -> bool:
+    if max_ttft is None and min_rate is None:
+        return True
+    if e is None:
+        return False
+    return ((max_ttft is None or e.ttft_s <= max_ttft)
+            and (min_rate is None or e.per_sequence_tokens_per_s >= min_rate))
+
+
+def _as_throughput(e: Estimate, tp: int) -> Throughput:
+    """The serving estimate in the shape training rows use (tokens/s, bound, step, traffic)."""
+    d = e.decode
+    return Throughput(tokens_per_s=e.output_tokens_per_s, bound=d.bound, step_s=d.seconds,
+                      bytes_per_step=d.bytes_read, flops_per_token=d.flops * tp / max(e.concurrency, 1),
+                      efficiency=sp.MEM_EFF, comm_s=d.comm_s, needs_nvlink=d.comm_s > d.seconds - d.comm_s)
 
 
 def compare_request(request: PlanRequest, gpus=None, *, prices=None,
                     price_source: str = price_mod.DEFAULT_SOURCE, efficiency: float | None = None,
-                    step_overhead_s: float = th.STEP_OVERHEAD_S) -> Comparison:
+                    step_overhead_s: float = sp.STEP_OVERHEAD_S, input_len=None, output_len=None,
+                    concurrency=None, max_ttft=None, min_tokens_per_s=None) -> Comparison:
     """`compare` of a PlanRequest that names no GPU and no parallel layout."""
     layout = (request.gpu, request.gpu_mem, request.gpu_free, request.serve.tp)
     if any(v is not None for v in layout) or request.serve.pp not in (None, 1):
         raise BadInput("{tp}, {pp} and {gpu} fix the layout; compare chooses the cards and the "
                        "parallelism itself (use `vramplan fit` for one layout).")
     serving = ENGINE_OF_MODE.get(request.mode) == "vllm"
-    default_eff = th.EFFICIENCY if serving else th.TRAIN_MFU
+    if concurrency is not None:
+        conc = parse_tokens(concurrency, "{concurrency}")
+        if str(request.batch).strip() not in ("1", str(conc)):
+            raise BadInput(f"{{batch}} {request.batch} and {{concurrency}} {conc} disagree; compare plans the "
+                           "sequences in flight, give one of them.")
+        request = replace(request, batch=conc)
+    if not serving and any(v is not None for v in (input_len, output_len, concurrency, max_ttft, min_tokens_per_s)):
+        raise BadInput("{input_len}, {output_len}, {concurrency}, {max_ttft} and {min_tokens_per_s} describe "
+                       "serving traffic; use them with mode serve.")
+    ttft_target, rate_target = _targets(max_ttft, min_tokens_per_s)
+    default_eff = sp.MEM_EFF if serving else th.TRAIN_MFU
     eff = default_eff if efficiency is None else float(efficiency)
     if not 0 < eff <= 1:
         raise BadInput(f"{{efficiency}} must be in (0, 1] (a share of the hardware peak), got {efficiency}.")
@@ -136,16 +205,33 @@ def compare_request(request: PlanRequest, gpus=None, *, prices=None,
     source = price_mod.check_source(price_source, catalog.load_gpus())
     planner = _Planner(spec, request)
     base = planner.workload(1)                      # validates every flag once
-    decode_context = max(1, base.ctx // 2)
+    inp, out = traffic(base.ctx, input_len, output_len) if serving else (0, 0)
+    decode_context = inp + out // 2
+    constants = sp.Constants(mem_eff=eff, step_overhead_s=step_overhead_s) if serving else None
 
     rows = []
     for g in cards:
         one, plan, needed = planner.row(g)
         n = plan.target.count
-        speed = None
+        speed, est, meets = None, None, True
         if needed is not None and base.engine == "vllm":
             s = core_plan.setup(spec, plan.target, plan.workload)
-            speed = th.decode(s, g, base.batch, decode_context, eff, step_overhead_s)
+            est = sp.estimate(s, g, base.batch, inp, out, constants)
+            meets = _meets(est, ttft_target, rate_target)
+            if not meets:                       # more cards: lower latency, the first that meets
+                for k in (c for c in SERVE_COUNTS if c > n):
+                    try:
+                        w = planner.workload(k)
+                        t = GpuTarget(g, count=k)
+                        if not core_plan.evaluate(spec, t, w)[1]:
+                            continue
+                    except BadInput:
+                        continue
+                    e2 = sp.estimate(core_plan.setup(spec, t, w), g, base.batch, inp, out, constants)
+                    if _meets(e2, ttft_target, rate_target):
+                        plan, needed, n, est, meets = core_plan.build(spec, t, w, suggest=False), k, k, e2, True
+                        break
+            speed = _as_throughput(est, n) if est else None
         elif needed is not None and base.engine == "hf_trainer":
             s = core_plan.setup(spec, plan.target, plan.workload)
             o = plan.workload.train
@@ -154,20 +240,23 @@ def compare_request(request: PlanRequest, gpus=None, *, prices=None,
                                 weight_bytes(spec, s.fmt, layout="vllm").total, eff)
         rows.append(Row(gpu=g, one_card=one, plan=plan, gpus_needed=needed,
                         parallelism=_parallelism(base.engine, n, planner.zero_stage),
-                        price=price_mod.choose(g, source, overrides), speed=speed))
+                        price=price_mod.choose(g, source, overrides), speed=speed, serve=est,
+                        meets_target=meets))
     rows.sort(key=_rank)
-    if rows and rows[0].gpus_needed is not None:
+    if rows and rows[0].gpus_needed is not None and rows[0].meets_target:
         rows[0] = replace(rows[0], cheapest=True)
     return Comparison(model=spec, workload=base, rows=tuple(rows), price_source=source,
                       price_overrides=overrides, efficiency=eff,
                       step_overhead_s=step_overhead_s if serving else 0.0,
                       decode_context=decode_context if serving else 0, max_gpus=planner.counts[-1],
-                      pcie_tp_penalty=th.PCIE_TP_PENALTY)
+                      input_len=inp, output_len=out,
+                      concurrency=base.batch if serving else 0, max_ttft_s=ttft_target,
+                      min_tokens_per_s=rate_target)
 
 
 def _rank(r: Row) -> tuple:
     """Fitting configurations first, by $/M tokens, then by $/hour (no speed estimate), then
     unpriced; within ties the card with more memory to spare."""
     per_m, per_h = r.usd_per_million_tokens, r.cost_per_hour
-    return (r.gpus_needed is None, per_m is None, per_m or 0.0, per_h is None, per_h or 0.0,
+    return (r.gpus_needed is None, not r.meets_target, per_m is None, per_m or 0.0, per_h is None, per_h or 0.0,
             r.gpus_needed or 0, -r.plan.headroom_bytes, r.gpu.id)

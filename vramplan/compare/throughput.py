@@ -1,20 +1,10 @@
-"""Estimated speed: a decode roofline for serving and a compute roofline for training.
+"""Speed helpers shared by the serving estimate (compare/speed.py) and the training estimate.
 
-Memory is what vramplan computes exactly; speed is only estimated, so that GPUs can be ranked
-by cost per token. Both models and every constant are explained in docs/compare.md.
-
-Serving, one decode step of `batch` sequences on one tensor-parallel rank:
-
-    step = STEP_OVERHEAD_S + max(bytes read / bandwidth, FLOPs / dense TFLOPS) / efficiency
-    tokens/s = batch / step              (x (1 - PCIE_TP_PENALTY) for TP without NVLink)
-
-bytes read = the weights a step streams (decoder layers and lm_head, only the experts a batch
-touches in an MoE) + every sequence's KV cache. Training: tokens/s = GPUs x dense TFLOPS x MFU /
-FLOPs per token (PaLM's model-FLOPs count).
-
-Several cards talk every step (TP all-reduces, ZeRO gathers). A configuration "needs NVLink"
-when that traffic, sent over the card's PCIe link, would take longer than the step's own work;
-on a card without NVLink the step then takes at least the transfer time.
+What one decode step reads and multiplies (streamed weights, KV bytes, active parameters,
+attention FLOPs), the PCIe bandwidth of a card, and the training roofline:
+tokens/s = GPUs x dense BF16 TFLOPS x MFU / FLOPs per token (PaLM's model-FLOPs count), or the
+ZeRO traffic over PCIe where that is longer. docs/compare.md explains both models and every
+constant.
 """
 
 from __future__ import annotations
@@ -28,20 +18,6 @@ from vramplan.memory.parallel import tp_divisor
 from vramplan.memory.setup import Setup
 from vramplan.memory.weights import weight_bytes
 from vramplan.compare.result import Throughput
-
-# Fitted (least squares on log error) to the seeds' vLLM figures for Llama-3.1-8B FP16: L40S
-# 46 and 336 tok/s at batch 1 and 8, A100-80GB 1.9x and 1.93x that (seeds/000), each sequence
-# holding CALIBRATION_CONTEXT tokens of KV: all four within 3.2%. Decode streams at 94% of peak
-# bandwidth and each step adds a fixed 3.85 ms of engine time (scheduling, sampling, launches;
-# vLLM's v0.6.0 blog measured such CPU time as most of a Llama-3-8B step on an H100). A single
-# efficiency factor cannot fit both cards (docs/compare.md, calibration).
-EFFICIENCY = 0.94
-STEP_OVERHEAD_S = 3.85e-3
-CALIBRATION_CONTEXT = 576          # vLLM benchmark: 512-token prompts + half of 128 outputs
-
-# Tensor parallelism over PCIe all-reduces twice per layer without NVLink: "~10-20% overhead
-# vs NVLink-equipped H100/H200 setups" (seeds/004); we take the middle.
-PCIE_TP_PENALTY = 0.15
 
 # PCIe bandwidth per direction and lane, GB/s: Gen4 x16 "approximately 32 GB/s unidirectional"
 # (seeds/000); each generation doubles the rate (Gen3 8, Gen4 16, Gen5 32 GT/s).
@@ -57,14 +33,6 @@ def pcie_gbs(gpu: GpuSpec) -> float:
     gen = re.search(r"PCIe Gen\s*(\d)", gpu.interconnect)
     lanes = re.search(r"Gen\s*\d\s*x(\d+)", gpu.interconnect)
     return PCIE_GBS_PER_LANE.get(int(gen.group(1)) if gen else 4, 2.0) * (int(lanes.group(1)) if lanes else 16)
-
-
-def _compute_tflops(gpu: GpuSpec, fmt_method: str) -> float | None:
-    """Dense tensor-core peak for the weights' compute dtype: FP8 checkpoints run FP8 GEMMs on
-    cards that have them; everything else (16-bit, weight-only int4/int8/nf4) computes in 16 bits."""
-    if fmt_method == "fp8" and gpu.fp8 and gpu.fp8_tflops:
-        return gpu.fp8_tflops
-    return gpu.bf16_tflops
 
 
 def _moe(model: ModelSpec) -> tuple[int, int]:
@@ -120,32 +88,6 @@ def kv_read_bytes(s: Setup, context: int) -> int:
     per_token = sum(kv.kv_elems_per_rank(a, s.tp) * kv.kept_tokens(a, context) for a in kv.attention_layers(m))
     state = kv.recurrent_bytes_per_sequence(m, s.act_elem) // s.tp
     return per_token * s.kv_elem + state
-
-
-def decode(s: Setup, gpu: GpuSpec, batch: int, context: int, efficiency: float = EFFICIENCY,
-           step_overhead_s: float = STEP_OVERHEAD_S) -> Throughput | None:
-    """Output tokens per second of the whole configuration (all TP ranks), or None when the
-    catalog has no bandwidth for the card."""
-    if not gpu.memory_bandwidth_gbs:
-        return None
-    m = s.model
-    nbytes = streamed_weight_bytes(s, batch) + batch * kv_read_bytes(s, context)
-    per_token = 2 * active_matmul_params(m) + decode_attention_flops(m, context)
-    memory_s = nbytes / (gpu.memory_bandwidth_gbs * 1e9)
-    tflops = _compute_tflops(gpu, s.fmt.quant.method)
-    compute_s = batch * per_token / s.tp / (tflops * 1e12) if tflops else 0.0
-    work = step_overhead_s + max(memory_s, compute_s) / efficiency
-    # Megatron TP: two all-reduces of [batch, hidden] per layer; a ring moves 2(n-1)/n of each.
-    traffic = 2 * m.num_layers * batch * m.hidden_size * s.act_elem * 2 * (s.tp - 1) / s.tp
-    comm = traffic / (pcie_gbs(gpu) * 1e9)
-    link_bound = s.tp > 1 and comm > work
-    step, rate = work, batch / work
-    if s.tp > 1 and not gpu.nvlink:
-        step = max(work, comm)
-        rate = batch / step * (1 - PCIE_TP_PENALTY)
-    bound = "pcie" if link_bound and not gpu.nvlink else "compute" if compute_s > memory_s else "memory"
-    return Throughput(tokens_per_s=rate, bound=bound, step_s=step, bytes_per_step=nbytes,
-                      flops_per_token=per_token, efficiency=efficiency, comm_s=comm, needs_nvlink=link_bound)
 
 
 def training_flops_per_token(model: ModelSpec, weight_grads: bool, seq: int, grad_ckpt: bool) -> float:

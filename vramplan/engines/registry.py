@@ -14,6 +14,7 @@ PACKAGES = {
     "hf_trainer": "vramplan.engines.hf_trainer",       # HF Trainer + peft + bitsandbytes
     "llama_cpp": "vramplan.engines.llama_cpp.engine",  # llama.cpp (llama-server): GGUF, partial offload
     "ollama": "vramplan.engines.ollama",               # Ollama: llama-server with Ollama's defaults
+    "sglang": "vramplan.engines.sglang.engine",        # SGLang (python -m sglang.launch_server)
 }
 
 

@@ -57,6 +57,14 @@ class Transient:
 RESIDUAL = 4     # hidden-size tensors alive through a layer (see the module docstring); a family
                  # whose implementation keeps more says so in ModelSpec.traits.residual_tensors
 
+# vLLM's decoder layers (vllm/model_executor/models/llama.py LlamaDecoderLayer.forward, and every
+# family written the same way: qwen2/3, mixtral, deepseek, gpt-oss) carry the residual beside the
+# hidden states and fold the residual add into the norm (RMSNorm.forward with a residual,
+# fused_add_rms_norm, in place): at a layer's widest point the caller's layer input, the residual and
+# the post-attention normed hidden states are alive, 3 hidden-size tensors where transformers keeps 4
+# (no separate embedding output: at layer 0 the embedding becomes the residual).
+VLLM_RESIDUAL = 3
+
 # transformers' activations written in Python (activations.py) run as separate elementwise ops.
 # NewGELU ("gelu_new", GPT-2) is 0.5*x*(1+tanh(c*(x+0.044715*x**3))): in a no-grad forward its
 # input, 0.5*x and two tensors of the chain are alive at once, 4 intermediate-size tensors where
@@ -199,10 +207,11 @@ def widest_layer(model: ModelSpec, *, layout: RuntimeLayout) -> tuple[int, str]:
     """(elements per token, where) at the widest point of the widest layer, as `layout` runs it."""
     best, where = 0, ""
     seen: dict[tuple, tuple[int, str]] = {}
+    resid = VLLM_RESIDUAL if layout == "vllm" else residual_tensors(model)
     for layer in model.layers:
         key = (layer.mixer, layer.mlp)
         if key not in seen:
-            seen[key] = layer_peak_elems(layer, model.hidden_size, residual_tensors(model), layout=layout)
+            seen[key] = layer_peak_elems(layer, model.hidden_size, resid, layout=layout)
         e, part = seen[key]
         if e > best:
             best, where = e, f"layer {layer.index} {part}"

@@ -12,6 +12,7 @@ from tabulate import tabulate
 
 from vramplan import __version__
 from vramplan.compare.result import Comparison, Row, Sweep
+from vramplan.compare.speed import ERROR_BAND
 from vramplan.render.json import gpu_json, model_json
 from vramplan.spec import Plan
 from vramplan.units import GiB, fmt_tokens
@@ -91,7 +92,7 @@ def row_json(r: Row) -> dict:
         "max_batch": r.plan.max_batch, "max_ctx": r.plan.max_ctx, "limits_gpus": r.plan.target.count,
         "price_per_hour": r.price_per_hour,
         "price": None if r.price is None else {
-            "usd_per_hour": r.price.usd_per_hour, "basis": r.price.basis,
+            "usd_per_hour": r.price.usd_per_hour, "basis": r.price.basis, "stale": r.price.stale,
             "quotes": [asdict(q) for q in r.price.quotes]},
         "cost_per_hour": r.cost_per_hour,
         "tokens_per_s": speed.tokens_per_s if speed else None,
@@ -100,6 +101,18 @@ def row_json(r: Row) -> dict:
             "bytes_per_step": speed.bytes_per_step, "flops_per_token": speed.flops_per_token,
             "pcie_comm_s": speed.comm_s},
         "usd_per_million_tokens": r.usd_per_million_tokens,
+        "usd_per_million_input_tokens": r.usd_per_million_input,
+        "usd_per_million_output_tokens": r.usd_per_million_output,
+        "serve_estimate": None if r.serve is None else {
+            "estimate": True, "error_band": ERROR_BAND,
+            "tokens_per_s_per_sequence": r.serve.per_sequence_tokens_per_s,
+            "output_tokens_per_s": r.serve.output_tokens_per_s,
+            "input_tokens_per_s": r.serve.input_tokens_per_s, "ttft_s": r.serve.ttft_s,
+            "decode_step_s": r.serve.decode.seconds, "decode_bound": r.serve.decode.bound,
+            "prefill_s": r.serve.batch_prefill.seconds, "prefill_bound": r.serve.batch_prefill.bound,
+            "tp_comm_s_per_step": r.serve.decode.comm_s},
+        "meets_target": r.meets_target,
+        "notes": list(g.notes),
         "cheapest": r.cheapest,
     }
 
@@ -108,9 +121,11 @@ def comparison_json(c: Comparison) -> dict:
     w = c.workload
     model = None                                    # infer: no speed model
     if c.rows[0].one_card.serve is not None:
-        model = {"kind": "decode roofline", "estimate": True, "efficiency": c.efficiency,
-                 "step_overhead_s": c.step_overhead_s, "decode_context": c.decode_context,
-                 "pcie_tp_penalty": c.pcie_tp_penalty}
+        model = {"kind": "serving roofline (prefill + decode)", "estimate": True, "error_band": ERROR_BAND,
+                 "efficiency": c.efficiency, "step_overhead_s": c.step_overhead_s,
+                 "decode_context": c.decode_context, "input_len": c.input_len, "output_len": c.output_len,
+                 "concurrency": c.concurrency, "max_ttft_s": c.max_ttft_s,
+                 "min_tokens_per_s": c.min_tokens_per_s}
     elif w.train is not None:
         model = {"kind": "training compute", "estimate": True, "efficiency": c.efficiency}
     return {
@@ -123,16 +138,48 @@ def comparison_json(c: Comparison) -> dict:
 
 
 _HEADERS = ["gpu", "1 card", "GPUs", "layout", "max batch", "max ctx", "$/GPU-h", "est. tok/s", "$/M tok", ""]
+_SERVE_HEADERS = ["gpu", "1 card", "GPUs", "layout", "max batch", "$/GPU-h", "price: provider, date",
+                  "tok/s/seq", "tok/s total (estimate)", "TTFT", "$/M in", "$/M out", ""]
+
+
+def _band(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"~{_rate(x)} (±{ERROR_BAND:.0%})".replace("%", " %")
+
+
+def _who(r: Row) -> str:
+    """Where the price comes from: "RunPod secure 2026-05-22", "--price"; "!" marks a stale quote."""
+    if r.price is None:
+        return "-"
+    return r.price.basis + (" (over a year old!)" if r.price.stale else "")
+
+
+def _mark(r: Row) -> str:
+    if r.cheapest:
+        return "◀ cheapest"
+    return "misses target" if not r.meets_target and r.gpus_needed is not None else ""
 
 
 def _cells(r: Row, max_count: int) -> list[str]:
     needed = str(r.gpus_needed) if r.gpus_needed is not None else f">{max_count}"
     n = r.plan.target.count
     limits_note = f" (on {n})" if r.gpus_needed is None and n > 1 else ""
+    if r.one_card.serve is not None:
+        e = r.serve
+        return [r.gpu.id, "✓" if r.fits else "✗", needed, layout(r), f"{r.plan.max_batch:,}{limits_note}",
+                _money(r.price_per_hour), _who(r),
+                _rate(e.per_sequence_tokens_per_s) if e else "-", _band(e.output_tokens_per_s if e else None),
+                f"{e.ttft_s * 1e3:,.0f} ms" if e else "-",
+                _money(r.usd_per_million_input), _money(r.usd_per_million_output), _mark(r)]
     return [r.gpu.id, "✓" if r.fits else "✗", needed, layout(r),
             f"{r.plan.max_batch:,}{limits_note}", f"{r.plan.max_ctx:,}",
             _money(r.price_per_hour), _rate(r.tokens_per_s), _money(r.usd_per_million_tokens),
             "◀ cheapest" if r.cheapest else ""]
+
+
+def _headers(c: Comparison) -> list[str]:
+    return _SERVE_HEADERS if c.rows[0].one_card.serve is not None else _HEADERS
 
 
 def bar(p: Plan, width: int = BAR_WIDTH) -> str:
@@ -150,21 +197,39 @@ def notes(c: Comparison) -> list[str]:
     w = c.workload
     out = []
     if c.rows[0].one_card.serve is not None:
-        out.append(f"est. tok/s: output tokens per second, an estimate: decode roofline at batch {w.batch}, each "
-                   f"sequence holding {c.decode_context:,} tokens of KV (ctx/2), {c.efficiency:.0%} of peak bandwidth "
-                   f"+ {c.step_overhead_s * 1e3:.2f} ms per step, calibrated on the seeds' vLLM figures "
-                   f"(docs/compare.md); TP over PCIe -{c.pcie_tp_penalty:.0%}.")
+        band = f"±{ERROR_BAND:.0%}".replace("%", " %")
+        out.append(f"traffic: {c.concurrency} requests in flight, each {c.input_len:,} tokens in and {c.output_len:,} out "
+                   "(--concurrency, --input-len, --output-len).")
+        out.append(f"speed is an ESTIMATE ({band}: every published point but one in docs/compare.md lies within it): "
+                   "a roofline per phase (memory- or compute-bound per dtype, TP all-reduces over NVLink or PCIe). "
+                   "tok/s/seq: one sequence's decode rate; tok/s total: output tokens per second over whole "
+                   "request cycles (prefill included); TTFT: one prompt's prefill + one decode step.")
+        out.append("$/M in, $/M out: $/GPU-h x GPUs x the cycle's prefill (decode) seconds / its input (output) tokens.")
+        if c.max_ttft_s is not None or c.min_tokens_per_s is not None:
+            want = []
+            if c.max_ttft_s is not None:
+                want.append(f"TTFT <= {c.max_ttft_s * 1e3:,.0f} ms")
+            if c.min_tokens_per_s is not None:
+                want.append(f">= {c.min_tokens_per_s:g} tok/s per sequence")
+            out.append(f"target: {' and '.join(want)}; more cards are tried where the fewest miss it; "
+                       "'misses target' rows are ranked last.")
     elif w.train is not None:
         out.append(f"est. tok/s: training tokens per second, an estimate: dense BF16 peak x {c.efficiency:.0%} MFU / "
                    f"model FLOPs per token, or the PCIe transfer time where that is longer (docs/compare.md).")
     else:
         out.append("infer mode (transformers generate) has no speed estimate; rows are ranked by $/hour.")
-    src = {"median": "median of each GPU's non-spot catalog quotes", "min": "cheapest non-spot catalog quote",
-           "max": "dearest non-spot catalog quote", "latest": "latest-dated non-spot catalog quotes"}
+    src = {"cheapest": "the cheapest dated on-demand quote from a named provider",
+           "median": "median of each GPU's dated on-demand quotes", "min": "cheapest dated on-demand quote",
+           "max": "dearest dated on-demand quote", "latest": "latest-dated on-demand quotes",
+           "spot": "cheapest dated spot quote (can be taken back)",
+           "hyperscaler": "cheapest dated AWS / Azure / Google / Oracle on-demand quote"}
     basis = src.get(c.price_source, f"{c.price_source}'s latest catalog quote")
     over = f"; --price {', '.join(f'{k}={v:g}' for k, v in c.price_overrides.items())}" if c.price_overrides else ""
-    out.append(f"$/M tok = $/GPU-h x GPUs / tok/s x 1e6 / 3600. Prices: {basis}{over} "
-               f"(configs/gpus.toml, dated and sourced; `vramplan gpus --json`).")
+    per = "$/M tok = $/GPU-h x GPUs / tok/s x 1e6 / 3600. " if c.rows[0].one_card.serve is None else ""
+    out.append(f"{per}Prices: {basis}{over} (configs/gpus.toml, dated and sourced; `vramplan gpus --json`; "
+               f"--price-source median|spot|hyperscaler|PROVIDER).")
+    amd = sorted({n for r in c.rows if r.gpus_needed is not None for n in r.gpu.notes})
+    out += [f"note: {n}" for n in amd]
     if any(r.needs_nvlink for r in c.rows):
         out.append("link-bound: the cards' traffic per step takes longer over PCIe than the step's work; "
                    "this layout needs NVLink to be sensible.")
@@ -177,8 +242,11 @@ def comparison_table(c: Comparison) -> str:
     lines = [f"model     {m.id}  {m.params / 1e9:,.2f} B params",
              f"workload  {_workload_line(top)}", ""]
     rows = [_cells(r, c.max_gpus) for r in c.rows]
-    lines.append(tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True,
-                          colalign=("left", "center", "right", "left", "right", "right", "right", "right", "right", "left")))
+    heads = _headers(c)
+    align = (("left", "center", "right", "left", "right", "right", "left", "right", "right", "right", "right", "right", "left")
+             if heads is _SERVE_HEADERS else
+             ("left", "center", "right", "left", "right", "right", "right", "right", "right", "left"))
+    lines.append(tabulate(rows, headers=heads, tablefmt="simple", disable_numparse=True, colalign=align))
     lines += ["", "memory on one card: needed vs capacity (│)"]
     width = max(len(r.gpu.id) for r in c.rows)
     for r in c.rows:
@@ -193,13 +261,14 @@ def comparison_table(c: Comparison) -> str:
 def comparison_markdown(c: Comparison) -> str:
     rows = [_cells(r, c.max_gpus) for r in c.rows]
     head = f"**{c.model.id}**, {_workload_line(c.rows[0].one_card)}\n\n"
-    table = tabulate(rows, headers=_HEADERS, tablefmt="github", disable_numparse=True)
+    table = tabulate(rows, headers=_headers(c), tablefmt="github", disable_numparse=True)
     return head + table + "\n\n" + "\n\n".join(notes(c))
 
 
 _CSV = ["gpu", "fits", "gpus_needed", "parallelism", "needs_nvlink", "nvlink", "max_batch", "max_ctx",
         "price_per_hour", "price_basis", "cost_per_hour", "tokens_per_s", "usd_per_million_tokens",
-        "cheapest", "one_card_total_bytes", "capacity_bytes"]
+        "cheapest", "one_card_total_bytes", "capacity_bytes", "price_stale", "tokens_per_s_per_sequence",
+        "ttft_s", "usd_per_million_input_tokens", "usd_per_million_output_tokens", "meets_target"]
 
 
 def comparison_csv(c: Comparison) -> str:
@@ -212,7 +281,10 @@ def comparison_csv(c: Comparison) -> str:
                       r.plan.max_batch, r.plan.max_ctx, _num(r.price_per_hour),
                       r.price.basis if r.price else "", _num(r.cost_per_hour), _num(r.tokens_per_s),
                       _num(r.usd_per_million_tokens), r.cheapest, r.one_card.total_bytes,
-                      r.one_card.capacity_bytes])
+                      r.one_card.capacity_bytes, r.price.stale if r.price else "",
+                      _num(r.serve.per_sequence_tokens_per_s if r.serve else None),
+                      _num(r.serve.ttft_s if r.serve else None), _num(r.usd_per_million_input),
+                      _num(r.usd_per_million_output), r.meets_target])
     return buf.getvalue()
 
 

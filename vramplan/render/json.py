@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from vramplan import __version__
 from vramplan.render.local import local_json
+from vramplan.render.sglang import sglang_json
 from vramplan.spec import GpuSpec, ModelSpec, Plan
 
 if TYPE_CHECKING:       # the catalog reports load with the commands that make them
@@ -50,8 +51,18 @@ def gpu_json(g: GpuSpec) -> dict:
     }
 
 
-def gpus_json(gpus: tuple[GpuSpec, ...]) -> list[dict]:
-    return [gpu_json(g) for g in gpus]
+def gpus_json(gpus: tuple[GpuSpec, ...], defaults: dict | None = None) -> list[dict]:
+    """The catalog listing: gpu_json plus the columns compare reads (FP4 / INT8 peaks, the GPU link,
+    vendor, notes) and the default price (`defaults`: id -> Price, catalog.default_price)."""
+    out = []
+    for g in gpus:
+        d = gpu_json(g)
+        p = (defaults or {}).get(g.id)
+        d.update({"fp4_tflops": g.fp4_tflops, "int8_tops": g.int8_tops, "link_gbs": g.link_gbs,
+                  "vendor": g.vendor, "notes": list(g.notes),
+                  "default_price": None if p is None else p.__dict__})
+        out.append(d)
+    return out
 
 
 def plan_json(p: Plan) -> dict:
@@ -88,6 +99,13 @@ def plan_json(p: Plan) -> dict:
         out["local"] = local_json(p.local)
         out["workload"].pop("transformers", None)
         out["workload"]["engine"] = p.local.engine
+    if p.sglang is not None:            # SGLang: added keys only (docs/json-schema.md)
+        out["engine"] = "sglang"
+        out["sglang"] = sglang_json(p.sglang)
+        out["workload"].pop("transformers", None)
+        out["workload"]["engine"] = "sglang"
+        out["workload"].update({k: v for k, v in p.workload.sglang.__dict__.items()})
+        out["workload"].update({"tp": p.workload.serve.tp, "pp": p.workload.serve.pp})
     if getattr(p, "trace", None) is not None:
         out["workload"]["method"] = "trace"
         out["trace"] = p.trace.to_json()

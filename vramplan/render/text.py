@@ -10,6 +10,7 @@ from tabulate import tabulate
 from vramplan.render.bar import glyph, memory_bar
 from vramplan.render.json import layer_kinds
 from vramplan.render.local import local_lines
+from vramplan.render.sglang import capacity_note, sglang_lines
 from vramplan.spec import GpuSpec, Plan
 from vramplan.units import GiB, fmt_bytes, fmt_gib, fmt_tokens
 
@@ -56,6 +57,8 @@ def plan_table(p: Plan) -> str:
     cap_note = (f" x {w.serve.gpu_memory_utilization:g} gpu_memory_utilization" if serve else "")
     if serve and w.serve.kv_cache_memory is not None:
         cap_note = " = weights + profile peak + --kv-cache-memory"
+    if p.sglang is not None:
+        cap_note = capacity_note(p.sglang)
     lines.append(f"gpu       {gpu}, {total}; capacity {fmt_gib(p.capacity_bytes)}{cap_note}")
     par = f", tp {w.serve.tp}" + (f" pp {w.serve.pp}" if w.serve.pp > 1 else "") if serve and w.serve.tp * w.serve.pp > 1 else ""
     if w.train is not None:
@@ -92,7 +95,9 @@ def plan_table(p: Plan) -> str:
     lines.append("")
     lines.append(memory_bar(p))
     lines.append("")
-    if p.fits:
+    if p.serve is not None:
+        lines.append(glyph(_serve_verdict(p)))
+    elif p.fits:
         lines.append(glyph(f"✓ fits: {fmt_gib(p.total_bytes)} of {fmt_gib(p.capacity_bytes)}, "
                             f"headroom {fmt_gib(p.headroom_bytes)}"))
     elif p.total_bytes <= p.capacity_bytes:
@@ -108,6 +113,7 @@ def plan_table(p: Plan) -> str:
                      f"{fmt_gib(p.peak_allocated_bytes)}")
     if p.serve is not None:
         s = p.serve
+        lines.append(f"engine    {s.engine}")
         groups = f" x {s.kv_groups} groups" if s.kv_groups > 1 else ""
         lines.append(f"vLLM      GPU KV cache size: {s.kv_cache_tokens:,} tokens ({s.num_gpu_blocks:,} blocks "
                      f"of {s.block_size}{groups}); maximum concurrency for {w.ctx:,} tokens per request: "
@@ -129,9 +135,29 @@ def plan_table(p: Plan) -> str:
             lines.append(f"  {mark} {sug.change:<40} total {fmt_gib(sug.total_bytes)}")
     lines += _trace_lines(p)
     lines += local_lines(p)
+    lines += sglang_lines(p)
     for warning in p.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def _serve_verdict(p: Plan) -> str:
+    """vLLM's two questions, answered apart: does it start with max_model_len = ctx, and does its
+    budget hold batch x ctx at once. The plan fits (exit 0) only when both hold."""
+    w, s = p.workload, p.serve
+    load = f"{w.batch} x {w.ctx:,} tokens"
+    if not s.starts:
+        why = "its refusal below" if s.refusal else "what it keeps outside its budget does not fit, below"
+        return f"✗ does not fit: vLLM does not start with max_model_len {w.ctx:,} ({why})"
+    starts = f"vLLM starts (max_model_len {w.ctx:,})"
+    if p.fits:
+        return (f"✓ fits: {starts} and holds {load} at once: {fmt_gib(p.total_bytes)} of "
+                f"{fmt_gib(p.capacity_bytes)}, headroom {fmt_gib(p.headroom_bytes)}")
+    if s.holds:     # started and holds: only what vLLM keeps outside its budget fails
+        return f"✗ does not fit: {starts}, but runs out of memory outside its budget"
+    return (f"✗ does not fit: {starts}, but holds only {p.max_batch:,} of {load} at once "
+            f"({s.max_concurrency:.2f}x; the rest queue): needs {fmt_gib(p.total_bytes)}, capacity "
+            f"{fmt_gib(p.capacity_bytes)}")
 
 
 def _trace_lines(p: Plan, top: int = 6) -> list[str]:
@@ -162,15 +188,16 @@ def kv_table(report: KvReport) -> str:
     return f"{head}\n{body}\nall layers, below any window: {totals}"
 
 
-def gpus_table(gpus: tuple[GpuSpec, ...]) -> str:
+def gpus_table(gpus: tuple[GpuSpec, ...], defaults: dict | None = None) -> str:
+    """`defaults`: GPU id -> the Price compare charges by default (catalog.default_price)."""
     rows = []
     for g in gpus:
-        price = min(g.prices, key=lambda x: x.usd_per_hour) if g.prices else None
+        price = (defaults or {}).get(g.id)
         rows.append([g.id, g.name, g.marketing, f"{g.cuda_total_bytes / GiB:,.2f}" + ("" if g.cuda_total_measured else "*"),
                      f"{g.memory_bandwidth_gbs:,.0f}" if g.memory_bandwidth_gbs else "",
                      f"{g.bf16_tflops:,.0f}" if g.bf16_tflops else "",
-                     f"${price.usd_per_hour:.2f} ({price.provider})" if price else ""])
-    table = tabulate(rows, headers=["id", "name", "marketing", "CUDA GiB", "GB/s", "BF16 TFLOPS", "from $/h"],
+                     f"${price.usd_per_hour:.2f} ({price.provider}, {price.date})" if price else ""])
+    table = tabulate(rows, headers=["id", "name", "marketing", "CUDA GiB", "GB/s", "BF16 TFLOPS", "$/h (cheapest dated on-demand)"],
                      tablefmt="simple", disable_numparse=True)
     return table + "\n* CUDA total not measured on this card: derived from its NVML total or estimated (docs/gpus.md)"
 

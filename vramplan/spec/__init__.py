@@ -6,7 +6,8 @@ from vramplan.spec.model import (Attention, LayerSpec, Mlp, ModelSpec, Quantizat
                                  PerHead, Split, Tensor, Traits, VisionTower)
 from vramplan.spec.local import DeviceBuffers, LocalReport
 from vramplan.spec.plan import Mode, Plan, ServeOptions, ServeReport, Suggestion, Workload
+from vramplan.spec.sglang import SglangReport
 
 __all__ = ["DeviceBuffers", "LocalReport", "Attention", "GpuSpec", "GpuTarget", "LayerSpec", "Mlp", "Mode", "ModelSpec", "PerHead", "Plan",
-           "Price", "Quantization", "Recurrent", "Role", "ServeOptions", "ServeReport", "Split", "Suggestion",
+           "Price", "Quantization", "Recurrent", "Role", "ServeOptions", "ServeReport", "SglangReport", "Split", "Suggestion",
            "Tensor", "Traits", "VisionTower", "Workload"]

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 class Price:
     usd_per_hour: float
     provider: str
-    kind: str = "on-demand"     # on-demand | spot | community | secure | reserved
-    date: str = ""              # YYYY-MM-DD the price was quoted
+    kind: str = "on-demand"     # on-demand | spot | community | secure | reserved | range
+    date: str = ""              # YYYY-MM-DD (or YYYY-MM) the price was quoted; "" undated
     source: str = ""
 
 
@@ -37,6 +37,12 @@ class GpuSpec:
     aliases: tuple[str, ...] = ()
     prices: tuple[Price, ...] = ()
     sources: tuple[str, ...] = ()
+    fp4_tflops: float | None = None            # dense FP4 (NVFP4 / MXFP4) tensor peak
+    int8_tops: float | None = None             # dense INT8 tensor peak (W8A8 kernels)
+    link_gbs: float | None = None              # GPU-to-GPU link per direction, GB/s (NVLink,
+                                               # Infinity Fabric); None: the cards talk over PCIe
+    vendor: str = "nvidia"                     # "nvidia" | "amd"
+    notes: tuple[str, ...] = ()                # what differs on this card (e.g. vLLM on ROCm)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Literal
 from vramplan.spec.hardware import GpuTarget
 from vramplan.spec.local import LocalReport
 from vramplan.spec.model import ModelSpec
+from vramplan.spec.sglang import SglangReport
 
 
 Mode = Literal["serve", "infer", "full", "lora", "qlora"]
@@ -25,8 +26,8 @@ class ServeOptions:
     pp: int = 1
     enforce_eager: bool = False
     kv_cache_memory: int | None = None          # explicit KV bytes, bypassing the profile
-    vllm_version: str = ""                      # whose accounting: "" = 0.11-0.20; "0.10" (NCCL inside
-                                                # the budget) or "0.21" (CUDA graphs inside it)
+    vllm_version: str = ""                      # the vLLM release planned ("0.14.1", "0.20"); "" = the
+                                                # newest known (engines/vllm/serving.py, resolve_version)
     allow_long_max_model_len: bool = False      # as vLLM with VLLM_ALLOW_LONG_MAX_MODEL_LEN=1: a max
                                                 # model length above the config's is allowed (warned)
 
@@ -45,6 +46,7 @@ class Workload:
     engine: str = ""             # the engine that answers (vramplan.engines.registry), chosen at
                                  # the edge from the mode (vramplan.request.ENGINE_OF_MODE)
     llama: object = None         # --engine llama.cpp / ollama: engines.llama_cpp.options.LlamaOptions
+    sglang: object = None        # --engine sglang: engines.sglang.options.SglangOptions
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class ServeReport:
     kv_groups: int = 1            # vLLM's KV cache groups (hybrid models: several, padded to one size)
     kv_notes: tuple = ()          # what vLLM logs about block sizes and padding layers
     ranks: tuple = ()             # per pipeline stage: {rank, layers, weights, activations, available, num_blocks}
+    holds: bool = False           # the budget holds batch x ctx at once (each request's KV cache resident);
+                                  # the plan fits when vLLM starts and holds it (docs/serving.md)
+    mxfp4_backend: str = ""       # the MXFP4 MoE kernels whose layout the weights follow ("" for other formats)
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class Plan:
     warnings: tuple[str, ...] = ()
     phase: str = ""                    # where the peak falls (training: forward/backward/step)
     local: LocalReport | None = None   # llama.cpp / Ollama: layers on the GPU, buffers per device
+    sglang: SglangReport | None = None  # SGLang: its memory settings, token pool and refusals
 
     @property
     def fits(self) -> bool:
@@ -108,7 +114,8 @@ class Plan:
         within the capacity, and the program starts (vLLM: its report's `starts`)."""
         inside = self.total_bytes <= self.capacity_bytes
         return (inside and (self.serve is None or self.serve.starts)
-                and (self.local is None or self.local.ram_ok))
+                and (self.local is None or self.local.ram_ok)
+                and (self.sglang is None or self.sglang.starts))
 
     @property
     def headroom_bytes(self) -> int:

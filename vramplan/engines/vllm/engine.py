@@ -32,6 +32,8 @@ class VllmEngine(EngineBase):
     def warnings(self, setup: Setup, report: ServeReport | None) -> list[str]:
         out = []
         w, limit = setup.workload, serving.context_limit(setup.model)
+        if setup.state.version.note:
+            out.append(setup.state.version.note)
         if limit is not None and w.ctx > limit.tokens and not w.serve.allow_long_max_model_len:
             out.append(f"--ctx {w.ctx:,} is above the model's derived max_model_len ({limit.tokens:,}), which "
                        "vLLM refuses; --allow-long-max-model-len plans it as vLLM runs with "

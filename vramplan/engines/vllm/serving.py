@@ -1,5 +1,6 @@
-"""A vLLM V1 serving engine (0.11-0.20 accounting): its memory budget, the profiling peak, the
-KV cache layout, and what it logs or refuses at start-up, on one GPU or split over several.
+"""A vLLM V1 serving engine, release by release (0.9 to 0.31; ERAS): its memory budget, the
+profiling peak, the KV cache layout, and what it logs or refuses at start-up, on one GPU or split
+over several.
 
 Each worker (one GPU: a tensor-parallel rank of a pipeline stage) takes a snapshot after its
 CUDA context and NCCL exist, requests `total x gpu_memory_utilization`, loads its share of the
@@ -7,6 +8,7 @@ weights, profiles a dummy forward of `max_num_batched_tokens` tokens (the last s
 dummy sampler pass) and gives the rest to the KV cache:
 
     available  = total * util - weights - torch_peak_increase - non_torch_increase
+                 (- the CUDA graph estimate, from 0.21)
     num_blocks = min over workers of available // (page_size * layers per group there)
     "GPU KV cache size" = num_blocks // kv groups * block_size tokens
     "Maximum concurrency for L tokens" = num_blocks / blocks one request of L tokens needs
@@ -24,12 +26,13 @@ docs/serving.md (a walk-through).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from vramplan.errors import BadInput
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, ServeOptions, ServeReport, Workload
 from vramplan.spec.model import ContextLimit
-from vramplan.units import GiB, ceil_div
+from vramplan.units import GiB, ceil_div, shown
 from vramplan.memory import activations as act
 from vramplan.memory import kv_cache as kv
 from vramplan.memory.dtypes import FLOAT_BYTES, config_dtype
@@ -39,20 +42,76 @@ from vramplan.memory.parallel import check_parallel, pp_stages, stage_tensors, t
 from vramplan.memory.setup import Breakdown, Setup, resolve_kv_dtype
 from vramplan.memory.weights import WeightFormat, allocated_bytes, quantizes, resolve_format, weight_bytes
 
-# Whose accounting is modelled (--vllm-version picks one; vllm-accounting.md A.2, A.4, A.8):
+# Whose accounting is modelled (--vllm-version X.Y[.Z] picks one; vllm-accounting.md A.2, A.4, A.8,
+# A.9). Each era starts at the release where a change that moves the start-up numbers landed:
 #   0.9-0.10   NCCL is set up after the start-up snapshot, so on NVLink machines its buffers count as
 #              non-torch growth inside the budget (2.04 GiB logged at TP4 on H200, vllm PR #21429;
 #              none visible on PCIe L4s, vllm PR #20665)
-#   0.11-0.20  (default) NCCL before the snapshot (PR #25359); CUDA graphs outside the budget
-#   0.21+      CUDA graph memory is estimated while profiling and subtracted (PR #30515, on by
-#              default since v0.21.0)
+#   0.11-0.16  NCCL before the snapshot (PR #25359); CUDA graphs outside the budget; the dummy
+#              sampler pass sorts the vocabulary (PyTorch top-k/top-p)
+#   0.17-0.20  Triton top-k/top-p kernels (PR #33538, v0.17.0): the profile's sampler pass no longer
+#              sorts; CUDA graph estimation exists but is opt-in (PR #30515, v0.18.0)
+#   0.21+      CUDA graph memory estimated while profiling and subtracted (on by default since
+#              v0.21.0, its own log line says so); FlashInfer top-k/top-p sampler on by default
+#              (PR #40376, v0.21.0)
+ERAS = (((0, 9, 0), "0.9-0.10"), ((0, 11, 0), "0.11-0.16"), ((0, 17, 0), "0.17-0.20"), ((0, 21, 0), "0.21+"))
 ENGINES = {
-    "0.9-0.10": "vLLM V1 0.9-0.10: era-2 profiling, NCCL inside the budget on NVLink, CUDA graphs outside",
-    "0.11-0.20": "vLLM V1 0.11-0.20: era-2 profiling, NCCL and CUDA graphs outside the budget, "
-                 "hybrid KV cache groups, 'GPU KV cache size' = num_blocks // groups x block_size",
-    "0.21+": "vLLM V1 0.21+: era-2 profiling, CUDA graph memory estimated inside the budget",
+    "0.9-0.10": "era-2 profiling, NCCL inside the budget on NVLink, CUDA graphs outside, sampler sorts the vocabulary",
+    "0.11-0.16": "NCCL and CUDA graphs outside the budget, hybrid KV cache groups, sampler sorts the vocabulary",
+    "0.17-0.20": "NCCL and CUDA graphs outside the budget, Triton top-k/top-p sampler (no sort)",
+    "0.21+": "CUDA graph memory estimated inside the budget, FlashInfer/Triton sampler (no sort)",
 }
-ENGINE = ENGINES["0.11-0.20"]
+# The newest vLLM release this accounting was checked against: v0.31.0 (pip pins of vllm==0.31.0 in
+# public repositories from 2026-09 on; no later release is found: vllm-accounting.md A.9). The
+# default, and what an unknown later version is planned as.
+NEWEST_RELEASE = (0, 31, 0)
+_VERSION = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?((?:rc|\.?dev|\.?post|\+)[\w.+]*)?")
+
+
+@dataclass(frozen=True)
+class VllmVersion:
+    """A vLLM release as --vllm-version names it, the accounting era it falls in, and a note when
+    it is newer than any release this accounting was checked against."""
+
+    release: tuple[int, int, int]
+    era: str
+    note: str = ""
+
+    @property
+    def shown(self) -> str:
+        return ".".join(map(str, self.release))
+
+    @property
+    def engine(self) -> str:
+        """What the plan says it models (ServeReport.engine)."""
+        default = " (default: the newest release known)" if self.release == NEWEST_RELEASE and not self.note else ""
+        return f"vLLM {self.shown}{default}; {self.era} accounting: {ENGINES[self.era]}"
+
+
+def resolve_version(version: str) -> VllmVersion:
+    """--vllm-version as a release and its era; "" is the newest release known. Releases before 0.9
+    are refused; one newer than NEWEST_RELEASE is planned with the newest era, with a note."""
+    text = version.strip()
+    if not text:
+        return VllmVersion(NEWEST_RELEASE, ERAS[-1][1])
+    match = _VERSION.fullmatch(text) if len(text) <= 64 else None
+    if not match or any(len(part) > 4 for part in match.groups()[:3] if part):
+        raise BadInput(f"{{vllm_version}} {shown(version)} is not a version like 0.10, 0.21 or 0.31.0 "
+                       f"(a vLLM release).")
+    release = (int(match[1]), int(match[2]), int(match[3] or 0))
+    if release < ERAS[0][0]:
+        raise BadInput(f"{{vllm_version}} {version}: vLLM before 0.9 (V0 and early V1) sized its cache "
+                       f"differently and is not modelled; use 0.9 or later.")
+    era = [name for start, name in ERAS if release >= start][-1]
+    note = ""
+    if release > NEWEST_RELEASE:
+        note = (f"vLLM {text} is newer than the newest release this accounting was checked against "
+                f"({'.'.join(map(str, NEWEST_RELEASE))}); it is planned as {ERAS[-1][1]}, whose changes "
+                f"it may not all share.")
+    return VllmVersion(release, era, note)
+
+
+ENGINE = VllmVersion(NEWEST_RELEASE, ERAS[-1][1]).engine
 
 # vllm/engine/arg_utils.py _set_default_args, usage context OPENAI_API_SERVER (`vllm serve`):
 # cards with >= 70 GiB whose name does not contain "a100" get 8192 tokens / 1024 sequences,
@@ -61,13 +120,51 @@ LARGE_GPU_BYTES = 70 * GiB
 DEFAULT_BATCHED_TOKENS = {True: 8192, False: 2048}
 DEFAULT_MAX_SEQS = {True: 1024, False: 256}
 
-# The dummy sampler pass over [min(max_num_seqs, max_num_batched_tokens), vocab] logits (fp32
-# upcast, top-k/top-p sort values and int64 indices, softmax, logprobs) dominates the profiled
-# peak. Bytes per logit, calibrated on vLLM's logged activation peaks on H100 with defaults
-# (1024 sequences): Llama-3.1-8B 4.76 GiB -> 38.9, Qwen3-0.6B 5.56 GiB -> 38.4, gpt-oss-20b
-# 7.38 GiB -> 38.5 (reference/gpus.md); checked on Qwen3-235B-FP8 TP4 (5.62 GiB logged, 5.58
-# predicted; vllm-accounting.md B.5).
-SAMPLER_BYTES_PER_LOGIT = 38.5
+# The dummy sampler pass (gpu_model_runner._dummy_sampler_run) over [rows, vocab] logits, rows =
+# min(max_num_seqs, max_num_batched_tokens), with temperature 0.5, top_p 0.9, top_k = vocab - 1 and no
+# logprobs, so both the greedy argmax and the top-k/top-p path run. Bytes per logit alive at its peak:
+#   sort (<= 0.16): bf16 logits 2 + fp32 copy 4 + torch.sort's values 4 and int64 indices 8 + its
+#       radix-sort buffers (alternate keys 4 and values 8, the int64 iota 8) = 38 from the code;
+#       38.5 calibrated on vLLM's logged activation peaks on H100 with defaults (1024 sequences):
+#       Llama-3.1-8B 4.76 GiB -> 38.9, Qwen3-0.6B 5.56 GiB -> 38.4, gpt-oss-20b 7.38 GiB -> 38.5
+#       (reference/gpus.md); checked on Qwen3-235B-FP8 TP4 (5.62 GiB logged, 5.58 predicted; B.5).
+#   Triton (0.17+, ops/topk_topp_triton.py apply_top_k_top_p_triton, PR #33538): masks the fp32
+#       logits in place; then softmax probs 4 and the exponential noise q 4 (random_sample): 2 + 4 +
+#       4 + 4 = 14, plus the kernel's per-program buffer [min(SMs, next_pow2(rows)), vocab] fp32,
+#       cached for the process (_TRITON_BUFFER_CACHE).
+#   FlashInfer (0.21+ default on CUDA, PR #40376; topk_topp_sampler.flashinfer_sample):
+#       top_k_top_p_sampling_from_logits masks a copy 4 and softmaxes it 4: 2 + 4 + 4 + 4 = 14; the
+#       newest runner also warms the native (Triton) path, so its buffer is allocated too.
+#   Checked on the 2026 log of kvcached PR #448 (A100-40GB, Qwen2.5-0.5B, 256 x 151,936 logits):
+#   torch peak increase 0.59 GiB logged, 0.57 GiB from 14 B/logit + the buffer + hidden states.
+SAMPLER_BYTES_PER_LOGIT = {"sort": 38.5, "triton": 14, "flashinfer": 14}
+SAMPLER_PATH = {"0.9-0.10": "sort", "0.11-0.16": "sort", "0.17-0.20": "triton", "0.21+": "flashinfer"}
+
+# Streaming multiprocessors per card (vendor specifications): the Triton sampler's buffer has one
+# vocabulary row per SM. Unknown cards count as an H100's 132.
+SMS = {"NVIDIA L40S": 142, "NVIDIA H100 80GB HBM3": 132, "NVIDIA H100 PCIe": 114, "NVIDIA H200": 132,
+       "NVIDIA B200": 148, "NVIDIA B300 SXM6 AC": 160, "NVIDIA A100-SXM4-40GB": 108,
+       "NVIDIA A100-SXM4-80GB": 108, "NVIDIA L4": 58, "NVIDIA A10": 72, "NVIDIA A10G": 80, "Tesla T4": 40,
+       "NVIDIA GeForce RTX 4090": 128, "NVIDIA GeForce RTX 3090": 82,
+       "NVIDIA RTX PRO 6000 Blackwell Server Edition": 188, "Tesla V100-SXM2-32GB": 80,
+       "NVIDIA GeForce RTX 4060": 24, "NVIDIA L40": 142, "NVIDIA A40": 84,
+       "NVIDIA RTX 6000 Ada Generation": 142, "NVIDIA RTX A6000": 84}
+DEFAULT_SMS = 132
+
+
+def sampler_peak(era: str, rows: int, vocab: int, gpu: GpuSpec | None, hidden_bytes: int) -> tuple[int, str]:
+    """Bytes of the profile's dummy sampler pass and how they arise (SAMPLER_BYTES_PER_LOGIT). From
+    0.17 on it also holds the Triton buffer and the forward's [tokens, hidden] output, which the
+    profile keeps alive (negligible beside the sort's 38.5 B/logit, inside its calibration)."""
+    path = SAMPLER_PATH[era]
+    logits = int(SAMPLER_BYTES_PER_LOGIT[path] * rows * vocab)
+    where = f"profile sampler, {rows:,} requests x {vocab:,} vocab"
+    if path == "sort":
+        return logits, where + " (sorted)"
+    sms = SMS.get(gpu.nvml_name, DEFAULT_SMS) if gpu else DEFAULT_SMS
+    buffer = min(sms, 1 << max(min(sms, rows) - 1, 0).bit_length()) * vocab * 4
+    return logits + buffer + hidden_bytes, where + f" ({path}, no sort)"
+
 
 # Non-torch memory that grows after vLLM's start-up snapshot (lazily loaded kernels, allocator
 # metadata): 0.35 GiB, the top of the 0.03-0.35 GiB range logged on single GPUs
@@ -91,12 +188,58 @@ NCCL_PCIE_BYTES = int(0.25 * GiB)
 # Triton MLA elsewhere (Ampere, Ada, sm120 RTX PRO 6000) keeps 16.
 MLA_BLOCK = {"sm90": 64, "sm100": 128}
 
-# vLLM's Mxfp4MoEMethod pads each expert for its kernels (quantization/mxfp4.py create_weights):
-# Marlin (Hopper and older, and sm120; the default without triton_kernels or FlashInfer's opt-in
-# SM90 path) rounds the per-rank intermediate size up to 128 and the hidden size to 256;
-# FlashInfer on sm100 both to 256. It always allocates bf16 biases [E, 2I] and [E, H].
-MXFP4_PAD = {"sm100": (256, 256)}
-MXFP4_PAD_DEFAULT = (128, 256)
+# vLLM's Mxfp4MoEMethod picks a kernel backend per GPU and release (quantization/mxfp4.py,
+# get_mxfp4_backend) and lays each expert out for it (create_weights, process_weights_after_loading):
+#   marlin      Ampere, Ada, sm120, and Hopper up to v0.11.0: the per-rank intermediate size rounded
+#               up to 128 and the hidden size to 256 in both stacks, bf16 biases [E, 2I] and [E, H].
+#               gpt-oss-120b on an H100: 65.90 GiB against "Model loading took 65.9651 GiB" (v0.10.1,
+#               vllm issue #23278).
+#   triton      Hopper from v0.11.1, when the triton_kernels dependency made OAI's Triton MoE the sm90
+#               default (vllm PR #27523 says so; it proposed Marlin back and was closed): created with
+#               I rounded to 64 only; the Hopper swizzle of triton_kernels pads each stack's
+#               contraction dimension (H for w13, I for w2) and the biases become fp32. Modelled as the
+#               contraction dimension rounded to 256: 64.63 GiB against "Model loading took 64.38 GiB"
+#               (v0.14.1, H100, "[mxfp4.py:165] Using Triton backend", vllm issue #33155; +0.4 %).
+#   flashinfer  data-center Blackwell (sm100): both sizes rounded to 256.
+# backend -> (I alignment, H alignment, pad the contraction dimension only, bias bytes)
+MXFP4_LAYOUTS = {"marlin": (128, 256, False, 2), "triton": (256, 256, True, 4), "flashinfer": (256, 256, False, 2)}
+MXFP4_TRITON_HOPPER = (0, 11, 1)
+
+
+def mxfp4_backend(gpu: GpuSpec | None, release: tuple[int, int, int]) -> str:
+    """The MXFP4 MoE backend vLLM `release` picks on `gpu` by default (MXFP4_LAYOUTS)."""
+    sm = _sm(gpu)
+    if sm == "sm100":
+        return "flashinfer"
+    if sm == "sm90" and release >= MXFP4_TRITON_HOPPER:
+        return "triton"
+    return "marlin"
+
+
+# RotaryEmbedding keeps cos_sin_cache, [max_position, rotary_dim] in the model dtype, as a buffer
+# (vllm/model_executor/layers/rotary_embedding/base.py, _compute_cos_sin_cache; get_rope caches one
+# instance per distinct configuration), on every rank, so it is part of "Model loading took":
+# Llama-3.1, 131,072 positions x 128 x 2 B = 32 MiB; a 1,010,000-position Qwen2.5-1M 247 MiB. YaRN
+# (gpt-oss, DeepSeek) builds original_max_position x factor rows, which their configs' lengths
+# equal. Families with one plain, Llama-3 or YaRN RoPE over the whole head (or MLA's rope part);
+# others (Gemma 3's two, linear-scaled; Phi-3's LongRoPE; no RoPE) are not counted.
+ROPE_FAMILIES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "falcon",
+                           "gpt_oss", "deepseek_v2", "deepseek_v3", "gemma2"})
+
+
+def rope_cache_bytes(model: ModelSpec, elem: int) -> int:
+    """Bytes of vLLM's rotary cos_sin_cache buffers on one rank (ROPE_FAMILIES)."""
+    if model.family not in ROPE_FAMILIES or not model.max_position_embeddings:
+        return 0
+    dims = {a.rope_dim if a.kind == "mla" else a.head_dim for a in (layer.mixer for layer in model.attention_layers)}
+    return sum(model.max_position_embeddings * d * elem for d in dims)
+
+
+# vLLM's kv_cache_dtype has no plain int8 (vllm/config/cache.py CacheDType): its 8-bit integer
+# cache, int8_per_token_head (PR #38378, 2026), keeps a scale per token and head beside each page and
+# runs on the Triton attention backend only; it is not modelled.
+INT8_KV = ("{kv_dtype} int8: vLLM has no plain int8 KV cache (its int8_per_token_head mode adds "
+           "per-token scales and is not modelled); use {kv_dtype} fp8, which halves the cache the same way.")
 
 CONSERVING_MEMORY = "See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details."
 
@@ -111,17 +254,8 @@ def engine_limits(opts: ServeOptions, gpu: GpuSpec | None, per_gpu_bytes: int) -
 
 
 def engine_era(version: str) -> str:
-    """The accounting era of a vLLM version string ("0.10.1", "0.21"); "" is the default."""
-    if not version:
-        return "0.11-0.20"
-    try:
-        major, minor = (int(x) for x in version.strip().lstrip("v").split(".")[:2])
-    except ValueError:
-        raise BadInput(f"{{vllm_version}} {version!r} is not a version like 0.10 or 0.21.") from None
-    if (major, minor) < (0, 9):
-        raise BadInput(f"{{vllm_version}} {version}: vLLM before 0.9 (V0 and early V1) sized its cache "
-                       f"differently and is not modelled; use 0.9 or later.")
-    return "0.9-0.10" if (major, minor) < (0, 11) else "0.11-0.20" if (major, minor) <= (0, 20) else "0.21+"
+    """The accounting era of a vLLM version string ("0.10.1", "0.21"); "" is the newest release."""
+    return resolve_version(version).era
 
 
 def nccl_bytes(gpu: GpuSpec | None) -> int:
@@ -164,6 +298,9 @@ class VllmState:
     max_seqs: int                 # max_num_seqs: the profiled sampler's requests
     requested: int                # total x gpu_memory_utilization, per GPU
     era: str                      # accounting era of --vllm-version (a key of ENGINES)
+    version: VllmVersion          # the release planned (--vllm-version, or the newest known)
+    mxfp4_backend: str            # the MXFP4 MoE kernels' layout ("" for other formats)
+    rope_bytes: int               # rotary cos_sin_cache buffers counted in the weights
     outside: dict[str, int]       # memory outside the budget: context, CUDA graphs, NCCL
     layout: kv.KvLayout
     stages: tuple[Stage, ...]
@@ -193,15 +330,15 @@ def _serving_format(model: ModelSpec, dtype: str) -> WeightFormat:
     return fmt
 
 
-def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: GpuSpec | None) -> int:
-    """Bytes vLLM's MXFP4 MoE layout adds to the experts of `model`'s layers on one rank, over
-    what the checkpoint holds (MXFP4_PAD). gpt-oss-120b on an H100: 65.90 GiB against the
-    logged "Model loading took 65.9651 GiB" (vllm issue #23278)."""
+def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, backend: str) -> int:
+    """Bytes vLLM's MXFP4 MoE layout for `backend` adds to the experts of `model`'s layers on one
+    rank, over what the checkpoint holds (MXFP4_LAYOUTS)."""
     q = fmt.quant
     if q.method != "mxfp4":
         return 0
-    align_i, align_h = MXFP4_PAD.get(_sm(gpu), MXFP4_PAD_DEFAULT)
-    h = ceil_div(model.hidden_size, align_h) * align_h
+    align_i, align_h, contraction_only, bias_bytes = MXFP4_LAYOUTS[backend]
+    hidden = model.hidden_size
+    h = ceil_div(hidden, align_h) * align_h
     extra = 0
     for layer in model.layers:
         m = layer.mlp
@@ -213,10 +350,16 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, gpu: Gp
         for t in experts:
             b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base], layout="vllm")
             held += ceil_div(b, divisor(t)) if divisor else b
-        i = ceil_div(m.intermediate // tp, align_i) * align_i
-        w13, w2 = 2 * i * h, h * i                    # [E, 2I, H] and [E, H, I] values
+        per_rank = m.intermediate // tp
+        i = ceil_div(per_rank, align_i) * align_i
+        if contraction_only:          # w13 [2I, H] contracts over H, w2 [H, I] over I
+            n_i, n_h = ceil_div(per_rank, 64) * 64, hidden
+            w13, w2 = 2 * n_i * h, n_h * i
+            biases = bias_bytes * (2 * n_i + n_h)
+        else:
+            w13, w2 = 2 * i * h, h * i                # [E, 2I, H] and [E, H, I] values
+            biases = bias_bytes * (2 * i + h)
         values = (w13 + w2) // 2 + (w13 + w2) // 32   # FP4 pairs + one E8M0 scale per 32
-        biases = 2 * (2 * i + h)                      # bf16 w13_bias, w2_bias
         extra += m.num_experts * (values + biases) - held
     return extra
 
@@ -232,6 +375,8 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     o = workload.serve
     check_parallel(model, o.tp, o.pp)
     fmt = _serving_format(model, workload.dtype)
+    if workload.kv_dtype == "int8":
+        raise BadInput(INT8_KV)
     kv_dtype = resolve_kv_dtype(workload.kv_dtype, fmt)
     act_elem, kv_elem = FLOAT_BYTES[fmt.base], FLOAT_BYTES[kv_dtype]
     per_gpu = target.per_gpu_bytes
@@ -242,7 +387,9 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     requested = int(per_gpu * o.gpu_memory_utilization)
     divisor = tp_divisor(model, o.tp) if o.tp > 1 else None
     widest = act.widest_layer(model, layout="vllm")
-    era, world = engine_era(o.vllm_version), o.tp * o.pp
+    version = resolve_version(o.vllm_version)
+    era, world = version.era, o.tp * o.pp
+    backend = mxfp4_backend(target.gpu, version.release) if fmt.quant.method == "mxfp4" else ""
     nccl_inside = era == "0.9-0.10" and world > 1 and bool(target.gpu and target.gpu.nvlink)
     graphs_inside = era == "0.21+" and not o.enforce_eager
     overhead = {"non_torch": NON_TORCH_INCREASE + (nccl_bytes(target.gpu) if nccl_inside else 0)}
@@ -252,14 +399,15 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
 
     forward = act.forward_peak(model, tokens, act_elem, widest)
     fwd = (ceil_div(forward.bytes, o.tp), f"profile forward, {tokens:,} tokens ({forward.where})")
-    sampler = (int(SAMPLER_BYTES_PER_LOGIT * seqs * model.vocab_size),
-               f"profile sampler, {seqs:,} requests x {model.vocab_size:,} vocab")
+    sampler = sampler_peak(era, seqs, model.vocab_size, target.gpu, tokens * model.hidden_size * act_elem)
+    rope = rope_cache_bytes(model, act_elem)
     stages = []
     for k, layers in enumerate(pp_stages(model.num_layers, o.pp)):
         first, last = k == 0, k == o.pp - 1
         part = model if o.pp == 1 else replace(model, layers=model.layers[layers.start:layers.stop],
                                                tensors=stage_tensors(model, k, o.pp))
-        weights = weight_bytes(part, fmt, divisor, layout="vllm").total + mxfp4_padding(part, fmt, divisor, o.tp, target.gpu)
+        weights = (weight_bytes(part, fmt, divisor, layout="vllm").total + rope
+                   + (mxfp4_padding(part, fmt, divisor, o.tp, backend) if backend else 0))
         peak, where = max(fwd, sampler) if last else fwd
         if not first:   # hidden states + residual received from the previous stage
             peak += 2 * tokens * model.hidden_size * act_elem
@@ -279,7 +427,8 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
                                  o.kv_cache_memory)
         headroom_ok = not oom           # the rest of the card, beside the fixed footprint, is what is outside
     free = _free_memory_refusal(target, outside, era, o.gpu_memory_utilization, requested)
-    state = VllmState(batched_tokens=tokens, max_seqs=seqs, requested=requested, era=era,
+    state = VllmState(batched_tokens=tokens, max_seqs=seqs, requested=requested, era=era, version=version,
+                      mxfp4_backend=backend, rope_bytes=rope,
                       outside=outside, layout=layout, stages=tuple(stages), worst=worst,
                       notes=tuple(notes) + layout.notes,
                       context=None if o.allow_long_max_model_len else context_limit(model),
@@ -433,15 +582,29 @@ def startup(s: Setup[VllmState], b: Breakdown, ctx: int) -> ServeReport:
                    "available": st.available, "num_blocks": st.num_blocks} for st in stages)
     return ServeReport(
         kv_cache_bytes=max(worst.available, 0), num_gpu_blocks=blocks,
-        kv_cache_tokens=blocks // groups * layout.min_block_size(ctx) if groups else 0,
+        kv_cache_tokens=_logged_tokens(d.era, blocks, groups, layout.min_block_size(ctx), per_request, ctx),
         max_concurrency=round(blocks / per_request, 2) if per_request else 0.0,
         block_size=min((sp.block_size for sp, _ in layout.groups if sp.block_size), default=o.block_size),
         max_num_batched_tokens=in_flight,
-        max_num_seqs=d.max_seqs, engine=ENGINES[d.era], starts=starts(s, ctx),
+        max_num_seqs=d.max_seqs, engine=d.version.engine, starts=starts(s, ctx),
         max_model_len_that_starts=longest, outside_budget=dict(d.outside), headroom_ok=d.headroom_ok,
         refusal=refusal, available_bytes=worst.available, rank=worst.index * o.tp, kv_groups=groups,
         kv_notes=d.notes, ranks=ranks if o.pp > 1 else (),
+        holds=b.total <= s.capacity, mxfp4_backend=d.mxfp4_backend,
     )
+
+
+def _logged_tokens(era: str, blocks: int, groups: int, block_size: int, per_request: int, ctx: int) -> int:
+    """"GPU KV cache size: N tokens" (kv_cache_utils._report_kv_cache_config). Up to 0.20:
+    num_blocks // groups x the smallest block size, which for hybrid models is not concurrency x
+    max_model_len (vllm issue #40691, v0.19.0). Later releases log int(max_concurrency x
+    max_model_len) (vllm PR #40694 proposed it; a v0.24.0 log, 567,978 tokens at 4.33x of 131,072,
+    can only come from it): modelled from 0.21 on. The same for one-group models."""
+    if not groups or not per_request:
+        return 0
+    if era == "0.21+":
+        return int(blocks / per_request * ctx)
+    return blocks // groups * block_size
 
 
 def utilization_that_starts(target: GpuTarget, report: ServeReport | None, o: ServeOptions) -> float | None:
