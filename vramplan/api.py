@@ -108,8 +108,9 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
     """Plan one workload. Returns a `Plan` (see vramplan.spec); raises VramplanError subclasses.
 
     `options` are vLLM's engine flags (`ServeFlags`: tp, pp, gpu_memory_utilization, ...), the
-    training settings (`TrainFlags`: optim, grad_ckpt, lora_r, ...) and `transformers`; an
-    unknown keyword raises BadInput naming it. With engine="sglang", SGLang's own (`SglangFlags`:
+    training settings (`TrainFlags`: optim, grad_ckpt, lora_r, ...), `transformers` and
+    `layers_from` ("auto", "analytic" or "transformers": which reader turns the config into
+    layers, loading.LAYERS_FROM); an unknown keyword raises BadInput naming it. With engine="sglang", SGLang's own (`SglangFlags`:
     mem_fraction_static, page_size, chunked_prefill_size, max_running_requests, cuda_graph_max_bs,
     dp_size, ep_size, ...); context_length and tp_size are SGLang's names for ctx and tp.
 
