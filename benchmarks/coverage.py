@@ -209,6 +209,8 @@ def main(argv=None) -> int:
                     "for the full sweep, nowhere otherwise)")
     ap.add_argument("--in-process", action="store_true", help="run every config in this process (no "
                     "worker: faster for a few types, but a crash in a model's code ends the run)")
+    ap.add_argument("--merge", default=None, help="rows of an earlier --json output: kept where this run "
+                    "does not redo them (to refresh a few rows of docs/coverage.md)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -238,6 +240,10 @@ def main(argv=None) -> int:
     else:
         rows = run_isolated(jobs, args.limit, say)
     seconds = time.perf_counter() - start
+    if args.merge:
+        done = {(r.source, r.name) for r in rows}
+        earlier = [oracle.row_from_json(d) for d in json.loads(Path(args.merge).read_text())]
+        rows = [r for r in earlier if (r.source, r.name) not in done] + rows
     if args.json:
         json.dump([r.to_json() for r in rows], sys.stdout, indent=1)
         print()
@@ -246,8 +252,8 @@ def main(argv=None) -> int:
         print(f"{len(rows)} configs: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES))
         auto = Counter(r.auto_status for r in rows)
         print("with transformers (--layers-from auto): " + ", ".join(f"{n} {s}" for s, n in auto.most_common()))
-    md = args.md or (str(ROOT / "docs" / "coverage.md") if types is None and not args.configs_only
-                     and not args.no_configs else None)
+    md = args.md or (str(ROOT / "docs" / "coverage.md") if (types is None and not args.configs_only
+                     and not args.no_configs) or args.merge else None)
     if md:
         Path(md).write_text(markdown(rows, versions(), seconds) + "\n")
         print(f"wrote {md}", file=sys.stderr)
