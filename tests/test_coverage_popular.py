@@ -2,7 +2,10 @@
 checkout: every bundled config in configs/models/ and every published config in
 tests/data/popular/. transformers builds each on the meta device (parameters: unique storages,
 tied once) and prefills it on fake tensors (KV per token and recurrent state per layer); the
-analytic tier (models.parse, what `vramplan fit` reads without torch) must agree exactly.
+analytic tier (models.parse, what `vramplan fit` reads without torch) must agree exactly for the
+bundled configs, and never be more than 1 % off without the `approximate` label for the published
+ones; the layers derived from transformers (`--layers-from transformers`) must reproduce the
+oracle for all.
 
 Two oracles we did not write back each other up: transformers' count, and for the bundled configs
 the counts in tests/data/expected.json (computed with transformers 5.23 on the meta device,
@@ -57,13 +60,19 @@ def test_analytic_tier_is_exact_against_transformers(path):
         if "kv_bytes_per_token_bf16" in expected:
             assert row.oracle.kv_bytes == expected["kv_bytes_per_token_bf16"]
             assert row.oracle.cache == expected["cache_layer_kinds"]
-    assert row.analytic.ok, row.analytic.error
-    assert (row.analytic.params, row.analytic.kv_bytes, row.analytic.state_elems) == \
-        (row.oracle.params, row.oracle.kv_bytes, row.oracle.state_elems), row.status
-    assert row.status == "exact"
-    # what --layers-from transformers plans with reproduces the oracle too
+    # what --layers-from transformers plans with reproduces the oracle
     assert (row.derived.params, row.derived.kv_bytes, row.derived.state_elems) == \
         (row.oracle.params, row.oracle.kv_bytes, row.oracle.state_elems)
+    if path.parent.name == "models":
+        # a bundled config: the analytic tier is exact
+        assert row.analytic.ok, row.analytic.error
+        assert (row.analytic.params, row.analytic.kv_bytes, row.analytic.state_elems) == \
+            (row.oracle.params, row.oracle.kv_bytes, row.oracle.state_elems), row.status
+        assert row.status == "exact"
+    else:
+        # a published config: never a confident wrong answer (off by more than 1 % unlabelled)
+        assert row.status in ("exact", "within 1%", "approximate-labelled", "refused"), \
+            (row.status, row.params_error, row.kv_error, row.analytic.error)
 
 
 def test_bundled_configs_all_have_reference_counts():
