@@ -43,7 +43,10 @@ def pack(config, model, params: list, prefix: str, head: str, tied: list, layers
     text = config.get_text_config(decoder=True)
     text_values = {}
     for k in TEXT_KEYS:
-        v = getattr(text, k, None)
+        try:
+            v = getattr(text, k, None)
+        except Exception:       # noqa: BLE001 - a per-layer attribute that varies (dots3: heads)
+            v = None
         if isinstance(v, (bool, int, float, str)):
             text_values[k] = v
     return {

@@ -209,7 +209,10 @@ def decoder_layers_prefix(model: nn.Module, config) -> str:
     "model.language_model.layers", "transformer.h", "backbone.layers" ...): the longest
     ModuleList whose length is the text config's layer count, outside any vision/audio tower."""
     text = config.get_text_config(decoder=True)
-    n = getattr(text, "num_hidden_layers", None)
+    try:
+        n = getattr(text, "num_hidden_layers", None)
+    except Exception:       # noqa: BLE001 - a config that refuses a global value
+        n = None
     best = ""
     best_len = -1
     for name, module in model.named_modules():
