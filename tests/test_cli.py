@@ -72,7 +72,7 @@ def test_table_output_explains():
     code, out, _ = run(EXAMPLE)
     assert code == 1
     for text in ("16,094,076,928", "131,072", "does not fit", "max batch", "max ctx",
-                 "GPU KV cache size", "--kv-dtype fp8"):
+                 "GPU KV cache size", "--kv-cache-dtype fp8"):
         assert text in out
 
 

@@ -182,11 +182,11 @@ def test_layers_from_selects_the_reader(tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(STARCODER2))
     assert loading.load(str(cfg)).spec.derived_from                      # auto: no family module
-    assert not loading.load(str(cfg), "analytic").spec.derived_from
+    assert not loading.load(str(cfg), layers_from="analytic").spec.derived_from
     llama = tmp_path / "llama.json"
     llama.write_text(json.dumps(tiny("llama")))
     assert not loading.load(str(llama)).spec.derived_from                # auto: the family module
-    assert loading.load(str(llama), "transformers").spec.derived_from    # asked for
+    assert loading.load(str(llama), layers_from="transformers").spec.derived_from    # asked for
 
 
 def test_plan_says_which_reader_answered(tmp_path, capsys):
@@ -217,7 +217,7 @@ def test_without_torch_auto_is_analytic_and_transformers_is_an_environment_probl
     cfg.write_text(json.dumps(STARCODER2))
     assert not loading.load(str(cfg)).spec.derived_from
     with pytest.raises(MissingExtra):
-        loading.load(str(cfg), "transformers")
+        loading.load(str(cfg), layers_from="transformers")
 
 
 def test_transformers_refusal_falls_back_to_the_analytic_reader():
@@ -227,7 +227,7 @@ def test_transformers_refusal_falls_back_to_the_analytic_reader():
     spec = loading.load(raw).spec
     assert not spec.derived_from and spec.params == models.parse(tiny("llama")).params
     with pytest.raises(BadInput, match="not part of the installed transformers"):
-        loading.load(raw, "transformers")
+        loading.load(raw, layers_from="transformers")
 
 
 def test_trace_builds_what_the_analytic_reader_refuses():

@@ -26,7 +26,7 @@ from vramplan.request import (ENGINE_OF_MODE, METHODS, MODES, TRAINING_MODES, TR
                               PlanRequest, ServeFlags, SglangFlags, TrainFlags, build_workload, check_model,
                               make_workload, transformers_major)
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan
-from vramplan.targets import auto_target, resolve_target
+from vramplan.targets import DEFAULT_GPU, auto_target, resolve_target
 from vramplan.units import parse_bytes, real, shown
 
 # The questions beyond the analytic plan, loaded on first use.
@@ -88,11 +88,12 @@ def _check_words(model, gpu=None, **keywords) -> None:
     build_workload(PlanRequest.from_keywords(model, **keywords), MAX_GPU_COUNT)   # any card count
 
 
-def load_model(model: str | ModelSpec | dict, layers_from: str = "auto") -> ModelSpec:
+def load_model(model: str | ModelSpec | dict, weights_from: str = "auto", layers_from: str = "auto") -> ModelSpec:
     """A Hub id, a bundled id, a local directory or config.json path, or a config dict -> ModelSpec.
-    `layers_from`: auto, analytic or transformers (loading.LAYERS_FROM)."""
+    `weights_from` as in `plan` (the safetensors checkpoint when one is at hand); `layers_from`:
+    auto, analytic or transformers (loading.LAYERS_FROM)."""
     check_model(model)
-    return loading.load_model(model, layers_from)
+    return loading.load_model(model, weights_from, layers_from)
 
 
 def plan_request(request: PlanRequest) -> Plan:
@@ -104,7 +105,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
          gpu_free: str | int | None = None,
          mode: str = "serve", batch: int | str = 1, ctx: int | str = 4096, dtype: str = "auto",
          kv_dtype: str = "auto", method: str = "analytic", no_cache: bool = False,
-         **options) -> Plan:
+         weights_from: str = "auto", **options) -> Plan:
     """Plan one workload. Returns a `Plan` (see vramplan.spec); raises VramplanError subclasses.
 
     `options` are vLLM's engine flags (`ServeFlags`: tp, pp, gpu_memory_utilization, ...), the
@@ -113,10 +114,12 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
     layers, loading.LAYERS_FROM); an unknown keyword raises BadInput naming it. With engine="sglang", SGLang's own (`SglangFlags`:
     mem_fraction_static, page_size, chunked_prefill_size, max_running_requests, cuda_graph_max_bs,
     dp_size, ep_size, ...); context_length and tp_size are SGLang's names for ctx and tp.
+    `weights_from`: "checkpoint" reads the bytes of every tensor from the safetensors headers,
+    "config" derives them, "auto" takes the checkpoint when one is at hand (docs/model-sources.md).
 
     >>> p = plan("meta-llama/Llama-3.1-8B", "l40s", ctx="32k", batch=8)
     >>> p.fits, p.components["weights"]
-    (False, 16060522496)
+    (False, 16094076928)
     """
     for alias, name in KEYWORD_ALIASES.items():
         if alias in options:
@@ -128,7 +131,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
                 options[name] = value
     return plan_request(PlanRequest.from_keywords(
         model, gpu, gpu_mem=gpu_mem, gpu_free=gpu_free, mode=mode, batch=batch, ctx=ctx, dtype=dtype,
-        kv_dtype=kv_dtype, method=method, no_cache=no_cache, **options))
+        kv_dtype=kv_dtype, method=method, no_cache=no_cache, weights_from=weights_from, **options))
 
 
 def preflight(model: str | ModelSpec | dict, mode: str = "lora", batch: int | str = 4,

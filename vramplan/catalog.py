@@ -29,6 +29,7 @@ from importlib import resources
 
 from vramplan.errors import BadInput, EnvironmentProblem, ModelNotFound, UnknownGpu
 from vramplan.files import CONFIG_LIMIT, TOML_LIMIT, read_resource
+from vramplan.pricing import ON_DEMAND_KINDS, default_price, firm_quotes, quote_date  # noqa: F401 (re-exported)
 from vramplan.spec import GpuSpec, GpuTarget, Price
 
 MiB = 2**20
@@ -216,22 +217,8 @@ def parse_gpu_arg(text: str) -> GpuTarget:
 # ---------------------------------------------------------------------------------------------
 # Prices: which quote a buyer would recognise (docs/compare.md, "Prices")
 
-# Kinds of quote one can rent now and keep: RunPod's "secure" and "community" clouds are
-# on-demand tiers. Spot can be taken back, reserved needs a term, a "range" is no one's offer.
-ON_DEMAND_KINDS = ("on-demand", "secure", "community")
 STALE_DAYS = 365          # a quote older than this is flagged: cloud prices move within months
 TODAY_ENV = "VRAMPLAN_TODAY"   # YYYY-MM-DD: pins "today" (tests, reproducible reports)
-
-
-def quote_date(p: Price) -> datetime.date | None:
-    """The quote's date; "YYYY-MM" means the first of that month; None when undated."""
-    text = p.date.strip()
-    for fmt in ("%Y-%m-%d", "%Y-%m"):
-        try:
-            return datetime.datetime.strptime(text, fmt).date()
-        except ValueError:
-            continue
-    return None
 
 
 def today() -> datetime.date:
@@ -249,30 +236,6 @@ def is_stale(p: Price, on: datetime.date | None = None) -> bool:
     """Older than STALE_DAYS (an undated quote is not stale: it is never a default)."""
     d = quote_date(p)
     return d is not None and ((on or today()) - d).days > STALE_DAYS
-
-
-def firm_quotes(gpu: GpuSpec, kinds: tuple[str, ...] = ON_DEMAND_KINDS) -> list[Price]:
-    """Dated quotes of these kinds, the latest per (provider, kind): a provider's older price was
-    replaced by its newer one."""
-    latest: dict[tuple[str, str], Price] = {}
-    for p in gpu.prices:
-        d = quote_date(p)
-        if p.kind not in kinds or d is None:
-            continue
-        k = (p.provider, p.kind)
-        if k not in latest or d >= quote_date(latest[k]):
-            latest[k] = p
-    return list(latest.values())
-
-
-def default_price(gpu: GpuSpec) -> Price | None:
-    """The price `vramplan compare` charges by default: the cheapest dated on-demand quote from a
-    named provider (the latest of each provider's), or None when the catalog has none. Ties go to
-    the newer quote."""
-    quotes = firm_quotes(gpu)
-    if not quotes:
-        return None
-    return min(quotes, key=lambda p: (p.usd_per_hour, -quote_date(p).toordinal(), p.provider))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 from vramplan.errors import BadInput, VramplanError
 from vramplan.units import printable
 
-__all__ = ["read_small_file", "kind_of", "shown", "Kind", "CONFIG_LIMIT", "REF_LIMIT", "TOML_LIMIT"]
+__all__ = ["read_small_file", "read_head", "kind_of", "shown", "Kind", "CONFIG_LIMIT", "REF_LIMIT", "TOML_LIMIT"]
 
 KiB, MiB = 2**10, 2**20
 
@@ -144,6 +144,46 @@ def read_small_file(path: str | os.PathLike, limit: int, what: str,
     if total > limit:
         raise refuse(f"it holds more than vramplan's {_size(limit)} limit for this kind of file")
     return b"".join(chunks)
+
+
+def read_head(path: str | os.PathLike, count: int, what: str, error: type[VramplanError] = BadInput,
+              hint: str = "", *, offset: int = 0) -> tuple[bytes, int]:
+    """(the `count` bytes at `offset` of the regular file `path`, the file's size): the start of a
+    large file (a safetensors header) without reading the rest. The same checks as
+    `read_small_file` (regular file by stat and fstat, non-blocking open); fewer bytes than
+    asked when the file is shorter (the caller says what that means)."""
+    name = printable(os.fspath(path))
+    hint = f" {hint}" if hint else ""
+
+    def refuse(why: str) -> VramplanError:
+        return error(f"Cannot read {what} {name}: {why}.{hint}")
+
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse(f"it is {_what_it_is(st.st_mode)}, not a regular file")
+        fd = os.open(path, _OPEN_FLAGS)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise refuse(f"it is {_what_it_is(st.st_mode)}, not a regular file")
+            os.lseek(fd, offset, os.SEEK_SET)
+            chunks, total = [], 0
+            while total < count:
+                chunk = os.read(fd, min(count - total, MiB))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+        finally:
+            os.close(fd)
+    except VramplanError:
+        raise
+    except (ValueError, UnicodeEncodeError):
+        raise refuse("the path holds a NUL byte or a character no file name can hold") from None
+    except OSError as e:
+        raise refuse(_os_reason(e)) from None
+    return b"".join(chunks), st.st_size
 
 
 def _os_reason(e: OSError) -> str:

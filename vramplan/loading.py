@@ -8,10 +8,14 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 
+from pathlib import Path
+
 from vramplan import derive, models, sources
-from vramplan.errors import BadConfig, BadInput
+from vramplan.errors import BadConfig, BadInput, EnvironmentProblem, VramplanError
+from vramplan.models import checkpoint as checkpoint_model
 from vramplan.models.gguf import parse_header
 from vramplan.sources import gguf as gguf_source
+from vramplan.sources import safetensors as safetensors_source
 from vramplan.spec import ModelSpec
 from vramplan.spec.model import ContextLimit
 
@@ -34,6 +38,7 @@ class Loaded:
     spec: ModelSpec
 
 
+WEIGHTS_FROM = ("auto", "config", "checkpoint")
 # Which reader turns a config into layers (--layers-from): "analytic" the family modules and the
 # generic reader of models/ (no torch); "transformers" the model transformers builds from the config
 # (vramplan/derive/); "auto" the family module where one reads this model_type, else transformers
@@ -62,9 +67,14 @@ def derive_answers(config) -> bool:
     return isinstance(model_type, str) and model_type not in models.REGISTRY and derive.available()
 
 
-def load(model: str | dict | ModelSpec, layers_from: str = "auto") -> Loaded:
-    """Read and parse; a ModelSpec is re-read from where it was loaded (its config is needed)."""
+def load(model: str | dict | ModelSpec, weights_from: str = "config", layers_from: str = "auto") -> Loaded:
+    """Read and parse; a ModelSpec is re-read from where it was loaded (its config is needed).
+    `weights_from` (with_weights): "config", "checkpoint", or "auto" (the checkpoint when one is
+    at hand). `layers_from` (parse): "auto", "analytic" or "transformers"."""
     if isinstance(model, dict):
+        if weights_from == "checkpoint":
+            raise BadInput("{weights_from} checkpoint needs a model directory or a Hub id; a config given "
+                           "as a dict has no checkpoint.")
         blob = json.dumps(model, sort_keys=True).encode()
         spec = parse(model, str(model.get("_name_or_path", "config")), "dict", layers_from)
         spec = replace(spec, context_limit=context_limit(model, spec))
@@ -76,21 +86,67 @@ def load(model: str | dict | ModelSpec, layers_from: str = "auto") -> Loaded:
     spec = parse(loaded.config, loaded.id, loaded.source, layers_from)
     spec = replace(spec, location=loaded.location, config_sha256=loaded.sha256,
                    context_limit=context_limit(loaded.config, spec))
-    return Loaded(loaded.config, loaded.sha256, spec)
+    return Loaded(loaded.config, loaded.sha256, with_weights(spec, loaded, weights_from))
 
 
-def load_model(model: str | ModelSpec, layers_from: str = "auto") -> ModelSpec:
+def load_model(model: str | ModelSpec, weights_from: str = "config", layers_from: str = "auto") -> ModelSpec:
     """A Hub id, a bundled id, a local directory or config.json path -> ModelSpec; a GGUF file
-    (or a directory or Hub repo of them) is read by its header (load_gguf)."""
+    (or a directory or Hub repo of them) is read by its header (load_gguf), which is its own
+    checkpoint."""
     if isinstance(model, ModelSpec):
         return model
     if is_gguf(model):
         return load_gguf(model)
-    return load(model, layers_from).spec
+    return load(model, weights_from, layers_from).spec
+
+
+def with_weights(spec: ModelSpec, loaded, weights_from: str) -> ModelSpec:
+    """`spec` with its weights read from the safetensors checkpoint when `weights_from` asks for it
+    (docs/model-sources.md, "Weights from the checkpoint").
+
+    auto: a local directory's safetensors files, a complete checkpoint in the HF cache beside the
+    cached config, or the Hub's metadata when the config itself came from the Hub; else the
+    config (a bundled config plans offline). checkpoint: the same, and the Hub for a bundled or
+    partly cached id; none to be had is BadInput (exit 2) for a local directory and
+    EnvironmentProblem (exit 3) when the Hub cannot be asked."""
+    if weights_from not in WEIGHTS_FROM:
+        raise BadInput(f"{{weights_from}} {weights_from!r} is not one of: {', '.join(WEIGHTS_FROM)}.")
+    if weights_from == "config":
+        return spec
+    strict = weights_from == "checkpoint"
+    where = Path(loaded.location).parent if loaded.source in ("path", "hf-cache") else None
+    try:
+        if where is not None:
+            try:
+                ckpt = safetensors_source.read_local(where)
+            except (safetensors_source.NoCheckpoint, VramplanError):
+                if loaded.source == "path" or not strict:
+                    raise
+                ckpt = safetensors_source.read_hub(loaded.id)      # a config cached without its weights
+        elif loaded.source == "hub" or (strict and loaded.source == "bundled"):
+            ckpt = safetensors_source.read_hub(loaded.id)
+        else:
+            raise safetensors_source.NoCheckpoint(f"a {loaded.source} config has no checkpoint beside it")
+    except safetensors_source.NoCheckpoint as e:
+        if strict:
+            raise BadInput(f"{{weights_from}} checkpoint: {e}, so there are no weights to read. Pass the "
+                           f"directory that holds the model's *.safetensors files, or use {{weights_from}} "
+                           f"config.") from None
+        return spec
+    except VramplanError as e:
+        # auto: a checkpoint that cannot be had (offline, the Hub unreachable, a partial HF cache)
+        # leaves the config's reading; the user's own broken files are refused either way.
+        if strict or loaded.source == "path" or not isinstance(e, (EnvironmentProblem, BadInput)):
+            raise
+        return replace(spec, weights_notes=spec.weights_notes + (
+            f"the checkpoint could not be read, so the config's figures are used: {str(e).split('. ')[0]}",))
+    return checkpoint_model.apply(spec, ckpt)
 
 
 def is_gguf(model: str) -> bool:
     """A local .gguf file or a directory of them, or a Hub GGUF repo ("org/X-GGUF", "org/X:Q4_K_M")."""
+    if not isinstance(model, str):          # a config dict is never a GGUF file
+        return False
     return gguf_source.is_gguf_path(model) or gguf_source.is_hub_gguf(model)
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from vramplan import catalog, planner
 from vramplan.errors import BadInput
-from vramplan.loading import is_gguf, load_model
+from vramplan.loading import WEIGHTS_FROM, is_gguf, load_model
 from vramplan.request import LOCAL_ENGINES, METHODS, PlanRequest, build_workload
 from vramplan.sources import ollama
 from vramplan.spec import Plan
@@ -22,6 +22,9 @@ def plan(request: PlanRequest) -> Plan:
     target = resolve_target(request.gpu, request.gpu_mem, request.gpu_free)
     request = local_request(request)
     workload = build_workload(request, target.count)
+    if request.method == "trace" and check_weights_from(request.weights_from) == "checkpoint":
+        raise BadInput("{weights_from} checkpoint applies to {method} analytic; {method} trace builds the "
+                       "transformers model from the config.")
     if request.method == "trace":
         if isinstance(request.model, str) and is_gguf(request.model):
             raise BadInput("{method} trace runs the transformers model of a config.json; a GGUF file is "
@@ -33,10 +36,17 @@ def plan(request: PlanRequest) -> Plan:
 
         return trace.plan(request.model, target, workload, no_cache=request.no_cache,
                           layers_from=request.layers_from)
-    model = load_model(request.model, request.layers_from)
+    model = load_model(request.model, check_weights_from(request.weights_from), request.layers_from)
     if model.gguf is not None and workload.engine not in LOCAL_ENGINES:
         raise BadInput(f"{model.id} is a GGUF file: plan it with {{engine}} llama.cpp or ollama.")
     return planner.build(model, target, workload, catalog=catalog.load_gpus())
+
+
+def check_weights_from(value) -> str:
+    """--weights-from: one of WEIGHTS_FROM, else BadInput."""
+    if value not in WEIGHTS_FROM:
+        raise BadInput(f"{{weights_from}} {value!r} is not one of: {', '.join(WEIGHTS_FROM)}.")
+    return value
 
 
 def local_request(request: PlanRequest) -> PlanRequest:

@@ -9,6 +9,7 @@ and in the edges that read it: the Workload names its engine and the planner ask
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass, field, fields, replace
 
 from vramplan.engines.llama_cpp.options import LlamaFlags, normalize as llama_options
@@ -16,9 +17,10 @@ from vramplan.engines.sglang.options import SglangFlags, normalize as sglang_opt
 from vramplan.errors import BadInput
 from vramplan.loading import LAYERS_FROM, is_gguf
 from vramplan.memory.dtypes import KV_FORMATS, WEIGHT_FORMATS, normalize
+from vramplan.memory.parallel import serve_layout
 from vramplan.spec import GpuTarget, ModelSpec, ServeOptions, Workload
 from vramplan.catalog import MAX_GPU_COUNT
-from vramplan.units import parse_bytes, parse_tokens, real, shown, whole
+from vramplan.units import GiB, parse_bytes, parse_tokens, real, shown, whole
 
 ENGINE_OF_MODE = {
     "serve": "vllm",            # a vLLM server
@@ -55,6 +57,11 @@ class ServeFlags:
     vllm_version: str | None = None                     # None: the newest vLLM release known
     kv_cache_memory: int | str | None = None            # explicit KV bytes per GPU, e.g. "20GiB"
     allow_long_max_model_len: bool | None = None        # as VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
+    dp: int | None = None                               # --data-parallel-size; None: 1
+    enable_expert_parallel: bool | None = None          # None: experts tensor-sliced
+    cpu_offload_gb: float | str | None = None           # GiB of weights per GPU kept in CPU memory
+    limit_mm_per_prompt: str | dict | None = None       # '{"image": 2}' or image=2 (vLLM's syntaxes)
+    swap_space: float | str | None = None               # GiB of CPU swap (no GPU effect)
 
     def given(self) -> dict:
         """The flags that were given, in declaration order."""
@@ -110,6 +117,7 @@ class PlanRequest:
     engine: str | None = None               # --engine; None: the mode's (a GGUF model: llama.cpp)
     llama: LlamaFlags = field(default_factory=LlamaFlags)
     sglang: SglangFlags = field(default_factory=SglangFlags)
+    weights_from: str = "auto"              # --weights-from: auto, config or checkpoint (loading.WEIGHTS_FROM)
     layers_from: str = "auto"               # auto | analytic | transformers (loading.LAYERS_FROM)
 
     @classmethod
@@ -290,11 +298,19 @@ def _serve_options(s: ServeFlags, gpu_count: int, serving: bool) -> ServeOptions
     block = whole(v["block_size"], "{block_size}", 1, VLLM_BLOCK_SIZES[-1])
     if block not in VLLM_BLOCK_SIZES:
         raise BadInput(f"{{block_size}} must be a power of two from 1 to 256 (vLLM's choices), got {block}.")
-    pp = whole(v["pp"], "{pp}", 1, MAX_GPU_COUNT)
-    tp = whole(v["tp"], "{tp}", 1, MAX_GPU_COUNT) if "tp" in v else (gpu_count if serving else 1)
-    if serving and tp * pp > gpu_count:
-        raise BadInput(f"{{tp}} {tp} x {{pp}} {pp} needs {tp * pp} GPUs but {{gpu}} gives {gpu_count}; "
-                       f"ask for them with {{gpu}} ID:{tp * pp}.")
+    pp = whole(v["pp"], "{pp}", 1, MAX_GPU_COUNT) if "pp" in s.given() else None
+    dp = whole(v["dp"], "{dp}", 1, MAX_GPU_COUNT) if "dp" in v else None
+    tp = whole(v["tp"], "{tp}", 1, MAX_GPU_COUNT) if "tp" in v else None
+    note = ""
+    if serving:
+        tp, pp, dp, note = serve_layout(gpu_count, tp, pp, dp)
+    else:
+        tp, pp, dp = tp or 1, pp or 1, dp or 1
+    world = tp * pp * dp
+    if serving and world > gpu_count:
+        shown_dp = f" x {{dp}} {dp}" if dp > 1 else ""
+        raise BadInput(f"{{tp}} {tp} x {{pp}} {pp}{shown_dp} needs {world} GPUs but {{gpu}} gives {gpu_count}; "
+                       f"ask for them with {{gpu}} ID:{world}.")
     version = v.get("vllm_version")
     if version is not None and (not isinstance(version, str) or not version.strip()):
         raise BadInput(f"{{vllm_version}} must be a version string such as '0.10' or '0.21', got {shown(version)}.")
@@ -309,7 +325,50 @@ def _serve_options(s: ServeFlags, gpu_count: int, serving: bool) -> ServeOptions
         kv_cache_memory=(parse_bytes(v["kv_cache_memory"], "{kv_cache_memory}")
                          if "kv_cache_memory" in v else None),
         allow_long_max_model_len=_flag(v.get("allow_long_max_model_len", False), "allow_long_max_model_len"),
+        dp=dp, enable_expert_parallel=_flag(v.get("enable_expert_parallel", False), "enable_expert_parallel"),
+        cpu_offload_bytes=(int(real(v["cpu_offload_gb"], "{cpu_offload_gb}", lambda x: 0.0 <= x <= 1e5,
+                                    "from 0 to 100000 GiB") * GiB) if "cpu_offload_gb" in v else 0),
+        limit_mm_per_prompt=mm_limits(v["limit_mm_per_prompt"]) if "limit_mm_per_prompt" in v else (),
+        swap_space_gib=(real(v["swap_space"], "{swap_space}", lambda x: 0.0 <= x <= 1e5, "from 0 to 100000 GiB")
+                        if "swap_space" in v else None),
+        layout_note=note,
     )
+
+
+MM_LIMIT_MAX = 10_000      # items of one modality per prompt: beyond any real request
+
+
+def mm_limits(value) -> tuple:
+    """--limit-mm-per-prompt in either of vLLM's syntaxes: JSON ('{"image": 2, "video": 0}', the
+    current one: a dict field parsed with json.loads, vllm/engine/arg_utils.py _compute_kwargs)
+    or the older comma-separated image=2,video=0 (nullable_kvs, vLLM 0.6-0.9). Returns sorted
+    (modality, count) pairs; a count may also be a dict of per-item options (kept as given)."""
+    if isinstance(value, dict):
+        items = value
+    else:
+        text = str(value).strip()
+        if text.startswith("{"):
+            try:
+                items = json.loads(text)
+            except ValueError:
+                raise BadInput(f"{{limit_mm_per_prompt}} {shown(text)} is not valid JSON; write it as "
+                               "'{\"image\": 2}' or image=2.") from None
+            if not isinstance(items, dict):
+                raise BadInput(f"{{limit_mm_per_prompt}} {shown(text)} must be a JSON object such as "
+                               "'{\"image\": 2}'.")
+        else:
+            items = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                key, eq, count = part.partition("=")
+                if not eq or not key.strip():
+                    raise BadInput(f"{{limit_mm_per_prompt}} {shown(part)} is not MODALITY=COUNT, e.g. image=2.")
+                items[key.strip().lower()] = count.strip()
+    out = []
+    for key, count in items.items():
+        if isinstance(count, dict):
+            count = count.get("count", 1)
+        out.append((str(key), whole(count, "{limit_mm_per_prompt}", 0, MM_LIMIT_MAX)))
+    return tuple(sorted(out))
 
 
 def make_workload(mode: str = "serve", batch: int | str = 1, ctx: int | str = 4096,

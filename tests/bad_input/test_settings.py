@@ -141,7 +141,7 @@ def test_gpu_counts_and_names(gpu, needle):
 @pytest.mark.parametrize("argv, needle", [
     (["fit", LLAMA, "--bogus"], "No such option: --bogus"),
     (["fit", LLAMA, "--batch"], "requires an argument"),
-    (["fit"], "Missing argument"),
+    (["fit"], "Name a model"),
     (["nosuchcommand"], "No such command"),
     (["fit", LLAMA, "--method", "fast"], "--method 'fast' is not one of: analytic, trace"),
     (["fit", LLAMA, "--mode", "train"], "--mode 'train' is not one of"),
@@ -221,8 +221,9 @@ def test_ctx_above_the_models_positions_is_vllms_refusal_in_serve():
         "or model_max_length=None in model's config.json). To allow overriding this maximum, set the env "
         "var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.")
     assert p["max_ctx"] == 1024 and p["max_batch"] == 0 and p["serve"]["max_model_len_that_starts"] == 1024
-    assert p["suggestions"][0] == {"change": "--ctx 1024", "flags": {"ctx": 1024},
-                                   "total_bytes": p["suggestions"][0]["total_bytes"], "fits": True}
+    assert p["suggestions"][0] == {"change": "--max-model-len 1024", "flags": {"ctx": 1024},
+                                   "total_bytes": p["suggestions"][0]["total_bytes"], "fits": True,
+                                   "usd_per_hour": p["suggestions"][0]["usd_per_hour"]}
     code, q = _json(["fit", GPT2, "--ctx", "1024"])
     assert code == 0 and q["fits"]
 

@@ -50,7 +50,7 @@ def cases() -> dict[str, list[str]]:
 
     def add(*argv: str) -> None:
         name = "_".join(a.replace("/", "-").replace(":", "x").lstrip("-") for a in argv)
-        name = name.replace("=", "-").replace(",", "+")
+        name = name.replace("=", "-").replace(",", "+").replace(" ", "_")
         if len(name) > 120:
             name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
         assert name not in c, name
@@ -175,6 +175,16 @@ def cases() -> dict[str, list[str]]:
         "--output-len", "200", "--concurrency", "8", "--json")
     add("compare", "meta-llama/Llama-3.1-70B", "--gpus", "h100,mi300x,h200", "--price-source", "hyperscaler")
     add("compare", "meta-llama/Llama-3.1-8B", "--ctx", "8k", "--input-len", "9000")
+    # vLLM's flag names, launch lines, expert and data parallel (issue 13)
+    add("fit", "--cmd", "vllm serve Qwen/Qwen3-32B --max-model-len 32768 -tp 2 --port 8000", "--gpu", "h100")
+    add("fit", "--cmd", "vllm serve openai/gpt-oss-120b --max-model-len 131072", "--gpu", "h100")
+    add("fit", "deepseek-ai/DeepSeek-V3", "--gpu", "h200:16", "-tp", "8", "-dp", "2", "--enable-expert-parallel",
+        "--ctx", "32k", "--batch", "64", "--json")
+    add("fit", "deepseek-ai/DeepSeek-V3", "--gpu", "h100:16", "--ctx", "32k")
+    add("fit", "openai/gpt-oss-120b", "--gpu", "h100:8", "-tp", "1", "-dp", "8", "--enable-expert-parallel",
+        "--ctx", "32k", "--batch", "64")
+    add("fit", "meta-llama/Llama-3.1-8B", "--gpu", "l4", "--cpu-offload-gb", "4", "--max-model-len", "8K")
+    add("fit", "--cmd", "vllm serve Qwen/Qwen3-8B --config serve.yaml")
     return c
 
 

@@ -55,7 +55,7 @@ def sweep(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, ctx: st
 def sweep_request(request: PlanRequest) -> Sweep:
     """`sweep` of a PlanRequest whose `ctx` and `batch` are ranges or lists ("4k..128k", "1,8")."""
     ctxs, batches = parse_range(request.ctx, "{ctx}"), parse_range(request.batch, "{batch}")
-    spec = load_model(request.model)
+    spec = load_model(request.model, request.weights_from)
     target = resolve_target(request.gpu, request.gpu_mem, request.gpu_free)
     base = build_workload(replace(request, batch=batches[0], ctx=ctxs[0]), target.count)
     cells, limits, plan = [], [], None

@@ -199,7 +199,7 @@ def compare_request(request: PlanRequest, gpus=None, *, prices=None,
     eff = default_eff if efficiency is None else float(efficiency)
     if not 0 < eff <= 1:
         raise BadInput(f"{{efficiency}} must be in (0, 1] (a share of the hardware peak), got {efficiency}.")
-    spec = load_model(request.model)
+    spec = load_model(request.model, request.weights_from)
     cards = _gpus(gpus)
     overrides = price_mod.parse_overrides(prices)
     source = price_mod.check_source(price_source, catalog.load_gpus())

@@ -32,6 +32,7 @@ class ScaleOut:
 
 class Engine(Protocol):
     name: str
+    ctx_flag: str           # how this program's users name the context in a suggestion
 
     def prepare(self, model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
         """Everything that does not depend on batch and context."""
@@ -63,6 +64,7 @@ class EngineBase:
     agree (Plan.fits reads both)."""
 
     name = ""
+    ctx_flag = "--ctx"
 
     def report(self, setup: Setup, breakdown: Breakdown, ctx: int) -> ServeReport | None:
         return None

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 from vramplan.errors import BadInput
 from vramplan.spec import ModelSpec, Quantization, Tensor
+from vramplan.spec.checkpoint import PLAIN_FLOATS
 from vramplan.units import ceil_div
 from vramplan.memory.dtypes import FLOAT_BYTES
 from vramplan.memory.overhead import block_rounded
@@ -47,6 +48,8 @@ class WeightFormat:
     quant: Quantization
     base: str               # dtype of everything the quantizer leaves alone
     label: str              # for display: "bf16", "nf4 (double quant) + bf16"
+    as_stored: bool = False # the checkpoint's own format (--dtype auto): tensors read from its
+                            # safetensors headers (Tensor.stored) take their stored bytes
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,11 @@ def resolve_format(model: ModelSpec, dtype: str) -> WeightFormat:
     base16 = "bf16" if model.torch_dtype == "fp32" else model.torch_dtype
     if dtype == "auto":
         q = model.quantization
+        stored = model.weights_from == "checkpoint"
         if q is not None and q.method != "none":
-            return WeightFormat(q, base16, _label(q, base16))
+            return WeightFormat(q, base16, _label(q, base16), as_stored=stored)
         return WeightFormat(Quantization(method="none", bits=8 * FLOAT_BYTES[model.torch_dtype]),
-                            model.torch_dtype, model.torch_dtype)
+                            model.torch_dtype, model.torch_dtype, as_stored=stored)
     if dtype in ("fp32", "bf16", "fp16"):
         return WeightFormat(Quantization(method="none", bits=8 * FLOAT_BYTES[dtype]), dtype, dtype)
     if dtype not in _ON_THE_FLY:
@@ -239,15 +243,38 @@ def quantized_bytes(t: Tensor, q: Quantization) -> int:
     return sum(b * k for b, k in stored_parts(t, q))
 
 
-def allocated_bytes(t: Tensor, q: Quantization, base_bytes: int, *, layout: RuntimeLayout) -> int:
+def allocated_bytes(t: Tensor, q: Quantization, base_bytes: int, *, layout: RuntimeLayout,
+                    stored: bool = False) -> int:
     """Bytes one weight takes in the CUDA caching allocator: each stored tensor rounded up to
     512 B (a Qwen3 q_norm of 256 B costs 512). Under the "transformers" layout a tensor it
-    keeps in a wider dtype (Tensor.dtype) takes that width; vLLM loads it in the base dtype."""
+    keeps in a wider dtype (Tensor.dtype) takes that width; vLLM loads it in the base dtype.
+    `stored` (WeightFormat.as_stored): a tensor read from the checkpoint takes its parts' bytes."""
+    if stored and t.stored:
+        return sum(block_rounded(b) for b in loaded_parts(t, q, base_bytes, layout=layout))
     if quantizes(t, q):
         return sum(block_rounded(b) * k for b, k in stored_parts(t, q))
     if layout == "transformers" and t.dtype:
         base_bytes = max(base_bytes, FLOAT_BYTES[t.dtype])
     return block_rounded(t.numel * base_bytes)
+
+
+def loaded_parts(t: Tensor, q: Quantization, base_bytes: int, *, layout: RuntimeLayout) -> tuple[int, ...]:
+    """Bytes of each stored part of a checkpoint tensor once loaded. Quantized data and its scales
+    (packed int32, fp8, uint8 blocks, their fp16/fp32 scales) load as stored: vLLM's quantized
+    layers create parameters of the checkpoint's dtypes and copy into them. A plain float weight
+    the format does not quantize is cast to the model's dtype (vLLM's default_weight_loader copies
+    into a parameter of the model dtype; transformers' from_pretrained casts to `dtype`, keeping
+    Tensor.dtype's width where it keeps one): a bf16 model's fp32 norms load as bf16."""
+    out = []
+    for dtype, numel, nbytes in t.stored:
+        if dtype in PLAIN_FLOATS and not quantizes(t, q):
+            width = base_bytes
+            if layout == "transformers" and t.dtype:
+                width = max(width, FLOAT_BYTES[t.dtype])
+            out.append(numel * width)
+        else:
+            out.append(nbytes)
+    return tuple(out)
 
 
 def shared_state_bytes(model: ModelSpec, q: Quantization) -> int:
@@ -267,7 +294,7 @@ def weight_bytes(model: ModelSpec, fmt: WeightFormat, divisor=None, *, layout: R
     total = qparams = kept = 0
     by_role: dict[str, int] = {}
     for t in model.all_tensors():
-        b = allocated_bytes(t, fmt.quant, base, layout=layout)
+        b = allocated_bytes(t, fmt.quant, base, layout=layout, stored=fmt.as_stored)
         if quantizes(t, fmt.quant):
             qparams += t.numel
         else:

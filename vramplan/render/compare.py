@@ -13,7 +13,7 @@ from tabulate import tabulate
 from vramplan import __version__
 from vramplan.compare.result import Comparison, Row, Sweep
 from vramplan.compare.speed import ERROR_BAND
-from vramplan.render.json import gpu_json, model_json
+from vramplan.render.json import SERVE_SET_ONLY, gpu_json, model_json
 from vramplan.spec import Plan
 from vramplan.units import GiB, fmt_tokens
 
@@ -36,7 +36,8 @@ def _workload_json(p: Plan) -> dict:
     out = {"mode": w.mode, "batch": w.batch, "ctx": w.ctx, "dtype": p.weight_dtype,
            "dtype_requested": w.dtype, "kv_dtype": p.kv_dtype, "kv_dtype_requested": w.kv_dtype}
     if p.serve is not None:
-        out.update({k: v for k, v in asdict(w.serve).items() if k not in ("tp", "pp")})
+        out.update({k: v for k, v in asdict(w.serve).items() if k not in ("tp", "pp")
+                    and (k not in SERVE_SET_ONLY or v != SERVE_SET_ONLY[k])})
     if w.train is not None:
         out.update({k: v for k, v in asdict(w.train).items() if k != "world"})
     return out

@@ -34,6 +34,9 @@ def model_json(m: ModelSpec) -> dict:
         "max_position_embeddings": m.max_position_embeddings,
         "quantization": None if q is None else {"method": q.method, "bits": q.bits,
                                                 "group_size": q.group_size, "skip": list(q.skip)},
+        "weights_from": m.weights_from, "weights_source": m.weights_source,
+        "checkpoint_bytes": m.checkpoint_bytes,
+        "weights_notes": list(m.weights_notes),
         "layers_from": "transformers" if m.derived_from else "analytic",
         "derived_from": m.derived_from or None,
     }
@@ -65,6 +68,12 @@ def gpus_json(gpus: tuple[GpuSpec, ...], defaults: dict | None = None) -> list[d
     return out
 
 
+# vLLM settings written only when set (issue 13: data/expert parallel, CPU offload, multimodal
+# limits, swap space); the multi-node layout note is among the plan's warnings.
+SERVE_SET_ONLY = {"dp": 1, "enable_expert_parallel": False, "cpu_offload_bytes": 0, "limit_mm_per_prompt": (),
+             "swap_space_gib": None, "layout_note": ""}
+
+
 def plan_json(p: Plan) -> dict:
     t, w = p.target, p.workload
     gpu = gpu_json(t.gpu) if t.gpu else {"id": "custom", "name": "custom memory size"}
@@ -73,7 +82,8 @@ def plan_json(p: Plan) -> dict:
                 "dtype_requested": w.dtype, "kv_dtype": p.kv_dtype,
                 "kv_dtype_requested": w.kv_dtype, "method": "analytic"}
     if p.serve is not None:             # vLLM's engine settings; other engines plan the transformers layout
-        workload.update({k: v for k, v in w.serve.__dict__.items()})
+        workload.update({k: v for k, v in w.serve.__dict__.items()
+                         if k not in SERVE_SET_ONLY or v != SERVE_SET_ONLY[k]})
     else:
         workload["transformers"] = w.transformers
     out = {
@@ -87,7 +97,7 @@ def plan_json(p: Plan) -> dict:
         "serve": None,
         "trace": None,
         "suggestions": [{"change": s.change, "flags": s.flags, "total_bytes": s.total_bytes,
-                         "fits": s.fits} for s in p.suggestions],
+                         "fits": s.fits, "usd_per_hour": s.usd_per_hour} for s in p.suggestions],
         "warnings": list(p.warnings),
     }
     if p.serve is not None:

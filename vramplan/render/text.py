@@ -45,6 +45,13 @@ def plan_table(p: Plan) -> str:
     kind_text = ", ".join(f"{n} {k}" for k, n in kinds.items())
     lines.append(f"model     {m.id}  [{m.source}]  {m.model_type}, {m.params / 1e9:,.2f} B params, "
                  f"{m.num_layers} layers ({kind_text}), vocab {m.vocab_size:,}")
+    if m.weights_from == "checkpoint":
+        lines.append(f"weights   from the checkpoint: {m.weights_source}, {fmt_bytes(m.checkpoint_bytes)} "
+                     f"bytes as stored")
+    notes = list(m.weights_notes)
+    if notes and m.weights_from != "checkpoint":
+        lines.append(f"weights   from the config: {notes.pop(0)}")
+    lines += [f"          {note}" for note in notes]
     if m.derived_from:
         lines.append(f"layers    derived from {m.derived_from} (the model built on the meta device, its cache "
                      f"after a prefill on fake tensors)")
@@ -61,6 +68,10 @@ def plan_table(p: Plan) -> str:
         cap_note = capacity_note(p.sglang)
     lines.append(f"gpu       {gpu}, {total}; capacity {fmt_gib(p.capacity_bytes)}{cap_note}")
     par = f", tp {w.serve.tp}" + (f" pp {w.serve.pp}" if w.serve.pp > 1 else "") if serve and w.serve.tp * w.serve.pp > 1 else ""
+    if serve and w.serve.dp > 1:
+        par += f"{',' if not par else ''} dp {w.serve.dp}"
+    if serve and w.serve.enable_expert_parallel:
+        par += " expert-parallel"
     if w.train is not None:
         o = w.train
         extras = [o.optim] + (["grad ckpt"] if o.grad_ckpt else []) + ([f"ZeRO-{o.zero}"] if o.zero else [])
@@ -130,9 +141,11 @@ def plan_table(p: Plan) -> str:
     if p.suggestions:
         lines.append("")
         lines.append("to make it fit:")
+        width = max([40] + [len(sug.change) for sug in p.suggestions])
         for sug in p.suggestions:
             mark = glyph("✓" if sug.fits else "✗")
-            lines.append(f"  {mark} {sug.change:<40} total {fmt_gib(sug.total_bytes)}")
+            cost = f"  ${sug.usd_per_hour:,.2f}/h" if sug.usd_per_hour is not None else ""
+            lines.append(f"  {mark} {sug.change:<{width}} total {fmt_gib(sug.total_bytes)}{cost}")
     lines += _trace_lines(p)
     lines += local_lines(p)
     lines += sglang_lines(p)

@@ -61,6 +61,9 @@ class Tensor:
                         # router); "" = the model dtype. vLLM's own layers ignore it.
     per_head: PerHead = ""  # a per-head q/k norm (PerHead): the training planner sizes what it
                             # saves by the heads it normalizes
+    stored: tuple[tuple[str, int, int], ...] = ()   # read from a safetensors checkpoint: each stored
+                            # part (qweight, scales, ...) as (safetensors dtype, elements, bytes);
+                            # () = computed from shape and format (memory/weights.py, allocated_bytes)
 
     @property
     def numel(self) -> int:
@@ -312,6 +315,18 @@ class ModelSpec:
     source: str = ""                    # how it was found: "bundled", "path", "hub", "dict" ...
     location: str = field(default="", compare=False)        # its path or URL
     config_sha256: str = field(default="", compare=False)   # of its bytes: the trace cache key
+    # Where the weights' bytes come from (models/checkpoint.py): "config" (the tensors derived from
+    # config.json) or "checkpoint" (every tensor's dtype and shape read from the safetensors
+    # headers: exact, whatever the architecture or quantization). A trust label reads it.
+    weights_from: str = "config"
+    weights_source: str = ""            # "3 safetensors files, headers read"; "" from the config
+    checkpoint_bytes: int = 0           # the checkpoint's tensors, summed exactly as stored
+    weights_notes: tuple[str, ...] = () # how the checkpoint's tensors were placed (unknown names, skips)
+
+    @property
+    def weights_exact(self) -> bool:
+        """True when the weights are the checkpoint's own bytes (the trust label `exact`)."""
+        return self.weights_from == "checkpoint"
 
     @property
     def num_layers(self) -> int:

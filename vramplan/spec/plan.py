@@ -30,6 +30,12 @@ class ServeOptions:
                                                 # newest known (engines/vllm/serving.py, resolve_version)
     allow_long_max_model_len: bool = False      # as vLLM with VLLM_ALLOW_LONG_MAX_MODEL_LEN=1: a max
                                                 # model length above the config's is allowed (warned)
+    dp: int = 1                                 # --data-parallel-size: engines, each with its own KV cache
+    enable_expert_parallel: bool = False        # MoE experts sharded whole over tp x dp ranks
+    cpu_offload_bytes: int = 0                  # --cpu-offload-gb per GPU, in bytes
+    limit_mm_per_prompt: tuple = ()             # ((modality, count), ...) as given; not modelled
+    swap_space_gib: float | None = None         # --swap-space (CPU memory; no GPU effect)
+    layout_note: str = ""                       # the multi-node layout assumed (memory/parallel.serve_layout)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class Suggestion:
     flags: dict                # what to change, machine-readable
     total_bytes: int
     fits: bool
+    usd_per_hour: float | None = None   # the cards it runs on, catalog median per GPU-hour x count
 
 
 @dataclass(frozen=True)

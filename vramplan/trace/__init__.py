@@ -109,12 +109,12 @@ def load(model: str | dict | ModelSpec, layers_from: str = "auto") -> loading.Lo
     derives the layers from transformers too. When transformers refuses the config as well, the
     family module's refusal stands (it names the key at fault)."""
     if layers_from != "auto":
-        return loading.load(model, layers_from)
+        return loading.load(model, layers_from=layers_from)
     try:
-        return loading.load(model, "auto")
+        return loading.load(model, layers_from="auto")
     except BadConfig as refused:
         try:
-            return loading.load(model, "transformers")
+            return loading.load(model, layers_from="transformers")
         except (BadConfig, BadInput):
             raise refused from None
 

@@ -38,7 +38,7 @@ from vramplan.memory import kv_cache as kv
 from vramplan.memory.dtypes import FLOAT_BYTES, config_dtype
 from vramplan.memory.solve import largest_fitting
 from vramplan.memory.overhead import CUDA_CONTEXT_BYTES, NCCL_BYTES_PER_RANK
-from vramplan.memory.parallel import check_parallel, pp_stages, stage_tensors, tp_divisor
+from vramplan.memory.parallel import MoeSplit, check_parallel, moe_split, pp_stages, stage_tensors, tp_divisor
 from vramplan.memory.setup import Breakdown, Setup, resolve_kv_dtype
 from vramplan.memory.weights import WeightFormat, allocated_bytes, quantizes, resolve_format, weight_bytes
 
@@ -330,12 +330,15 @@ def _serving_format(model: ModelSpec, dtype: str) -> WeightFormat:
     return fmt
 
 
-def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, backend: str) -> int:
+def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, backend: str,
+                  moe: MoeSplit | None = None) -> int:
     """Bytes vLLM's MXFP4 MoE layout for `backend` adds to the experts of `model`'s layers on one
-    rank, over what the checkpoint holds (MXFP4_LAYOUTS)."""
+    rank, over what the checkpoint holds (MXFP4_LAYOUTS); under expert parallelism each rank
+    pads only its own experts at their unsliced width (`moe`)."""
     q = fmt.quant
     if q.method != "mxfp4":
         return 0
+    moe = moe or MoeSplit(tp=tp)
     align_i, align_h, contraction_only, bias_bytes = MXFP4_LAYOUTS[backend]
     hidden = model.hidden_size
     h = ceil_div(hidden, align_h) * align_h
@@ -348,9 +351,9 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, backend
             continue
         held = 0
         for t in experts:
-            b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base], layout="vllm")
+            b = allocated_bytes(t, q, FLOAT_BYTES[fmt.base], layout="vllm", stored=fmt.as_stored)
             held += ceil_div(b, divisor(t)) if divisor else b
-        per_rank = m.intermediate // tp
+        per_rank = m.intermediate // moe.tp
         i = ceil_div(per_rank, align_i) * align_i
         if contraction_only:          # w13 [2I, H] contracts over H, w2 [H, I] over I
             n_i, n_h = ceil_div(per_rank, 64) * 64, hidden
@@ -360,8 +363,27 @@ def mxfp4_padding(model: ModelSpec, fmt: WeightFormat, divisor, tp: int, backend
             w13, w2 = 2 * i * h, h * i                # [E, 2I, H] and [E, H, I] values
             biases = bias_bytes * (2 * i + h)
         values = (w13 + w2) // 2 + (w13 + w2) // 32   # FP4 pairs + one E8M0 scale per 32
-        extra += m.num_experts * (values + biases) - held
+        extra += moe.local_experts(m.num_experts) * (values + biases) - held
     return extra
+
+
+def offloaded_bytes(model: ModelSpec, fmt: WeightFormat, divisor, limit: int) -> int:
+    """Bytes --cpu-offload-gb moves off one GPU. vLLM's offloader (maybe_offload_to_cpu in
+    vllm/model_executor/models/utils.py; since the offloader package, UVAOffloader.
+    _maybe_offload_to_cpu in vllm/model_executor/offloader/uva.py), applied to each decoder
+    layer as make_layers builds it, moves whole parameters to pinned CPU memory while the running
+    total is below the limit: layers from the first, parameters in order, the last one may
+    overshoot. Embeddings and lm_head stay."""
+    if limit <= 0:
+        return 0
+    moved = 0
+    for layer in model.layers:
+        for t in layer.tensors:
+            if moved >= limit:
+                return moved
+            b = allocated_bytes(t, fmt.quant, FLOAT_BYTES[fmt.base], layout="vllm")
+            moved += ceil_div(b, divisor(t)) if divisor else b
+    return moved
 
 
 def _ssm_elem(model: ModelSpec, act_elem: int) -> int:
@@ -373,7 +395,8 @@ def _ssm_elem(model: ModelSpec, act_elem: int) -> int:
 
 def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
     o = workload.serve
-    check_parallel(model, o.tp, o.pp)
+    moe = moe_split(o.tp, o.dp, o.enable_expert_parallel)
+    check_parallel(model, o.tp, o.pp, moe)
     fmt = _serving_format(model, workload.dtype)
     if workload.kv_dtype == "int8":
         raise BadInput(INT8_KV)
@@ -385,10 +408,10 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
                                  act_elem, _ssm_elem(model, act_elem))
     layout = kv.kv_layout(specs)
     requested = int(per_gpu * o.gpu_memory_utilization)
-    divisor = tp_divisor(model, o.tp) if o.tp > 1 else None
+    divisor = tp_divisor(model, o.tp, moe) if o.tp > 1 or moe != MoeSplit() else None
     widest = act.widest_layer(model, layout="vllm")
     version = resolve_version(o.vllm_version)
-    era, world = version.era, o.tp * o.pp
+    era, world = version.era, o.tp * o.pp * o.dp
     backend = mxfp4_backend(target.gpu, version.release) if fmt.quant.method == "mxfp4" else ""
     nccl_inside = era == "0.9-0.10" and world > 1 and bool(target.gpu and target.gpu.nvlink)
     graphs_inside = era == "0.21+" and not o.enforce_eager
@@ -407,7 +430,8 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
         part = model if o.pp == 1 else replace(model, layers=model.layers[layers.start:layers.stop],
                                                tensors=stage_tensors(model, k, o.pp))
         weights = (weight_bytes(part, fmt, divisor, layout="vllm").total + rope
-                   + (mxfp4_padding(part, fmt, divisor, o.tp, backend) if backend else 0))
+                   + (mxfp4_padding(part, fmt, divisor, o.tp, backend, moe) if backend else 0))
+        weights -= offloaded_bytes(part, fmt, divisor, o.cpu_offload_bytes)
         peak, where = max(fwd, sampler) if last else fwd
         if not first:   # hidden states + residual received from the previous stage
             peak += 2 * tokens * model.hidden_size * act_elem
@@ -441,13 +465,17 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup:
 
 def components(s: Setup[VllmState], batch: int, ctx: int) -> Breakdown:
     o, worst, layout = s.workload.serve, s.state.worst, s.state.layout
-    cache = batch * worst.block_bytes * layout.blocks_per_request(ctx, s.state.batched_tokens)
+    share = ceil_div(batch, o.dp)       # each data-parallel engine serves its share of the requests
+    cache = share * worst.block_bytes * layout.blocks_per_request(ctx, s.state.batched_tokens)
     parts = {"weights": s.weights, "kv_cache": cache, "activations": worst.activation.bytes, **s.overhead}
     where = ""
-    if o.tp * o.pp > 1:
-        where = f"; per GPU, rank {worst.index * o.tp} of {o.tp * o.pp} (fewest KV blocks)"
+    if o.tp * o.pp * o.dp > 1:
+        where = f"; per GPU, rank {worst.index * o.tp} of {o.tp * o.pp * o.dp} (fewest KV blocks)"
+    if o.cpu_offload_bytes:
+        where += f"; {o.cpu_offload_bytes / GiB:g} GiB offloaded to CPU (--cpu-offload-gb)"
+    engines = f" on each of {o.dp} DP engines" if o.dp > 1 else ""
     notes = {"weights": s.fmt.label + where,
-             "kv_cache": f"{batch} x {ctx:,} tokens, paged in blocks of {layout.min_block_size(ctx) or o.block_size}, "
+             "kv_cache": f"{share}{engines} x {ctx:,} tokens, paged in blocks of {layout.min_block_size(ctx) or o.block_size}, "
                          f"{s.kv_dtype}",
              "activations": worst.activation.where,
              "non_torch": "non-torch growth after vLLM's start-up snapshot"
