@@ -38,6 +38,11 @@ def block(n: int) -> int:
     return -(-n // 512) * 512
 
 
+# vLLM keeps the rotary cos_sin_cache buffer, [max_position, head_dim] in bf16, among the weights
+# of every rank (engines/vllm/serving.py, rope_cache_bytes): 8,192 x (H / 4 heads) x 2 B.
+ROPE = 8192 * (H // 4) * 2
+
+
 def config(**over) -> dict:
     c = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H,
          "intermediate_size": I, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -108,7 +113,7 @@ def test_single_file_bytes_exact(tmp_path):
     assert m["weights_from"] == "checkpoint"
     assert m["weights_source"] == "1 safetensors file, headers read"
     assert m["checkpoint_bytes"] == nbytes(t) == data_section(d) == 213_632
-    assert out["components"]["weights"] == sum(block(x.numel() * 2) for x in t.values())
+    assert out["components"]["weights"] == sum(block(x.numel() * 2) for x in t.values()) + ROPE
     # the config reads the same tensors, so the two agree and nothing is warned
     assert not any("checkpoint holds" in w for w in out["warnings"])
     assert m["params"] == sum(x.numel() for x in t.values())
@@ -128,7 +133,7 @@ def test_sharded_with_index(tmp_path):
     out = fit_json(str(d), "--gpu", "l40s")
     assert out["model"]["weights_source"] == "3 safetensors files, headers read"
     assert out["model"]["checkpoint_bytes"] == nbytes(t) == data_section(d)
-    assert out["components"]["weights"] == sum(block(x.numel() * 2) for x in t.values())
+    assert out["components"]["weights"] == sum(block(x.numel() * 2) for x in t.values()) + ROPE
 
 
 def test_only_headers_are_read(tmp_path):
@@ -146,7 +151,7 @@ def test_tied_embeddings_counted_once(tmp_path):
     d = write(tmp_path / "m", config(tie_word_embeddings=True), t)
     out = fit_json(str(d), "--gpu", "l40s")
     assert out["model"]["checkpoint_bytes"] == nbytes(t)
-    assert out["components"]["weights"] == sum(block(x.numel() * 2) for x in t.values())
+    assert out["components"]["weights"] == sum(block(x.numel() * 2) for x in t.values()) + ROPE
     # a tied checkpoint that stores lm_head anyway: stored bytes include it, the weights do not
     t2 = llama_tensors(tied=False)
     d2 = write(tmp_path / "m2", config(tie_word_embeddings=True), t2)
@@ -166,7 +171,7 @@ def test_mixed_dtypes(tmp_path):
     norms = [x for n, x in t.items() if "norm" in n]
     assert out["model"]["checkpoint_bytes"] == nbytes(t) == data_section(d)
     assert nbytes(t) == sum(x.numel() * 2 for x in t.values()) + sum(x.numel() * 2 for x in norms)
-    assert out["components"]["weights"] == sum(block(x.numel() * 2) for x in t.values())
+    assert out["components"]["weights"] == sum(block(x.numel() * 2) for x in t.values()) + ROPE
 
 
 def _gptq(tmp_path, group=32, bits=4) -> tuple[Path, dict]:
@@ -192,7 +197,7 @@ def test_gptq_as_stored_and_formula_agree(tmp_path):
     d, t = _gptq(tmp_path)
     out = fit_json(str(d), "--gpu", "l40s")
     assert out["model"]["checkpoint_bytes"] == nbytes(t) == data_section(d)
-    assert out["components"]["weights"] == sum(block(x.numel() * x.element_size()) for x in t.values())
+    assert out["components"]["weights"] == sum(block(x.numel() * x.element_size()) for x in t.values()) + ROPE
     # the formula of memory/weights.py (GPTQ parts) gives the same bytes from the config alone
     formula = fit_json(str(d), "--gpu", "l40s", "--weights-from", "config")
     assert formula["components"]["weights"] == out["components"]["weights"]
@@ -215,7 +220,7 @@ def test_fp8_block_scales(tmp_path):
     d = write(tmp_path / "fp8", cfg, t)
     out = fit_json(str(d), "--gpu", "h100")
     assert out["model"]["checkpoint_bytes"] == nbytes(t) == data_section(d)
-    assert out["components"]["weights"] == sum(block(x.numel() * x.element_size()) for x in t.values())
+    assert out["components"]["weights"] == sum(block(x.numel() * x.element_size()) for x in t.values()) + ROPE
     formula = fit_json(str(d), "--gpu", "h100", "--weights-from", "config")
     assert formula["components"]["weights"] == out["components"]["weights"]
 
@@ -237,7 +242,7 @@ def test_checkpoint_disagrees_with_config(tmp_path):
     t = llama_tensors()
     d = write(tmp_path / "m", config(intermediate_size=2 * I), t)
     out = fit_json(str(d), "--gpu", "l40s")
-    assert out["components"]["weights"] == sum(block(x.numel() * 2) for x in t.values())
+    assert out["components"]["weights"] == sum(block(x.numel() * 2) for x in t.values()) + ROPE
     warning = next(w for w in out["warnings"] if "checkpoint holds" in w)
     assert "the config reading gave" in warning and "the checkpoint's figures are used" in warning
 
@@ -590,13 +595,14 @@ def test_vision_language_checkpoint_names(monkeypatch):
 
 @pytest.mark.parametrize("model_type,extra", [
     ("llama", {}), ("qwen2", {"tie_word_embeddings": True}), ("gpt2", None),
-    ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2}), ("phi", {}),
+    ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2}), ("phi", {}), ("biogpt", {}),
 ])
 def test_checkpoints_written_by_transformers(tmp_path, model_type, extra):
     """Tiny models built by transformers and saved with save_pretrained (its own names, tying and
     legacy expert layout): the checkpoint's bytes are the model's parameters' bytes as torch counts
-    them (the oracle). Phi is not a known family: the generic reading counts it wrong, and the
-    cross-check says so with the transformers count."""
+    them (the oracle). Phi is read exactly by the generic reader (its parallel block and plain MLP),
+    so the two agree; BioGPT has no layout of its own and is read with llama's (approximate): the
+    reading counts it wrong, and the cross-check says so with the transformers count."""
     transformers = pytest.importorskip("transformers")
     kw = (dict(n_embd=64, n_layer=2, n_head=4, vocab_size=V, n_positions=1024) if extra is None else
           dict(hidden_size=H, intermediate_size=I, num_attention_heads=4, num_key_value_heads=2,
@@ -611,7 +617,7 @@ def test_checkpoints_written_by_transformers(tmp_path, model_type, extra):
     assert out["model"]["checkpoint_bytes"] == 2 * params == data_section(tmp_path / model_type)
     assert out["model"]["params"] == params
     mismatch = [w for w in out["warnings"] if "checkpoint holds" in w]
-    if model_type == "phi":
+    if model_type == "biogpt":
         config_params = fit_json(str(tmp_path / model_type), "--gpu", "l40s", "--weights-from", "config")["model"]["params"]
         assert config_params != params
         assert mismatch == [f"the checkpoint holds {params:,} parameters; the config reading gave {config_params:,}: "
@@ -691,7 +697,7 @@ def test_awq_layout(tmp_path):
     d = write(tmp_path / "awq", cfg, t)
     out = fit_json(str(d), "--gpu", "l40s")
     assert out["model"]["checkpoint_bytes"] == nbytes(t) == data_section(d)
-    assert out["components"]["weights"] == sum(block(x.numel() * x.element_size()) for x in t.values())
+    assert out["components"]["weights"] == sum(block(x.numel() * x.element_size()) for x in t.values()) + ROPE
     assert out["components"]["weights"] == fit_json(str(d), "--gpu", "l40s", "--weights-from", "config")["components"]["weights"]
     assert not any("checkpoint holds" in w for w in out["warnings"])
 

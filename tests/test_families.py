@@ -444,11 +444,11 @@ def test_bad_value_is_badconfig():
         parse(dict(TINY, model_type="llama", torch_dtype="int8"))
 
 
-def test_unknown_model_type_falls_back_with_warning():
+def test_unknown_model_type_falls_back_labelled_approximate():
     spec = parse(dict(TINY, model_type="acme_lm"))
     assert spec.family == "generic"
-    assert spec.warnings == ("model_type 'acme_lm' is not a known family; parsed as a generic decoder "
-                             "(llama-like). Check the result.",)
+    assert spec.confidence == "approximate" and spec.warnings == ()
+    assert any("gated MLP" in a for a in spec.assumptions)
     # embed 100x64, lm_head 100x64, final norm 64; per layer 4 x 64x64 + 3 x 128x64 + 2 x 64
     assert spec.params == 2 * 6400 + 64 + 2 * (4 * 4096 + 3 * 8192 + 128)
 
@@ -561,4 +561,4 @@ def test_each_family_types_its_traits():
     assert dict(spec_of("mistralai--Mixtral-8x7B-v0.1").traits.lora_moe)["w1"] == "gate_up"
     assert spec_of("nvidia--Nemotron-H-56B-Base-8K").traits.mamba_ssm_cache_dtype == "float32"
     generic = parse({**json.loads((CONFIGS / "meta-llama--Llama-3.1-8B.json").read_text()), "model_type": "gpt_neox"})
-    assert generic.family == "generic" and generic.traits.lora_targets == ("query_key_value",)
+    assert generic.family == "gpt_neox" and generic.traits.lora_targets == ("query_key_value",)

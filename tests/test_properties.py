@@ -178,7 +178,8 @@ def _keys(obj, path=""):
     out = set()
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if path in (".components", ".component_notes", ".model.layer_kinds", ".model.quantization"):
+            if path in (".components", ".component_notes", ".component_confidence", ".model.layer_kinds",
+                        ".model.quantization"):
                 continue
             out.add(f"{path}.{k}")
             if k not in ("suggestions", "warnings", "ranks", "kv_notes", "prices", "outside_budget"):

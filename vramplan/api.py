@@ -27,7 +27,7 @@ from vramplan.request import (ENGINE_OF_MODE, METHODS, MODES, TRAINING_MODES, TR
                               make_workload, transformers_major)
 from vramplan.spec import GpuSpec, GpuTarget, ModelSpec, Plan
 from vramplan.targets import DEFAULT_GPU, auto_target, resolve_target
-from vramplan.units import parse_bytes, real, shown
+from vramplan.units import parse_bytes, printable, real, shown
 
 # The questions beyond the analytic plan, loaded on first use.
 _TOOLS = {
@@ -97,8 +97,22 @@ def load_model(model: str | ModelSpec | dict, weights_from: str = "auto", layers
 
 
 def plan_request(request: PlanRequest) -> Plan:
-    """Answer one PlanRequest (what the CLI builds from its flags) with its method."""
-    return _plan_request(_request(request))
+    """Answer one PlanRequest (what the CLI builds from its flags) with its method; with
+    `strict`, a plan whose model was read only approximately is BadInput."""
+    request = _request(request)
+    if not isinstance(request.strict, bool):
+        raise BadInput(f"{{strict}} must be true or false, got {shown(request.strict)}.")
+    p = _plan_request(request)
+    if request.strict and p.confidence == "approximate":
+        n = len(p.model.assumptions)
+        raise BadInput(f"{{strict}} refuses this plan: {_clip_id(p.model)} was read by vramplan's generic config "
+                       f"reader, so its sizes are approximate ({n} assumption{'s' if n != 1 else ''}, listed "
+                       f"at the top of the plan without {{strict}}).")
+    return p
+
+
+def _clip_id(m: ModelSpec) -> str:
+    return printable(m.id) if m.id else f"model_type '{printable(m.model_type)}'"
 
 
 def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem: str | int | None = None,

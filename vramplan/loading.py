@@ -47,24 +47,37 @@ LAYERS_FROM = ("auto", "analytic", "transformers")
 
 
 def parse(config: dict, model_id: str, source: str, layers_from: str = "auto") -> ModelSpec:
-    """config.json -> ModelSpec by the reader `layers_from` selects (LAYERS_FROM)."""
+    """config.json -> ModelSpec by the reader `layers_from` selects (LAYERS_FROM). auto: a family
+    module's reading stands; the generic reader's stands when it is exact (a verified layout);
+    otherwise (approximate, or refused) the layers derived from transformers answer when it is
+    installed and builds the config, else the generic reading or its refusal."""
     if layers_from not in LAYERS_FROM:
         raise BadInput(f"{{layers_from}} {layers_from!r} is not one of: {', '.join(LAYERS_FROM)}.")
     if layers_from == "transformers":
         return derive.spec(config, model_id, source)
-    if layers_from == "auto" and derive_answers(config):
-        try:
-            return derive.spec(config, model_id, source)
-        except (BadInput, BadConfig):
-            pass                # transformers cannot build it: the analytic reader answers or refuses
-    return models.parse(config, model_id=model_id, source=source)
+    if layers_from == "analytic" or not derive_answers(config):
+        return models.parse(config, model_id=model_id, source=source)
+    try:
+        analytic, refused = models.parse(config, model_id=model_id, source=source), None
+    except BadConfig as e:
+        analytic, refused = None, e
+    if analytic is not None and analytic.confidence == "exact":
+        return analytic
+    try:
+        return derive.spec(config, model_id, source)
+    except (BadInput, BadConfig):
+        if refused is not None:
+            raise refused from None     # transformers cannot build it either: the reader's sentence
+        return analytic
 
 
 def derive_answers(config) -> bool:
-    """--layers-from auto: no family module reads this model_type exactly, and transformers is
-    installed (checked without importing it)."""
+    """--layers-from auto may ask transformers: no family module reads this model_type, the
+    installed transformers may know it, and torch and transformers are installed (all checked
+    without importing them)."""
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    return isinstance(model_type, str) and model_type not in models.REGISTRY and derive.available()
+    return (isinstance(model_type, str) and model_type not in models.REGISTRY and derive.may_know(model_type)
+            and derive.available())
 
 
 def load(model: str | dict | ModelSpec, weights_from: str = "config", layers_from: str = "auto") -> Loaded:

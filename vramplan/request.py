@@ -118,6 +118,7 @@ class PlanRequest:
     llama: LlamaFlags = field(default_factory=LlamaFlags)
     sglang: SglangFlags = field(default_factory=SglangFlags)
     weights_from: str = "auto"              # --weights-from: auto, config or checkpoint (loading.WEIGHTS_FROM)
+    strict: bool = False                    # --strict: an approximate plan is refused (exit 2)
     layers_from: str = "auto"               # auto | analytic | transformers (loading.LAYERS_FROM)
 
     @classmethod

@@ -43,6 +43,7 @@ def fit(
     quantization: Optional[str] = O.QUANT, cpu_offload_gb: Optional[float] = O.OFFLOAD,
     limit_mm_per_prompt: Optional[str] = O.MM, swap_space: Optional[float] = O.SWAP, cmd: Optional[str] = O.CMD,
     weights_from: str = O.WEIGHTS_FROM,
+    strict: bool = O.STRICT,
     layers_from: str = O.LAYERS_FROM,
 ) -> None:
     """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
@@ -87,6 +88,7 @@ def fit(
             max_total_tokens=v["max_total_tokens"], dp_size=v["dp_size"], ep_size=v["ep_size"],
             enable_dp_attention=v["enable_dp_attention"] or None),
         weights_from=weights_from,
+        strict=strict,
         layers_from=layers_from,
     )
     p = api.plan_request(request)

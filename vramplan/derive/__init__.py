@@ -15,8 +15,10 @@ assemble.py import nothing heavy, so a cached derivation is assembled without to
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import replace
+from pathlib import Path
 
 from vramplan.derive import assemble, cache
 from vramplan.errors import MissingExtra
@@ -33,6 +35,28 @@ def missing() -> str | None:
 def available() -> bool:
     """torch and transformers are importable (checked without importing them)."""
     return missing() is None
+
+
+@functools.lru_cache(maxsize=1)
+def _model_dirs() -> frozenset[str]:
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or not spec.origin:
+        return frozenset()
+    try:
+        return frozenset(p.name for p in (Path(spec.origin).parent / "models").iterdir() if p.is_dir())
+    except OSError:
+        return frozenset()
+
+
+def may_know(model_type: str) -> bool:
+    """Whether the installed transformers may have this model_type, from its package folders
+    (transformers/models/<type>/, or a folder whose name starts the type: gemma3 for gemma3_text),
+    without importing it: a type it cannot have costs no torch import before the refusal."""
+    dirs = _model_dirs()
+    if not dirs:
+        return True         # cannot tell: let transformers answer
+    name = model_type.replace("-", "_").lower()
+    return name in dirs or any(name.startswith(d + "_") for d in dirs)
 
 
 def facts(raw: dict, model_id: str = "", *, use_cache: bool = True) -> dict:

@@ -21,7 +21,7 @@ import re
 from dataclasses import replace
 
 from vramplan.models._base import GENERIC_TRAITS, Cfg, default_split, make_spec, torch_dtype
-from vramplan.models.llama import PEFT_TARGETS_OF_GENERIC
+from vramplan.models.generic import LAYOUTS, PEFT_TARGETS_OF_GENERIC
 from vramplan.models.quant import parse_quantization
 from vramplan.spec import Attention, LayerSpec, Mlp, ModelSpec, Recurrent, Tensor
 
@@ -88,12 +88,21 @@ def spec(raw: dict, facts: dict, model_id: str = "") -> ModelSpec:
         cfg.warn(f"Derived from {source}: transformers keeps no cache for this model (an encoder, or a "
                  f"config built as one); no KV cache is planned.")
     towers = tuple(sorted({m.group(1) for t in outer if (m := _TOWER.match(t.name))}))
-    traits = replace(GENERIC_TRAITS, towers=towers, lora_targets=PEFT_TARGETS_OF_GENERIC.get(model_type))
+    # what the generic reader knows of this family's implementations (peft's LoRA targets, fp32 norms
+    # ...: models/generic.py LAYOUTS), else the generic values
+    layout = LAYOUTS.get(model_type)
+    base = layout.traits if layout is not None else replace(
+        GENERIC_TRAITS, lora_targets=PEFT_TARGETS_OF_GENERIC.get(model_type))
+    traits = replace(base, towers=towers)
     tied = bool(facts.get("tied")) or (not head_name and bool(text.get("tie_word_embeddings")))
     built = make_spec(cfg, family="derived", hidden=int(text.get("hidden_size") or 0),
                       vocab=int(text.get("vocab_size") or 0), layers=layers, tensors=outer, tied=tied,
                       dtype=dtype, quant=quant, max_pos=_int(text.get("max_position_embeddings")),
                       traits=traits)
+    if hybrid:      # the one figure the derivation leaves out: the plan is labelled for it
+        return replace(built, derived_from=source, confidence="approximate", assumptions=(
+            f"{hybrid} layers run attention and a recurrent state side by side; their per-sequence "
+            f"recurrent state is not counted.",))
     return replace(built, derived_from=source)
 
 

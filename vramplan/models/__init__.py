@@ -4,8 +4,9 @@
     spec = parse(config_dict, model_id="meta-llama/Llama-3.1-8B", source="bundled")
 
 Each family module registers the model_type values it reads (`REGISTRY`); an unknown model_type
-is parsed as a generic llama-like decoder with a warning when the usual keys are there, and is a
-BadConfig otherwise. Parameter counts match transformers' `from_config` models exactly (see
+is read by the generic reader (models/generic.py): exact for the layouts it has verified against
+transformers, labelled `approximate` with its assumptions otherwise, a BadConfig naming the keys it
+lacks or saying what it cannot size. Parameter counts match transformers' `from_config` models exactly (see
 docs/families.md for every formula and its source file). Nothing heavy is imported.
 
 Every fact about an architecture lives in its module, so adding one is a new module here plus
@@ -27,7 +28,7 @@ from vramplan.spec import ModelSpec
 from vramplan.models._base import REGISTRY, Cfg, _clip, show
 from vramplan.models import (deepseek, falcon, gemma2, gemma3, gpt2, gpt_oss, llama, mistral, mixtral,  # noqa: F401
                nemotron_h, phi3, qwen2, qwen3, qwen3_moe)
-from vramplan.models.decoder import LLAMA_KEYS
+from vramplan.models.generic import parse_generic
 
 __all__ = ["parse", "REGISTRY", "known_model_types"]
 
@@ -48,21 +49,9 @@ def parse(config: dict, model_id: str = "", source: str = "") -> ModelSpec:
     cfg = Cfg(config, model_id, model_type)
     fn = REGISTRY.get(model_type)
     if fn is None:
-        missing = [k for k in LLAMA_KEYS if config.get(k) is None]
-        what = f"model_type '{_clip(model_type)}'" if model_type else "a config.json without a model_type"
-        if missing:
-            raise BadConfig(
-                f"{what} ({who}) is not a family vramplan knows, and the file lacks "
-                f"{', '.join(repr(k) for k in missing)} needed to read it as a generic decoder. "
-                f"Known model types: {', '.join(known_model_types())}."
-            )
-        if model_type:
-            cfg.warn(f"model_type '{_clip(model_type)}' is not a known family; parsed as a generic decoder "
-                     f"(llama-like). Check the result.")
-        else:
-            cfg.warn("config.json has no model_type; parsed as a generic decoder (llama-like). "
-                     "Check the result.")
-        spec = llama.parse_generic(cfg)
+        # No family module: the generic reader (models/generic.py) reads it from transformers'
+        # config conventions, exact for the layouts it has verified, else labelled approximate.
+        spec = parse_generic(cfg)
     else:
         spec = fn(cfg)
     if source:

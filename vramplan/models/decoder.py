@@ -166,13 +166,14 @@ def _moe_plan(cfg: Cfg, opts: DecoderOptions, L: int, I: int | None) -> list[tup
     if opts.moe == "qwen3_moe":
         # Qwen3MoeDecoderLayer: MoE when the layer is not in mlp_only_layers and
         # num_experts > 0 and (i + 1) % decoder_sparse_step == 0; otherwise a dense MLP.
-        E = cfg.int("num_experts", positive=False)
+        # transformers 5's Qwen3MoeConfig writes num_local_experts (num_experts is its v4 name)
+        E = cfg.int("num_experts", "num_local_experts", positive=False)
         k = cfg.int("num_experts_per_tok")
         w = cfg.int("moe_intermediate_size")
         step = cfg.int("decoder_sparse_step", default=1)
         only = set(cfg.int_list("mlp_only_layers", L))
         if E > 0:
-            rules.top_k(cfg, k, E, ("num_experts_per_tok",), ("num_experts",))
+            rules.top_k(cfg, k, E, ("num_experts_per_tok",), ("num_experts", "num_local_experts"))
         plan = []
         for i in range(L):
             if i not in only and E > 0 and (i + 1) % step == 0:

@@ -13,8 +13,8 @@ from vramplan.models.decoder import DecoderOptions, parse_decoder, qwen_window_l
 QWEN3_MOE = DecoderOptions(family="qwen3_moe", attn_bias="config", qk_norm=True, moe="qwen3_moe",
                            layer_rule=qwen_window_layers,
                            window_flag="use_sliding_window", traits=replace(GENERIC_TRAITS, lora_moe=PEFT_MOE_QWEN2))
-KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
-        "num_experts", "moe_intermediate_size")
+# num_experts (transformers 4 files) or num_local_experts (what transformers 5 writes): _moe_plan
+KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "moe_intermediate_size")
 
 
 @register("qwen3_moe")

@@ -37,6 +37,7 @@ def model_json(m: ModelSpec) -> dict:
         "weights_from": m.weights_from, "weights_source": m.weights_source,
         "checkpoint_bytes": m.checkpoint_bytes,
         "weights_notes": list(m.weights_notes),
+        "confidence": m.confidence, "assumptions": list(m.assumptions),
         "layers_from": "transformers" if m.derived_from else "analytic",
         "derived_from": m.derived_from or None,
     }
@@ -99,6 +100,8 @@ def plan_json(p: Plan) -> dict:
         "suggestions": [{"change": s.change, "flags": s.flags, "total_bytes": s.total_bytes,
                          "fits": s.fits, "usd_per_hour": s.usd_per_hour} for s in p.suggestions],
         "warnings": list(p.warnings),
+        "confidence": p.confidence, "component_confidence": p.component_confidence,
+        "assumptions": list(p.model.assumptions),
     }
     if p.serve is not None:
         out["serve"] = dict(p.serve.__dict__)

@@ -38,9 +38,27 @@ _LABELS = {
     "ddp_buckets": "DDP gradient buckets",
     "compute_buffer": "compute buffer",
 }
+def approximate_lines(p: Plan) -> list[str]:
+    """The warning an approximate plan opens with, and the assumptions behind it."""
+    if p.confidence != "approximate":
+        return []
+    return model_approximate_lines(p.model)
+
+
+def model_approximate_lines(m) -> list[str]:
+    """The same warning for any report of an approximately read model (a plan, the kv table)."""
+    if m.confidence != "approximate":
+        return []
+    lines = [f"APPROXIMATE: {m.model_type or 'this model'} was read by vramplan's generic config "
+             f"reader, not a verified family; its numbers may be off (--strict refuses such a plan). "
+             f"It assumed:"]
+    lines += [f"  - {a}" for a in m.assumptions] or ["  - a llama-like layout"]
+    return lines + [""]
+
+
 def plan_table(p: Plan) -> str:
     m, t, w = p.model, p.target, p.workload
-    lines = []
+    lines = approximate_lines(p)
     kinds = layer_kinds(m)
     kind_text = ", ".join(f"{n} {k}" for k, n in kinds.items())
     lines.append(f"model     {m.id}  [{m.source}]  {m.model_type}, {m.params / 1e9:,.2f} B params, "
@@ -198,7 +216,8 @@ def kv_table(report: KvReport) -> str:
     body = tabulate(table, headers=["kind", "layers", "window", "bytes/token", "state bytes/seq"],
                     tablefmt="simple", disable_numparse=True)
     totals = "  ".join(f"{k}: {fmt_bytes(v)} B/token" for k, v in per_token.items())
-    return f"{head}\n{body}\nall layers, below any window: {totals}"
+    warning = "".join(line + "\n" for line in model_approximate_lines(m))
+    return f"{warning}{head}\n{body}\nall layers, below any window: {totals}"
 
 
 def gpus_table(gpus: tuple[GpuSpec, ...], defaults: dict | None = None) -> str:

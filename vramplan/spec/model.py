@@ -38,6 +38,19 @@ Role = Literal["linear", "expert", "embedding", "lm_head", "norm", "bias", "rout
 #                 gated norm). In a Mamba layer, the gated norm is the one norm split this way.
 Split = Literal["column", "row", "vocab", "replicated", "kv_heads", "qkv", "heads"]
 
+# How a number was obtained (docs/json-schema.md, "confidence"): "exact" (read from the checkpoint's
+# own metadata, or a modelled architecture that transformers on the meta device verifies),
+# "modelled" (a formula of vramplan's: activations, engine overheads), "approximate" (the generic
+# config reader, which names the assumptions it made). Ordered from most to least trusted.
+Confidence = Literal["exact", "modelled", "approximate"]
+CONFIDENCE_ORDER = ("exact", "modelled", "approximate")
+
+
+def least_trusted(*labels: str) -> str:
+    """The weakest of the labels: a sum is only as trusted as its least trusted part."""
+    return max((l for l in labels if l), key=CONFIDENCE_ORDER.index, default="exact")
+
+
 # A norm applied to each query ("q") or key ("kv") head rather than to the hidden state (Qwen3 and
 # Gemma 3 q_norm / k_norm); "" for every other tensor.
 PerHead = Literal["", "q", "kv"]
@@ -308,6 +321,12 @@ class ModelSpec:
     gguf: GgufFile | None = None        # read from a GGUF file (or planned as one): every tensor's
                                         # ggml type and bytes (spec/gguf.py)
     warnings: tuple[str, ...] = ()
+    confidence: Confidence = "exact"    # how the layers and tensors were read (Confidence): a family
+                                        # module verified against transformers is exact; the generic
+                                        # reader is approximate unless its layout is verified
+    assumptions: tuple[str, ...] = ()   # what an approximate reading assumed, one sentence each
+    weights_confidence: str = ""        # the weights' own label when it differs from `confidence`
+                                        # ("exact" once read from the checkpoint's safetensors headers)
     # Where the config was read from (loading.py); its path and hash take no part in comparisons.
     derived_from: str = ""              # "transformers 5.25.0" when the layers were derived from the
                                         # transformers model itself (vramplan/derive/); "" for the
@@ -327,6 +346,17 @@ class ModelSpec:
     def weights_exact(self) -> bool:
         """True when the weights are the checkpoint's own bytes (the trust label `exact`)."""
         return self.weights_from == "checkpoint"
+
+    @property
+    def kv_confidence(self) -> str:
+        """The KV cache's label: the layers' reading (a checkpoint holds no cache)."""
+        return self.confidence
+
+    @property
+    def weights_label(self) -> str:
+        """The weights' label: `exact` when read from the checkpoint's headers, whatever the layers'
+        reading; else an explicit weights_confidence, else the layers' own."""
+        return "exact" if self.weights_exact else (self.weights_confidence or self.confidence)
 
     @property
     def num_layers(self) -> int:

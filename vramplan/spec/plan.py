@@ -7,7 +7,7 @@ from typing import Literal
 
 from vramplan.spec.hardware import GpuTarget
 from vramplan.spec.local import LocalReport
-from vramplan.spec.model import ModelSpec
+from vramplan.spec.model import ModelSpec, least_trusted
 from vramplan.spec.sglang import SglangReport
 
 
@@ -91,6 +91,31 @@ class ServeReport:
     mxfp4_backend: str = ""       # the MXFP4 MoE kernels whose layout the weights follow ("" for other formats)
 
 
+# Components that do not depend on the model's sizes (CUDA context, cuBLAS workspace, NCCL,
+# vLLM's non-torch memory and CUDA graphs): always vramplan's model of the engine.
+_MODEL_FREE = frozenset({"cuda_context", "cublas_workspace", "nccl", "non_torch", "cuda_graphs"})
+
+
+def component_labels(names, *, weights: str, layers: str) -> dict[str, str]:
+    """Each component's trust label from two inputs: how the weights were obtained (`weights`:
+    "exact" from a checkpoint's headers or a verified family, "approximate" from the generic
+    reader) and how the layers were read (`layers`). The weights carry their own label, the KV
+    cache the layers'; every other component is a formula of vramplan's ("modelled"), or
+    "approximate" when the model sizes it is computed from are."""
+    model = least_trusted(weights, layers)
+    out = {}
+    for name in names:
+        if name == "weights":
+            out[name] = weights
+        elif name == "kv_cache":
+            out[name] = layers
+        elif name not in _MODEL_FREE and model == "approximate":
+            out[name] = "approximate"
+        else:
+            out[name] = "modelled"
+    return out
+
+
 @dataclass(frozen=True)
 class Plan:
     """The answer: every component in bytes per GPU, the verdict and the limits."""
@@ -123,6 +148,18 @@ class Plan:
         return (inside and (self.serve is None or self.serve.starts)
                 and (self.local is None or self.local.ram_ok)
                 and (self.sglang is None or self.sglang.starts))
+
+    @property
+    def component_confidence(self) -> dict[str, str]:
+        """Each component's trust label (component_labels)."""
+        return component_labels(self.components, weights=self.model.weights_label,
+                                layers=self.model.kv_confidence)
+
+    @property
+    def confidence(self) -> str:
+        """How the model's sizes behind this plan were obtained: the weaker of the weights' and the
+        layers' labels (the engine's own allocations are always modelled: component_confidence)."""
+        return least_trusted(self.model.weights_label, self.model.kv_confidence)
 
     @property
     def headroom_bytes(self) -> int:
