@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from vramplan.errors import BadConfig
 from vramplan.models._base import GENERIC_TRAITS, Cfg, default_split, make_spec, torch_dtype
 from vramplan.models.generic import LAYOUTS, PEFT_TARGETS_OF_GENERIC
 from vramplan.models.quant import parse_quantization
@@ -67,6 +68,9 @@ def spec(raw: dict, facts: dict, model_id: str = "") -> ModelSpec:
         else:
             outer.append(t)
 
+    if not cache:
+        raise BadConfig(f"{model_id or 'This model'}: transformers keeps no cache for {facts.get('model_class') or 'it'} "
+                        f"(an encoder, or a config built as one), so there is no generation workload to plan.")
     hybrid = 0
     layers = []
     for i in range(n_layers):
@@ -84,9 +88,6 @@ def spec(raw: dict, facts: dict, model_id: str = "") -> ModelSpec:
     if hybrid:
         cfg.warn(f"Derived from {source}: {hybrid} layers run attention and a recurrent state side by side; "
                  f"their KV cache is counted, their per-sequence recurrent state is not.")
-    if not cache:
-        cfg.warn(f"Derived from {source}: transformers keeps no cache for this model (an encoder, or a "
-                 f"config built as one); no KV cache is planned.")
     towers = tuple(sorted({m.group(1) for t in outer if (m := _TOWER.match(t.name))}))
     # what the generic reader knows of this family's implementations (peft's LoRA targets, fp32 norms
     # ...: models/generic.py LAYOUTS), else the generic values
