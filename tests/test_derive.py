@@ -39,6 +39,10 @@ STARCODER2 = {"model_type": "starcoder2", "hidden_size": 64, "intermediate_size"
 # Phi (no vramplan module): parallel attention + MLP, partial rotary, dense with bias, tied false.
 PHI = {"model_type": "phi", "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 3,
        "num_attention_heads": 4, "vocab_size": 512, "partial_rotary_factor": 0.5, "torch_dtype": "bfloat16"}
+# BioGPT: no family module and no verified generic layout, so the generic reader's answer is labelled
+# approximate (it reads it as Llama: gated MLP, RMSNorm); --layers-from auto derives it instead.
+BIOGPT = {"model_type": "biogpt", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+          "num_hidden_layers": 2, "vocab_size": 512, "max_position_embeddings": 256, "torch_dtype": "bfloat16"}
 # Mamba (refused by the analytic reader: no attention keys): a recurrent state per layer.
 MAMBA = {"model_type": "mamba", "hidden_size": 64, "state_size": 8, "num_hidden_layers": 2, "vocab_size": 256,
          "expand": 2, "conv_kernel": 4, "torch_dtype": "bfloat16", "tie_word_embeddings": True}
@@ -103,12 +107,12 @@ def test_kv_per_layer_matches_a_real_cpu_prefill():
 
 
 def test_a_family_without_module_is_counted_exactly():
-    """The generic analytic reader counts StarCoder2 and Phi as Llama (gated MLP, no biases);
-    the derived spec is transformers' own count."""
-    for raw in (STARCODER2, PHI):
-        derived = derive.spec(raw, "tiny")
-        assert derived.params == hf_params(raw)
-        assert models.parse(raw, model_id="tiny").params != derived.params
+    """StarCoder2 and Phi (generic layouts verified by the generic reader) and BioGPT (read as Llama,
+    labelled approximate): the derived spec is transformers' own count for all three."""
+    for raw in (STARCODER2, PHI, BIOGPT):
+        assert derive.spec(raw, "tiny").params == hf_params(raw)
+    analytic = models.parse(BIOGPT, model_id="tiny")
+    assert analytic.confidence == "approximate" and analytic.params != hf_params(BIOGPT)
 
 
 def test_tied_embeddings_are_counted_once():
@@ -164,7 +168,7 @@ def test_tensor_parallel_splits_are_named_or_conservative():
 def test_a_cached_derivation_imports_nothing_heavy(tmp_path):
     """The second plan of the same config reads the facts from disk: no torch, no transformers."""
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(STARCODER2))
+    cfg.write_text(json.dumps(BIOGPT))
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=str(ROOT))
     code = ("import sys, json; from vramplan import loading; "
             f"s = loading.load({str(cfg)!r}).spec; "
@@ -173,20 +177,25 @@ def test_a_cached_derivation_imports_nothing_heavy(tmp_path):
                                       check=True).stdout)
     second = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                        check=True).stdout)
-    assert first[:2] == second[:2] == [hf_params(STARCODER2), f"transformers {transformers.__version__}"]
+    assert first[:2] == second[:2] == [hf_params(BIOGPT), f"transformers {transformers.__version__}"]
     assert first[2] is True                      # derived: torch was imported
     assert second[2:] == [False, False]          # cached: neither was
 
 
 def test_layers_from_selects_the_reader(tmp_path):
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(STARCODER2))
-    assert loading.load(str(cfg)).spec.derived_from                      # auto: no family module
+    cfg.write_text(json.dumps(BIOGPT))
+    assert loading.load(str(cfg)).spec.derived_from                      # auto: approximate -> derived
     assert not loading.load(str(cfg), layers_from="analytic").spec.derived_from
     llama = tmp_path / "llama.json"
     llama.write_text(json.dumps(tiny("llama")))
     assert not loading.load(str(llama)).spec.derived_from                # auto: the family module
     assert loading.load(str(llama), layers_from="transformers").spec.derived_from    # asked for
+    starcoder2 = tmp_path / "starcoder2.json"
+    starcoder2.write_text(json.dumps(STARCODER2))
+    spec = loading.load(str(starcoder2)).spec                            # auto: the generic reader is
+    assert not spec.derived_from and spec.confidence == "exact"          # exact for this layout
+    assert spec.params == hf_params(STARCODER2)
 
 
 def test_plan_says_which_reader_answered(tmp_path, capsys):
@@ -194,11 +203,11 @@ def test_plan_says_which_reader_answered(tmp_path, capsys):
     from typer.testing import CliRunner
 
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(STARCODER2))
+    cfg.write_text(json.dumps(BIOGPT))
     runner = CliRunner()
     out = runner.invoke(app, ["fit", str(cfg), "--gpu", "l40s", "--json"])
     assert json.loads(out.stdout)["model"]["layers_from"] == "transformers"
-    assert json.loads(out.stdout)["model"]["params"] == hf_params(STARCODER2)
+    assert json.loads(out.stdout)["model"]["params"] == hf_params(BIOGPT)
     out = runner.invoke(app, ["fit", str(cfg), "--gpu", "l40s", "--layers-from", "analytic", "--json"])
     assert json.loads(out.stdout)["model"]["layers_from"] == "analytic"
     out = runner.invoke(app, ["fit", str(cfg), "--gpu", "l40s"])
@@ -214,7 +223,7 @@ def test_bad_layers_from_is_refused():
 def test_without_torch_auto_is_analytic_and_transformers_is_an_environment_problem(tmp_path, monkeypatch):
     monkeypatch.setattr(derive, "missing", lambda: "torch")
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(STARCODER2))
+    cfg.write_text(json.dumps(BIOGPT))
     assert not loading.load(str(cfg)).spec.derived_from
     with pytest.raises(MissingExtra):
         loading.load(str(cfg), layers_from="transformers")
