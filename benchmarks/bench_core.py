@@ -22,11 +22,22 @@ sys.path.insert(0, str(ROOT))
 from vramplan.engines.hf_trainer import phases  # noqa: E402
 from vramplan.engines.hf_trainer.options import normalize_train_options  # noqa: E402
 from vramplan.loading import load_model  # noqa: E402
+from vramplan.errors import BadInput  # noqa: E402
 from vramplan.models import parse  # noqa: E402
+
+
+def _readable(cfg: dict) -> bool:
+    """Configs bundled for issue #12 whose family the analytic tier refuses today are left out."""
+    try:
+        parse(cfg)
+    except BadInput:
+        return False
+    return True
 
 
 def parse_all() -> float:
     configs = {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "configs/models").glob("*.json"))}
+    configs = {name: cfg for name, cfg in configs.items() if _readable(cfg)}
     best = float("inf")
     for _ in range(5):
         t0 = time.perf_counter()

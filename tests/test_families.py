@@ -128,8 +128,15 @@ def test_every_bundled_config_parses():
     # the speed budget (0.1 s for all of them) is benchmarks/bench_core.py's
     configs = {p.stem: json.loads(p.read_text()) for p in sorted(CONFIGS.glob("*.json"))}
     assert len(configs) >= 35
+    refused = set()
     for name, cfg in configs.items():
-        assert parse(cfg, model_id=name).params > 0
+        try:
+            assert parse(cfg, model_id=name).params > 0
+        except BadConfig:
+            refused.add(cfg["model_type"])
+    # bundled configs the analytic reader refuses with its reason (encoder-only, Gated DeltaNet,
+    # DeepSeek's sparse-attention indexer, Gemma 4's per-layer embeddings): exactly these
+    assert refused == {"gemma4", "qwen3_5", "qwen3_5_moe", "qwen3_next", "deepseek_v32", "xlm-roberta"}
 
 
 def test_imports_nothing_heavy():

@@ -71,16 +71,23 @@ def test_bundled_config_needs_no_network_and_no_heavy_import():
 
 
 def test_trainer_settings_from_arguments_and_peft_model():
+    """Stand-ins for a peft QLoRA model and TrainingArguments: what each says, merged (the full
+    reading of real objects is tests/test_integrations.py)."""
     args = SimpleNamespace(per_device_train_batch_size=2, optim=SimpleNamespace(value="adamw_torch_fused"),
                            gradient_checkpointing=True, bf16=True, fp16=False)
-    lora = SimpleNamespace(r=8, target_modules={"v_proj", "q_proj"}, lora_dropout=0.1)
-    model = SimpleNamespace(peft_config={"default": lora}, is_loaded_in_4bit=True, dtype="torch.bfloat16")
+    lora = SimpleNamespace(r=8, target_modules={"v_proj", "q_proj"}, lora_dropout=0.1, lora_alpha=16)
+    base = SimpleNamespace(config={"model_type": "llama"}, is_loaded_in_4bit=True,
+                           named_parameters=lambda: iter(()), parameters=lambda: iter(()),
+                           get_input_embeddings=lambda: None)
+    model = SimpleNamespace(peft_config={"default": lora}, get_base_model=lambda: base,
+                            named_parameters=lambda: iter(()), parameters=lambda: iter(()),
+                            named_modules=lambda: iter(()))
     assert trainer_settings(args, model) == {
-        "batch": 2, "mode": "qlora", "optim": "adamw_torch_fused", "grad_ckpt": True,
-        "lora_r": 8, "lora_targets": "q_proj,v_proj", "lora_dropout": 0.1}
-    plain = SimpleNamespace(dtype="torch.float32")
-    assert trainer_settings(args, plain) == {"batch": 2, "mode": "full", "optim": "adamw_torch_fused",
-                                             "grad_ckpt": True, "precision": "mixed"}
+        "mode": "qlora", "dtype": "nf4", "kbit_prepare": "none", "lora_r": 8, "lora_alpha": 16,
+        "lora_dropout": 0.1, "lora_targets": "q_proj,v_proj", "grad_ckpt": True, "batch": 2,
+        "optim": "adamw_torch_fused"}
+    plain = SimpleNamespace(dtype="torch.float32")          # not a model: the arguments alone
+    assert trainer_settings(args, plain) == {"batch": 2, "optim": "adamw_torch_fused", "grad_ckpt": True}
 
 
 def test_trainer_callback_checks_at_train_start():

@@ -50,6 +50,7 @@ def _fake_catalog() -> types.ModuleType:
         return difflib.get_close_matches(model_id, sorted(ids), n=n, cutoff=0.0)
 
     fake.find_bundled = find_bundled
+    fake.find_variant = lambda model_id: None    # variants.toml is tested in test_bundled_configs.py
     fake.nearest_bundled = nearest_bundled
     fake.bundled_model_ids = lambda: sorted(ids)
     return fake

@@ -139,7 +139,7 @@ def test_lora_params_moe_all_linear():
 def test_peft_refuses_dropout_on_fused_experts():
     mix = _model("mistralai--Mixtral-8x7B-v0.1")
     with pytest.raises(BadInput) as e:
-        training_peak(mix, "lora", 1, 512, opts(lora_targets="all-linear"))      # default dropout 0.05
+        training_peak(mix, "lora", 1, 512, opts(lora_targets="all-linear", lora_dropout=0.05))
     assert "--lora-dropout" in e.value.for_cli()
     ok = training_peak(mix, "lora", 1, 512, opts(lora_targets="all-linear", lora_dropout=0.0))
     # each layer's merged expert weights (W + B A, bf16: 8 x 3 x 14,336 x 4,096 x 2 B) are saved
@@ -186,11 +186,18 @@ def test_zero_paper_model_states(l8b):
     # ZeRO paper (arXiv 1910.02054) Fig. 1, per-GPU model states of mixed-precision Adam (K = 12):
     #   P_os (stage 1) 2Psi + 2Psi + 12Psi/N; P_os+g (stage 2) 2Psi + 14Psi/N; P_os+g+p 16Psi/N.
     # With fused AdamW (no step temporaries) the optimizer-step phase holds exactly the model states.
+    # DeepSpeed ZeRO-1/2 (--zero 1/2) adds the fp32 copy of this rank's gradient partition at the
+    # step (stage_1_and_2.py:2361), 4Psi/N: stage 2 is then 2Psi + 18Psi/N, DeepSpeed's own
+    # estimate_zero2_model_states_mem_needs (stage_1_and_2.py:3093-3095). Stage 3 here is FSDP.
     N, P = 64, PSI_8B
     for zero, expect in ((1, 4 * P + 12 * P / N), (2, 2 * P + 14 * P / N), (3, 16 * P / N)):
-        r = training_peak(l8b, "full", 1, 1024, opts(grad_ckpt=True, precision="mixed", zero=zero, world=N,
-                                                     optim="adamw_torch_fused"))
-        assert abs(r.phases["optimizer step"] - expect) <= 4, zero
+        o = opts(grad_ckpt=True, precision="mixed", zero=zero, world=N, optim="adamw_torch_fused")
+        r = training_peak(l8b, "full", 1, 1024, o)
+        fp32 = tr._setup(l8b, "full", o, "auto").fp32_grads
+        assert fp32 == (-(-4 * P // N) if zero < 3 else 0), zero
+        assert abs(r.phases["optimizer step"] - fp32 - expect) <= 4, zero
+        if zero == 2:
+            assert abs(r.phases["optimizer step"] - (2 * P + 18 * P / N)) <= 4
     # the paper's own example, Psi = 7.5B, N = 64: 31.4 GB, 16.6 GB, 1.9 GB
     assert [round(x * 7.5, 1) for x in (4 + 12 / 64, 2 + 14 / 64, 16 / 64)] == [31.4, 16.6, 1.9]
 
@@ -213,7 +220,7 @@ def test_zero3_over_8_divides(l8b):
 
 
 def test_ddp_buckets(l8b):
-    r = training_peak(l8b, "lora", 1, 1024, opts(world=4, lora_dropout=0.0))
+    r = training_peak(l8b, "lora", 1, 1024, opts(world=4, lora_r=16))
     # zero=0 on 4 GPUs is DDP: gradient_as_bucket_view=False allocates flat buckets = all grads
     assert r.components["ddp_buckets"] == 4 * 6_815_744
 
@@ -277,14 +284,14 @@ def test_tiny_full_bf16(tiny):
 
 
 def test_tiny_lora(tiny):
-    r = training_peak(tiny, "lora", 1, 8, opts(lora_r=4))          # q_proj, v_proj; dropout 0.05
+    r = training_peak(tiny, "lora", 1, 8, opts(lora_r=4, lora_dropout=0.05))   # q_proj, v_proj
     # LoRA params: q 4 x (64 + 64) = 512, v 4 x (64 + 32) = 384 -> 896 per layer, 1,792 total,
     # fp32 (peft upcasts adapters): 7,168 B; AdamW fp32 moments 14,336 B.
     # Saved per token per layer: 2 norms x (256 + 4) = 520 (frozen weights: no normalized copy)
     #   q, v: peft casts x to fp32, dropout keeps a bool mask 64 and its fp32 output 4x64 (lora_A's
     #   input), lora_A's output 4 x 4 -> 336 each = 672; SDPA 400; MLP 768 -> 2,360
     # Outside: final norm 260 (frozen lm_head saves no input).
-    s = tr._setup(tiny, "lora", opts(lora_r=4), "auto")
+    s = tr._setup(tiny, "lora", opts(lora_r=4, lora_dropout=0.05), "auto")
     assert s.layers[0].saved == 2360 and s.out_saved == 260
     static = 215_552 + 7_168 + 14_336                              # weights: norms in 512-B blocks
     acts = 8 * 2 * 2360 + 8 * 260                                  # 39,840
@@ -305,7 +312,7 @@ def test_tiny_eager_attention_keeps_scores(tiny):
 
 
 def test_tiny_gradient_checkpointing(tiny):
-    gc = training_peak(tiny, "lora", 1, 8, opts(lora_r=4, grad_ckpt=True))
+    gc = training_peak(tiny, "lora", 1, 8, opts(lora_r=4, grad_ckpt=True, lora_dropout=0.05))
     # The forward keeps each layer's input only (bf16 2 x 64 = 128 per token). The backward peaks
     # at layer 0: its checkpoint 8 x 128 = 1,024, its recomputed activations 8 x 2,360 = 18,880
     # (test_tiny_lora), the gradients flowing through it 8 x 1,280 = 10,240 (MLP 3 x 128 x 2 +
@@ -416,7 +423,10 @@ def test_sliding_window_mask_with_sdpa(mistral):
 def test_every_bundled_model_every_mode():
     # dropout 0: peft refuses dropout on fused MoE experts, which all-linear wraps
     o = opts(grad_ckpt=True, lora_targets="all-linear", optim="paged_adamw_8bit", lora_dropout=0.0)
-    for path in sorted(MODELS.glob("*.json")):
+    # the configs bundled by issue #12 (tests/data/expected_new.json) wait for their families
+    # (generic reader, #12 item 3); tests/test_bundled_configs.py plans each of them
+    added = set(json.loads((MODELS.parent.parent / "tests" / "data" / "expected_new.json").read_text())["models"])
+    for path in sorted(p for p in MODELS.glob("*.json") if p.stem not in added):
         m = families.parse(json.loads(path.read_text()), model_id=path.stem)
         for mode in ("full", "lora", "qlora"):
             refused = {"openai--gpt-oss-120b": "quantizes none", "openai--gpt-oss-20b": "quantizes none",

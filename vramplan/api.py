@@ -148,19 +148,58 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
         kv_dtype=kv_dtype, method=method, no_cache=no_cache, weights_from=weights_from, **options))
 
 
-def preflight(model: str | ModelSpec | dict, mode: str = "lora", batch: int | str = 4,
-              ctx: int | str = 2048, gpu: str | int | GpuTarget = "auto", **options) -> Plan:
+class _Unset:
+    """preflight()'s defaults: what the live objects say, else mode "lora", batch 4, ctx 2048."""
+
+    def __repr__(self) -> str:
+        return "<read from the live objects, else the default>"
+
+
+_UNSET = _Unset()
+
+
+def preflight(model, mode=_UNSET, batch=_UNSET, ctx=_UNSET, gpu: str | int | GpuTarget = "auto", *, args=None,
+              **options) -> Plan:
     """One-line check for a training script: the plan when it fits, else `DoesNotFit`.
 
-    `gpu` is "auto" (the attached GPU, read through NVML: its real capacity and free memory),
-    a catalog id such as "l40s" or "h100:8", a GpuTarget, or a memory size in bytes. The message
-    of `DoesNotFit` names the largest batch and context that fit and the cheapest change that
-    would. Bad arguments raise `BadInput`, a ValueError.
+    `model` is a Hub id, a bundled id, a config dict or a ModelSpec, or the loaded model itself
+    (a transformers / peft model): then its adapters, quantization, checkpointing, attention and
+    dtypes are read from it (vramplan/engines/hf_trainer/live.py). `args` are the Trainer's
+    TrainingArguments (or TRL's SFTConfig): micro-batch, optimizer, checkpointing, precision,
+    DeepSpeed/FSDP, world size, local rank, max_length. What the caller passes wins over what is
+    read; without live objects the defaults are mode "lora", batch 4, ctx 2048.
+
+    `gpu` is "auto" (this process's own CUDA device: the Trainer's device, where the model is,
+    else the local rank; its capacity minus what other processes hold, through NVML: what this
+    process already holds there is room, not a cost), a catalog id such as "l40s" or "h100:8", a
+    GpuTarget, or a memory size in bytes. The message of `DoesNotFit` names the largest batch and
+    context that fit and the cheapest change that would. Bad arguments raise `BadInput`, a
+    ValueError.
     """
+    own_device = isinstance(gpu, str) and gpu.strip().lower() == "auto"
+    live_model = not isinstance(model, (str, dict, ModelSpec)) and callable(getattr(model, "named_parameters", None))
+    if args is None and not live_model:     # by name: the old defaults, checked before any NVML probe
+        mode = "lora" if mode is _UNSET else mode
+        batch = 4 if batch is _UNSET else batch
+        ctx = 2048 if ctx is _UNSET else ctx
+        _check_words(model, gpu, mode=mode, batch=batch, ctx=ctx, **options)
+    live = None
+    if args is not None or live_model or own_device:
+        def given(v):
+            return None if v is _UNSET else v
+        # vramplan.live reads live objects and probes the device: loaded on first use only
+        live = importlib.import_module("vramplan.live").live_request(model, args=args, mode=given(mode), batch=given(batch), ctx=given(ctx),
+                                     gpu=gpu, options=options)
+        model, kw = live.model, dict(live.keywords)
+        mode, batch, ctx = kw.pop("mode"), kw.pop("batch"), kw.pop("ctx")
+        options = kw
     _check_words(model, gpu, mode=mode, batch=batch, ctx=ctx, **options)
     if isinstance(model, dict):
         model = loading.load(model).spec
-    target = resolve_target(gpu_mem=parse_bytes(gpu, "{gpu}")) if isinstance(gpu, int) else resolve_target(gpu)
+    if live is not None:
+        target = live.target
+    else:
+        target = resolve_target(gpu_mem=parse_bytes(gpu, "{gpu}")) if isinstance(gpu, int) else resolve_target(gpu)
     p = plan(model, target, mode=mode, batch=batch, ctx=ctx, **options)
     if p.fits:
         return p

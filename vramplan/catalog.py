@@ -38,7 +38,7 @@ MAX_GPU_COUNT = 64
 
 __all__ = [
     "configs_dir", "load_gpus", "find_gpu", "parse_gpu_arg", "driver_reserve_mib",
-    "bundled_model_ids", "find_bundled", "nearest_bundled", "load_bundled_text",
+    "bundled_model_ids", "find_bundled", "find_variant", "nearest_bundled", "load_bundled_text",
     "default_price", "firm_quotes", "quote_date", "today", "is_stale",
 ]
 
@@ -281,6 +281,28 @@ def find_bundled(model_id: str) -> tuple[str, Traversable] | None:
     """(bundled Hub id, its config.json resource) for an id, alias or unique bare name; else None."""
     canonical = _model_index().get(model_id.strip().lower())
     return (canonical, _bundled()[canonical]) if canonical else None
+
+
+@functools.lru_cache(maxsize=None)
+def _variants() -> dict[str, tuple[str, str]]:
+    """Lower-case fine-tune id -> (that id, bundled base id), from models/variants.toml. An entry
+    whose base is not bundled, or whose id is itself bundled, is a data bug."""
+    found = {}
+    for variant, entry in _read_toml("models", "variants.toml").items():
+        base = entry.get("base") if isinstance(entry, dict) else None
+        if base not in _bundled():
+            raise ValueError(f"models/variants.toml: '{variant}' names base '{base}', which is not bundled")
+        if variant.lower() in _model_index():
+            raise ValueError(f"models/variants.toml: '{variant}' is bundled itself; drop its entry")
+        found[variant.lower()] = (variant, base)
+    return found
+
+
+def find_variant(model_id: str) -> tuple[str, str, Traversable] | None:
+    """(fine-tune id, bundled base id, the base's config.json) for an id listed in variants.toml
+    (same architecture as the base, both configs checked); else None."""
+    hit = _variants().get(model_id.strip().lower())
+    return (hit[0], hit[1], _bundled()[hit[1]]) if hit else None
 
 
 def nearest_bundled(model_id: str, n: int = 3) -> list[str]:

@@ -104,73 +104,35 @@ def _size(n: int, limit: int | None = None) -> str:
     return f"{n} bytes"
 
 
-def read_small_file(path: str | os.PathLike, limit: int, what: str,
-                    error: type[VramplanError] = BadInput, hint: str = "") -> bytes:
-    """The bytes of the regular file `path`, at most `limit` of them; else `error` naming `what`.
-
-    `hint` is the second sentence of every refusal (what to do about it)."""
+def _refusal(path, what: str, error: type[VramplanError], hint: str):
+    """The one refusal every reader raises: "Cannot read WHAT PATH: WHY. HINT"."""
     name = printable(os.fspath(path))
     hint = f" {hint}" if hint else ""
+    return lambda why: error(f"Cannot read {what} {name}: {why}.{hint}")
 
-    def refuse(why: str) -> VramplanError:
-        return error(f"Cannot read {what} {name}: {why}.{hint}")
 
+def _read_regular(path, refuse, want: int, *, offset: int = 0, size_limit: int | None = None) -> tuple[bytes, int]:
+    """(at most `want` bytes from `offset` of the regular file `path`, its size), checking by stat
+    and again by fstat on the opened descriptor (the file opened may not be the one stat saw);
+    a file larger than `size_limit` is refused before it is opened. Non-blocking open: a FIFO
+    never hangs."""
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             raise refuse(f"it is {_what_it_is(st.st_mode)}, not a regular file")
-        if st.st_size > limit:
-            raise refuse(f"it is {_size(st.st_size, limit)}, over vramplan's {_size(limit)} limit for this kind of file")
-        fd = os.open(path, _OPEN_FLAGS)
-        try:
-            st = os.fstat(fd)         # the file opened, which may not be the one stat saw
-            if not stat.S_ISREG(st.st_mode):
-                raise refuse(f"it is {_what_it_is(st.st_mode)}, not a regular file")
-            chunks, total = [], 0
-            while total <= limit:
-                chunk = os.read(fd, min(limit + 1 - total, MiB))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-        finally:
-            os.close(fd)
-    except VramplanError:
-        raise
-    except (ValueError, UnicodeEncodeError):
-        raise refuse("the path holds a NUL byte or a character no file name can hold") from None
-    except OSError as e:
-        raise refuse(_os_reason(e)) from None
-    if total > limit:
-        raise refuse(f"it holds more than vramplan's {_size(limit)} limit for this kind of file")
-    return b"".join(chunks)
-
-
-def read_head(path: str | os.PathLike, count: int, what: str, error: type[VramplanError] = BadInput,
-              hint: str = "", *, offset: int = 0) -> tuple[bytes, int]:
-    """(the `count` bytes at `offset` of the regular file `path`, the file's size): the start of a
-    large file (a safetensors header) without reading the rest. The same checks as
-    `read_small_file` (regular file by stat and fstat, non-blocking open); fewer bytes than
-    asked when the file is shorter (the caller says what that means)."""
-    name = printable(os.fspath(path))
-    hint = f" {hint}" if hint else ""
-
-    def refuse(why: str) -> VramplanError:
-        return error(f"Cannot read {what} {name}: {why}.{hint}")
-
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise refuse(f"it is {_what_it_is(st.st_mode)}, not a regular file")
+        if size_limit is not None and st.st_size > size_limit:
+            raise refuse(f"it is {_size(st.st_size, size_limit)}, over vramplan's {_size(size_limit)} "
+                         "limit for this kind of file")
         fd = os.open(path, _OPEN_FLAGS)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise refuse(f"it is {_what_it_is(st.st_mode)}, not a regular file")
-            os.lseek(fd, offset, os.SEEK_SET)
+            if offset:
+                os.lseek(fd, offset, os.SEEK_SET)
             chunks, total = [], 0
-            while total < count:
-                chunk = os.read(fd, min(count - total, MiB))
+            while total < want:
+                chunk = os.read(fd, min(want - total, MiB))
                 if not chunk:
                     break
                 chunks.append(chunk)
@@ -184,6 +146,27 @@ def read_head(path: str | os.PathLike, count: int, what: str, error: type[Vrampl
     except OSError as e:
         raise refuse(_os_reason(e)) from None
     return b"".join(chunks), st.st_size
+
+
+def read_small_file(path: str | os.PathLike, limit: int, what: str,
+                    error: type[VramplanError] = BadInput, hint: str = "") -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them; else `error` naming `what`.
+
+    `hint` is the second sentence of every refusal (what to do about it)."""
+    refuse = _refusal(path, what, error, hint)
+    data, _ = _read_regular(path, refuse, limit + 1, size_limit=limit)
+    if len(data) > limit:       # it grew between stat and read
+        raise refuse(f"it holds more than vramplan's {_size(limit)} limit for this kind of file")
+    return data
+
+
+def read_head(path: str | os.PathLike, count: int, what: str, error: type[VramplanError] = BadInput,
+              hint: str = "", *, offset: int = 0) -> tuple[bytes, int]:
+    """(the `count` bytes at `offset` of the regular file `path`, the file's size): the start of a
+    large file (a safetensors header) without reading the rest. The same checks as
+    `read_small_file`; fewer bytes than asked when the file is shorter (the caller says what
+    that means)."""
+    return _read_regular(path, _refusal(path, what, error, hint), count, offset=offset)
 
 
 def _os_reason(e: OSError) -> str:

@@ -2,14 +2,17 @@
 
     trainer = Trainer(..., callbacks=[VramplanCallback(ctx=2048)])
 
-At train start it plans the step from the Trainer's own arguments and the model's config
-(no network: the config is read from the loaded model) and raises `DoesNotFit` before any
-memory is spent; after the first step on CUDA it logs the prediction next to the real
-`torch.cuda.max_memory_allocated()` of this process's own GPU (the Trainer's `args.device`,
-else LOCAL_RANK: under torchrun rank k trains on cuda:k), counted from train start (the peak
-is reset there, so a loading transient is not taken for the step's). Importing this module
-imports neither torch nor transformers: the class is built on first access, when a training
-script has both loaded.
+At train start it plans the step from the live objects (vramplan.preflight(model, args=args):
+the model as loaded, with its adapters, quantization, checkpointing switched on at the model
+level, attention and dtypes, and the Trainer's arguments, DeepSpeed/FSDP and world size
+included; no network: the config is read from the loaded model) against this process's own GPU,
+whose room is its capacity minus what other processes hold, and raises `DoesNotFit` before the
+first step. `ctx` may be left out under TRL's SFTTrainer (its max_length is read). After the first
+step on CUDA it logs the prediction next to the real `torch.cuda.max_memory_allocated()` of this
+process's own GPU (the Trainer's `args.device`, else where the model is, else LOCAL_RANK),
+counted from train start (the peak is reset there, so a loading transient is not taken for the
+step's). Importing this module imports neither torch nor transformers: the class is built on
+first access, when a training script has both loaded.
 """
 
 from __future__ import annotations
@@ -19,57 +22,33 @@ import os
 import sys
 
 from vramplan.api import preflight
+from vramplan.engines.hf_trainer.live import is_live_model, own_cuda_index, read_args, read_model
 
 logger = logging.getLogger("vramplan")
 
 
 def trainer_settings(args, model) -> dict:
-    """preflight() keyword arguments read from TrainingArguments and a (peft) model.
-    Duck-typed, so it can be tested without transformers."""
-    settings: dict = {"batch": int(args.per_device_train_batch_size)}
-    peft_config = getattr(model, "peft_config", None) or {}
-    four_bit = bool(getattr(model, "is_loaded_in_4bit", False))
-    settings["mode"] = "qlora" if four_bit else "lora" if peft_config else "full"
-    optim = getattr(args, "optim", None)
-    if optim is not None:
-        settings["optim"] = str(getattr(optim, "value", optim))
-    if getattr(args, "gradient_checkpointing", False):
-        settings["grad_ckpt"] = True
-    if peft_config:
-        lora = next(iter(peft_config.values()))
-        settings["lora_r"] = int(lora.r)
-        targets = lora.target_modules
-        settings["lora_targets"] = targets if isinstance(targets, str) else ",".join(sorted(targets))
-        settings["lora_dropout"] = float(lora.lora_dropout)
-    dtype = str(getattr(model, "dtype", ""))
-    if dtype.endswith("float32") and (getattr(args, "bf16", False) or getattr(args, "fp16", False)):
-        settings["precision"] = "mixed"
+    """The preflight() keywords the live objects imply (what the model says, then what the
+    arguments add; checkpointing is on when either switches it on). Duck-typed."""
+    la = read_args(args)
+    settings = dict(read_model(model, la.autocast).settings) if is_live_model(model) else {}
+    for k, v in la.settings.items():
+        settings[k] = (bool(settings.get(k)) or v) if k == "grad_ckpt" else v
     return settings
 
 
 def measured_device(args, model=None) -> str | None:
-    """"cuda:N" this process trains on: TrainingArguments.device, else LOCAL_RANK, else the
-    model's parameters; None off CUDA."""
+    """"cuda:N" this process trains on (engines/hf_trainer/live.own_cuda_index: the Trainer's
+    device, where the model's tensors are, the local rank); None off CUDA."""
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():
         return None
-    dev = getattr(args, "device", None)
-    if dev is not None and getattr(dev, "type", str(dev).split(":")[0]) == "cuda":
-        index = getattr(dev, "index", None)
-        return f"cuda:{torch.cuda.current_device() if index is None else index}"
-    rank = os.environ.get("LOCAL_RANK")
-    if rank is not None and rank.strip().isdigit():
-        return f"cuda:{int(rank)}"
-    param = next(iter(model.parameters()), None) if model is not None and hasattr(model, "parameters") else None
-    if param is not None and param.device.type == "cuda":
-        return f"cuda:{param.device.index}"
-    return f"cuda:{torch.cuda.current_device()}"
-
-
-def _model_config(model) -> dict:
-    base = getattr(model, "get_base_model", None)
-    config = (base() if callable(base) else model).config
-    return config.to_dict()
+    la = read_args(args)
+    if la.device is not None and not la.device.startswith("cuda"):
+        return None
+    lm = read_model(model) if model is not None and is_live_model(model) else None
+    current = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+    return f"cuda:{own_cuda_index(la, lm, os.environ.get('LOCAL_RANK'), current)}"
 
 
 def _build_callback_class():
@@ -78,7 +57,7 @@ def _build_callback_class():
     class VramplanCallback(TrainerCallback):
         """Pre-flight check at train start; predicted vs measured after the first step."""
 
-        def __init__(self, ctx: int | str, gpu="auto", raise_if_no_fit: bool = True, **options):
+        def __init__(self, ctx: int | str | None = None, gpu="auto", raise_if_no_fit: bool = True, **options):
             self.ctx, self.gpu, self.raise_if_no_fit, self.options = ctx, gpu, raise_if_no_fit, options
             self.plan = None
             self.device: str | None = None           # the GPU this process trains on
@@ -95,9 +74,8 @@ def _build_callback_class():
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self._start_measuring(args, model)
-            settings = {**trainer_settings(args, model), **self.options}
             try:
-                self.plan = preflight(_model_config(model), ctx=self.ctx, gpu=self.gpu, **settings)
+                self.plan = preflight(model, args=args, ctx=self.ctx, gpu=self.gpu, **self.options)
             except Exception as e:       # DoesNotFit or an environment problem
                 self.plan = getattr(e, "plan", None)
                 if self.raise_if_no_fit:

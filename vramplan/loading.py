@@ -157,8 +157,9 @@ def with_weights(spec: ModelSpec, loaded, weights_from: str) -> ModelSpec:
 
 
 def is_gguf(model: str) -> bool:
-    """A local .gguf file or a directory of them, or a Hub GGUF repo ("org/X-GGUF", "org/X:Q4_K_M")."""
-    if not isinstance(model, str):          # a config dict is never a GGUF file
+    """A local .gguf file or a directory of them, or a Hub GGUF repo ("org/X-GGUF", "org/X:Q4_K_M").
+    A config dict is never one."""
+    if not isinstance(model, str):
         return False
     return gguf_source.is_gguf_path(model) or gguf_source.is_hub_gguf(model)
 

@@ -87,7 +87,7 @@ def build(model: ModelSpec, target: GpuTarget, workload: Workload,
         serve=None if isinstance(report, (LocalReport, SglangReport)) else report,
         local=report if isinstance(report, LocalReport) else None,
         sglang=report if isinstance(report, SglangReport) else None,
-        warnings=tuple(warnings), phase=b.phase,
+        warnings=tuple(warnings), phase=b.phase, outside=dict(b.outside),
     )
     if suggest and not plan.fits:
         plan = replace(plan, suggestions=tuple(suggestions(plan, catalog, eng, evaluate)))

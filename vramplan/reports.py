@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
+import json
+
 from vramplan import catalog
+from vramplan.errors import BadInput
 from vramplan.loading import load_model
 from vramplan.memory import kv_cache
 from vramplan.memory.dtypes import FLOAT_BYTES
 from vramplan.spec import ModelSpec
 from vramplan.spec.reports import BundledModel, KvReport
+
+# `vramplan models` rows for bundled configs the analytic reader refuses (issue #12); an
+# approximate reading is noted with its first assumption.
+NOT_READ = "refused by the analytic reader: `vramplan fit` says why"
 
 KV_DTYPES_SHOWN = ("bf16", "fp8", "fp32")       # `vramplan kv`: bytes per token in each cache dtype
 
@@ -29,6 +36,13 @@ def bundled_models(query: str | None = None) -> tuple[BundledModel, ...]:
     ids = [i for i in catalog.bundled_model_ids() if not query or query.lower() in i.lower()]
     rows = []
     for i in ids:
-        m = load_model(i)
-        rows.append(BundledModel(i, m.model_type, m.params, kv_cache.kv_bytes_per_token(m, 2)))
+        try:
+            m = load_model(i)
+        except BadInput:        # a family the analytic tier refuses today: listed, without figures
+            kind = json.loads(catalog.load_bundled_text(i)).get("model_type", "")
+            rows.append(BundledModel(i, str(kind), None, None, note=NOT_READ))
+            continue
+        note = f"approximate: {m.assumptions[0]}" if m.confidence == "approximate" and m.assumptions else (
+            "approximate" if m.confidence == "approximate" else "")
+        rows.append(BundledModel(i, m.model_type, m.params, kv_cache.kv_bytes_per_token(m, 2), note=note))
     return tuple(rows)

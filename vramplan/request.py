@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import dataclass, field, fields, replace
 
 from vramplan.engines.llama_cpp.options import LlamaFlags, normalize as llama_options
@@ -20,7 +21,8 @@ from vramplan.memory.dtypes import KV_FORMATS, WEIGHT_FORMATS, normalize
 from vramplan.memory.parallel import serve_layout
 from vramplan.spec import GpuTarget, ModelSpec, ServeOptions, Workload
 from vramplan.catalog import MAX_GPU_COUNT
-from vramplan.units import GiB, parse_bytes, parse_tokens, real, shown, whole
+from vramplan.files import read_small_file
+from vramplan.units import GiB, parse_bytes, parse_tokens, printable, real, shown, whole
 
 ENGINE_OF_MODE = {
     "serve": "vllm",            # a vLLM server
@@ -89,6 +91,9 @@ class TrainFlags:
     attn: str | None = None
     lora_dtype: str | None = None
     kbit_prepare: str | None = None
+    deepspeed: str | dict | None = None     # a DeepSpeed JSON config: its path, or the dict
+    fsdp: str | None = None                 # the Trainer's fsdp: full_shard, hybrid_shard, shard_grad_op [offload]
+    gpus_per_node: int | None = None        # hybrid shard: the shard group (None: 8)
 
     def given(self) -> dict:
         """The settings that were given, in declaration order."""
@@ -160,7 +165,7 @@ def build_workload(request: PlanRequest, gpu_count: int = 1) -> Workload:
     trained, served = request.train.given(), request.serve.given()
     train = None
     if mode in TRAINING_MODES:
-        train = _train_options(world=gpu_count, **trained)
+        train = _train_options(method=mode, world=gpu_count, **trained)
     elif trained:
         raise BadInput(f"{_names(trained)} only {_verb(trained)} to the training modes "
                        f"({{mode}} full, lora or qlora).")
@@ -387,11 +392,28 @@ def with_train(request: PlanRequest, **changes) -> PlanRequest:
     return replace(request, train=replace(request.train, **changes))
 
 
+MAX_DEEPSPEED_CONFIG = 1 << 20     # a DeepSpeed JSON config is a few KB; 1 MiB is no config
+
+
+def _deepspeed_config(value):
+    """--deepspeed ds.json: the file read (files.py, capped) and parsed; a dict passes as it is."""
+    if not isinstance(value, (str, os.PathLike)):
+        return value
+    raw = read_small_file(value, MAX_DEEPSPEED_CONFIG, "the DeepSpeed config",
+                          hint="Give the JSON file passed to the Trainer's --deepspeed.")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInput(f"{{deepspeed}} {printable(os.fspath(value))} is not JSON: {e}.") from None
+
+
 def _train_options(**given):
     # The training settings are the HF Trainer engine's; its package loads on first use, as the
     # engine registry loads every engine, so that serve and infer plans never import it.
     from vramplan.engines.hf_trainer.options import normalize_train_options
 
+    if given.get("deepspeed") is not None:
+        given["deepspeed"] = _deepspeed_config(given["deepspeed"])
     return normalize_train_options(**given)
 
 

@@ -43,9 +43,13 @@ def resolve_target(gpu: str | GpuTarget | None = None, gpu_mem: str | int | None
     return target
 
 
-def auto_target() -> GpuTarget:
-    """`gpu="auto"`: the first CUDA-visible GPU through NVML (vramplan.probe), with its real
-    capacity and current free memory; an EnvironmentProblem (exit 3) when there is none."""
+def auto_target(index: int = 0, own_pid: int | None = None, own_bytes: int | None = None) -> GpuTarget:
+    """`gpu="auto"`: CUDA device `index` through NVML (vramplan.probe), with its real capacity
+    and current free memory; an EnvironmentProblem (exit 3) when there is none. With `own_pid`
+    (a training process's pre-flight), what that process already holds there counts as room
+    (probe.target.own_target)."""
     from vramplan import probe      # NVML machinery, only for --gpu auto
 
-    return probe.auto_target(0)
+    if own_pid is None:
+        return probe.auto_target(index)
+    return probe.own_target(index, own_pid, own_bytes)

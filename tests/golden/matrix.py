@@ -185,6 +185,18 @@ def cases() -> dict[str, list[str]]:
         "--ctx", "32k", "--batch", "64")
     add("fit", "meta-llama/Llama-3.1-8B", "--gpu", "l4", "--cpu-offload-gb", "4", "--max-model-len", "8K")
     add("fit", "--cmd", "vllm serve Qwen/Qwen3-8B --config serve.yaml")
+    # issue #14: QLoRA's recipe checkpoints (and --no-grad-ckpt), DeepSpeed ZeRO-2's buffers, FSDP
+    # hybrid shard, a paged optimizer that does not all fit beside the step
+    add("fit", "meta-llama/Llama-3.1-8B", "--mode", "qlora", "--gpu", "h100", "--batch", "4", "--ctx", "2k",
+        "--transformers", "5")
+    add("fit", "meta-llama/Llama-3.1-8B", "--mode", "qlora", "--gpu", "h100", "--batch", "4", "--ctx", "2k",
+        "--no-grad-ckpt", "--transformers", "5", "--json")
+    add("fit", "mistralai/Mistral-7B-v0.1", "--mode", "full", "--gpu", "a100-40gb:8", "--zero", "2",
+        "--precision", "mixed", "--grad-ckpt", "--batch", "4", "--ctx", "4352", "--transformers", "5")
+    add("fit", "mistralai/Mistral-7B-v0.1", "--mode", "full", "--gpu", "h100:16", "--fsdp", "hybrid_shard",
+        "--precision", "mixed", "--grad-ckpt", "--transformers", "5", "--json")
+    add("fit", "meta-llama/Llama-3.1-8B", "--mode", "qlora", "--gpu", "rtx-4090", "--ctx", "4k",
+        "--optim", "paged_adamw_32bit", "--lora-targets", "all-linear", "--lora-r", "64", "--transformers", "5")
     return c
 
 

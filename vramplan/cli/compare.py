@@ -40,7 +40,7 @@ def compare(
     max_num_seqs: Optional[str] = O.MNS, block_size: Optional[int] = O.BLOCK, enforce_eager: bool = O.EAGER,
     vllm_version: Optional[str] = O.VLLM, kv_cache_memory: Optional[str] = O.KVMEM,
     allow_long_max_model_len: bool = O.LONG, cpu_offload_gb: Optional[float] = O.OFFLOAD,
-    optim: Optional[str] = O.OPTIM, grad_ckpt: bool = O.CKPT, lora_r: Optional[int] = O.LORA_R,
+    optim: Optional[str] = O.OPTIM, grad_ckpt: Optional[bool] = O.CKPT, lora_r: Optional[int] = O.LORA_R,
     lora_alpha: Optional[int] = O.LORA_ALPHA, lora_targets: Optional[str] = O.LORA_TARGETS,
     lora_dropout: Optional[float] = O.LORA_DROPOUT, precision: Optional[str] = O.PRECISION,
     zero: Optional[int] = O.ZERO, attn: Optional[str] = O.ATTN, lora_dtype: Optional[str] = O.LORA_DTYPE,
@@ -60,7 +60,7 @@ def compare(
             vllm_version=vllm_version, kv_cache_memory=kv_cache_memory,
             allow_long_max_model_len=allow_long_max_model_len or None, cpu_offload_gb=cpu_offload_gb),
         train=api.TrainFlags(
-            optim=optim, grad_ckpt=grad_ckpt or None, lora_r=lora_r, lora_alpha=lora_alpha,
+            optim=optim, grad_ckpt=grad_ckpt, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_targets=lora_targets, lora_dropout=lora_dropout, precision=precision, zero=zero,
             attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare),
     )
@@ -90,7 +90,7 @@ def sweep(
     max_num_seqs: Optional[str] = O.MNS, block_size: Optional[int] = O.BLOCK, enforce_eager: bool = O.EAGER,
     vllm_version: Optional[str] = O.VLLM, kv_cache_memory: Optional[str] = O.KVMEM,
     allow_long_max_model_len: bool = O.LONG,
-    optim: Optional[str] = O.OPTIM, grad_ckpt: bool = O.CKPT, lora_r: Optional[int] = O.LORA_R,
+    optim: Optional[str] = O.OPTIM, grad_ckpt: Optional[bool] = O.CKPT, lora_r: Optional[int] = O.LORA_R,
     lora_alpha: Optional[int] = O.LORA_ALPHA, lora_targets: Optional[str] = O.LORA_TARGETS,
     lora_dropout: Optional[float] = O.LORA_DROPOUT, precision: Optional[str] = O.PRECISION,
     zero: Optional[int] = O.ZERO, attn: Optional[str] = O.ATTN, lora_dtype: Optional[str] = O.LORA_DTYPE,
@@ -111,7 +111,7 @@ def sweep(
             allow_long_max_model_len=allow_long_max_model_len or None, dp=dp,
             enable_expert_parallel=enable_expert_parallel or None, cpu_offload_gb=cpu_offload_gb),
         train=api.TrainFlags(
-            optim=optim, grad_ckpt=grad_ckpt or None, lora_r=lora_r, lora_alpha=lora_alpha,
+            optim=optim, grad_ckpt=grad_ckpt, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_targets=lora_targets, lora_dropout=lora_dropout, precision=precision, zero=zero,
             attn=attn, lora_dtype=lora_dtype, kbit_prepare=kbit_prepare),
     )

@@ -29,7 +29,7 @@ def verify(
     dtype: str = O.DTYPE,
     kv_dtype: str = O.KV,
     optim: Optional[str] = O.OPTIM,
-    grad_ckpt: bool = O.CKPT,
+    grad_ckpt: Optional[bool] = O.CKPT,
     lora_r: Optional[int] = O.LORA_R,
     lora_targets: Optional[str] = O.LORA_TARGETS,
     force: bool = typer.Option(False, "--force", help="Try even when NVML says it will not fit in free memory."),
@@ -61,4 +61,4 @@ def _verify(model, level, device, force, timeout, record, gpu, gpu_mem, emulate,
     return api.verify(model, level=level, device=device, force=force, timeout=timeout,
                       record=record, gpu=gpu, gpu_mem=gpu_mem, emulate=emulate, hard_timeout=True,
                       mode=mode, batch=batch, ctx=ctx, dtype=dtype, kv_dtype=kv_dtype, optim=optim,
-                      grad_ckpt=grad_ckpt or None, lora_r=lora_r, lora_targets=lora_targets)
+                      grad_ckpt=grad_ckpt, lora_r=lora_r, lora_targets=lora_targets)

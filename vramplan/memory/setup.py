@@ -44,6 +44,10 @@ class Breakdown:
     notes: dict[str, str]
     phase: str                   # where the peak falls
     peak_allocated: int          # what torch.cuda.max_memory_allocated() would count
+    outside: dict[str, int] = field(default_factory=dict)   # reported, not in total: memory the
+                                 # program can put elsewhere (bitsandbytes paged state in CUDA
+                                 # managed memory, evicted to host RAM under pressure; state
+                                 # offloaded to host RAM)
 
     @property
     def total(self) -> int:

@@ -46,10 +46,16 @@ def _routing_groups(cfg: Cfg, v3: bool, experts: int, top_k: int) -> None:
         rules.expert_groups(cfg, experts, top_k, cfg.int("n_group"), cfg.int("topk_group"), 1)
 
 
-@register("deepseek_v2", "deepseek_v3")
+# Kimi-K2 (moonshotai) ships DeepSeek-V3's architecture under its own model_type: its config.json
+# names architectures ["DeepseekV3ForCausalLM"] and maps AutoConfig/AutoModel to DeepseekV3 classes,
+# and vLLM serves it with DeepseekV3ForCausalLM; read it as V3 (same keys, same tensors).
+V3_TYPES = ("deepseek_v3", "kimi_k2")
+
+
+@register("deepseek_v2", *V3_TYPES)
 def parse(cfg: Cfg):
     cfg.require_all(KEYS)
-    v3 = cfg.model_type == "deepseek_v3"
+    v3 = cfg.model_type in V3_TYPES
     H = cfg.int("hidden_size")
     L = cfg.int("num_hidden_layers")
     heads = cfg.int("num_attention_heads")

@@ -243,10 +243,14 @@ _CLIP_OR_SIGLIP = {"clip_vision_model": CLIP_VISION, "siglip_vision_model": SIGL
 # hidden), {tower model_type it reads: that config class's defaults}; the first is what the
 # checkpoint's config class builds when the file names none, another one is not this reader's)
 TOWERS: dict[tuple[str, str], tuple[Callable, dict[str, dict]]] = {
-    ("qwen2_vl", "vision_config"): (qwen2_vl, {"qwen2_vl_vision": QWEN2_VL_VISION}),
-    ("qwen2_5_vl", "vision_config"): (qwen2_5_vl, {"qwen2_5_vl_vision": QWEN2_5_VL_VISION}),
-    ("qwen3_vl", "vision_config"): (qwen3_vl, {"qwen3_vl_vision": QWEN3_VL_VISION}),
-    ("qwen3_vl_moe", "vision_config"): (qwen3_vl, {"qwen3_vl_moe_vision": QWEN3_VL_VISION}),
+    # Qwen's published files (written by transformers 4.x) name the tower by the checkpoint's own
+    # model_type ("qwen2_5_vl"); transformers 5 writes "qwen2_5_vl_vision". Both are this tower.
+    ("qwen2_vl", "vision_config"): (qwen2_vl, {"qwen2_vl_vision": QWEN2_VL_VISION, "qwen2_vl": QWEN2_VL_VISION}),
+    ("qwen2_5_vl", "vision_config"): (qwen2_5_vl, {"qwen2_5_vl_vision": QWEN2_5_VL_VISION,
+                                                   "qwen2_5_vl": QWEN2_5_VL_VISION}),
+    ("qwen3_vl", "vision_config"): (qwen3_vl, {"qwen3_vl_vision": QWEN3_VL_VISION, "qwen3_vl": QWEN3_VL_VISION}),
+    ("qwen3_vl_moe", "vision_config"): (qwen3_vl, {"qwen3_vl_moe_vision": QWEN3_VL_VISION,
+                                                   "qwen3_vl_moe": QWEN3_VL_VISION}),
     ("llava", "vision_config"): (llava, _CLIP_OR_SIGLIP),
     ("llava_next", "vision_config"): (llava, _CLIP_OR_SIGLIP),
     ("llava_onevision", "vision_config"): (llava, {"siglip_vision_model": SIGLIP_VISION, **_CLIP_OR_SIGLIP}),

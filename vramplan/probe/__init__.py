@@ -11,7 +11,7 @@ from __future__ import annotations
 from vramplan.probe.model import GpuInfo, MemoryInfo, MigInstance, ProbeReport, ProcessInfo
 from vramplan.probe.nvml import Nvml, NvmlError, PynvmlBackend
 from vramplan.probe.read import probe
-from vramplan.probe.target import auto_target, target_from
+from vramplan.probe.target import auto_target, own_target, target_from
 
-__all__ = ["probe", "auto_target", "target_from", "ProbeReport", "GpuInfo", "MemoryInfo",
+__all__ = ["probe", "auto_target", "own_target", "target_from", "ProbeReport", "GpuInfo", "MemoryInfo",
            "MigInstance", "ProcessInfo", "Nvml", "NvmlError", "PynvmlBackend"]

@@ -66,3 +66,22 @@ def auto_target(index: int = 0, backend=None, environ=None) -> GpuTarget:
     totals. Raises MissingExtra / EnvironmentProblem (exit 3) when nothing can be probed.
     """
     return target_from(probe(backend, environ), index)
+
+
+def own_target(index: int, pid: int, own_bytes: int | None = None, backend=None, environ=None) -> GpuTarget:
+    """The device a training process already works on: CUDA device `index`, whose room for the
+    job is the capacity minus what OTHER processes hold, i.e. NVML's free memory plus what this
+    process holds there already (its loaded weights, its context). Planning the whole step
+    against NVML's free memory alone would count the loaded weights twice (issue #14, case 2).
+
+    This process's share is NVML's figure for `pid`; where NVML cannot attribute it (a
+    container's PID namespace, MIG without rights) the caller's measurement `own_bytes`
+    (torch.cuda.memory_reserved + the CUDA context), else nothing."""
+    report = probe(backend, environ)
+    target = target_from(report, index)
+    gpu, mig = report.cuda_devices()[index]
+    holder = mig or gpu
+    mine = [p.used_bytes for p in holder.processes if p.pid == pid and p.used_bytes is not None]
+    held = sum(mine) if mine else (own_bytes or 0)
+    free = target.free_bytes or 0
+    return replace(target, free_bytes=min(free + held, target.per_gpu_bytes))

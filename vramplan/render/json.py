@@ -119,6 +119,8 @@ def plan_json(p: Plan) -> dict:
         out["workload"]["engine"] = "sglang"
         out["workload"].update({k: v for k, v in p.workload.sglang.__dict__.items()})
         out["workload"].update({"tp": p.workload.serve.tp, "pp": p.workload.serve.pp})
+    if p.outside:                       # training: paged / offloaded state, reported, not counted
+        out["outside_bytes"] = dict(p.outside)
     if getattr(p, "trace", None) is not None:
         out["workload"]["method"] = "trace"
         out["trace"] = p.trace.to_json()

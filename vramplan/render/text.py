@@ -37,6 +37,10 @@ _LABELS = {
     "zero3_gather": "ZeRO-3 gather buffer",
     "ddp_buckets": "DDP gradient buckets",
     "compute_buffer": "compute buffer",
+    "optimizer_offloaded": "optimizer state (host RAM)",
+    "params_offloaded": "parameters (host RAM)",
+    "zero_buckets": "ZeRO gradient buckets",
+    "zero_fp32_grads": "ZeRO fp32 gradient partition",
 }
 def approximate_lines(p: Plan) -> list[str]:
     """The warning an approximate plan opens with, and the assumptions behind it."""
@@ -111,6 +115,9 @@ def plan_table(p: Plan) -> str:
                      p.component_notes.get(name, "")])
     rows.append(["total", fmt_bytes(p.total_bytes), f"{p.total_bytes / GiB:,.2f}", "", "per GPU"])
     rows.append(["capacity", fmt_bytes(p.capacity_bytes), f"{p.capacity_bytes / GiB:,.2f}", "", ""])
+    for name, b in p.outside.items():    # reported, not in the total nor the verdict
+        rows.append([f"not counted: {_LABELS.get(name, name)}", fmt_bytes(b), f"{b / GiB:,.2f}", "",
+                     p.component_notes.get(name, "")])
     lines.append(tabulate(rows, headers=["component", "bytes", "GiB", "share", "note"],
                           tablefmt="simple", colalign=("left", "right", "right", "right", "left"),
                           disable_numparse=True))
@@ -235,7 +242,10 @@ def gpus_table(gpus: tuple[GpuSpec, ...], defaults: dict | None = None) -> str:
 
 
 def models_table(rows: tuple[BundledModel, ...]) -> str:
-    return tabulate([[r.id, r.model_type, f"{r.params / 1e9:,.2f} B", fmt_bytes(r.kv_bytes_per_token_bf16)]
-                     for r in rows],
-                    headers=["id", "model_type", "params", "KV B/token (bf16)"],
+    def figures(r: BundledModel) -> list[str]:
+        if r.params is None:
+            return ["-", "-"]
+        return [f"{r.params / 1e9:,.2f} B", fmt_bytes(r.kv_bytes_per_token_bf16)]
+    return tabulate([[r.id, r.model_type, *figures(r), r.note] for r in rows],
+                    headers=["id", "model_type", "params", "KV B/token (bf16)", "note"],
                     tablefmt="simple", disable_numparse=True)

@@ -23,7 +23,8 @@ from vramplan.sources.parse import parse_config
 
 __all__ = ["LoadedConfig", "load_config", "is_hub_id", "hub_id_problem"]
 
-Source = Literal["path", "bundled", "hf-cache", "hub"]
+# A listed fine-tune read from its base's bundled config reads "bundled variant of <base id>".
+Source = Literal["path", "bundled", "hf-cache", "hub"] | str
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,8 @@ def _refuse_url_or_revision(model: str) -> None:
 
 
 def load_config(model: str, *, offline: bool | None = None) -> LoadedConfig:
-    """Resolve MODEL to its config.json: local path, bundled catalog, HF cache, then the Hub.
+    """Resolve MODEL to its config.json: local path, bundled catalog, HF cache, a bundled base of
+    a listed fine-tune (configs/models/variants.toml), then the Hub.
 
     offline=None follows HF_HUB_OFFLINE; offline=True never touches the network. Every refusal
     is a BadInput (exit 2), or an EnvironmentProblem (exit 3) for a broken cache or install.
@@ -230,6 +232,11 @@ def load_config(model: str, *, offline: bool | None = None) -> LoadedConfig:
     if cached is not None:
         cached_id, file = cached
         return _loaded(cached_id, "hf-cache", str(file), hf_cache.read_config(file))
+
+    variant = bundled.find_variant(model)
+    if variant is not None:   # configs/models/variants.toml: same architecture, both configs checked
+        variant_id, base, resource = variant
+        return _loaded(variant_id, f"bundled variant of {base}", str(resource), bundled.read(resource))
 
     if offline if offline is not None else _env_offline():
         why = "HF_HUB_OFFLINE is set" if offline is None else "offline mode is on"

@@ -12,6 +12,11 @@ def find(model: str):
     return catalog.find_bundled(model)
 
 
+def find_variant(model: str):
+    """(fine-tune id, bundled base id, base config resource) for a listed variant, else None."""
+    return catalog.find_variant(model)
+
+
 def read(resource) -> bytes:
     """A bundled config's bytes; a missing or broken data file is a broken install (exit 3)."""
     return read_resource(resource, CONFIG_LIMIT, "the bundled config", EnvironmentProblem,

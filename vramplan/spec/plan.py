@@ -139,6 +139,10 @@ class Plan:
     phase: str = ""                    # where the peak falls (training: forward/backward/step)
     local: LocalReport | None = None   # llama.cpp / Ollama: layers on the GPU, buffers per device
     sglang: SglangReport | None = None  # SGLang: its memory settings, token pool and refusals
+    outside: dict[str, int] = field(default_factory=dict)   # name -> bytes reported but not in
+                                       # total_bytes nor the verdict: paged optimizer state (CUDA
+                                       # managed memory the driver evicts to host RAM), host RAM of
+                                       # offloaded state; notes in component_notes
 
     @property
     def fits(self) -> bool:

@@ -20,5 +20,6 @@ class KvReport:
 class BundledModel:
     id: str
     model_type: str
-    params: int
-    kv_bytes_per_token_bf16: int
+    params: int | None                  # None: the analytic tier does not read this family yet
+    kv_bytes_per_token_bf16: int | None
+    note: str = ""                      # why a row is approximate or has no figures

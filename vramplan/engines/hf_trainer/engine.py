@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from vramplan.engines.base import Attempt, EngineBase, ScaleOut
 from vramplan.engines.hf_trainer import step
+from vramplan.engines.hf_trainer.options import recipe_grad_ckpt
 from vramplan.memory.setup import Breakdown, Setup
 from vramplan.spec import GpuTarget, ModelSpec, Plan, Workload
 
@@ -20,6 +21,11 @@ class HfTrainerEngine(EngineBase):
     def components(self, setup: Setup, batch: int, ctx: int) -> Breakdown:
         return step.components(setup, batch, ctx)
 
+    def warnings(self, setup: Setup, report) -> list[str]:
+        w = setup.workload
+        paging = step.paging_warning(setup, step.components(setup, w.batch, w.ctx))
+        return [paging] if paging else []
+
     def levers(self, plan: Plan, attempt: Attempt) -> None:
         w, o = plan.workload, plan.workload.train
         if not o.grad_ckpt:
@@ -31,7 +37,9 @@ class HfTrainerEngine(EngineBase):
                 attempt("--mode lora --lora-targets all-linear", {"mode": "lora", "lora_targets": "all-linear"},
                         mode="lora", train=replace(o, lora_targets=("all-linear",)))
         if w.mode in ("full", "lora"):
-            attempt("--mode qlora", {"mode": "qlora"}, mode="qlora", dtype="auto")
+            # QLoRA as its recipes run it: checkpointing on (options.recipe_grad_ckpt)
+            attempt("--mode qlora", {"mode": "qlora"}, mode="qlora", dtype="auto",
+                    train=replace(o, grad_ckpt=o.grad_ckpt or recipe_grad_ckpt("qlora", o.kbit_prepare)))
 
     def scale_out(self, plan: Plan, n: int) -> ScaleOut:
         gpu = plan.target.gpu.id if plan.target.gpu else "custom"

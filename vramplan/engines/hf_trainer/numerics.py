@@ -12,7 +12,7 @@ from typing import Callable
 
 from vramplan.errors import BadInput
 from vramplan.spec import ModelSpec, Tensor
-from vramplan.engines.hf_trainer.options import Method, TrainOptions
+from vramplan.engines.hf_trainer.options import Method, TrainOptions, deepspeed_masters
 from vramplan.memory.dtypes import FLOAT_BYTES
 from vramplan.memory.overhead import block_rounded
 from vramplan.memory.weights import WeightFormat, allocated_bytes, resolve_format, transformers_bnb
@@ -78,7 +78,7 @@ def numerics(method: Method, o: TrainOptions, weight_dtype: str, layer_norm: boo
 
 
 def _numerics(method: Method, o: TrainOptions, weight_dtype: str) -> Numerics:
-    mixed = o.precision == "mixed"
+    mixed = o.precision == "mixed" or (method == "full" and deepspeed_masters(o))
     lw = 4 if o.lora_dtype == "fp32" else 2
     if method == "full":
         e = float_bytes(weight_dtype, method)
@@ -119,7 +119,7 @@ def stored_weights(method: Method, o: TrainOptions, model: ModelSpec, weight_dty
                    transformers: int = 5) -> tuple[Callable[[Tensor], int], str]:
     """(bytes of one tensor as stored, label) for the frozen/working copy of the weights."""
     if method in ("full", "lora"):
-        e = 2 if (method == "full" and o.precision == "mixed") else float_bytes(weight_dtype, method)
+        e = 2 if (method == "full" and (o.precision == "mixed" or deepspeed_masters(o))) else float_bytes(weight_dtype, method)
         name = {2: "bf16" if model.torch_dtype != "fp16" else "fp16", 4: "fp32"}[e]
         return (lambda t: block_rounded(t.numel * max(e, FLOAT_BYTES.get(t.dtype, 0)))), name
     fmt = qlora_base(model, weight_dtype, transformers)

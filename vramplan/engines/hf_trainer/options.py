@@ -15,6 +15,7 @@ from vramplan.memory.dtypes import normalize
 from vramplan.units import real, whole
 from vramplan.engines.hf_trainer.lora import normalize_targets
 from vramplan.engines.hf_trainer.optimizers import resolve_optim
+from vramplan.engines.hf_trainer.sharding import FsdpConfig, ZeroConfig, parse_deepspeed, parse_fsdp
 
 # How the step trains: every weight, LoRA adapters on a 16-bit base, or on a quantized base.
 # At the CLI/API edge this is the workload's mode; inside the engine it is the `method`.
@@ -45,17 +46,19 @@ class TrainOptions:
     """
 
     optim: str = "adamw_torch"
-    grad_ckpt: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
+    grad_ckpt: bool = False          # TrainingArguments' default; QLoRA's recipes: recipe_grad_ckpt
+    lora_r: int = 8                  # peft LoraConfig defaults (peft 0.21.2 tuners/lora/config.py:632,
+    lora_alpha: int = 8              # :652, :653): r=8, lora_alpha=8, lora_dropout=0.0
     lora_targets: tuple[str, ...] | None = None
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0
     precision: str = "bf16"
     zero: int = 0
     world: int = 1
     attn: str = "sdpa"
     lora_dtype: str = "fp32"
     kbit_prepare: str = "peft"
+    deepspeed: ZeroConfig | None = None     # DeepSpeed's ZeRO settings (--deepspeed, or --zero 1/2)
+    fsdp: FsdpConfig | None = None          # FSDP (--fsdp, or --zero 3 without --deepspeed)
 
 
 # The parameter each option is set by, as BadInput names it (and the list of known options).
@@ -63,7 +66,8 @@ _FLAGS = {"optim": "{optim}", "grad_ckpt": "{grad_ckpt}", "lora_r": "{lora_r}",
           "lora_alpha": "{lora_alpha}", "lora_targets": "{lora_targets}",
           "lora_dropout": "{lora_dropout}", "precision": "{precision}", "zero": "{zero}",
           "world": "the GPU count ({gpu} ID:COUNT)", "attn": "{attn}",
-          "lora_dtype": "{lora_dtype}", "kbit_prepare": "{kbit_prepare}"}
+          "lora_dtype": "{lora_dtype}", "kbit_prepare": "{kbit_prepare}", "deepspeed": "{deepspeed}",
+          "fsdp": "{fsdp}", "gpus_per_node": "{gpus_per_node}"}
 
 
 def _int(value, flag: str, low: int, high: int) -> int:
@@ -92,8 +96,28 @@ def _bool(value, flag: str) -> bool:
     raise BadInput(f"{flag} must be true or false, got {value!r}.")
 
 
-def normalize_train_options(**kwargs) -> TrainOptions:
-    """Validate and canonicalize training settings; a bad value raises BadInput naming the flag."""
+def deepspeed_masters(o: TrainOptions) -> bool:
+    """DeepSpeed ZeRO always steps an fp32 master partition (stage_1_and_2.py:490-516
+    single_partition_of_fp32_groups; stage3.py fp32_partitioned_groups_flat), whatever the
+    16-bit training says: under it full fine-tuning is the "mixed" row of the dtype plan."""
+    return o.deepspeed is not None and o.zero >= 1
+
+
+def recipe_grad_ckpt(method: str | None, kbit_prepare: str) -> bool:
+    """Gradient checkpointing when the user says nothing: on for QLoRA prepared the way its
+    recipes prepare it, off otherwise (TrainingArguments.gradient_checkpointing defaults off).
+
+    peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=True) calls
+    model.gradient_checkpointing_enable() (peft 0.21.2 utils/other.py:158-159, :221-240); TRL's
+    SFTConfig defaults gradient_checkpointing=True (trl 1.16.0 trainer/base_config.py:62-63,
+    sft_config.py:132) and qlora.py's finetune scripts pass --gradient_checkpointing. A QLoRA
+    base loaded without either (kbit_prepare "none") keeps the Trainer's default."""
+    return method == "qlora" and kbit_prepare in ("peft", "trl")
+
+
+def normalize_train_options(method: str | None = None, **kwargs) -> TrainOptions:
+    """Validate and canonicalize training settings; a bad value raises BadInput naming the flag.
+    `method` (full, lora, qlora) fills the recipe's defaults for what was not given."""
     unknown = sorted(set(kwargs) - set(_FLAGS))
     if unknown:
         raise BadInput(f"unknown training option {unknown[0]!r}; known: {', '.join(_FLAGS)}.")
@@ -131,4 +155,30 @@ def normalize_train_options(**kwargs) -> TrainOptions:
                                     {"float32": "fp32", "bfloat16": "bf16", "fp16": "bf16"})
     if "kbit_prepare" in d:
         out["kbit_prepare"] = _choice(d["kbit_prepare"], "{kbit_prepare}", KBIT_PREPARE)
+    if "grad_ckpt" not in out:
+        out["grad_ckpt"] = recipe_grad_ckpt(method, out.get("kbit_prepare", TrainOptions.kbit_prepare))
+    out.update(_sharding(d, out.get("zero")))
     return TrainOptions(**out)
+
+
+def _sharding(d: dict, zero: int | None) -> dict:
+    """Which library shards, and how: --deepspeed (its JSON's zero stage), --fsdp, or --zero alone
+    (1/2: DeepSpeed ZeRO with DeepSpeed's defaults; 3: FSDP full shard, as before)."""
+    if d.get("deepspeed") is not None and d.get("fsdp") is not None:
+        raise BadInput("Give {deepspeed} or {fsdp}, not both: a Trainer runs one of them.")
+    per_node = _int(d["gpus_per_node"], "{gpus_per_node}", 1, 1024) if d.get("gpus_per_node") is not None else None
+    if d.get("deepspeed") is not None:
+        ds = d["deepspeed"] if isinstance(d["deepspeed"], ZeroConfig) else parse_deepspeed(d["deepspeed"])
+        if zero is not None and zero != ds.stage:
+            raise BadInput(f"{{zero}} {zero} contradicts the DeepSpeed config's zero_optimization.stage {ds.stage}.")
+        return {"deepspeed": ds, "zero": ds.stage}
+    if d.get("fsdp") is not None:
+        f = d["fsdp"] if isinstance(d["fsdp"], FsdpConfig) else parse_fsdp(d["fsdp"], per_node)
+        if zero is not None and zero != f.stage:
+            raise BadInput(f"{{zero}} {zero} contradicts {{fsdp}} {f.mode} (which shards like stage {f.stage}).")
+        return {"fsdp": f, "zero": f.stage}
+    if zero in (1, 2):
+        return {"deepspeed": ZeroConfig(stage=zero)}
+    if zero == 3:
+        return {"fsdp": FsdpConfig()}
+    return {}

@@ -48,6 +48,7 @@ class TrainingPeak:
     peak_allocated_bytes: int         # torch.cuda.max_memory_allocated() equivalent
     outside_allocator: dict[str, int] = field(default_factory=dict)
     phases: dict[str, int] = field(default_factory=dict)   # allocator bytes at each phase's peak
+    host: dict[str, int] = field(default_factory=dict)     # offloaded to host RAM, per rank
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,10 +62,13 @@ class Point:
     logits: int = 0         # logits, loss and their gradients
     gather: int = 0         # ZeRO-3 all-gathered parameters
     temporaries: int = 0    # the optimizer step's temporaries
+    buckets: int = 0        # DeepSpeed ZeRO-1/2 reduce buckets (backward)
+    fp32_grads: int = 0     # DeepSpeed's fp32 gradient partition (optimizer step)
 
     @property
     def total(self) -> int:
-        return self.copies + self.grads + self.activations + self.logits + self.gather + self.temporaries
+        return (self.copies + self.grads + self.activations + self.logits + self.gather + self.temporaries
+                + self.buckets + self.fp32_grads)
 
 
 def _check_count(value, flag: str) -> None:
@@ -118,6 +122,7 @@ def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: 
         grads.append(ceil_div(L.grads, s.grad_shard))
     A, C = sum(acts), sum(copies)
     gfwd, gbwd = s.gather_fwd, s.gather_bwd
+    bk = s.buckets
     head = s.head_copy
     dq = s.dequant
 
@@ -127,20 +132,20 @@ def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: 
     else:
         fwd_pt = Point(copies=C + head, activations=A + fwd_x + dq, gather=gfwd)
     # backward: the loss, the lm_head, each layer from the last, then the embedding
-    bwd_pts = [Point(copies=C + head, activations=A + out_saved, logits=loss_bwd, gather=gbwd),
+    bwd_pts = [Point(copies=C + head, activations=A + out_saved, logits=loss_bwd, gather=gbwd, buckets=bk),
                Point(copies=C + head, grads=s.g_head, activations=A + out_saved + T * model.hidden_size * s.resid,
-                     logits=dlogits, gather=gbwd)]
+                     logits=dlogits, gather=gbwd, buckets=bk)]
     done = s.g_head + s.g_norm
     c_left, a_left = C, A
     for i in range(len(s.layers) - 1, -1, -1):
         a_left -= acts[i]
         bwd_pts.append(Point(copies=c_left, grads=done + grads[i],
-                             activations=a_left + acts[i] + recs[i] + bwds[i] + dq, gather=gbwd))
+                             activations=a_left + acts[i] + recs[i] + bwds[i] + dq, gather=gbwd, buckets=bk))
         c_left -= copies[i]
         done += grads[i]
-    bwd_pts.append(Point(grads=done + s.g_emb + s.tied_tmp))
+    bwd_pts.append(Point(grads=done + s.g_emb + s.tied_tmp, buckets=bk))
     bwd_pt = max(bwd_pts, key=lambda p: p.total)
-    step_pt = Point(grads=s.grads_total, temporaries=s.step_temp)
+    step_pt = Point(grads=s.grads_total, temporaries=s.step_temp, fp32_grads=s.fp32_grads)
     cands = (("forward", fwd_pt), ("backward", bwd_pt), ("optimizer step", step_pt))
     phases = {name: S + pt.total for name, pt in cands}
     phase, pt = max(cands, key=lambda c: c[1].total)
@@ -161,6 +166,13 @@ def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: 
         comp["zero3_gather"] = pt.gather
     if "ddp_buckets" in static:
         comp["ddp_buckets"] = static["ddp_buckets"]
+    for k in ("zero_buckets", "zero3_persistent"):       # DeepSpeed ZeRO-3: alive throughout
+        if k in static:
+            comp[k] = static[k]
+    if s.buckets:
+        comp["zero_buckets"] = pt.buckets
+    if s.fp32_grads:
+        comp["zero_fp32_grads"] = pt.fp32_grads
     notes = dict(s.notes)
     impl = attention_impl(model, opts.attn)
     attn = {"eager": "eager attention (seq x seq probabilities)", "sdpa": "SDPA flash/efficient kernel",
@@ -172,7 +184,8 @@ def training_peak(model: ModelSpec, method: Method, batch: int, ctx: int, opts: 
                             "tensors saved for the backward, all layers") + "; " + attn
     notes["logits_and_loss"] = (f"{batch} x {ctx:,} x {s.vocab:,} logits: fp32 upcast, log-softmax "
                                 f"and its gradient")
-    notes = {k: notes[k] for k in comp if k in notes}
+    notes = {k: notes[k] for k in (*comp, *s.host) if k in notes}
     outside = {"optimizer_paged": s.paged} if s.paged else {}
     return TrainingPeak(components=dict(comp), notes=notes, phase=phase,
-                        peak_allocated_bytes=phases[phase], outside_allocator=outside, phases=phases)
+                        peak_allocated_bytes=phases[phase], outside_allocator=outside, phases=phases,
+                        host=dict(s.host))

@@ -57,11 +57,31 @@ def prepare(model: ModelSpec, target: GpuTarget, workload: Workload) -> Setup[Tr
 def components(s: Setup[TrainState], batch: int, ctx: int) -> Breakdown:
     w = s.workload
     peak = training.training_peak(s.model, s.state.method, batch, ctx, w.train, s.state.dtype, w.transformers)
-    parts = {k: v for k, v in peak.components.items() if v}
+    # Paged optimizer state is reported but kept out of the total and the verdict: it lives in
+    # CUDA managed memory, which the driver evicts to host RAM when torch's allocator needs the
+    # room (QLoRA arXiv 2305.14314 §3 "Paged Optimizers"); the run then goes on, slower.
+    parts = {k: v for k, v in peak.components.items() if v and k not in peak.outside_allocator}
     parts["allocator_slack"] = overhead.allocator_slack(peak.peak_allocated_bytes, ALLOCATOR_SLACK_TRAIN)
     parts.update(s.overhead)
-    notes = dict(peak.notes)
-    for name, b in peak.outside_allocator.items():
-        notes[name] = (notes.get(name, "") + " (CUDA managed memory, outside torch's allocator)").strip()
+    outside = {k: v for k, v in {**peak.outside_allocator, **peak.host}.items() if v}
+    notes = {k: v for k, v in peak.notes.items()          # DeepSpeed's step-only / backward-only parts
+             if k not in ("zero_fp32_grads", "zero_buckets") or k in parts}
     return Breakdown(parts, notes, peak.phase,
-                     peak.peak_allocated_bytes + s.overhead["cublas_workspace"])
+                     peak.peak_allocated_bytes + s.overhead["cublas_workspace"],
+                     outside=outside)
+
+
+def paging_warning(s: Setup[TrainState], b: Breakdown) -> str | None:
+    """What happens when the paged state does not stay on the card: the verdict does not count
+    it, so say when it will page and what that costs."""
+    paged = b.outside.get("optimizer_paged", 0)
+    if not paged:
+        return None
+    room = s.capacity - b.total
+    if room >= paged:
+        return None
+    moved = paged - max(room, 0)
+    return (f"the paged optimizer state ({paged / 2**30:.2f} GiB, CUDA managed memory) does not all fit beside "
+            f"the step: about {moved / 2**30:.2f} GiB of it will be paged out to host RAM under memory "
+            f"pressure and paged back in at every optimizer step, which slows the step (PCIe-bound) "
+            f"but does not run out of memory.")

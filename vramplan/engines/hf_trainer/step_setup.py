@@ -8,7 +8,7 @@ is cached (functools.lru_cache on the hashable ModelSpec and options) for that r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
@@ -20,7 +20,8 @@ from vramplan.engines.hf_trainer.optimizers import (Optim, Param, describe_state
                                                     resolve_optim, state_bytes, step_temp_bytes)
 from vramplan.engines.hf_trainer.saved_activations import LayerCost, dropout_masks, fp32_norms, head_saved, layer_cost
 from vramplan.engines.hf_trainer.numerics import Numerics, numerics, qlora_base, stored_weights
-from vramplan.engines.hf_trainer.options import TRAIN_MODES, Method, TrainOptions
+from vramplan.engines.hf_trainer.options import TRAIN_MODES, Method, TrainOptions, deepspeed_masters
+from vramplan.engines.hf_trainer.sharding import ZeroConfig
 from vramplan.memory.weights import WeightFormat, quantizes, shared_state_bytes
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +53,9 @@ class StepSetup:
     notes: dict
     frozen_prefix: int = 0  # LoRA without checkpointing: leading layers no gradient reaches (no
                             # adapter yet, inputs not requiring grad) save nothing for a backward
+    buckets: int = 0        # DeepSpeed ZeRO-1/2 reduce (IPG) buckets, alive through the backward
+    fp32_grads: int = 0     # DeepSpeed: the fp32 copy of this rank's gradient partition, at the step
+    host: dict = field(default_factory=dict)    # offloaded to host RAM: name -> bytes per rank
 
 
 def _uses_layer_norm(model: ModelSpec) -> bool:
@@ -103,28 +107,39 @@ def _param(t: Tensor) -> Param:
 
 @dataclass(frozen=True)
 class Shards:
-    """How many ways ZeRO / FSDP full-shard splits each kind of state over `world` GPUs (1: not
-    split): stage 1 the optimizer state (and fp32 master weights), 2 also the gradients, 3 also
-    the weights. Plain DDP (stage 0) splits nothing."""
+    """How many ways ZeRO / FSDP splits each kind of state (1: not split): stage 1 the optimizer
+    state (and fp32 master weights), 2 also the gradients, 3 also the weights, over the shard
+    group: every GPU, or one node under FSDP hybrid shard (replicated across nodes). Plain DDP
+    (stage 0) splits nothing."""
 
     world: int
     zero: int               # the stage in effect: 0 on one GPU
+    group: int = 0          # GPUs one copy is sharded over (0: the world)
 
     @classmethod
     def of(cls, o: TrainOptions) -> Shards:
-        return cls(o.world, o.zero if o.world > 1 else 0)
+        group = o.world
+        if o.fsdp is not None and o.fsdp.mode.startswith("hybrid"):
+            group = min(o.world, o.fsdp.gpus_per_node)
+        # DeepSpeed runs its ZeRO stage on one GPU too (a partition of one, its buffers and fp32
+        # masters all there; ZeRO-Offload is mostly a one-GPU setup); FSDP/DDP on one GPU is none
+        return cls(o.world, o.zero if (o.world > 1 or o.deepspeed is not None) else 0, group)
+
+    @property
+    def n(self) -> int:
+        return self.group or self.world
 
     @property
     def optimizer(self) -> int:
-        return self.world if self.zero >= 1 else 1
+        return self.n if self.zero >= 1 else 1
 
     @property
     def grads(self) -> int:
-        return self.world if self.zero >= 2 else 1
+        return self.n if self.zero >= 2 else 1
 
     @property
     def weights(self) -> int:
-        return self.world if self.zero == 3 else 1
+        return self.n if self.zero == 3 else 1
 
 
 @dataclass(frozen=True)
@@ -226,7 +241,7 @@ def _static(model: ModelSpec, method: Method, o: TrainOptions, n: Numerics, base
     static = {"weights": 0 if copies_are_weights else ceil_div(all_weights, shards.weights)}
     if method != "full":
         static["trainable"] = ceil_div(n_adapter * n.lora_w, shards.weights)
-    if method == "full" and o.precision == "mixed":
+    if method == "full" and (o.precision == "mixed" or deepspeed_masters(o)):
         static["master_weights"] = ceil_div(4 * n_train, shards.optimizer)
     static["optimizer"] = optimizer
     if shards.world > 1 and o.zero == 0:
@@ -262,16 +277,84 @@ def _outside_grads(model: ModelSpec, method: Method, o: TrainOptions, n: Numeric
 
 
 def _zero3_gather(text: list[Tensor], layers: tuple[LayerCost, ...], wbytes: Callable[[Tensor], int],
-                  shards: Shards) -> tuple[int, int]:
-    """(forward, backward) bytes ZeRO-3 / FSDP full shard gathers while computing: the root unit
-    (embeddings, norm, lm_head) plus the current and the prefetched layer, unsharded; the
-    backward also holds a layer's unsharded gradients before the reduce-scatter."""
+                  shards: Shards, ds: ZeroConfig | None = None, model: ModelSpec | None = None,
+                  grad_bytes: int = 2) -> tuple[int, int]:
+    """(forward, backward) bytes ZeRO-3 / FSDP full shard gathers while computing.
+
+    FSDP: the root unit (embeddings, norm, lm_head) plus the current and the prefetched layer,
+    unsharded; the backward also holds a layer's unsharded gradients before the reduce-scatter.
+    DeepSpeed ZeRO-3 fetches module by module (stage3.py, PartitionedParameterCoordinator): the
+    module running (the largest: the embedding or lm_head) plus up to stage3_prefetch_bucket_size
+    elements fetched ahead, never more than stage3_max_live_parameters; the backward adds that
+    module's unsharded gradient before it is reduced into the bucket."""
     if shards.zero != 3:
         return 0, 0
+    if ds is not None and model is not None:
+        largest = max((t.numel for t in model.all_tensors()), default=0)
+        live = min(ds.max_live_parameters, largest + ds.prefetch_bucket_size)
+        return 2 * live, 2 * live + grad_bytes * largest
     root = sum(wbytes(t) for t in text)
     unit = max((l.work for l in layers), default=0)
     forward = root + 2 * unit
     return forward, forward + max((l.grads for l in layers), default=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZeroExtras:
+    """What DeepSpeed holds besides the shards, and what offload moves to host RAM, per rank."""
+
+    buckets: int = 0            # ZeRO-1/2 IPG buffers, backward
+    static: dict = field(default_factory=dict)   # ZeRO-3 IPG buffer and persistent parameters
+    fp32_grads: int = 0         # the optimizer step's fp32 gradient partition (+ ZeRO-3's flatten)
+    host: dict = field(default_factory=dict)
+
+
+def _zero_extras(model: ModelSpec, o: TrainOptions, n: Numerics, shards: Shards, n_train: int,
+                 static: dict[str, int]) -> ZeroExtras:
+    """DeepSpeed's buffers (engines/hf_trainer/sharding.py has the defaults), and offload.
+
+    ZeRO-1/2 (stage_1_and_2.py): with contiguous_gradients each backward allocates IPG buffers of
+    reduce_bucket_size elements in the dtype of the trainable parameters (setup_buckets, :2493-2515;
+    a second one with overlap_comm); the step turns this rank's flat gradient partition into fp32
+    (`flat_grad_partition.to(single_partition_of_fp32_groups[i].dtype)`, :2361) for the optimizer:
+    4 B x trainable / N, a no-op when the gradients already are fp32. allgather_bucket_size adds no
+    buffer: the updated partitions are gathered in place (runtime/utils.py all_gather_dp_groups:
+    all_gather_into_tensor into the flat 16-bit groups, or narrow views).
+    ZeRO-3 (stage3.py): one IPG buffer of reduce_bucket_size elements from the start (:731-735);
+    parameters under stage3_param_persistence_threshold elements stay gathered (persistent); the
+    step flattens each sub-group's gradient partition and casts it to fp32
+    (_prepare_fp32_grad_for_sub_group, :2401-2402): (grad bytes + 4) x min(trainable / N,
+    sub_group_size).
+    Offload: offload_optimizer keeps the fp32 master partition, the optimizer state and the fp32
+    gradients in host RAM (none on the GPU); offload_param (ZeRO-3) the 16-bit partition too.
+    FSDP offload (CPUOffloadPolicy) moves parameters and optimizer state to host RAM."""
+    ds = o.deepspeed.resolved(model.hidden_size) if o.deepspeed is not None else None
+    out_static: dict[str, int] = {}
+    host: dict[str, int] = {}
+    buckets = fp32 = 0
+    part = ceil_div(n_train, shards.optimizer)
+    offload_opt = (ds is not None and ds.offload_optimizer) or (o.fsdp is not None and o.fsdp.offload)
+    offload_par = (ds is not None and ds.offload_param and shards.zero == 3) or (o.fsdp is not None and o.fsdp.offload)
+    if ds is not None and shards.zero >= 1:
+        bucket = ds.reduce_bucket_size * n.grad_bytes if ds.contiguous_gradients else 0
+        if shards.zero in (1, 2):
+            buckets = bucket * (2 if ds.overlap else 1)
+            fp32 = 4 * part if n.grad_bytes < 4 else 0
+        else:
+            out_static["zero_buckets"] = bucket
+            small = sum(t.numel for t in model.all_tensors() if t.numel < ds.param_persistence_threshold)
+            out_static["zero3_persistent"] = 2 * small
+            sg = min(part, ds.sub_group_size)
+            fp32 = n.grad_bytes * sg + (4 * sg if n.grad_bytes < 4 else 0)
+        if offload_opt:
+            host["optimizer_offloaded"] = fp32
+            fp32 = 0
+    if offload_opt:
+        moved = static.get("master_weights", 0) + static.get("optimizer", 0)
+        host["optimizer_offloaded"] = host.get("optimizer_offloaded", 0) + moved
+    if offload_par:
+        host["params_offloaded"] = static.get("weights", 0)
+    return ZeroExtras(buckets=buckets, static=out_static, fp32_grads=fp32, host=host)
 
 
 def _dequant_bytes(model: ModelSpec, base: WeightFormat | None) -> int:
@@ -297,7 +380,7 @@ def _notes(model: ModelSpec, method: Method, o: TrainOptions, n: Numerics, *, we
            n_train: int, adapted: tuple[Adapted, ...], n_adapter: int, head_copy: int,
            layers: tuple[LayerCost, ...]) -> dict[str, str]:
     """What each component is, in words, for the breakdown: the same facts the bytes came from."""
-    N, z = shards.world, shards.zero
+    N, z = shards.n, shards.zero
     notes: dict[str, str] = {}
     if copies_are_weights:
         notes["weights"] = ("bf16 copies autocast makes of every matmul weight and keeps for the "
@@ -316,13 +399,26 @@ def _notes(model: ModelSpec, method: Method, o: TrainOptions, n: Numerics, *, we
                           + (f", sharded over {N}" if shards.grads > 1 else ""))
     notes["optimizer"] = describe_state(opt, n.param_bytes) + (f", sharded over {N}" if shards.optimizer > 1 else "")
     if paged:
-        notes["optimizer_paged"] = ("bitsandbytes paged state in CUDA managed memory: outside "
-                                    "torch.cuda.max_memory_allocated, evicted to CPU under pressure")
+        notes["optimizer_paged"] = ("bitsandbytes paged state in CUDA managed memory, outside torch's "
+                                    "allocator: the driver pages it to host RAM when the GPU is full "
+                                    "(slower steps, no OOM); not in the total")
     notes["optimizer_step_temporaries"] = describe_step_temporaries(opt)
     if "ddp_buckets" in static:
         notes["ddp_buckets"] = "DDP gradient buckets (gradient_as_bucket_view=False): one more gradient copy"
     if z == 3:
-        notes["zero3_gather"] = "all-gathered parameters: FSDP root unit + current and prefetched layer"
+        notes["zero3_gather"] = ("all-gathered parameters: the module running + stage3_prefetch_bucket_size "
+                                 "(DeepSpeed ZeRO-3)" if o.deepspeed is not None else
+                                 "all-gathered parameters: FSDP root unit + current and prefetched layer")
+    if o.deepspeed is not None and z >= 1:
+        notes["zero_buckets"] = (f"DeepSpeed reduce (IPG) buffer{'s' if z < 3 and o.deepspeed.overlap else ''}: "
+                                 f"reduce_bucket_size elements in the gradients' dtype")
+        notes["zero_fp32_grads"] = f"fp32 copy of this rank's gradient partition for the optimizer step (1/{N})"
+        notes["zero3_persistent"] = ("parameters under stage3_param_persistence_threshold elements, "
+                                     "kept gathered")
+    if o.deepspeed is not None and o.deepspeed.offload_optimizer or o.fsdp is not None and o.fsdp.offload:
+        notes["optimizer_offloaded"] = ("host RAM per rank: fp32 master partition, optimizer state and "
+                                        "fp32 gradients (CPU offload), not on the GPU")
+        notes["params_offloaded"] = "host RAM per rank: the parameter shard (offload_param / FSDP offload)"
     if head_copy or any(l.copies for l in layers):
         notes["autocast_copies"] = "bf16 copies autocast makes of fp32 matmul weights, kept for the backward"
     return notes
@@ -355,10 +451,28 @@ def step_setup(model: ModelSpec, method: Method, o: TrainOptions, weight_dtype: 
                      optimizer=optimizer, grads_total=grads_total,
                      copies_are_weights=copies_are_weights, shards=shards)
 
+    extras = _zero_extras(model, o, n, shards, n_train, static)
+    for k in extras.host:
+        if k == "optimizer_offloaded":
+            # the reduced gradients go straight to the host buffers (stage_1_and_2.py:1650-1668
+            # copy_grads_in_partition under cpu_offload; stage3.py:742-746 the flat gradient
+            # partition in host memory): none is left on the GPU for the step
+            if shards.zero == 3:
+                extras.host[k] += grads_total
+            grads_total = 0
+            static["optimizer"] = 0
+            static.pop("master_weights", None)
+            step_temp = 0      # the optimizer runs on the CPU (DeepSpeedCPUAdam / the host tensors)
+        elif k == "params_offloaded":
+            static["weights"] = 0
+    static.update(extras.static)
     head = _head_weights(model, text)
     head_copy = 2 * sum(t.numel for t in head) if (n.head_copy and n.autocast) else 0
     grads = _outside_grads(model, method, o, n, text, head, adapted, shards)
-    gather_fwd, gather_bwd = _zero3_gather(text, layers, wbytes, shards)
+    # the largest module's gradient before its reduce: only full fine-tuning trains it (LoRA's
+    # frozen embedding has none)
+    gather_fwd, gather_bwd = _zero3_gather(text, layers, wbytes, shards, o.deepspeed, model,
+                                           n.grad_bytes if method == "full" else 0)
     notes = _notes(model, method, o, n, weights_label=weights_label,
                    copies_are_weights=copies_are_weights, shards=shards, static=static, paged=paged, opt=opt, n_train=n_train, adapted=adapted, n_adapter=n_adapter,
                    head_copy=head_copy, layers=layers)
@@ -371,4 +485,5 @@ def step_setup(model: ModelSpec, method: Method, o: TrainOptions, weight_dtype: 
         resid=n.resid, logits=n.logits, attn_bytes=n.attn, gather_fwd=gather_fwd,
         gather_bwd=gather_bwd, dequant=_dequant_bytes(model, base),
         math_fallback=_math_fallback(model, n), notes=notes,
-        frozen_prefix=_frozen_prefix(method, o, adapted))
+        frozen_prefix=_frozen_prefix(method, o, adapted), buckets=extras.buckets,
+        fp32_grads=extras.fp32_grads, host=extras.host)
