@@ -25,6 +25,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from vramplan import derive  # noqa: E402
 from vramplan.derive import oracle  # noqa: E402  (imports torch)
 
 pytestmark = pytest.mark.trace
@@ -38,7 +39,10 @@ CONFIGS = sorted((ROOT / "configs" / "models").glob("*.json")) + \
     sorted((ROOT / "tests" / "data" / "popular").glob("*.json"))
 
 # name -> why the analytic tier is not exact for it yet (strict xfail: fixed means delete the entry)
-KNOWN_GAPS: dict[str, str] = {}
+KNOWN_GAPS: dict[str, str] = {
+    "mistralai--Mistral-Small-3.2-24B-Instruct-2506": "the generic reader counts mistral3 2.9 % over transformers "
+                                                     "without the approximate label (the derived layers are exact)",
+}
 
 # expected.json takes falcon-40b's params from its checkpoint index (total_size / 2), which stores the
 # tied lm_head a second time (tests/test_expected.py, ON_DISK_DUPLICATES): 65,024 x 8,192 more than
@@ -54,15 +58,21 @@ def _param(path: Path):
 @pytest.mark.parametrize("path", [_param(p) for p in CONFIGS])
 def test_analytic_tier_is_exact_against_transformers(path):
     raw = json.loads(path.read_text())
+    if not derive.may_know(str(raw.get("model_type", ""))):
+        pytest.skip(f"model_type {raw.get('model_type')!r} is not in the installed transformers (remote code)")
     row = oracle.compare(raw, path.stem.replace("--", "/"), str(path.relative_to(ROOT)), limit_s=300)
     assert row.oracle.ok, row.oracle.error
     expected = EXPECTED.get(path.stem) or EXPECTED_NEW.get(path.stem)
-    if expected is not None and expected.get("params") is not None:
+    if expected is not None and expected.get("params") is not None and "encoder" not in expected.get("notes", ""):
+        # (an encoder's figures are its base model's; the oracle builds its causal-LM class)
         # the oracle itself against the reference counts
         assert row.oracle.params == expected["params"] - ON_DISK_DUPLICATES.get(path.stem, 0)
         if "kv_bytes_per_token_bf16" in expected:
             assert row.oracle.kv_bytes == expected["kv_bytes_per_token_bf16"]
             assert row.oracle.cache == expected["cache_layer_kinds"]
+    if not row.derived.ok:          # an encoder: refused by both readers
+        assert "no cache" in row.derived.error and row.status == "refused", (row.status, row.derived.error)
+        return
     # what --layers-from transformers plans with reproduces the oracle
     assert (row.derived.params, row.derived.kv_bytes, row.derived.state_elems) == \
         (row.oracle.params, row.oracle.kv_bytes, row.oracle.state_elems)

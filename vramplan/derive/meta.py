@@ -77,17 +77,20 @@ def hf_config(raw: dict, model_id: str = "", dtype: str | None = None):
     return AutoConfig.for_model(model_type, **d)
 
 
-def model_class(config):
-    """The class transformers maps this config to: its causal LM, else its image-text-to-text
-    model (the vision-language families), else None."""
+def model_classes(config) -> list:
+    """The classes transformers maps this config to: its causal LM, then its image-text-to-text
+    model (the vision-language families)."""
     from transformers.models.auto import modeling_auto as auto
 
+    out = []
     for mapping in (auto.MODEL_FOR_CAUSAL_LM_MAPPING, auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING):
         try:
-            return mapping[type(config)]
+            cls = mapping[type(config)]
         except KeyError:
             continue
-    return None
+        if cls not in out:
+            out.append(cls)
+    return out
 
 
 # transformers 5 dropped the token ids from the base config class; a few model classes still read
@@ -110,10 +113,23 @@ def meta_model(config, dtype: str | None = None, attn: str = "sdpa") -> nn.Modul
 
 
 def _meta_model(config, dtype: str | None, attn: str) -> nn.Module:
-    cls = model_class(config)
-    if cls is None:
+    """The first class that builds: a composite config whose causal-LM class reads only a text
+    config (Qwen3.5's Qwen3_5ForCausalLM on the whole Qwen3_5Config) is built with its
+    image-text-to-text class instead."""
+    classes = model_classes(config)
+    if not classes:
         raise BadInput(f"transformers has no causal-LM or image-text-to-text class for model_type "
                        f"{config.model_type!r}.")
+    for i, cls in enumerate(classes):
+        try:
+            return _build(cls, config, dtype, attn)
+        except AttributeError as e:
+            if _TOKEN_ID.search(str(e)) or i == len(classes) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _build(cls, config, dtype: str | None, attn: str) -> nn.Module:
     kwargs = {"attn_implementation": attn}
     if dtype is not None:
         kwargs["dtype"] = TORCH_DTYPES[dtype]
