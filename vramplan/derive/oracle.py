@@ -87,9 +87,11 @@ class Row:
     @property
     def auto_status(self) -> str:
         """The status of what `vramplan fit` answers with transformers installed (--layers-from
-        auto): the family module where there is one, else the derived layers when transformers
-        built them, else the analytic reader."""
-        if self.explicit or not self.derived.ok:
+        auto): the family module where there is one, or the generic reader's reading when it is
+        labelled exact; else the derived layers when transformers built them, else the analytic
+        reader."""
+        kept = self.explicit or (self.analytic.ok and self.analytic.label == "exact")
+        if kept or not self.derived.ok:      # a family module, or the generic reader's exact layout
             return self.status
         if not self.oracle.ok:
             return "oracle-error"
