@@ -234,6 +234,10 @@ FORBIDDEN = {
     "models parse configs, nothing more": ("vramplan.models", (
         "vramplan.engines", "vramplan.memory", "vramplan.planner", "vramplan.api", "vramplan.cli",
         "vramplan.render")),
+    "derive reads a config through transformers, nothing more": ("vramplan.derive", (
+        "vramplan.engines", "vramplan.memory", "vramplan.planner", "vramplan.suggestions", "vramplan.api",
+        "vramplan.cli", "vramplan.render", "vramplan.loading", "vramplan.sources", "vramplan.compare",
+        "vramplan.verify", "vramplan.probe")),
 }
 # (importing package, the only vramplan packages it may import): the leaves of the house.
 ONLY = {
@@ -408,6 +412,17 @@ def test_layering():
 
 def test_function_local_imports_only_for_heavy_extras():
     _check(local_findings(EDGES), ALLOWED_TODAY_LOCAL, RULE_LOCAL)
+
+
+# What `vramplan fit` loads for every model: the derived layers are assembled from the disk cache
+# by these without torch; only derive's meta/kv/extract/oracle import it (inside functions).
+LIGHT = ("vramplan.loading", "vramplan.derive", "vramplan.derive.assemble", "vramplan.derive.cache")
+
+
+def test_the_light_part_of_derive_imports_nothing_heavy():
+    heavy = heavy_modules(EDGES)
+    assert not [m for m in LIGHT if m in heavy], sorted(m for m in LIGHT if m in heavy)
+    assert "vramplan.derive.meta" in heavy and "vramplan.derive.kv" in heavy     # the check can fail
 
 
 def test_mode_strings_stay_at_the_edge():

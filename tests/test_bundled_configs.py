@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vramplan import api, catalog, sources
+from vramplan import api, catalog, derive, sources
 from vramplan.cli import app
 from vramplan.errors import ModelNotFound
+from vramplan.memory import kv_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "configs" / "models"
@@ -119,7 +120,14 @@ UNTIED_LM_HEAD = {"mistralai--Mistral-Small-3.2-24B-Instruct-2506": 131_072 * 5_
 def test_params_and_kv_match_transformers(stem):
     if stem in REFUSED_ANALYTIC:
         with pytest.raises(api.BadInput):
-            api.load_model(hub_id(stem))
+            api.load_model(hub_id(stem), layers_from="analytic")
+        if "encoder" in EXPECTED[stem].get("notes", ""):     # no generation to plan: refused either way
+            with pytest.raises(api.BadInput):
+                api.load_model(hub_id(stem))
+        elif derive.available():    # --layers-from auto: the layers derived from transformers answer
+            spec = api.load_model(hub_id(stem))
+            assert spec.derived_from and spec.params == EXPECTED[stem]["params"]
+            assert kv_cache.kv_bytes_per_token(spec, 2) == EXPECTED[stem]["kv_bytes_per_token_bf16"]
         return
     expected = EXPECTED[stem]
     spec = api.load_model(hub_id(stem))

@@ -612,13 +612,16 @@ def test_checkpoints_written_by_transformers(tmp_path, model_type, extra):
     model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.save_pretrained(str(tmp_path / model_type))
     params = sum(p.numel() for p in model.parameters())
-    out = fit_json(str(tmp_path / model_type), "--gpu", "l40s")
+    # the analytic reading (--layers-from analytic): with transformers installed, auto would derive
+    # BioGPT's layers from transformers itself, exactly (tests/test_derive.py)
+    out = fit_json(str(tmp_path / model_type), "--gpu", "l40s", "--layers-from", "analytic")
     assert out["model"]["weights_from"] == "checkpoint"
     assert out["model"]["checkpoint_bytes"] == 2 * params == data_section(tmp_path / model_type)
     assert out["model"]["params"] == params
     mismatch = [w for w in out["warnings"] if "checkpoint holds" in w]
     if model_type == "biogpt":
-        config_params = fit_json(str(tmp_path / model_type), "--gpu", "l40s", "--weights-from", "config")["model"]["params"]
+        config_params = fit_json(str(tmp_path / model_type), "--gpu", "l40s", "--weights-from", "config",
+                                 "--layers-from", "analytic")["model"]["params"]
         assert config_params != params
         assert mismatch == [f"the checkpoint holds {params:,} parameters; the config reading gave {config_params:,}: "
                             "the checkpoint's figures are used."]

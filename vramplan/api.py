@@ -88,11 +88,12 @@ def _check_words(model, gpu=None, **keywords) -> None:
     build_workload(PlanRequest.from_keywords(model, **keywords), MAX_GPU_COUNT)   # any card count
 
 
-def load_model(model: str | ModelSpec | dict, weights_from: str = "auto") -> ModelSpec:
+def load_model(model: str | ModelSpec | dict, weights_from: str = "auto", layers_from: str = "auto") -> ModelSpec:
     """A Hub id, a bundled id, a local directory or config.json path, or a config dict -> ModelSpec.
-    `weights_from` as in `plan` (the safetensors checkpoint when one is at hand)."""
+    `weights_from` as in `plan` (the safetensors checkpoint when one is at hand); `layers_from`:
+    auto, analytic or transformers (loading.LAYERS_FROM)."""
     check_model(model)
-    return loading.load_model(model, weights_from)
+    return loading.load_model(model, weights_from, layers_from)
 
 
 def plan_request(request: PlanRequest) -> Plan:
@@ -122,8 +123,9 @@ def plan(model: str | ModelSpec, gpu: str | GpuTarget | None = None, *, gpu_mem:
     """Plan one workload. Returns a `Plan` (see vramplan.spec); raises VramplanError subclasses.
 
     `options` are vLLM's engine flags (`ServeFlags`: tp, pp, gpu_memory_utilization, ...), the
-    training settings (`TrainFlags`: optim, grad_ckpt, lora_r, ...) and `transformers`; an
-    unknown keyword raises BadInput naming it. With engine="sglang", SGLang's own (`SglangFlags`:
+    training settings (`TrainFlags`: optim, grad_ckpt, lora_r, ...), `transformers` and
+    `layers_from` ("auto", "analytic" or "transformers": which reader turns the config into
+    layers, loading.LAYERS_FROM); an unknown keyword raises BadInput naming it. With engine="sglang", SGLang's own (`SglangFlags`:
     mem_fraction_static, page_size, chunked_prefill_size, max_running_requests, cuda_graph_max_bs,
     dp_size, ep_size, ...); context_length and tp_size are SGLang's names for ctx and tp.
     `weights_from`: "checkpoint" reads the bytes of every tensor from the safetensors headers,

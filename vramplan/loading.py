@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 
 from pathlib import Path
 
-from vramplan import models, sources
-from vramplan.errors import BadInput, EnvironmentProblem, VramplanError
+from vramplan import derive, models, sources
+from vramplan.errors import BadConfig, BadInput, EnvironmentProblem, VramplanError
 from vramplan.models import checkpoint as checkpoint_model
 from vramplan.models.gguf import parse_header
 from vramplan.sources import gguf as gguf_source
@@ -39,31 +39,70 @@ class Loaded:
 
 
 WEIGHTS_FROM = ("auto", "config", "checkpoint")
+# Which reader turns a config into layers (--layers-from): "analytic" the family modules and the
+# generic reader of models/ (no torch); "transformers" the model transformers builds from the config
+# (vramplan/derive/); "auto" the family module where one reads this model_type, else transformers
+# when torch and transformers are installed, else the analytic reader.
+LAYERS_FROM = ("auto", "analytic", "transformers")
 
 
-def load(model: str | dict | ModelSpec, weights_from: str = "config") -> Loaded:
+def parse(config: dict, model_id: str, source: str, layers_from: str = "auto") -> ModelSpec:
+    """config.json -> ModelSpec by the reader `layers_from` selects (LAYERS_FROM). auto: a family
+    module's reading stands; the generic reader's stands when it is exact (a verified layout);
+    otherwise (approximate, or refused) the layers derived from transformers answer when it is
+    installed and builds the config, else the generic reading or its refusal."""
+    if layers_from not in LAYERS_FROM:
+        raise BadInput(f"{{layers_from}} {layers_from!r} is not one of: {', '.join(LAYERS_FROM)}.")
+    if layers_from == "transformers":
+        return derive.spec(config, model_id, source)
+    if layers_from == "analytic" or not derive_answers(config):
+        return models.parse(config, model_id=model_id, source=source)
+    try:
+        analytic, refused = models.parse(config, model_id=model_id, source=source), None
+    except BadConfig as e:
+        analytic, refused = None, e
+    if analytic is not None and analytic.confidence == "exact":
+        return analytic
+    try:
+        return derive.spec(config, model_id, source)
+    except (BadInput, BadConfig):
+        if refused is not None:
+            raise refused from None     # transformers cannot build it either: the reader's sentence
+        return analytic
+
+
+def derive_answers(config) -> bool:
+    """--layers-from auto may ask transformers: no family module reads this model_type, the
+    installed transformers may know it, and torch and transformers are installed (all checked
+    without importing them)."""
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    return (isinstance(model_type, str) and model_type not in models.REGISTRY and derive.may_know(model_type)
+            and derive.available())
+
+
+def load(model: str | dict | ModelSpec, weights_from: str = "config", layers_from: str = "auto") -> Loaded:
     """Read and parse; a ModelSpec is re-read from where it was loaded (its config is needed).
     `weights_from` (with_weights): "config", "checkpoint", or "auto" (the checkpoint when one is
-    at hand)."""
+    at hand). `layers_from` (parse): "auto", "analytic" or "transformers"."""
     if isinstance(model, dict):
         if weights_from == "checkpoint":
             raise BadInput("{weights_from} checkpoint needs a model directory or a Hub id; a config given "
                            "as a dict has no checkpoint.")
         blob = json.dumps(model, sort_keys=True).encode()
-        spec = models.parse(model, model_id=str(model.get("_name_or_path", "config")), source="dict")
+        spec = parse(model, str(model.get("_name_or_path", "config")), "dict", layers_from)
         spec = replace(spec, context_limit=context_limit(model, spec))
         return Loaded(model, hashlib.sha256(blob).hexdigest(), spec)
     name = model.id if isinstance(model, ModelSpec) else str(model)
     if isinstance(model, ModelSpec) and model.location:
         name = model.location if not model.location.startswith("http") else name
     loaded = sources.load_config(name)
-    spec = models.parse(loaded.config, model_id=loaded.id, source=loaded.source)
+    spec = parse(loaded.config, loaded.id, loaded.source, layers_from)
     spec = replace(spec, location=loaded.location, config_sha256=loaded.sha256,
                    context_limit=context_limit(loaded.config, spec))
     return Loaded(loaded.config, loaded.sha256, with_weights(spec, loaded, weights_from))
 
 
-def load_model(model: str | ModelSpec, weights_from: str = "config") -> ModelSpec:
+def load_model(model: str | ModelSpec, weights_from: str = "config", layers_from: str = "auto") -> ModelSpec:
     """A Hub id, a bundled id, a local directory or config.json path -> ModelSpec; a GGUF file
     (or a directory or Hub repo of them) is read by its header (load_gguf), which is its own
     checkpoint."""
@@ -71,7 +110,7 @@ def load_model(model: str | ModelSpec, weights_from: str = "config") -> ModelSpe
         return model
     if is_gguf(model):
         return load_gguf(model)
-    return load(model, weights_from).spec
+    return load(model, weights_from, layers_from).spec
 
 
 def with_weights(spec: ModelSpec, loaded, weights_from: str) -> ModelSpec:

@@ -41,8 +41,9 @@ def plan(request: PlanRequest) -> Plan:
                            "{new_tokens} with {method} analytic.")
         from vramplan import trace      # the trace tier loads only when asked for
 
-        return trace.plan(request.model, target, workload, no_cache=request.no_cache)
-    model = load_model(request.model, check_weights_from(request.weights_from))
+        return trace.plan(request.model, target, workload, no_cache=request.no_cache,
+                          layers_from=request.layers_from)
+    model = load_model(request.model, check_weights_from(request.weights_from), request.layers_from)
     if model.gguf is not None and workload.engine not in LOCAL_ENGINES:
         raise BadInput(f"{model.id} is a GGUF file: plan it with {{engine}} llama.cpp or ollama.")
     return planner.build(model, target, workload, catalog=catalog.load_gpus())

@@ -37,7 +37,7 @@ def bundled_models(query: str | None = None) -> tuple[BundledModel, ...]:
     rows = []
     for i in ids:
         try:
-            m = load_model(i)
+            m = load_model(i, layers_from="analytic")   # the listing is the analytic tier's: fast, no torch
         except BadInput:        # a family the analytic tier refuses today: listed, without figures
             kind = json.loads(catalog.load_bundled_text(i)).get("model_type", "")
             rows.append(BundledModel(i, str(kind), None, None, note=NOT_READ))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from vramplan.engines.llama_cpp.options import LlamaFlags, normalize as llama_options
 from vramplan.engines.sglang.options import SglangFlags, normalize as sglang_options
 from vramplan.errors import BadInput
-from vramplan.loading import is_gguf
+from vramplan.loading import LAYERS_FROM, is_gguf
 from vramplan.memory.dtypes import KV_FORMATS, WEIGHT_FORMATS, normalize
 from vramplan.memory.parallel import serve_layout
 from vramplan.spec import GpuTarget, ModelSpec, ServeOptions, Workload
@@ -129,6 +129,7 @@ class PlanRequest:
     weights_from: str = "auto"              # --weights-from: auto, config or checkpoint (loading.WEIGHTS_FROM)
     strict: bool = False                    # --strict: an approximate plan is refused (exit 2)
     new_tokens: int | str | None = None     # infer: tokens generate() adds to the --ctx prompt
+    layers_from: str = "auto"               # auto | analytic | transformers (loading.LAYERS_FROM)
 
     @classmethod
     def from_keywords(cls, model: str | ModelSpec, gpu: str | GpuTarget | None = None,
@@ -289,6 +290,8 @@ def check_request(request: PlanRequest) -> None:
             raise BadInput(f"{{{name}}} must be a string such as 'auto' or 'bf16', got {shown(getattr(request, name))}.")
     if not isinstance(request.no_cache, bool):
         raise BadInput(f"{{no_cache}} must be True or False, got {shown(request.no_cache)}.")
+    if not isinstance(request.layers_from, str) or request.layers_from not in LAYERS_FROM:
+        raise BadInput(f"{{layers_from}} {shown(request.layers_from)} is not one of: {', '.join(LAYERS_FROM)}.")
 
 
 def check_model(model) -> None:

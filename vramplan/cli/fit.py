@@ -48,6 +48,7 @@ def fit(
     limit_mm_per_prompt: Optional[str] = O.MM, swap_space: Optional[float] = O.SWAP, cmd: Optional[str] = O.CMD,
     weights_from: str = O.WEIGHTS_FROM,
     strict: bool = O.STRICT,
+    layers_from: str = O.LAYERS_FROM,
 ) -> None:
     """Will MODEL fit on the GPU with this workload? Exit 0 fits, 1 does not."""
     given = {name for name in context.params if _given(context, name)}
@@ -95,6 +96,7 @@ def fit(
             enable_dp_attention=v["enable_dp_attention"] or None),
         weights_from=weights_from,
         strict=strict,
+        layers_from=layers_from,
     )
     p = api.plan_request(request)
     for note in launch.notes if launch is not None else ():

@@ -90,3 +90,4 @@ SWAP = typer.Option(None, "--swap-space", help="serve: vLLM's CPU swap space in 
 CMD = typer.Option(None, "--cmd", help='A server launch line to plan: "vllm serve MODEL --max-model-len 32768 -tp 2" (or python -m vllm.entrypoints.openai.api_server / sglang.launch_server).')
 FIT_MODEL = typer.Argument(None, help="Hub id (meta-llama/Llama-3.1-8B), bundled id, local directory or config.json (or give --cmd).")
 STRICT = typer.Option(False, "--strict", help="Refuse (exit 2) a plan whose model was read only approximately (the generic config reader).")
+LAYERS_FROM = typer.Option("auto", "--layers-from", help="Which reader turns the config into layers: analytic (vramplan's family modules and generic reader, no torch), transformers (the model transformers builds from the config, on the meta device; needs the 'trace' extra), or auto (a family module where one reads the model type, else transformers when installed, else analytic).")

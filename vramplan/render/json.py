@@ -38,6 +38,8 @@ def model_json(m: ModelSpec) -> dict:
         "checkpoint_bytes": m.checkpoint_bytes,
         "weights_notes": list(m.weights_notes),
         "confidence": m.confidence, "assumptions": list(m.assumptions),
+        "layers_from": "transformers" if m.derived_from else "analytic",
+        "derived_from": m.derived_from or None,
     }
 
 

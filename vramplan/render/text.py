@@ -74,6 +74,9 @@ def plan_table(p: Plan) -> str:
     if notes and m.weights_from != "checkpoint":
         lines.append(f"weights   from the config: {notes.pop(0)}")
     lines += [f"          {note}" for note in notes]
+    if m.derived_from:
+        lines.append(f"layers    derived from {m.derived_from} (the model built on the meta device, its cache "
+                     f"after a prefill on fake tensors)")
     if t.gpu:
         gpu = f"{t.gpu.name} x {t.count}" if t.count > 1 else t.gpu.name
         total = f"{fmt_gib(t.per_gpu_bytes)} CUDA total each" if t.count > 1 else f"{fmt_gib(t.per_gpu_bytes)} CUDA total"

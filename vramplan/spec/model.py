@@ -343,6 +343,9 @@ class ModelSpec:
     weights_confidence: str = ""        # the weights' own label when it differs from `confidence`
                                         # ("exact" once read from the checkpoint's safetensors headers)
     # Where the config was read from (loading.py); its path and hash take no part in comparisons.
+    derived_from: str = ""              # "transformers 5.25.0" when the layers were derived from the
+                                        # transformers model itself (vramplan/derive/); "" for the
+                                        # analytic reader (models/)
     source: str = ""                    # how it was found: "bundled", "path", "hub", "dict" ...
     location: str = field(default="", compare=False)        # its path or URL
     config_sha256: str = field(default="", compare=False)   # of its bytes: the trace cache key

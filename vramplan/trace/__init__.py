@@ -25,7 +25,7 @@ from vramplan import catalog, loading
 from vramplan import planner as core_plan
 from vramplan.engines.hf_trainer.options import ADAPTER_METHODS, TrainOptions
 from vramplan.engines.hf_trainer.step import ALLOCATOR_SLACK_TRAIN
-from vramplan.errors import BadInput, MissingExtra
+from vramplan.errors import BadConfig, BadInput, MissingExtra
 from vramplan.memory.activations import PRE_SM80
 from vramplan.request import transformers_major
 from vramplan.spec import GpuTarget, ModelSpec, Plan, Workload
@@ -63,13 +63,18 @@ class Progress:
 
 
 def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
-         train_options=None, *, no_cache: bool = False, progress: bool = True) -> Plan:
+         train_options=None, *, no_cache: bool = False, progress: bool = True,
+         layers_from: str = "auto") -> Plan:
     """Plan `workload` on `target` with the trace's measured tensors (a `TracedPlan`).
 
     `model` is what `vramplan fit` takes (Hub id, bundled id, path) or a config.json dict.
     `train_options` (a TrainOptions) overrides `workload.train`. Raises BadInput for
-    a workload the trace cannot run (naming why), MissingExtra without torch/transformers."""
-    loaded = loading.load(model)
+    a workload the trace cannot run (naming why), MissingExtra without torch/transformers.
+
+    The layers the engine's setup and the limits read come from `load` below: the trace runs
+    whatever transformers builds, so it never refuses a model only because the analytic reader
+    does."""
+    loaded = load(model, layers_from)
     raw, sha, spec = loaded.config, loaded.sha256, loaded.spec
     if workload.engine == "hf_trainer":
         opts = train_options or workload.train or TrainOptions()
@@ -95,6 +100,23 @@ def plan(model: str | dict | ModelSpec, target: GpuTarget, workload: Workload,
     if workload.engine == "vllm":
         return assemble.serve(setup, result, analytic)
     return assemble.training(setup, result, analytic, ALLOCATOR_SLACK_TRAIN)
+
+
+def load(model: str | dict | ModelSpec, layers_from: str = "auto") -> loading.Loaded:
+    """The model as the trace sees it: with `auto`, the family module where one reads this
+    model_type exactly (verified against transformers: docs/coverage.md), else the layers
+    derived from transformers; a family module's refusal is not the trace's, so the trace then
+    derives the layers from transformers too. When transformers refuses the config as well, the
+    family module's refusal stands (it names the key at fault)."""
+    if layers_from != "auto":
+        return loading.load(model, layers_from=layers_from)
+    try:
+        return loading.load(model, layers_from="auto")
+    except BadConfig as refused:
+        try:
+            return loading.load(model, layers_from="transformers")
+        except (BadConfig, BadInput):
+            raise refused from None
 
 
 def scenario_for(spec: ModelSpec, target: GpuTarget, workload: Workload):

@@ -102,7 +102,14 @@ def training(s: Setup, t: TraceResult, analytic: Plan, slack_fraction: float) ->
 
 def _plan(analytic: Plan, parts: dict, notes: dict, peak: int, t: TraceResult) -> TracedPlan:
     warnings = list(analytic.warnings) + list(t.measured.get("warnings", ()))
-    warnings.append("max_batch and max_ctx come from the analytic model (the trace measures one workload).")
+    layers = (f"the layers derived from {analytic.model.derived_from}" if analytic.model.derived_from
+              else "the analytic layers")
+    warnings.append(f"max_batch and max_ctx are solved by the closed-form model on {layers} (the trace "
+                    f"measures one workload).")
+    traced = t.measured.get("params")
+    if isinstance(traced, int) and traced != analytic.model.params:
+        warnings.append(f"The traced model holds {traced:,} parameters; the layers the limits read hold "
+                        f"{analytic.model.params:,}.")
     fields = {f: getattr(analytic, f) for f in analytic.__dataclass_fields__}
     fields.update(components=parts, component_notes=notes, peak_allocated_bytes=peak,
                   total_bytes=sum(parts.values()), warnings=tuple(warnings),

@@ -28,7 +28,7 @@ from vramplan.errors import VramplanError
 from vramplan.files import read_small_file
 from vramplan.trace.result import TraceResult
 
-TRACE_VERSION = 9
+TRACE_VERSION = 10      # 10: measured["params"], the traced model's own parameter count
 # The layout of an entry file; an entry of another format (older, or written by a newer
 # vramplan sharing the cache) is a miss.
 FORMAT = 2

@@ -86,6 +86,7 @@ def _execute(raw_config: dict, scenario: Scenario, model_id: str, fake: bool, pr
     if s.mode == "qlora":
         training.cast_for_kbit(model, s.train)
     vocab = config.get_text_config().vocab_size
+    params = sum(p.numel() for p in model.parameters())     # unique storages, tied once
     notes = build.notes(model, s.attn)
     attn_used = getattr(model.config, "_attn_implementation", s.attn)
 
@@ -119,7 +120,8 @@ def _execute(raw_config: dict, scenario: Scenario, model_id: str, fake: bool, pr
     finally:
         if gc_was:
             gc.enable()
-    return _result(tr, s, weights_bytes, {"warnings": notes, "attn": attn_used}, vocab, time.perf_counter() - start)
+    return _result(tr, s, weights_bytes, {"warnings": notes, "attn": attn_used, "params": params}, vocab,
+                   time.perf_counter() - start)
 
 
 def _fake_mode():
