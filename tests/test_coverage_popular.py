@@ -70,8 +70,12 @@ def test_analytic_tier_is_exact_against_transformers(path):
         if "kv_bytes_per_token_bf16" in expected:
             assert row.oracle.kv_bytes == expected["kv_bytes_per_token_bf16"]
             assert row.oracle.cache == expected["cache_layer_kinds"]
-    if not row.derived.ok:          # an encoder: refused by both readers
-        assert "no cache" in row.derived.error and row.status == "refused", (row.status, row.derived.error)
+    if not row.derived.ok:
+        # an encoder: transformers keeps no cache, so the derived path refuses it; the analytic
+        # reader plans it as a vLLM pooling model (models/encoder.py), its bare encoder within 1 %
+        # of the causal-LM class the oracle builds (which adds an LM head)
+        assert "no cache" in row.derived.error and row.status in ("refused", "exact", "within 1%"), \
+            (row.status, row.derived.error)
         return
     # what --layers-from transformers plans with reproduces the oracle
     assert (row.derived.params, row.derived.kv_bytes, row.derived.state_elems) == \

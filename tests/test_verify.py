@@ -6,6 +6,7 @@ trace's prediction is the same program on fake tensors: the two must agree to th
 """
 
 import contextlib
+import gc
 import json
 import time
 import weakref
@@ -749,8 +750,14 @@ def test_fake_gpu_timeout_frees(tiny, monkeypatch, warm):
     n = fake.healthy_l40s()
     with fake_gpu(monkeypatch, n) as fc:
         fc.on_op = lambda func, i: time.sleep(0.05)           # a slow kernel, every op
-        with pytest.raises(EnvironmentProblem, match=r"timed out after 0\.5 s"):
+        with pytest.raises(EnvironmentProblem, match=r"timed out after 0\.5 s") as caught:
             verify(tiny, level="run", device="cuda:0", mode="infer", batch=2, ctx=64, timeout=0.5)
+        # Once the caller has handled the error, nothing is left on the device. pytest's record of
+        # the exception keeps its traceback (and so the frames the timeout interrupted) alive;
+        # where the timeout lands decides whether a frame still names a tensor, so the record is
+        # dropped and the cycle collector run first, as a caller that moves on would.
+        del caught
+        gc.collect()
         assert (fc.allocators[0].allocated, fc.allocators[0].reserved) == (0, 0)
 
 

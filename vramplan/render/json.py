@@ -18,8 +18,9 @@ if TYPE_CHECKING:       # the catalog reports load with the commands that make t
 def layer_kinds(m: ModelSpec) -> dict[str, int]:
     """How many layers of each kind (full, sliding, mla, mamba2, ...), in layer order."""
     kinds: dict[str, int] = {}
+    no_mixer = "encoder" if m.traits.pooling else "mlp-only"     # an encoder's attention keeps no cache
     for layer in m.layers:
-        k = getattr(layer.mixer, "kind", "mlp-only")
+        k = getattr(layer.mixer, "kind", no_mixer)
         kinds[k] = kinds.get(k, 0) + 1
     return kinds
 
