@@ -155,7 +155,7 @@ def warm(tiny):
     verify(tiny, level="alloc", device="cpu", mode="infer")
 
 
-def test_timeout_frees_and_says_so(tiny, monkeypatch, warm, no_gc_callbacks):
+def test_timeout_frees_and_says_so(tiny, monkeypatch, warm):
     seen = spy_holder(monkeypatch, lambda: time.sleep(5))
     start = time.monotonic()
     with pytest.raises(EnvironmentProblem, match=r"timed out after 0\.3 s"):
@@ -543,7 +543,7 @@ def test_7_invalid_device_is_exit_3(tiny, monkeypatch):
     cli_refuses(monkeypatch, fake.healthy_l40s(), [tiny, "--device", "cuda:3"], "There is no CUDA device 3")
 
 
-def test_8_timeout_not_lost_in_a_finalizer(tiny, monkeypatch, warm, no_gc_callbacks):
+def test_8_timeout_not_lost_in_a_finalizer(tiny, monkeypatch, warm):
     """Problem 8: a one-shot SIGALRM that fires inside a weakref.finalize callback (the trace
     tracker frees storages in them) is printed as "Exception ignored" and lost: no timeout at
     all. The watchdog raises in the code that triggered the finalizer instead."""
@@ -746,19 +746,7 @@ def test_fake_gpu_ctrl_c_frees(tiny, monkeypatch):
         assert (fc.allocators[0].allocated, fc.allocators[0].reserved, fc.workspaces) == (0, 0, {})
 
 
-@pytest.fixture
-def no_gc_callbacks():
-    """Other libraries' gc callbacks (hypothesis installs one once a property test has run) run
-    Python code inside every collection; an alarm landing there is swallowed as an unraisable
-    exception and the run is then stopped by the watchdog's repeat at a less controlled point.
-    The timeout tests run without them, as a verify process does."""
-    saved = list(gc.callbacks)
-    gc.callbacks.clear()
-    yield
-    gc.callbacks.extend(saved)
-
-
-def test_fake_gpu_timeout_frees(tiny, monkeypatch, warm, no_gc_callbacks):
+def test_fake_gpu_timeout_frees(tiny, monkeypatch, warm):
     n = fake.healthy_l40s()
     with fake_gpu(monkeypatch, n) as fc:
         fc.on_op = lambda func, i: time.sleep(0.05)           # a slow kernel, every op

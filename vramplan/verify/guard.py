@@ -48,8 +48,10 @@ FREE_MARGIN_BYTES = 256 * 2**20
 REPEAT_S = 0.2     # how often the watchdog repeats the alarm until the run has stopped
 
 
-class VerifyTimeout(Exception):
-    """Raised inside the run when --timeout expires."""
+class VerifyTimeout(BaseException):
+    """Raised inside the run when --timeout expires. A BaseException, like KeyboardInterrupt, so
+    that the broad `except Exception` of the code it interrupts (transformers' builders, the
+    trace tier turning a build failure into a BadConfig) cannot swallow or rename it."""
 
 
 def is_oom(e: BaseException) -> bool:
