@@ -21,20 +21,14 @@ import re
 from dataclasses import replace
 
 from vramplan.errors import BadConfig
-from vramplan.models._base import GENERIC_TRAITS, Cfg, default_split, make_spec, torch_dtype
+from vramplan.models._base import (COLUMN_NAMES, FUSED_QKV_NAMES, GENERIC_TRAITS, KV_NAMES, ROW_NAMES, Cfg,
+                                   default_split, make_spec, torch_dtype)
 from vramplan.models.generic import LAYOUTS, PEFT_TARGETS_OF_GENERIC
 from vramplan.models.quant import parse_quantization
 from vramplan.spec import Attention, LayerSpec, Mlp, ModelSpec, Recurrent, Tensor
 
-# Leaf names whose vLLM parallel layer is known beyond models/_base.default_split's.
-_COLUMN = frozenset({"q_proj", "gate_proj", "up_proj", "gate_up_proj", "fc1", "c_fc", "w1", "w3",
-                     "dense_h_to_4h", "in_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa",
-                     "kv_b_proj", "gate_up", "wi", "wi_0", "wi_1", "x_proj", "dt_proj",
-                     "in_proj_qkvz", "in_proj_ba", "query", "key", "value"})
-_ROW = frozenset({"o_proj", "down_proj", "out_proj", "fc2", "dense", "c_proj", "dense_4h_to_h", "w2",
-                  "wo", "down"})
-_QKV = frozenset({"qkv_proj", "c_attn", "query_key_value", "Wqkv", "qkv", "W_pack"})
-_KV = frozenset({"k_proj", "v_proj"})
+# vLLM's parallel layers by module name (models/_base.py, shared with checkpoint reading)
+_QKV, _ROW, _KV, _COLUMN = FUSED_QKV_NAMES, ROW_NAMES, KV_NAMES, COLUMN_NAMES
 _TOWER = re.compile(r"^(.*?(?:vision|visual|audio|image|speech|multi_modal_projector|mm_projector)[^.]*)",
                     re.IGNORECASE)
 _MLP_ROW = ("down_proj", "fc2", "c_proj", "dense_4h_to_h", "w2", "wo", "down")

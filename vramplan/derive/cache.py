@@ -11,37 +11,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import tempfile
-from importlib import metadata
 from pathlib import Path
 
-from vramplan.errors import VramplanError
-from vramplan.files import read_small_file
+from vramplan import disk_cache
 
 DERIVE_VERSION = 2
 FORMAT = 1
 _PACKAGES = ("torch", "transformers")
-_KEY = re.compile(r"[0-9a-f]{32}")
 # A DeepSeek-V3 derivation (61 layers, fused experts) is about 200 KiB; an unfused 256-expert
 # model under an older transformers a few MiB. 64 MiB is far beyond any of ours.
 ENTRY_LIMIT = 64 * 2**20
 
 
 def directory() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vramplan" / "derive"
+    return disk_cache.directory("derive")
 
 
 def library_versions() -> dict[str, str]:
-    out = {}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = ""
-    return out
+    return disk_cache.library_versions(_PACKAGES)
 
 
 def config_hash(raw: dict) -> str:
@@ -55,9 +42,7 @@ def key(raw: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def checksum(facts: dict) -> str:
-    blob = json.dumps(facts, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+checksum = disk_cache.checksum
 
 
 def _valid(f) -> bool:
@@ -69,37 +54,8 @@ def _valid(f) -> bool:
 
 
 def load(k: str) -> dict | None:
-    if not _KEY.fullmatch(str(k)):
-        return None
-    try:
-        raw = read_small_file(directory() / f"{k}.json", ENTRY_LIMIT, "derive cache entry")
-        entry = json.loads(raw.decode("utf-8"))
-        if not (isinstance(entry, dict) and set(entry) == {"format", "key", "sha256", "facts"}
-                and entry["format"] == FORMAT and entry["key"] == k):
-            return None
-        facts = entry["facts"]
-        if not (_valid(facts) and entry["sha256"] == checksum(facts)):
-            return None
-        return facts
-    except (VramplanError, OSError, ValueError, TypeError, KeyError, RecursionError):
-        return None
+    return disk_cache.load("derive", k, fmt=FORMAT, field="facts", limit=ENTRY_LIMIT, valid=_valid)
 
 
 def store(k: str, facts: dict) -> None:
-    """Atomically; a cache that cannot be written is no reason to fail the answer."""
-    if not _KEY.fullmatch(str(k)):
-        return
-    path = directory() / f"{k}.json"
-    try:
-        entry = {"format": FORMAT, "key": k, "sha256": checksum(facts), "facts": facts}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{k}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(entry, f, allow_nan=False)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except (OSError, ValueError, TypeError):
-        pass
+    disk_cache.store("derive", k, facts, fmt=FORMAT, field="facts")

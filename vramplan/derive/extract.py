@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from vramplan.derive import kv, meta
+from vramplan.trace.build import refusal
 
 # The text config's values the assembly reads (transformers fills in its class defaults, which a
 # config.json may leave out). Only plain numbers and strings are kept.
@@ -34,7 +35,7 @@ def facts(raw: dict, model_id: str = "") -> dict:
     try:
         layers = kv.derive_cache(model, config)
     except Exception as e:          # noqa: BLE001 - transformers cannot run this model's prefill
-        raise meta.refusal(e, model_id) from e
+        raise refusal(e, model_id) from e
     return pack(config, model, params, prefix, head, tied, layers, time.perf_counter() - start)
 
 

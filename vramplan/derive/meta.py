@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vramplan.errors import BadConfig, BadInput, VramplanError
+from vramplan.trace.build import refusal     # transformers' refusal as one sentence, as the trace tier words it
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64",
@@ -163,27 +164,6 @@ def build(raw: dict, model_id: str = "", dtype: str | None = None, attn: str = "
         raise refusal(e, model_id) from e
     finally:
         hf_logging.set_verbosity(level)
-
-
-def refusal(e: BaseException, model_id: str) -> BadConfig:
-    """transformers' refusal as one sentence: the innermost cause (huggingface_hub's strict
-    dataclass errors wrap the ValueError that says what is wrong, and name the field on their
-    first line), first sentence, clipped."""
-    inner, seen = e, {id(e)}
-    while inner.__cause__ is not None and id(inner.__cause__) not in seen:
-        inner = inner.__cause__
-        seen.add(id(inner))
-    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
-    text = lines[0] if lines else type(inner).__name__
-    text = re.split(r"(?<=[.!?])\s+(?=[A-Z])", text)[0].rstrip(".")
-    outer = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-    if inner is not e and outer.endswith(":") and "'" in outer:     # "Validation error for field 'x':"
-        text = f"{outer} {text}"
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(text) > 200:
-        text = text[:200] + "..."
-    return BadConfig(f"transformers cannot build {model_id or 'this model'} from its config.json: {text} "
-                     f"({type(inner).__name__}).")
 
 
 def parameters(model: nn.Module) -> list[Param]:

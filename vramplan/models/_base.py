@@ -270,6 +270,19 @@ def torch_dtype(cfg: Cfg, *nested: Cfg) -> str:
 # and V rows for k_proj / v_proj. A family passes split= for names of its own.
 ROW_PARALLEL = frozenset({"o_proj", "out_proj", "down_proj", "fc2"})
 KV_PROJECTIONS = frozenset({"k_proj", "v_proj"})
+# The same for module names read without a family (a checkpoint's tensors, models/checkpoint.py;
+# layers derived from transformers, derive/assemble.py): vLLM's fused QKVParallelLinear, the
+# other row-parallel outputs (GPT-2 c_proj, GPT-NeoX dense_4h_to_h, GPT-J fc_out, Mixtral w2,
+# T5/BERT wo and dense), Llama-2-style wk/wv, and column-parallel inputs (Mamba in/x/dt_proj,
+# Qwen3-Next's in_proj_qkvz/_ba, T5 wi). Anything else is counted whole on every rank by the
+# callers (the conservative side); DeepSeek's q_a_proj / kv_a_proj_with_mqa are ReplicatedLinear.
+FUSED_QKV_NAMES = frozenset({"qkv_proj", "query_key_value", "c_attn", "Wqkv", "W_pack", "qkv"})
+ROW_NAMES = ROW_PARALLEL | frozenset({"w2", "c_proj", "dense_4h_to_h", "fc_out", "wo", "dense", "down"})
+KV_NAMES = KV_PROJECTIONS | frozenset({"wk", "wv"})
+COLUMN_NAMES = frozenset({"q_proj", "gate_proj", "up_proj", "gate_up_proj", "gate_up", "w1", "w3", "fc1",
+                          "fc_in", "c_fc", "dense_h_to_4h", "wq", "in_proj", "query", "key", "value",
+                          "q_b_proj", "kv_b_proj", "wi", "wi_0", "wi_1", "x_proj", "dt_proj",
+                          "in_proj_qkvz", "in_proj_ba"})
 _REPLICATED_ROLES = ("norm", "router", "other", "conv")   # vLLM: RMSNorm / LayerNorm, ReplicatedLinear
                                                            # routers, conv1d weights, bare parameters
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from vramplan.models._base import KV_PROJECTIONS, ROW_PARALLEL
+from vramplan.models._base import COLUMN_NAMES, FUSED_QKV_NAMES, KV_NAMES, ROW_NAMES
 from vramplan.spec import LayerSpec, ModelSpec, Tensor
 from vramplan.spec.checkpoint import PLAIN_FLOATS, Checkpoint, StoredTensor
 
@@ -55,13 +55,8 @@ _LAYER = re.compile(r"^(?:(?:[A-Za-z_]+)\.)?(?:layers|h|blocks|layer)\.(\d+)\.")
 _TOWER = re.compile(r"(^|\.)(vision|visual|image|audio|mm_|multi_modal|projector|vision_tower|vision_model|"
                     r"audio_tower|patch_embed)", re.IGNORECASE)
 
-# Module names of vLLM's parallel layers beyond models/_base.py's: fused QKV (QKVParallelLinear),
-# the other row-parallel outputs, column-parallel inputs, embeddings and heads.
-_QKV = frozenset({"qkv_proj", "query_key_value", "c_attn", "Wqkv", "W_pack"})
-_ROW = ROW_PARALLEL | frozenset({"w2", "c_proj", "dense_4h_to_h", "wo", "dense"})
-_KV = KV_PROJECTIONS | frozenset({"wk", "wv"})
-_COLUMN = frozenset({"q_proj", "gate_proj", "up_proj", "gate_up_proj", "w1", "w3", "fc1", "c_fc",
-                     "dense_h_to_4h", "wq", "in_proj", "query", "key", "value", "fc_in", "fc_out"})
+# vLLM's parallel layers by module name (models/_base.py, shared with derived layers)
+_QKV, _ROW, _KV, _COLUMN = FUSED_QKV_NAMES, ROW_NAMES, KV_NAMES, COLUMN_NAMES
 _EMBED = frozenset({"embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embeddings"})
 _HEAD = frozenset({"lm_head", "embed_out"})
 _ROUTER = frozenset({"gate", "router"})

@@ -18,14 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import re
-import tempfile
-from importlib import metadata
 from pathlib import Path
 
-from vramplan.errors import VramplanError
-from vramplan.files import read_small_file
+from vramplan import disk_cache
 from vramplan.trace.result import TraceResult
 
 TRACE_VERSION = 10      # 10: measured["params"], the traced model's own parameter count
@@ -33,7 +28,6 @@ TRACE_VERSION = 10      # 10: measured["params"], the traced model's own paramet
 # vramplan sharing the cache) is a miss.
 FORMAT = 2
 _PACKAGES = ("torch", "transformers", "peft")
-_KEY = re.compile(r"[0-9a-f]{32}")
 
 # An entry holds the scenario, a dozen tensor rows and a few counters: 2-5 KiB. 1 MiB is two
 # hundred times that; a larger file is not one of ours.
@@ -46,18 +40,11 @@ _ROW_STR_FIELDS = ("category", "dtype", "op", "module", "phase")
 
 
 def directory() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vramplan" / "trace"
+    return disk_cache.directory("trace")
 
 
 def library_versions() -> dict[str, str]:
-    out = {}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = ""
-    return out
+    return disk_cache.library_versions(_PACKAGES)
 
 
 def key(config_sha256: str, scenario: dict) -> str:
@@ -66,50 +53,22 @@ def key(config_sha256: str, scenario: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def checksum(result_json: dict) -> str:
-    """SHA-256 of the result's canonical JSON (sorted keys, no spaces)."""
-    blob = json.dumps(result_json, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+checksum = disk_cache.checksum
 
 
 def load(k: str) -> TraceResult | None:
     """The cached result for key `k`, or None for a miss: no entry, or one that fails any check."""
-    if not _KEY.fullmatch(str(k)):
-        return None
-    try:
-        raw = read_small_file(directory() / f"{k}.json", ENTRY_LIMIT, "trace cache entry")
-        entry = json.loads(raw.decode("utf-8"))
-        if not (isinstance(entry, dict) and set(entry) == {"format", "key", "sha256", "result"}
-                and entry["format"] == FORMAT and entry["key"] == k):
-            return None
-        result = entry["result"]
-        if not (_valid(result) and entry["sha256"] == checksum(result)):
-            return None
-        return TraceResult.from_json(result)
-    except (VramplanError, OSError, ValueError, TypeError, KeyError, RecursionError):
-        return None
+    result = disk_cache.load("trace", k, fmt=FORMAT, field="result", limit=ENTRY_LIMIT, valid=_valid)
+    return None if result is None else TraceResult.from_json(result)
 
 
 def store(k: str, result: TraceResult) -> None:
-    """Write the entry atomically (a temporary file renamed over the old one); a cache that
-    cannot be written is no reason to fail the answer."""
-    if not _KEY.fullmatch(str(k)):
-        return
-    path = directory() / f"{k}.json"
+    """Write the entry (disk_cache.store: atomically, never failing the answer)."""
     try:
         payload = json.loads(json.dumps(result.to_json(), default=list))   # tuples as lists
-        entry = {"format": FORMAT, "key": k, "sha256": checksum(payload), "result": payload}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{k}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(entry, f, allow_nan=False)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except (OSError, ValueError, TypeError):
-        pass
+    except (ValueError, TypeError):
+        return
+    disk_cache.store("trace", k, payload, fmt=FORMAT, field="result")
 
 
 # --- what a result must look like ---------------------------------------------------------------
